@@ -1,0 +1,406 @@
+"""The local stores of models and bundles: tags, layout, manifests, atomic writes, archives.
+
+Layout: ``$BUNDLER_HOME/{models,bundles}/<name>/<version>/`` with a metadata file (``model.yaml`` or
+``bundle.yaml``) and ``manifest.sha256`` (``sha256sum -c`` format) listing every other file. Entries are
+assembled in ``<root>/.tmp/`` and moved into place with one ``os.rename``, so a crash never leaves a
+half-written entry; ``<name>/latest`` names the newest version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import re
+import secrets
+import shutil
+import stat
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .exceptions import BadInput, InvalidTag, NotFound, StoreError, UnsafeArchive
+
+__all__ = [
+    "MANIFEST",
+    "Entry",
+    "Store",
+    "Tag",
+    "bundle_store",
+    "home",
+    "model_store",
+    "new_version",
+    "sha256_file",
+    "verify_manifest",
+    "write_manifest",
+]
+
+NAME_RE = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
+MANIFEST = "manifest.sha256"
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_CHUNK = 1 << 20
+
+
+def home() -> Path:
+    """Return the bundler home directory (``$BUNDLER_HOME``, default ``~/bundler``)."""
+    return Path(os.environ.get("BUNDLER_HOME") or Path.home() / "bundler").expanduser()
+
+
+def _check_part(value: str, what: str, text: str) -> None:
+    if len(value) > 63 or not NAME_RE.match(value):
+        raise InvalidTag(
+            f"invalid tag {text!r}: the {what} {value!r} must be 1-63 characters of lowercase letters, digits,"
+            " '-', '.' and '_', starting and ending with a letter or digit"
+        )
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A ``name:version`` pair; ``version`` None or ``"latest"`` means the newest."""
+
+    name: str
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str | Tag) -> Tag:
+        """Parse ``name`` or ``name:version``; raise InvalidTag with the rule otherwise."""
+        if isinstance(text, Tag):
+            return text
+        if not isinstance(text, str) or not text:
+            raise InvalidTag(f"invalid tag {text!r}: expected 'name' or 'name:version'")
+        name, sep, version = text.partition(":")
+        _check_part(name, "name", text)
+        if sep:
+            _check_part(version, "version", text)
+        return cls(name, version if sep and version != "latest" else None)
+
+    @property
+    def is_latest(self) -> bool:
+        return self.version is None
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version or 'latest'}"
+
+
+def new_version() -> str:
+    """Return a fresh version: 10 time-ordered characters (ms) and 6 random ones, lowercase base32."""
+    ms = time.time_ns() // 1_000_000
+    stamp = "".join(_CROCKFORD[(ms >> (5 * i)) & 31] for i in reversed(range(10)))
+    rand = "".join(secrets.choice(_CROCKFORD) for _ in range(6))
+    return stamp + rand
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(root: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in filenames:
+            rel = os.path.relpath(os.path.join(dirpath, fn), root).replace(os.sep, "/")
+            if rel != MANIFEST:
+                out.append(rel)
+    return sorted(out)
+
+
+def write_manifest(root: Path) -> str:
+    """Write ``manifest.sha256`` for every file under root; return the manifest text."""
+    text = "".join(f"{sha256_file(root / rel)}  {rel}\n" for rel in _files(root))
+    (root / MANIFEST).write_text(text, encoding="utf-8")
+    return text
+
+
+def verify_manifest(root: Path) -> list[str]:
+    """Check every file under root against its manifest; return one problem per differing file."""
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        return [f"{root}: {MANIFEST} is missing"]
+    expected: dict[str, str] = {}
+    for line in mpath.read_text(encoding="utf-8").splitlines():
+        digest, _, rel = line.partition("  ")
+        expected[rel] = digest
+    problems = []
+    present = set(_files(root))
+    for rel, digest in sorted(expected.items()):
+        if rel not in present:
+            problems.append(f"{rel}: missing")
+        elif sha256_file(root / rel) != digest:
+            problems.append(f"{rel}: sha256 differs from the manifest")
+    problems += [f"{rel}: not in the manifest" for rel in sorted(present - expected.keys())]
+    return problems
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to path through a temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored model or bundle."""
+
+    tag: Tag
+    path: Path
+    info: dict
+
+    @property
+    def created(self) -> str:
+        return str(self.info.get("creation_time", ""))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """One store directory (models or bundles) with ``<name>/<version>/`` entries."""
+
+    def __init__(self, root: Path, kind: str, meta_file: str) -> None:
+        self.root = Path(root)
+        self.kind = kind
+        self.meta_file = meta_file
+
+    # -- reading -------------------------------------------------------------------------------
+    def _versions(self, name: str) -> list[Path]:
+        d = self.root / name
+        if not d.is_dir():
+            return []
+        return [p for p in d.iterdir() if p.is_dir() and (p / self.meta_file).is_file() and NAME_RE.match(p.name)]
+
+    def _read_info(self, path: Path) -> dict:
+        with open(path / self.meta_file, encoding="utf-8") as f:
+            info = yaml.safe_load(f)
+        return info if isinstance(info, dict) else {}
+
+    def _newest(self, name: str) -> Path | None:
+        versions = self._versions(name)
+        if not versions:
+            return None
+        return max(versions, key=lambda p: (str(self._read_info(p).get("creation_time", "")), p.name))
+
+    def resolve(self, tag: str | Tag) -> Tag:
+        """Return the full tag (``latest`` resolved); raise NotFound when there is no such entry."""
+        t = Tag.parse(tag)
+        if t.version is not None:
+            if (self.root / t.name / t.version / self.meta_file).is_file():
+                return t
+            raise NotFound(f"{self.kind} {t} not found in {self.root} (see `bundler {self._cli} list`)")
+        pointer = self.root / t.name / "latest"
+        with contextlib.suppress(OSError):
+            version = pointer.read_text(encoding="utf-8").strip()
+            if version and (self.root / t.name / version / self.meta_file).is_file():
+                return Tag(t.name, version)
+        newest = self._newest(t.name)
+        if newest is None:
+            raise NotFound(f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli} list`)")
+        return Tag(t.name, newest.name)
+
+    @property
+    def _cli(self) -> str:
+        return "models" if self.kind == "model" else ""
+
+    def path(self, tag: str | Tag) -> Path:
+        """Return the directory of a stored entry."""
+        t = self.resolve(tag)
+        return self.root / t.name / str(t.version)
+
+    def get(self, tag: str | Tag) -> Entry:
+        """Return the stored entry for a tag."""
+        t = self.resolve(tag)
+        p = self.root / t.name / str(t.version)
+        return Entry(t, p, self._read_info(p))
+
+    def list(self, name: str | None = None) -> list[Entry]:
+        """Return every complete entry (optionally of one name), newest first within a name."""
+        if not self.root.is_dir():
+            return []
+        names = [name] if name else sorted(p.name for p in self.root.iterdir() if NAME_RE.match(p.name))
+        out: list[Entry] = []
+        for n in names:
+            entries = [Entry(Tag(n, p.name), p, self._read_info(p)) for p in self._versions(n)]
+            entries.sort(key=lambda e: (e.created, e.tag.version or ""), reverse=True)
+            out += entries
+        return out
+
+    def verify(self, tag: str | Tag) -> list[str]:
+        """Check an entry against its manifest; return the problems (empty when intact)."""
+        return verify_manifest(self.path(tag))
+
+    # -- writing -------------------------------------------------------------------------------
+    def _tmp_root(self) -> Path:
+        tmp = self.root / ".tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        # Leftovers of killed processes: remove those whose owner is gone.
+        for p in tmp.iterdir():
+            parts = p.name.split("-")
+            if len(parts) >= 2 and parts[-2].isdigit() and not _pid_alive(int(parts[-2])):
+                shutil.rmtree(p, ignore_errors=True)
+        return tmp
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """Yield an empty directory on the store's file system; it is removed unless committed."""
+        d = self._tmp_root() / f"stage-{os.getpid()}-{secrets.token_hex(6)}"
+        d.mkdir()
+        try:
+            yield d
+        finally:
+            if d.exists():
+                shutil.rmtree(d, ignore_errors=True)
+
+    def commit(self, staged: Path, tag: Tag, *, exist_ok: bool = False) -> tuple[Path, bool]:
+        """Write the manifest into ``staged`` and move it to ``<name>/<version>``; return (path, created).
+
+        With ``exist_ok``, an entry already stored under the same tag is kept as it is (content-derived
+        versions: same tag means same content) and ``created`` is False.
+        """
+        assert tag.version is not None
+        write_manifest(staged)
+        final = self.root / tag.name / tag.version
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staged, final)
+            created = True
+        except OSError as exc:
+            if not final.exists():
+                raise StoreError(f"cannot store {self.kind} {tag} at {final}: {exc}") from exc
+            if not exist_ok:
+                raise StoreError(f"{self.kind} {tag} already exists at {final}") from exc
+            shutil.rmtree(staged, ignore_errors=True)
+            created = False
+        atomic_write_text(final.parent / "latest", tag.version + "\n")
+        return final, created
+
+    def delete(self, tag: str | Tag) -> Tag:
+        """Delete one entry (atomically: renamed away first); return its full tag."""
+        t = self.resolve(tag)
+        src = self.root / t.name / str(t.version)
+        trash = self._tmp_root() / f"trash-{os.getpid()}-{secrets.token_hex(6)}"
+        os.rename(src, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        pointer = self.root / t.name / "latest"
+        newest = self._newest(t.name)
+        if newest is None:
+            with contextlib.suppress(OSError):
+                pointer.unlink()
+            with contextlib.suppress(OSError):
+                (self.root / t.name).rmdir()
+        else:
+            atomic_write_text(pointer, newest.name + "\n")
+        return t
+
+    # -- archives ------------------------------------------------------------------------------
+    def export(self, tag: str | Tag, dest: str | Path) -> Path:
+        """Write a deterministic ``.tar.gz`` of one entry; return its path."""
+        t = self.resolve(tag)
+        src = self.root / t.name / str(t.version)
+        problems = verify_manifest(src)
+        if problems:
+            raise StoreError(f"{self.kind} {t} fails its manifest check: " + "; ".join(problems))
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / f"{t.name}-{t.version}.tar.gz"
+        mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+        buf = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=mtime) as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for rel in [*_files(src), MANIFEST]:
+                    p = src / rel
+                    info = tarfile.TarInfo(rel)
+                    info.size = p.stat().st_size
+                    info.mtime = mtime
+                    info.mode = 0o755 if os.access(p, os.X_OK) else 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    with open(p, "rb") as f:
+                        tar.addfile(info, f)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, dest)
+        return dest
+
+    def import_(self, archive: str | Path) -> tuple[Tag, bool]:
+        """Import an archive made by ``export``; return (tag, created). Unsafe archives are refused."""
+        archive = Path(archive)
+        if not archive.is_file():
+            raise BadInput(f"{archive}: no such archive file")
+        with self.staging() as staged:
+            try:
+                with tarfile.open(archive, mode="r:*") as tar:
+                    members = tar.getmembers()
+                    for m in members:
+                        _check_member(archive, m)
+                    for m in members:
+                        target = staged / m.name
+                        if m.isdir():
+                            target.mkdir(parents=True, exist_ok=True)
+                            continue
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        src = tar.extractfile(m)
+                        assert src is not None
+                        with open(target, "wb") as out:
+                            shutil.copyfileobj(src, out)
+                        if m.mode & 0o111:
+                            target.chmod(0o755)
+            except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
+                raise BadInput(f"{archive}: not a readable .tar.gz archive ({exc})") from exc
+            if not (staged / self.meta_file).is_file():
+                raise BadInput(f"{archive}: not a bundler {self.kind} archive ({self.meta_file} is missing)")
+            problems = verify_manifest(staged)
+            if problems:
+                raise StoreError(f"{archive}: fails its sha256 manifest check: " + "; ".join(problems))
+            info = self._read_info(staged)
+            try:
+                tag = Tag.parse(f"{info.get('name')}:{info.get('version')}")
+            except InvalidTag as exc:
+                raise BadInput(f"{archive}: {self.meta_file} has no valid name and version ({exc})") from exc
+            if (self.root / tag.name / str(tag.version)).exists():
+                return tag, False
+            _, created = self.commit(staged, tag, exist_ok=True)
+            return tag, created
+
+
+def _check_member(archive: Path, m: tarfile.TarInfo) -> None:
+    name = m.name
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or "\\" in name:
+        raise UnsafeArchive(f"{archive}: refused: member {name!r} has an absolute path")
+    parts = Path(name).parts
+    if ".." in parts:
+        raise UnsafeArchive(f"{archive}: refused: member {name!r} points outside the archive ('..')")
+    if m.issym() or m.islnk():
+        raise UnsafeArchive(f"{archive}: refused: member {name!r} is a link")
+    if not (m.isfile() or m.isdir()):
+        raise UnsafeArchive(f"{archive}: refused: member {name!r} is a device, fifo or other special file")
+    if m.mode & (stat.S_ISUID | stat.S_ISGID):
+        raise UnsafeArchive(f"{archive}: refused: member {name!r} is setuid/setgid")
+
+
+def model_store() -> Store:
+    """Return the model store under the current home."""
+    return Store(home() / "models", "model", "model.yaml")
+
+
+def bundle_store() -> Store:
+    """Return the bundle store under the current home."""
+    return Store(home() / "bundles", "bundle", "bundle.yaml")
