@@ -4,7 +4,10 @@
     ├── BadInput                 exit 2, the user gave something unusable (usage, values, files)
     │   ├── ConfigError          exit 2, bentofile.yaml problems (all of them, at once)
     │   ├── InvalidTag           exit 2, a tag that does not match name[:version]
-    │   └── UnsafeArchive        exit 2, an archive with absolute paths, '..', links or devices
+    │   ├── UnsafeArchive        exit 2, an archive with absolute paths, '..', links or devices
+    │   ├── PayloadTooLarge      HTTP 413, a request body (or an image) over the server's limit
+    │   ├── UnsupportedMediaType HTTP 415, a request Content-Type the API's input does not take
+    │   └── ValidationFailed     HTTP 422, a well-formed body that breaks the API's schema (``detail``)
     ├── NotFound                 exit 1, a model or bundle tag that is not in the store
     ├── StoreError               exit 1, a store entry that fails its manifest check
     ├── ModelError               exit 1, a model that cannot be saved or loaded as asked
@@ -13,8 +16,9 @@
     ├── Overloaded               exit 1, a runner queue is full or a deadline cannot be met (HTTP 503)
     ├── LockError                exit 1, requirements that cannot be resolved or downloaded
     ├── BuildError               exit 1, a bundle cannot be assembled
-    └── ContainerizeError        exit 1, the container engine failed
-        └── EngineUnavailable    exit 1, no engine found, or it is not running
+    ├── ContainerizeError        exit 1, the container engine failed
+    │   └── EngineUnavailable    exit 1, no engine found, or it is not running
+    └── HTTPError                exit 1, a served API answered the client with an error status
 
 Third-party errors are translated where they happen, with ``raise ... from exc``.
 """
@@ -28,15 +32,19 @@ __all__ = [
     "ConfigError",
     "ContainerizeError",
     "EngineUnavailable",
+    "HTTPError",
     "InferenceInputError",
     "InvalidTag",
     "LockError",
     "ModelError",
     "NotFound",
     "Overloaded",
+    "PayloadTooLarge",
     "ProviderError",
     "StoreError",
     "UnsafeArchive",
+    "UnsupportedMediaType",
+    "ValidationFailed",
 ]
 
 
@@ -73,6 +81,24 @@ class InvalidTag(BadInput):
 
 class UnsafeArchive(BadInput):
     pass
+
+
+class PayloadTooLarge(BadInput):
+    http_status = 413
+
+
+class UnsupportedMediaType(BadInput):
+    http_status = 415
+
+
+class ValidationFailed(BadInput):
+    """A body that parsed but breaks the API's schema; ``detail`` is a JSON-able list of the problems."""
+
+    http_status = 422
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class NotFound(BundlerError):
@@ -118,3 +144,14 @@ class ContainerizeError(BundlerError):
 
 class EngineUnavailable(ContainerizeError):
     pass
+
+
+class HTTPError(BundlerError):
+    """An error status from a served API; ``status_code``, ``body`` (parsed JSON or text) and ``detail``."""
+
+    def __init__(self, message: str, status_code: int, body: object = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.http_status = status_code
+        self.body = body
+        self.detail = body.get("detail") if isinstance(body, dict) else None
