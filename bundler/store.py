@@ -32,6 +32,7 @@ __all__ = [
     "Entry",
     "Store",
     "Tag",
+    "atomic_write_text",
     "bundle_store",
     "home",
     "model_store",
@@ -55,8 +56,8 @@ def home() -> Path:
 def _check_part(value: str, what: str, text: str) -> None:
     if len(value) > 63 or not NAME_RE.match(value):
         raise InvalidTag(
-            f"invalid tag {text!r}: the {what} {value!r} must be 1-63 characters of lowercase letters, digits,"
-            " '-', '.' and '_', starting and ending with a letter or digit"
+            f"invalid tag {text!r}: the {what} {value!r} must be 1-63 characters of lowercase letters,"
+            " digits, '-', '.' and '_', starting and ending with a letter or digit"
         )
 
 
@@ -186,7 +187,9 @@ class Store:
         d = self.root / name
         if not d.is_dir():
             return []
-        return [p for p in d.iterdir() if p.is_dir() and (p / self.meta_file).is_file() and NAME_RE.match(p.name)]
+        return [
+            p for p in d.iterdir() if p.is_dir() and (p / self.meta_file).is_file() and NAME_RE.match(p.name)
+        ]
 
     def _read_info(self, path: Path) -> dict:
         with open(path / self.meta_file, encoding="utf-8") as f:
@@ -213,7 +216,9 @@ class Store:
                 return Tag(t.name, version)
         newest = self._newest(t.name)
         if newest is None:
-            raise NotFound(f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli} list`)")
+            raise NotFound(
+                f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli} list`)"
+            )
         return Tag(t.name, newest.name)
 
     @property

@@ -1,0 +1,427 @@
+"""The ``bundler`` command line: parse, call one function, print, exit (0 ok, 1 failure, 2 bad input)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .exceptions import BundlerError, ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn BundlerError into a message on stderr and its exit code; never a traceback for user mistakes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                _err(problem)
+            n = len(exc.problems)
+            _err(f"{n} problem{'s' if n != 1 else ''} found")
+            sys.exit(exc.exit_code)
+        except BundlerError as exc:
+            _err(f"error: {exc}")
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _err("interrupted")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _say(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_edge=False, header_style="bold")
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*r)
+    Console(soft_wrap=True).print(table)
+
+
+output_option = click.option(
+    "--output", "-o", "output", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bundler", prog_name="bundler")
+def main() -> None:
+    """Build, serve and containerize ONNX model services from a bentofile.yaml."""
+
+
+# -- build side -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("bentofile", type=click.Path(exists=True, path_type=Path))
+@click.option("--schema-only", is_flag=True, help="Check the file alone, not the files it names.")
+@handle_errors
+def validate(bentofile: Path, schema_only: bool) -> None:
+    """Check a bentofile.yaml and report every problem at once (exit 2 when there are any)."""
+    from .config import validate_file
+
+    problems = validate_file(bentofile, schema_only=schema_only)
+    if problems:
+        for p in problems:
+            _err(str(p))
+        _err(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+        sys.exit(2)
+    click.echo(f"{bentofile}: valid")
+
+
+@main.command()
+@click.argument("bentofile", default=".", type=click.Path(path_type=Path))
+@click.option("--platform", default="linux/amd64", show_default=True, help="Target platform of the image.")
+@click.option("--offline", is_flag=True, default=None, help="Also put every locked wheel into the bundle.")
+@click.option("--resolver", type=click.Choice(["uv", "pip-tools"]), default="uv", show_default=True)
+@output_option
+@handle_errors
+def build(bentofile: Path, platform: str, offline: bool | None, resolver: str, output: str) -> None:
+    """Build a bundle from BENTOFILE (or a directory holding bentofile.yaml) into the local store."""
+    from .builder import build as do_build
+
+    result = do_build(bentofile, platform=platform, resolver=resolver, offline=offline, say=_say)
+    if output == "json":
+        _print_json(
+            {
+                "tag": str(result.tag),
+                "path": str(result.path),
+                "created": result.created,
+                "seconds": result.seconds,
+            }
+        )
+        return
+    state = "built" if result.created else "unchanged, already stored"
+    click.echo(f"{result!r}  ({state}, {result.seconds:.2f} s)")
+
+
+# -- bundles ----------------------------------------------------------------------------------------
+@main.command("list")
+@click.argument("name", required=False)
+@output_option
+@handle_errors
+def list_bundles(name: str | None, output: str) -> None:
+    """List stored bundles."""
+    from . import bundles
+
+    items = bundles.list(name)
+    if output == "json":
+        _print_json(
+            [{"tag": str(b.tag), "path": str(b.path), "created": b.info.get("creation_time")} for b in items]
+        )
+        return
+    rows = [
+        [
+            str(b.tag),
+            str(b.info.get("creation_time", "")),
+            ", ".join(a["route"] for a in b.info.get("apis", [])),
+        ]
+        for b in items
+    ]
+    _table("Bundles", ["Tag", "Created", "APIs"], rows)
+
+
+@main.command("get")
+@click.argument("tag")
+@output_option
+@handle_errors
+def get_bundle(tag: str, output: str) -> None:
+    """Show a bundle's metadata."""
+    from . import bundles
+
+    b = bundles.get(tag)
+    if output == "json":
+        _print_json({"path": str(b.path), **b.info})
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump({"path": str(b.path), **b.info}, sort_keys=False).rstrip())
+
+
+@main.command("delete")
+@click.argument("tags", nargs=-1, required=True)
+@handle_errors
+def delete_bundle(tags: tuple[str, ...]) -> None:
+    """Delete bundles from the store."""
+    from . import bundles
+
+    for tag in tags:
+        click.echo(f"deleted bundle {bundles.delete(tag)}")
+
+
+@main.command("export")
+@click.argument("tag")
+@click.argument("path", type=click.Path(path_type=Path))
+@handle_errors
+def export_bundle(tag: str, path: Path) -> None:
+    """Write a bundle to a deterministic .tar.gz archive."""
+    from . import bundles
+
+    click.echo(str(bundles.export_bundle(tag, path)))
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@handle_errors
+def import_bundle(path: Path) -> None:
+    """Import a bundle archive (verified against its manifest; unsafe archives are refused)."""
+    from . import bundles
+
+    click.echo(f"imported {bundles.import_bundle(path)!r}")
+
+
+@main.command()
+@click.argument("tag")
+@click.option("--model", "is_model", is_flag=True, help="TAG names a model, not a bundle.")
+@handle_errors
+def verify(tag: str, is_model: bool) -> None:
+    """Check a stored bundle (or model) against its sha256 manifest; name every file that differs."""
+    from .store import bundle_store, model_store
+
+    store = model_store() if is_model else bundle_store()
+    full = store.resolve(tag)
+    problems = store.verify(full)
+    if problems:
+        for p in problems:
+            _err(f"{store.kind} {full}: {p}")
+        sys.exit(1)
+    click.echo(f"{store.kind} {full}: every file matches its manifest")
+
+
+# -- models -----------------------------------------------------------------------------------------
+@main.group()
+def models() -> None:
+    """Manage the local model store."""
+
+
+@models.command("list")
+@click.argument("name", required=False)
+@output_option
+@handle_errors
+def list_models(name: str | None, output: str) -> None:
+    """List stored models."""
+    from . import models as m
+
+    items = m.list(name)
+    if output == "json":
+        _print_json(
+            [{"tag": str(x.tag), "path": str(x.path), "created": x.info.get("creation_time")} for x in items]
+        )
+        return
+    rows = [[str(x.tag), str(x.info.get("module", "")), str(x.info.get("creation_time", ""))] for x in items]
+    _table("Models", ["Tag", "Module", "Created"], rows)
+
+
+@models.command("get")
+@click.argument("tag")
+@output_option
+@handle_errors
+def get_model(tag: str, output: str) -> None:
+    """Show a model's metadata."""
+    from . import models as m
+
+    x = m.get(tag)
+    if output == "json":
+        _print_json({"path": str(x.path), **x.info})
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump({"path": str(x.path), **x.info}, sort_keys=False).rstrip())
+
+
+@models.command("delete")
+@click.argument("tags", nargs=-1, required=True)
+@handle_errors
+def delete_model(tags: tuple[str, ...]) -> None:
+    """Delete models from the store."""
+    from . import models as m
+
+    for tag in tags:
+        click.echo(f"deleted model {m.delete(tag)}")
+
+
+@models.command("export")
+@click.argument("tag")
+@click.argument("path", type=click.Path(path_type=Path))
+@handle_errors
+def export_model(tag: str, path: Path) -> None:
+    """Write a model to a deterministic .tar.gz archive."""
+    from . import models as m
+
+    click.echo(str(m.export_model(tag, path)))
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@handle_errors
+def import_model(path: Path) -> None:
+    """Import a model archive (sha256-verified; unsafe archives are refused)."""
+    from . import models as m
+
+    click.echo(f"imported {m.import_model(path)!r}")
+
+
+# -- serving and images -----------------------------------------------------------------------------
+@main.command()
+@click.argument("target", default=".")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True, type=click.IntRange(0, 65535), envvar="PORT")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--reload", is_flag=True, help="Restart when the service's source changes (development).")
+@click.option(
+    "--max-body-size", type=int, default=None, help="Largest request body in bytes (default 32 MiB)."
+)
+@click.option("--log-level", default="info", show_default=True)
+@handle_errors
+def serve(
+    target: str, host: str, port: int, workers: int, reload: bool, max_body_size: int | None, log_level: str
+) -> None:
+    """Serve TARGET (module:svc, a bundle tag, or a bundle directory) over HTTP."""
+    from .server.serve import serve as run_server
+
+    kwargs: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "reload": reload,
+        "log_level": log_level,
+    }
+    if max_body_size is not None:
+        kwargs["max_body_size"] = max_body_size
+    run_server(target, **kwargs)
+
+
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{v!r} is not KEY=VALUE", param_hint=what)
+        out[key] = val
+    return out
+
+
+@main.command()
+@click.argument("tag")
+@click.option("-t", "--tag", "image_tags", multiple=True, help="Image name[:tag] (repeatable).")
+@click.option("--backend", type=click.Choice(["docker", "podman", "buildah"]), default=None)
+@click.option("--platform", default=None, help="Target platform, e.g. linux/amd64.")
+@click.option("--build-arg", multiple=True, help="KEY=VALUE passed to the build (repeatable).")
+@click.option("--no-cache", is_flag=True)
+@click.option(
+    "--progress", type=click.Choice(["auto", "plain", "tty", "quiet"]), default="auto", show_default=True
+)
+@click.option(
+    "--ca-bundle",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA certificates for a TLS-inspecting proxy, used during the build only.",
+)
+@handle_errors
+def containerize(
+    tag: str,
+    image_tags: tuple[str, ...],
+    backend: str | None,
+    platform: str | None,
+    build_arg: tuple[str, ...],
+    no_cache: bool,
+    progress: str,
+    ca_bundle: Path | None,
+) -> None:
+    """Build a container image from the bundle TAG with a real engine; print the image tag."""
+    from . import bundles
+    from .docker import containerize as do_containerize
+
+    b = bundles.get(tag)
+    quiet = progress == "quiet"
+    images = do_containerize(
+        b.path,
+        b.info,
+        tags=list(image_tags),
+        backend=backend,
+        platform=platform,
+        build_args=_pairs(build_arg, "--build-arg"),
+        no_cache=no_cache,
+        progress=progress,
+        ca_bundle=ca_bundle,
+        output=(lambda _line: None) if quiet else _say,
+    )
+    for image in images:
+        click.echo(image)
+
+
+@main.group()
+def deploy() -> None:
+    """Generate deployment manifests from a bundle."""
+
+
+@deploy.command("kubernetes")
+@click.argument("tag")
+@click.option("--image", default=None, help="REGISTRY/NAME:TAG the cluster pulls (default <name>:<version>).")
+@click.option("--replicas", type=int, default=1, show_default=True)
+@click.option("--min-replicas", type=int, default=None)
+@click.option("--max-replicas", type=int, default=None)
+@click.option("--cpu", default="1", show_default=True)
+@click.option("--memory", default="1Gi", show_default=True)
+@click.option("--gpu", type=int, default=0, show_default=True)
+@click.option("--namespace", default=None)
+@click.option("-o", "--output-dir", "out_dir", required=True, type=click.Path(path_type=Path))
+@handle_errors
+def deploy_kubernetes(
+    tag: str,
+    image: str | None,
+    replicas: int,
+    min_replicas: int | None,
+    max_replicas: int | None,
+    cpu: str,
+    memory: str,
+    gpu: int,
+    namespace: str | None,
+    out_dir: Path,
+) -> None:
+    """Write Kubernetes manifests (Deployment, Service, HPA, PDB) for the bundle TAG."""
+    from . import bundles
+    from .deploy import kubernetes_manifests, write_manifests
+
+    b = bundles.get(tag)
+    manifests = kubernetes_manifests(
+        b.info,
+        b.path,
+        image=image,
+        replicas=replicas,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cpu=cpu,
+        memory=memory,
+        gpu=gpu,
+        namespace=namespace,
+    )
+    for p in write_manifests(manifests, out_dir):
+        click.echo(str(p))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,101 @@
+"""Read a service's source without importing it: its name, its APIs and the model tags it loads.
+
+Building must not need the service's runtime dependencies on the build machine, so the builder learns
+what it can from the syntax tree; the full OpenAPI document is added when the service also imports.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .exceptions import BuildError
+
+__all__ = ["ApiInfo", "ServiceInfo", "scan_service"]
+
+# Calls whose first string argument is a model tag: bundler.onnx.get("x"), bundler.models.get("x"), ...
+_MODEL_GETTERS = {("onnx", "get"), ("models", "get"), ("onnx", "load_model")}
+
+
+@dataclass(frozen=True)
+class ApiInfo:
+    name: str
+    route: str
+    input: str
+    output: str
+
+
+@dataclass
+class ServiceInfo:
+    module_path: Path
+    attribute: str
+    service_name: str | None = None
+    apis: list[ApiInfo] = field(default_factory=list)
+    model_tags: list[str] = field(default_factory=list)
+
+
+def _descriptor(node: ast.expr | None) -> str:
+    if isinstance(node, ast.Call):
+        node = node.func
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Name):
+        return node.id
+    return "unknown"
+
+
+def _api_decorator(dec: ast.expr) -> ast.Call | None:
+    if isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "api":
+        return dec
+    return None
+
+
+def scan_service(module_path: Path, attribute: str) -> ServiceInfo:
+    """Parse the service module and collect the service name, APIs and literal model tags."""
+    try:
+        tree = ast.parse(module_path.read_text(encoding="utf-8"), filename=str(module_path))
+    except SyntaxError as exc:
+        raise BuildError(
+            f"{module_path}:{exc.lineno}: the service module has a syntax error: {exc.msg}"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError(f"{module_path}: cannot read the service module: {exc}") from exc
+    info = ServiceInfo(module_path, attribute)
+    tags: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if (
+                isinstance(func, ast.Attribute)
+                and isinstance(func.value, (ast.Name, ast.Attribute))
+                and (_descriptor(func.value), func.attr) in _MODEL_GETTERS
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                tags.append(node.args[0].value)
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            if attribute in targets and _descriptor(node.value.func) == "Service" and node.value.args:
+                first = node.value.args[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    info.service_name = first.value
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for dec in node.decorator_list:
+                call = _api_decorator(dec)
+                if call is None:
+                    continue
+                kw = {k.arg: k.value for k in call.keywords if k.arg}
+                name = node.name
+                if isinstance(kw.get("name"), ast.Constant):
+                    name = str(kw["name"].value)  # type: ignore[union-attr]
+                route = name
+                if isinstance(kw.get("route"), ast.Constant):
+                    route = str(kw["route"].value).lstrip("/")  # type: ignore[union-attr]
+                info.apis.append(
+                    ApiInfo(name, route, _descriptor(kw.get("input")), _descriptor(kw.get("output")))
+                )
+    info.model_tags = sorted(set(tags))
+    info.apis.sort(key=lambda a: a.route)
+    return info

@@ -1,0 +1,98 @@
+"""Select the build context's source files: include/exclude and ignore files with gitignore semantics.
+
+Ignored directories are pruned, never walked. Nothing outside the build context is ever selected: a
+symbolic link that resolves outside it is refused (when it would be included), one inside it is followed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+
+from .exceptions import BuildError
+
+__all__ = ["IGNORE_FILES", "SourceFile", "select_sources"]
+
+IGNORE_FILES = (".bundlerignore", ".bentoignore")
+# Never part of a bundle: caches and VCS data make builds irreproducible and leak history.
+ALWAYS_EXCLUDED = ["__pycache__/", "*.py[cod]", ".git/", ".hg/", ".svn/", ".venv/", ".ipynb_checkpoints/"]
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    rel: str  # posix path inside src/
+    path: Path  # real file on disk (inside the context)
+    executable: bool
+
+
+def _spec(lines: list[str]) -> pathspec.PathSpec:
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+class _Ignores:
+    """The ignore-file specs found so far, each relative to the directory holding it."""
+
+    def __init__(self, base: list[str]) -> None:
+        self.specs: list[tuple[str, pathspec.PathSpec]] = [("", _spec(base))]
+
+    def load(self, rel_dir: str, directory: Path) -> None:
+        for name in IGNORE_FILES:
+            f = directory / name
+            if f.is_file():
+                self.specs.append((rel_dir, _spec(f.read_text(encoding="utf-8").splitlines())))
+
+    def ignored(self, rel: str, is_dir: bool) -> bool:
+        for base, spec in self.specs:
+            if base and not rel.startswith(base + "/"):
+                continue
+            sub = rel[len(base) + 1 :] if base else rel
+            if spec.match_file(sub + "/" if is_dir else sub):
+                return True
+        return False
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def select_sources(context: Path, include: list[str], exclude: list[str]) -> list[SourceFile]:
+    """Return the files of the build context that go into ``src/``, sorted by path."""
+    root = context.resolve()
+    includes = _spec(include or ["*"])
+    ignores = _Ignores([*ALWAYS_EXCLUDED, *exclude])
+    out: dict[str, SourceFile] = {}
+    def walk(directory: Path, rel_dir: str, ancestors: frozenset[Path] = frozenset()) -> None:
+        real = directory.resolve()
+        if real in ancestors:  # a link back up the tree: a loop
+            return
+        ancestors = ancestors | {real}
+        ignores.load(rel_dir, directory)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            raise BuildError(f"{directory}: cannot read directory: {exc}") from exc
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            is_dir = entry.is_dir(follow_symlinks=True)
+            if ignores.ignored(rel, is_dir):
+                continue
+            if entry.is_symlink():
+                target = Path(entry.path).resolve()
+                if not _inside(target, root):
+                    if is_dir or includes.match_file(rel):
+                        raise BuildError(
+                            f"{context / rel}: refused: the symbolic link points outside the build context"
+                            f" (to {target}); copy the file into the context or add it to 'exclude'"
+                        )
+                    continue
+            if is_dir:
+                walk(Path(entry.path), rel, ancestors)
+            elif entry.is_file(follow_symlinks=True) and includes.match_file(rel):
+                real_file = Path(entry.path).resolve()
+                out[rel] = SourceFile(rel, real_file, os.access(real_file, os.X_OK))
+
+    walk(root, "")
+    return [out[k] for k in sorted(out)]

@@ -1,0 +1,161 @@
+"""The store: tags, atomic commits, latest, manifests, deterministic and safe archives."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bundler.exceptions import InvalidTag, NotFound, UnsafeArchive
+from bundler.store import Store, Tag, new_version, verify_manifest
+
+
+def _store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "bundles", "bundle", "bundle.yaml")
+
+
+def _add(store: Store, name: str, version: str, body: str = "x", created: str = "2026-01-01T00:00:00Z") -> Path:
+    with store.staging() as staged:
+        (staged / "bundle.yaml").write_text(f"name: {name}\nversion: {version}\ncreation_time: '{created}'\n")
+        (staged / "src").mkdir()
+        (staged / "src/a.py").write_text(body)
+        path, created_new = store.commit(staged, Tag(name, version))
+    assert created_new
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("iris", Tag("iris", None)), ("iris:latest", Tag("iris", None)), ("a.b-c_d:v1.2", Tag("a.b-c_d", "v1.2"))],
+)
+def test_tag_parse(text: str, expected: Tag) -> None:
+    assert Tag.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "Iris", "iris:", "-iris", "iris-", "a" * 64, "iris:v/1", "../x", "a:b:c"])
+def test_tag_parse_rejects(text: str) -> None:
+    with pytest.raises(InvalidTag, match="invalid tag"):
+        Tag.parse(text)
+
+
+def test_new_versions_are_valid_distinct_and_time_ordered() -> None:
+    versions = [new_version() for _ in range(200)]
+    assert len(set(versions)) == 200
+    assert all(Tag.parse(f"m:{v}").version == v for v in versions)
+    assert [v[:10] for v in versions] == sorted(v[:10] for v in versions)
+
+
+def test_commit_latest_list_delete(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _add(store, "svc", "v1", created="2026-01-01T00:00:00Z")
+    _add(store, "svc", "v2", created="2026-01-02T00:00:00Z")
+    assert store.resolve("svc") == Tag("svc", "v2")
+    assert [str(e.tag) for e in store.list()] == ["svc:v2", "svc:v1"]
+    store.delete("svc:latest")
+    assert store.resolve("svc:latest") == Tag("svc", "v1")
+    store.delete("svc:v1")
+    assert store.list() == []
+    with pytest.raises(NotFound, match="svc"):
+        store.resolve("svc")
+
+
+def test_staging_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    with pytest.raises(RuntimeError), store.staging() as staged:
+        (staged / "bundle.yaml").write_text("name: x\n")
+        raise RuntimeError("interrupted")
+    assert store.list() == []
+    assert list((store.root / ".tmp").iterdir()) == []
+
+
+def test_manifest_names_changed_missing_and_extra_files(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    path = _add(store, "svc", "v1")
+    assert verify_manifest(path) == []
+    (path / "src/a.py").write_text("tampered")
+    (path / "extra.txt").write_text("new")
+    (path / "bundle.yaml").unlink()
+    problems = verify_manifest(path)
+    assert problems == [
+        "bundle.yaml: missing",
+        "src/a.py: sha256 differs from the manifest",
+        "extra.txt: not in the manifest",
+    ]
+
+
+def test_export_is_deterministic_and_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+    _add(store, "svc", "v1", body="hello")
+    a = store.export("svc:v1", tmp_path / "a.tar.gz")
+    b = store.export("svc:v1", tmp_path / "b.tar.gz")
+    assert a.read_bytes() == b.read_bytes()
+    other = Store(tmp_path / "other", "bundle", "bundle.yaml")
+    tag, created = other.import_(a)
+    assert (tag, created) == (Tag("svc", "v1"), True)
+    assert (other.path("svc:v1") / "src/a.py").read_text() == "hello"
+    assert other.import_(a) == (Tag("svc", "v1"), False)
+
+
+def _archive(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    out = tmp_path / "evil.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        info = tarfile.TarInfo("bundle.yaml")
+        payload = b"name: evil\nversion: v1\n"
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return out
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    m = tarfile.TarInfo(name)
+    m.type = kind
+    m.linkname = linkname
+    return m
+
+
+@pytest.mark.parametrize(
+    "member, reason",
+    [
+        (_member("/etc/passwd"), "absolute path"),
+        (_member("../../escape.txt"), "outside the archive"),
+        (_member("src/../../x"), "outside the archive"),
+        (_member("link", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
+        (_member("hard", tarfile.LNKTYPE, "bundle.yaml"), "is a link"),
+        (_member("dev", tarfile.CHRTYPE), "device"),
+        (_member("fifo", tarfile.FIFOTYPE), "device, fifo"),
+    ],
+)
+def test_import_refuses_unsafe_archives_and_leaves_store_unchanged(
+    tmp_path: Path, member: tarfile.TarInfo, reason: str
+) -> None:
+    store = _store(tmp_path)
+    _add(store, "keep", "v1")
+    before = sorted(p.relative_to(store.root) for p in store.root.rglob("*") if ".tmp" not in p.parts)
+    with pytest.raises(UnsafeArchive, match=reason):
+        store.import_(_archive(tmp_path, member, b"data"))
+    after = sorted(p.relative_to(store.root) for p in store.root.rglob("*") if ".tmp" not in p.parts)
+    assert before == after
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_import_refuses_tampered_archive(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _add(store, "svc", "v1", body="original")
+    archive = store.export("svc:v1", tmp_path / "svc.tar.gz")
+    with tarfile.open(archive) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    tampered = tmp_path / "tampered.tar.gz"
+    with tarfile.open(tampered, "w:gz") as tar:
+        for m, data in members:
+            if m.name == "src/a.py":
+                data = b"changed!"
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    other = Store(tmp_path / "other", "bundle", "bundle.yaml")
+    with pytest.raises(Exception, match=r"src/a.py: sha256 differs"):
+        other.import_(tampered)
+    assert other.list() == []
