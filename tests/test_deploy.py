@@ -1,0 +1,335 @@
+"""Kubernetes manifests: valid for three Kubernetes versions, safe defaults, probes that match the server."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import time
+from pathlib import Path
+
+import kubernetes_validate
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import yaml
+from kubernetes_validate.utils import all_versions
+from onnx import TensorProto, helper, numpy_helper
+
+from bundler.deploy import (
+    CUDA_PROVIDERS,
+    STARTUP_BASE_S,
+    STARTUP_LOAD_BYTES_PER_S,
+    deploy_kubernetes,
+    kubernetes_manifests,
+    parse_quantity,
+    startup_budget_seconds,
+    write_manifests,
+)
+from bundler.exceptions import BadInput
+from bundler.store import Tag, bundle_store
+
+DIGEST = "sha256:" + hashlib.sha256(b"lock").hexdigest()
+INFO = {
+    "name": "sr",
+    "version": "0ab1cd2ef3gh4jkm",
+    "tag": "sr:0ab1cd2ef3gh4jkm",
+    "lock_digest": DIGEST,
+    "models": [{"tag": "sr-model:0ab1cd2ef3gh4jkp", "size": 120 * 2**20}],
+    "apis": [{"name": "sr", "route": "/sr"}],
+}
+LABEL_KEY_RE = re.compile(
+    r"^(?:[a-z0-9]([-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-._A-Za-z0-9]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-._A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")
+DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _three_versions() -> list[str]:
+    """Return the newest Kubernetes minor version kubernetes-validate ships, and the two before it."""
+    minors = sorted({tuple(int(p) for p in v.split(".")[:2]) for v in all_versions()})
+    return [f"{major}.{minor}.0" for major, minor in minors[-3:]]
+
+
+VERSIONS = _three_versions()
+
+OPTION_SETS = {
+    "defaults": {},
+    "gpu-namespace-image": {
+        "gpu": 2,
+        "namespace": "ml-prod",
+        "image": "registry.example.com:5000/team/sr:1.2",
+    },
+    "autoscale-range": {"min_replicas": 2, "max_replicas": 10, "cpu": "500m", "memory": "2.5Gi"},
+    "fixed-replicas-port": {"replicas": 3, "max_replicas": 3, "port": 8080, "cpu": "4", "memory": "16Gi"},
+}
+
+
+def _kinds(manifests: list[dict]) -> dict[str, dict]:
+    return {m["kind"]: m for m in manifests}
+
+
+def _container(manifests: list[dict]) -> dict:
+    return _kinds(manifests)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_ships_three_kubernetes_versions() -> None:
+    assert len(VERSIONS) == 3
+    majors_minors = [tuple(int(p) for p in v.split(".")[:2]) for v in VERSIONS]
+    assert majors_minors[2][1] - majors_minors[0][1] == 2
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("options", OPTION_SETS.values(), ids=OPTION_SETS.keys())
+def test_manifests_validate_against_kubernetes_schemas(tmp_path: Path, options: dict, version: str) -> None:
+    manifests = kubernetes_manifests(INFO, tmp_path, **options)
+    assert [m["kind"] for m in manifests] == [
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ]
+    for manifest in manifests:
+        # strict: unknown fields are errors, so a misspelled key cannot slip through.
+        assert kubernetes_validate.validate(manifest, version, strict=True) == version.rsplit(".", 1)[0]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].update(livenesProbe={}),
+        lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriodSeconds="45"),
+        lambda d: d["spec"].update(selector="app=sr"),
+    ],
+    ids=["misspelled-key", "string-for-integer", "wrong-shape"],
+)
+def test_schema_check_catches_broken_manifests(tmp_path: Path, mutate) -> None:
+    deployment = copy.deepcopy(kubernetes_manifests(INFO, tmp_path)[0])
+    mutate(deployment)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("options", OPTION_SETS.values(), ids=OPTION_SETS.keys())
+def test_names_labels_and_quantities_are_valid(tmp_path: Path, options: dict) -> None:
+    info = {**INFO, "name": "9lives_super.res", "tag": "9lives_super.res:0ab1cd2ef3gh4jkm"}
+    manifests = kubernetes_manifests(info, tmp_path, **options)
+    for m in manifests:
+        assert DNS1035_RE.match(m["metadata"]["name"]), m["metadata"]["name"]
+        labels = dict(m["metadata"]["labels"])
+        if m["kind"] == "Deployment":
+            labels.update(m["spec"]["template"]["metadata"]["labels"])
+        for key, value in labels.items():
+            assert LABEL_KEY_RE.match(key), key
+            assert LABEL_VALUE_RE.match(value) and len(value) <= 63, (key, value)
+        assert m["metadata"]["annotations"]["bundler.dev/tag"] == info["tag"]
+        assert m["metadata"]["annotations"]["bundler.dev/lock-digest"] == DIGEST
+        assert DIGEST.startswith("sha256:" + m["metadata"]["labels"]["bundler.dev/lock-digest"])
+        assert m["metadata"].get("namespace") == options.get("namespace")
+    resources = _container(manifests)["resources"]
+    for value in [*resources["requests"].values(), resources["limits"]["cpu"], resources["limits"]["memory"]]:
+        assert parse_quantity(value, "test") > 0
+
+
+def test_selector_is_stable_across_versions(tmp_path: Path) -> None:
+    """A new bundle version must roll the same Deployment: the immutable selector may not name the version."""
+    old = _kinds(kubernetes_manifests(INFO, tmp_path))
+    new = _kinds(kubernetes_manifests({**INFO, "version": "zzzz", "tag": "sr:zzzz"}, tmp_path))
+    assert old["Deployment"]["spec"]["selector"] == new["Deployment"]["spec"]["selector"]
+    assert old["Service"]["spec"]["selector"] == new["Service"]["spec"]["selector"]
+    assert (
+        old["Deployment"]["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"]
+        == INFO["version"]
+    )
+    pod_labels = new["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert new["Deployment"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert new["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_pod_is_restricted_non_root_and_read_only(tmp_path: Path) -> None:
+    manifests = kubernetes_manifests(INFO, tmp_path)
+    pod = _kinds(manifests)["Deployment"]["spec"]["template"]["spec"]
+    c = _container(manifests)
+    # The Pod Security "restricted" profile, checked field by field.
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[mounts["/tmp"]]
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_probes_drain_and_autoscaler(tmp_path: Path) -> None:
+    manifests = kubernetes_manifests(INFO, tmp_path, min_replicas=2, max_replicas=6)
+    kinds = _kinds(manifests)
+    c = _container(manifests)
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert {"name": "PORT", "value": "3000"} in c["env"]
+    assert c["ports"][0]["containerPort"] == 3000
+    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = kinds["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= pre_stop + 30
+    # The HorizontalPodAutoscaler owns the replica count; a spec.replicas would undo it on every apply.
+    assert "replicas" not in kinds["Deployment"]["spec"]
+    hpa = kinds["HorizontalPodAutoscaler"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
+    assert hpa["scaleTargetRef"]["name"] == kinds["Deployment"]["metadata"]["name"]
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+    assert kinds["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_replicas_defaults(tmp_path: Path) -> None:
+    hpa = _kinds(kubernetes_manifests(INFO, tmp_path, replicas=3))["HorizontalPodAutoscaler"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 12)
+    hpa = _kinds(kubernetes_manifests(INFO, tmp_path, min_replicas=2))["HorizontalPodAutoscaler"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 8)
+
+
+def test_gpu_sets_limit_providers_and_scheduling_hints(tmp_path: Path) -> None:
+    cpu_only = kubernetes_manifests(INFO, tmp_path)
+    assert "nvidia.com/gpu" not in _container(cpu_only)["resources"]["limits"]
+    assert "BUNDLER_PROVIDERS" not in {e["name"] for e in _container(cpu_only)["env"]}
+    assert "tolerations" not in _kinds(cpu_only)["Deployment"]["spec"]["template"]["spec"]
+
+    gpu = kubernetes_manifests(INFO, tmp_path, gpu=2)
+    c = _container(gpu)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert {"name": "BUNDLER_PROVIDERS", "value": CUDA_PROVIDERS} in c["env"]
+    pod = _kinds(gpu)["Deployment"]["spec"]["template"]["spec"]
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # CUDA initialisation gets its own share of the startup budget.
+    assert c["startupProbe"]["failureThreshold"] > _container(cpu_only)["startupProbe"]["failureThreshold"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"replicas": 0}, r"--replicas: 0 must be a whole number of at least 1"),
+        ({"replicas": True}, r"--replicas: True must be"),
+        ({"min_replicas": 5, "max_replicas": 2}, r"--min-replicas 5 is more than --max-replicas 2"),
+        ({"max_replicas": 0}, r"--max-replicas: 0 must be"),
+        ({"replicas": 3, "min_replicas": 2}, r"--replicas 3 and --min-replicas 2 disagree"),
+        ({"cpu": "1 core"}, r"--cpu: '1 core' is not a Kubernetes quantity"),
+        ({"cpu": "0"}, r"--cpu: '0' must be more than 0"),
+        ({"cpu": "-1"}, r"--cpu: '-1' is not a Kubernetes quantity"),
+        ({"memory": "1GB"}, r"--memory: '1GB' is not a Kubernetes quantity"),
+        ({"memory": "1gi"}, r"--memory: '1gi' is not a Kubernetes quantity.*case-sensitive"),
+        ({"memory": "512m"}, r"did you mean '512Mi'"),
+        ({"memory": "10Mi"}, r"less than 64Mi"),
+        ({"memory": "100Mi"}, r"less than the 120 MiB of models in sr:0ab1cd2ef3gh4jkm"),
+        ({"gpu": -1}, r"--gpu: -1 must be a whole number"),
+        ({"namespace": "ML_Prod"}, r"--namespace: 'ML_Prod' is not a Kubernetes namespace name"),
+        ({"image": "my image"}, r"--image: 'my image' is not an image reference"),
+        ({"port": 70000}, r"port: 70000 must be between 1 and 65535"),
+    ],
+)
+def test_bad_options_are_bad_input(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        kubernetes_manifests(INFO, tmp_path, **options)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("500m", "0.5"),
+        ("2", "2"),
+        ("1.5Gi", str(3 * 2**29)),
+        ("1e3", "1000"),
+        ("1k", "1000"),
+        ("1Mi", str(2**20)),
+    ],
+)
+def test_parse_quantity(text: str, value: str) -> None:
+    assert parse_quantity(text, "x") == type(parse_quantity("1", "x"))(value)
+
+
+def _onnx_model(path: Path, megabytes: int) -> int:
+    n = int((megabytes * 2**20 / 4) ** 0.5)
+    weight = numpy_helper.from_array(np.random.default_rng(0).random((n, n), dtype=np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [weight])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph), path)
+    return path.stat().st_size
+
+
+def test_startup_budget_grows_with_models_on_disk(tmp_path: Path) -> None:
+    """Sizes missing from bundle.yaml are read from the bundle's models/ directory."""
+    small = tmp_path / "small"
+    big = tmp_path / "big"
+    info = {**INFO, "models": [{"tag": "m:v1"}]}
+    _onnx_model(small / "models" / "m" / "v1" / "saved_model.onnx", 1)
+    weights = big / "models" / "m" / "v1" / "saved_model.onnx.data"
+    weights.parent.mkdir(parents=True)
+    with open(weights, "wb") as f:  # sparse: the size is what counts, not the bytes
+        f.truncate(3 * 2**30)
+    size = weights.stat().st_size
+    probe_small = _container(kubernetes_manifests(info, small))["startupProbe"]
+    probe_big = _container(kubernetes_manifests(info, big, memory="8Gi"))["startupProbe"]
+    budget_big = probe_big["periodSeconds"] * probe_big["failureThreshold"]
+    assert budget_big == startup_budget_seconds(size)
+    assert budget_big >= STARTUP_BASE_S + size / STARTUP_LOAD_BYTES_PER_S
+    assert probe_big["failureThreshold"] > probe_small["failureThreshold"]
+    pod = _kinds(kubernetes_manifests(info, big, memory="8Gi"))["Deployment"]["spec"]["template"]
+    assert pod["metadata"]["annotations"]["bundler.dev/model-bytes"] == str(size)
+
+
+def test_startup_rate_holds_for_a_real_session(tmp_path: Path) -> None:
+    """onnxruntime loads faster than the rate the startup budget assumes, with room to spare."""
+    path = tmp_path / "m.onnx"
+    size = _onnx_model(path, 60)
+    start = time.perf_counter()
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    elapsed = time.perf_counter() - start
+    assert elapsed < size / STARTUP_LOAD_BYTES_PER_S, f"{size / elapsed / 2**20:.0f} MiB/s"
+
+
+def test_write_manifests_is_deterministic_and_round_trips(tmp_path: Path) -> None:
+    manifests = kubernetes_manifests(INFO, tmp_path, gpu=1, namespace="ml")
+    first = write_manifests(manifests, tmp_path / "a")
+    second = write_manifests(kubernetes_manifests(INFO, tmp_path, gpu=1, namespace="ml"), tmp_path / "b")
+    assert [p.name for p in first] == ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
+    for a, b, m in zip(first, second, manifests, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+        assert yaml.safe_load(a.read_text()) == m
+    again = write_manifests(manifests, tmp_path / "a")
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in second]
+
+
+def test_write_manifests_refuses_a_file_as_directory(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.write_text("x")
+    with pytest.raises(BadInput, match="is not a directory"):
+        write_manifests(kubernetes_manifests(INFO, tmp_path), target)
+
+
+def test_deploy_kubernetes_from_the_store(tmp_path: Path) -> None:
+    """Without lock_digest in bundle.yaml, the digest is the sha256 of the bundle's lock file."""
+    store = bundle_store()
+    info = {"name": "sr", "version": "v1", "models": [{"tag": "m:v1"}], "apis": []}
+    with store.staging() as staged:
+        (staged / "bundle.yaml").write_text(yaml.safe_dump(info))
+        lock = staged / "env" / "python" / "requirements.lock.txt"
+        lock.parent.mkdir(parents=True)
+        lock.write_text("numpy==2.0.0 --hash=sha256:00\n")
+        size = _onnx_model(staged / "models" / "m" / "v1" / "saved_model.onnx", 1)
+        store.commit(staged, Tag("sr", "v1"))
+    paths = deploy_kubernetes("sr:latest", tmp_path / "k8s", max_replicas=2)
+    deployment = yaml.safe_load(paths[0].read_text())
+    expected = "sha256:" + hashlib.sha256(b"numpy==2.0.0 --hash=sha256:00\n").hexdigest()
+    assert deployment["metadata"]["annotations"] == {
+        "bundler.dev/tag": "sr:v1",
+        "bundler.dev/lock-digest": expected,
+    }
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["bundler.dev/model-bytes"] == str(size)
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "sr:v1"
+    for path in paths:
+        kubernetes_validate.validate(yaml.safe_load(path.read_text()), VERSIONS[-1], strict=True)
