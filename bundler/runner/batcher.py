@@ -1,0 +1,380 @@
+"""Adaptive batching: coalesce concurrent requests into one ONNX Runtime call.
+
+Two parts. ``Scheduler`` is pure: it learns the model's cost per call ``t(n) = a + b*n`` and the arrival
+rate from what it is told, and answers "dispatch now or wait until when" and "admit or refuse" given the
+time; tests drive it with a fake clock. ``Batcher`` is the asyncio shell around it: one loop future per
+request, per-shape queues, one ``np.concatenate`` and one executor call per batch, result slices as views.
+
+The rule (docs/batching.md derives it): with the executor free and ``k`` requests queued, waiting ``dt``
+for one more arrival costs the queued requests ``k*dt`` plus ``k*b`` of longer run, and saves the newcomer
+about the fixed cost ``a`` it would pay in a batch of its own. So wait while ``(k+1)*dt + k*b < a``, with
+``dt`` the expected gap to the next arrival (never less than the silence so far), and never past the
+oldest request's latency budget. Waiting is therefore bounded by ``a/(k+1)`` after the last arrival; with
+one client (gaps longer than ``a``) requests are dispatched at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..exceptions import InferenceInputError, ModelError, Overloaded
+from .config import BatchingConfig
+
+__all__ = ["BatchObserver", "Batcher", "CostModel", "Decision", "Scheduler"]
+
+RunBatch = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+class BatchObserver(Protocol):
+    """Receives batching metrics (the server turns them into Prometheus series)."""
+
+    def on_batch(self, size: int, seconds: float) -> None: ...
+
+    def on_queue(self, depth: int) -> None: ...
+
+
+class CostModel:
+    """Exponentially weighted least-squares fit of call time ``t(n) = a + b*n`` (seconds, rows)."""
+
+    def __init__(self, decay: float = 0.05) -> None:
+        self.decay = decay
+        self.count = 0
+        self._s = [0.0, 0.0, 0.0, 0.0, 0.0]  # weight, n, n*n, t, n*t
+        self.a = 0.0
+        self.b = 0.0
+
+    def observe(self, n: int, seconds: float) -> None:
+        """Fold one measured call of ``n`` rows into the fit."""
+        keep = 1.0 - self.decay if self.count else 0.0
+        s = self._s
+        for i, value in enumerate((1.0, n, n * n, seconds, n * seconds)):
+            s[i] = s[i] * keep + value
+        self.count += 1
+        w, sn, snn, st, snt = s
+        mean_n, mean_t = sn / w, st / w
+        var = snn / w - mean_n * mean_n
+        # Too little spread in batch sizes to separate a from b: call it all fixed cost, which is what
+        # decides waiting; the fit sharpens once sizes vary.
+        b = (snt / w - mean_n * mean_t) / var if var > 1e-9 * max(1.0, mean_n * mean_n) else 0.0
+        b = max(b, 0.0)
+        a = mean_t - b * mean_n
+        if a < 0.0:
+            a, b = 0.0, mean_t / mean_n if mean_n else 0.0
+        self.a, self.b = a, b
+
+    def predict(self, n: int) -> float:
+        """Return the expected seconds for a call of ``n`` rows (0 before any observation)."""
+        return self.a + self.b * n if self.count else 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Dispatch now (``wake_at`` None) or look again at ``wake_at`` unless something happens first."""
+
+    dispatch: bool
+    wake_at: float | None = None
+
+
+class Scheduler:
+    """Pure batching policy: state and the current time in, decisions out."""
+
+    def __init__(self, config: BatchingConfig, *, gap_decay: float = 0.1) -> None:
+        self.config = config
+        self.cost = CostModel()
+        self.gap_decay = gap_decay
+        self.gap = math.inf  # EWMA of the time between request arrivals
+        self.last_arrival: float | None = None
+        self.budget = config.max_latency_ms / 1000.0
+        # Batching switched off still goes through here: one request per call, same overload protection.
+        self.max_batch = config.max_batch_size if config.enabled else 1
+
+    def on_arrival(self, now: float) -> None:
+        """Record one request arriving at ``now``."""
+        if self.last_arrival is not None:
+            gap = max(now - self.last_arrival, 0.0)
+            self.gap = gap if math.isinf(self.gap) else self.gap + self.gap_decay * (gap - self.gap)
+        self.last_arrival = now
+
+    def on_batch(self, rows: int, seconds: float) -> None:
+        """Record that a call of ``rows`` rows took ``seconds`` from dispatch to results."""
+        self.cost.observe(rows, seconds)
+
+    def backlog(self, now: float, queued_rows: int, inflight: list[tuple[float, int]]) -> float:
+        """Return the predicted seconds until everything in flight and ``queued_rows`` more are done."""
+        predict, size = self.cost.predict, self.max_batch
+        busy = sum(max(start + predict(rows) - now, 0.0) for start, rows in inflight)
+        full, rest = divmod(queued_rows, size)
+        ahead = (busy + full * predict(size)) / self.config.max_concurrency
+        if rest:
+            # The last batch also takes whoever arrives before it starts: count them, or it looks too cheap.
+            joining = ahead / self.gap if self.gap > 0 else size
+            ahead += predict(min(size, rest + math.ceil(joining))) / self.config.max_concurrency
+        return ahead
+
+    def admit(self, now: float, rows: int, queued_rows: int, inflight: list[tuple[float, int]]) -> None:
+        """Raise Overloaded if ``rows`` more rows overflow the queue or cannot finish within the budget."""
+        config = self.config
+        if queued_rows and queued_rows + rows > config.max_queue:
+            raise Overloaded(
+                f"runner queue is full ({queued_rows} of max_queue={config.max_queue} rows waiting);"
+                " retry later or raise max_queue",
+                retry_after=_retry(self.backlog(now, queued_rows, inflight)),
+            )
+        if not (queued_rows or inflight):
+            return  # an idle runner takes anything: refusing would not make it faster
+        expected = self.backlog(now, queued_rows + rows, inflight)
+        if expected > self.budget:
+            raise Overloaded(
+                f"runner cannot answer within max_latency_ms={config.max_latency_ms:g}"
+                f" (about {expected * 1000:.0f} ms of work is ahead); retry later or add replicas",
+                retry_after=_retry(self.backlog(now, queued_rows, inflight)),
+            )
+
+    def decide(self, now: float, queued: int, queued_rows: int, oldest: float) -> Decision:
+        """Decide for the oldest group: ``queued`` requests, ``queued_rows`` rows, the first at ``oldest``."""
+        if queued_rows >= self.max_batch or not self.cost.count:
+            return Decision(True)
+        a, b = self.cost.a, self.cost.b
+        # Latest moment that still leaves the oldest request time to run with one more row.
+        deadline = oldest + self.budget - self.cost.predict(queued_rows + 1)
+        last = self.last_arrival if self.last_arrival is not None else now
+        # Expected gap to the next arrival, never less than the silence so far (the rate may have dropped).
+        dt = max(self.gap, now - last)
+        if (queued + 1) * dt + queued * b >= a or deadline <= now:
+            return Decision(True)
+        # The rule flips when the silence reaches (a - k*b)/(k+1) after the last arrival.
+        flip = last + (a - queued * b) / (queued + 1)
+        wake = min(flip, deadline)
+        return Decision(True) if wake <= now else Decision(False, wake)
+
+
+def _retry(seconds: float) -> float:
+    return max(round(seconds, 3), 0.001)
+
+
+class _Request:
+    __slots__ = ("arrival", "feed", "future", "rows")
+
+    def __init__(
+        self, feed: dict[str, np.ndarray], rows: int, arrival: float, future: asyncio.Future
+    ) -> None:
+        self.feed = feed
+        self.rows = rows
+        self.arrival = arrival
+        self.future = future
+
+
+class Batcher:
+    """Coalesce concurrent ``submit`` calls into ``run_batch`` calls run in ``executor``."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        config: BatchingConfig,
+        *,
+        executor: Executor,
+        batch_dim: int | None = None,
+        observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.run_batch = run_batch
+        self.config = config
+        self.executor = executor
+        self.batch_dim = config.batch_dim if batch_dim is None else batch_dim
+        self.observer = observer
+        self.clock = clock
+        self.scheduler = Scheduler(config)
+        # One FIFO per (input name, dtype, non-batch shape) signature: only alike requests concatenate.
+        self._queues: dict[tuple, deque[_Request]] = {}
+        self._queued_rows = 0
+        self._inflight: list[tuple[float, int]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._closing = False
+        self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def queued_rows(self) -> int:
+        """Return the number of rows waiting (not yet in ONNX Runtime)."""
+        return self._queued_rows
+
+    async def submit(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run ``feed`` as part of a batch; return this request's rows of each output."""
+        if self._closing:
+            raise Overloaded("runner is shutting down; retry on another replica", retry_after=1.0)
+        key, rows = self._signature(feed)
+        now = self.clock()
+        self.scheduler.admit(now, rows, self._queued_rows, self._inflight)
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        request = _Request(feed, rows, now, loop.create_future())
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        queue.append(request)
+        self._queued_rows += rows
+        self.scheduler.on_arrival(now)
+        if self.observer is not None:
+            self.observer.on_queue(self._queued_rows)
+        self._pump()
+        return await request.future
+
+    async def close(self) -> None:
+        """Refuse new requests, run everything queued without waiting, and return when all are answered."""
+        self._closing = True
+        self._pump()
+        while self._inflight or self._queued_rows:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _signature(self, feed: dict[str, np.ndarray]) -> tuple[tuple, int]:
+        dim = self.batch_dim
+        key = []
+        rows = -1
+        for name, array in feed.items():
+            shape = array.shape
+            if len(shape) <= dim:
+                raise InferenceInputError(
+                    f"input {name!r} has shape {list(shape)} but the runner batches along axis {dim};"
+                    f" send at least {dim + 1} dimensions"
+                )
+            if rows < 0:
+                rows = shape[dim]
+            elif shape[dim] != rows:
+                raise InferenceInputError(
+                    f"input {name!r} has {shape[dim]} rows on batch axis {dim} but the first input has"
+                    f" {rows}; send the same number of rows for every input"
+                )
+            key.append((name, array.dtype, shape[:dim] + shape[dim + 1 :]))
+        return tuple(key), max(rows, 0)
+
+    def _pump(self) -> None:
+        """Dispatch batches while the executor has room and the scheduler says go; else arm the timer."""
+        while self._queued_rows and len(self._inflight) < self.config.max_concurrency:
+            key, queue = self._oldest_queue()
+            if queue is None:
+                break
+            if not self._closing:
+                now = self.clock()
+                decision = self.scheduler.decide(
+                    now, len(queue), sum(r.rows for r in queue), queue[0].arrival
+                )
+                if not decision.dispatch:
+                    self._arm(decision.wake_at, now)
+                    return
+            self._dispatch(key, queue)
+        if self._idle is not None and not (self._inflight or self._queued_rows):
+            self._idle.set()
+
+    def _oldest_queue(self) -> tuple[Any, deque[_Request] | None]:
+        best_key, best, best_at = None, None, math.inf
+        for key, queue in list(self._queues.items()):
+            # Drop requests whose callers gave up (client disconnected) before they cost a run.
+            while queue and queue[0].future.done():
+                self._queued_rows -= queue.popleft().rows
+            if not queue:
+                del self._queues[key]
+            elif queue[0].arrival < best_at:
+                best_key, best, best_at = key, queue, queue[0].arrival
+        return best_key, best
+
+    def _arm(self, wake_at: float | None, now: float) -> None:
+        if wake_at is None or (self._timer is not None and self._timer_at <= wake_at):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None  # set by submit before any pump can wait
+        self._timer_at = wake_at
+        self._timer = self._loop.call_later(max(wake_at - now, 0.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        self._pump()
+
+    def _dispatch(self, key: Any, queue: deque[_Request]) -> None:
+        limit = self.scheduler.max_batch
+        batch = [queue.popleft()]
+        rows = batch[0].rows
+        while queue and rows + queue[0].rows <= limit:
+            request = queue.popleft()
+            if request.future.done():
+                self._queued_rows -= request.rows
+                continue
+            batch.append(request)
+            rows += request.rows
+        if not queue:
+            del self._queues[key]
+        self._queued_rows -= rows
+        if self.observer is not None:
+            self.observer.on_queue(self._queued_rows)
+        if len(batch) == 1:
+            feed = batch[0].feed
+        else:
+            dim = self.batch_dim
+            feed = {name: np.concatenate([r.feed[name] for r in batch], axis=dim) for name in batch[0].feed}
+        started = self.clock()
+        slot = (started, rows)
+        self._inflight.append(slot)
+        assert self._loop is not None
+        done = self._loop.run_in_executor(self.executor, self._timed_run, feed)
+        done.add_done_callback(lambda f: self._finish(f, batch, rows, slot))
+
+    def _timed_run(self, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
+        begin = time.perf_counter()
+        outputs = self.run_batch(feed)
+        return outputs, time.perf_counter() - begin
+
+    def _finish(
+        self, done: asyncio.Future, batch: list[_Request], rows: int, slot: tuple[float, int]
+    ) -> None:
+        self._inflight.remove(slot)
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if error is None:
+            outputs, seconds = done.result()
+            # Loop-side time includes the thread hop: that overhead is part of what batching amortizes.
+            self.scheduler.on_batch(rows, self.clock() - slot[0])
+            if self.observer is not None:
+                self.observer.on_batch(rows, seconds)
+            try:
+                self._deliver(outputs, batch, rows)
+            except ModelError as exc:
+                error = exc
+        if error is not None:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+        self._pump()
+
+    def _deliver(self, outputs: list[np.ndarray], batch: list[_Request], rows: int) -> None:
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_result(outputs)
+            return
+        dim = self.batch_dim
+        for out in outputs:
+            if out.ndim <= dim or out.shape[dim] != rows:
+                raise ModelError(
+                    f"a batchable model returned an output of shape {list(out.shape)} for {rows} rows"
+                    f" on axis {dim}; every output needs the batch axis: save it with batchable=False"
+                )
+        lead = (slice(None),) * dim
+        start = 0
+        for request in batch:
+            stop = start + request.rows
+            if not request.future.done():
+                index = (*lead, slice(start, stop))
+                request.future.set_result([out[index] for out in outputs])
+            start = stop

@@ -1,0 +1,531 @@
+"""Batching config; pure scheduling with a fake clock; then the real asyncio Batcher with onnxruntime."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bundler.exceptions import BadInput, InferenceInputError, ModelError, Overloaded
+from bundler.runner.batcher import Batcher, CostModel, Scheduler
+from bundler.runner.config import DEFAULTS, BatchingConfig, env_names, resolve_batching
+
+# ---------------------------------------------------------------- config
+
+
+def test_defaults_without_env_or_file() -> None:
+    assert resolve_batching("mlp", environ={}) == DEFAULTS
+    assert DEFAULTS.max_batch_size >= 1 and DEFAULTS.max_queue >= DEFAULTS.max_batch_size
+
+
+def test_env_names_scope_the_runner_name() -> None:
+    assert env_names("sr-model.v2", "max_batch_size") == (
+        "BUNDLER_RUNNER_SR_MODEL_V2_MAX_BATCH_SIZE",
+        "BUNDLER_MAX_BATCH_SIZE",
+    )
+    assert env_names("sr", "enabled") == ("BUNDLER_RUNNER_SR_BATCHING", "BUNDLER_BATCHING")
+
+
+def test_precedence_explicit_over_env_over_file(tmp_path: Path) -> None:
+    config = tmp_path / "bundler.yaml"
+    config.write_text(
+        "runners:\n"
+        "  batching: {max_batch_size: 8, max_latency_ms: 500, max_queue: 99}\n"
+        "  sr:\n"
+        "    batching: {max_batch_size: 16, enabled: false}\n"
+    )
+    env = {"BUNDLER_CONFIG": str(config)}
+    # file: per-runner beats the general section, which still supplies the rest
+    got = resolve_batching("sr", environ=env)
+    assert (got.max_batch_size, got.max_latency_ms, got.max_queue, got.enabled) == (16, 500.0, 99, False)
+    assert resolve_batching("other", environ=env).max_batch_size == 8
+    # unscoped env beats the file, scoped env beats unscoped
+    env["BUNDLER_MAX_BATCH_SIZE"] = "32"
+    assert resolve_batching("sr", environ=env).max_batch_size == 32
+    env["BUNDLER_RUNNER_SR_MAX_BATCH_SIZE"] = "4"
+    assert resolve_batching("sr", environ=env).max_batch_size == 4
+    assert resolve_batching("other", environ=env).max_batch_size == 32
+    env["BUNDLER_BATCHING"] = "yes"
+    assert resolve_batching("sr", environ=env).enabled is True
+    # explicit arguments win over everything; None means "not given"
+    got = resolve_batching("sr", max_batch_size=2, max_latency_ms=None, max_queue=7, environ=env)
+    assert (got.max_batch_size, got.max_latency_ms, got.max_queue) == (2, 500.0, 7)
+
+
+def test_bundler_config_env_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("runners:\n  batching:\n    max_latency_ms: 250\n")
+    monkeypatch.setenv("BUNDLER_CONFIG", str(config))
+    monkeypatch.setenv("BUNDLER_MAX_QUEUE", "12")
+    got = resolve_batching("x")
+    assert (got.max_latency_ms, got.max_queue) == (250.0, 12)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"BUNDLER_MAX_BATCH_SIZE": "0"},
+            "environment variable BUNDLER_MAX_BATCH_SIZE: '0' is not an integer >= 1",
+        ),
+        ({"BUNDLER_RUNNER_M_MAX_QUEUE": "ten"}, "BUNDLER_RUNNER_M_MAX_QUEUE: 'ten' is not an integer"),
+        ({"BUNDLER_MAX_LATENCY_MS": "-3"}, "BUNDLER_MAX_LATENCY_MS: '-3' is not a positive number"),
+        ({"BUNDLER_MAX_LATENCY_MS": "nan"}, "BUNDLER_MAX_LATENCY_MS: 'nan' is not a positive number"),
+        ({"BUNDLER_RUNNER_M_BATCHING": "maybe"}, "BUNDLER_RUNNER_M_BATCHING: 'maybe' is not a boolean"),
+    ],
+)
+def test_bad_env_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(BadInput, match=message.replace("(", r"\(")):
+        resolve_batching("m", environ=env)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "runners:\n  batching: {max_bach_size: 3}\n",
+            r"runners.batching: unknown key 'max_bach_size' \(did you mean 'max_batch_size'\?\)",
+        ),
+        (
+            "runners:\n  m:\n    batching: {max_queue: 0}\n",
+            r"runners.m.batching.max_queue: 0 is not an integer >= 1",
+        ),
+        ("runners:\n  m:\n    batching: {max_batch_size: true}\n", r"max_batch_size: True is not an integer"),
+        ("runners: [1]\n", "runners: expected a mapping"),
+        ("runners:\n  m: 3\n", r"runners.m: expected a mapping with a 'batching' key"),
+        ("- a\n", "expected a mapping at the top"),
+        ("runners: {batching: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_file_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(BadInput, match=message):
+        resolve_batching("m", environ={"BUNDLER_CONFIG": str(path)})
+
+
+def test_missing_config_file_and_unknown_argument() -> None:
+    with pytest.raises(BadInput, match=r"BUNDLER_CONFIG: cannot read /nonexistent/x\.yaml"):
+        resolve_batching("m", environ={"BUNDLER_CONFIG": "/nonexistent/x.yaml"})
+    with pytest.raises(BadInput, match=r"unknown key 'max_latency' \(did you mean 'max_latency_ms'\?\)"):
+        resolve_batching("m", environ={}, max_latency=3)
+    with pytest.raises(BadInput, match=r"argument max_batch_size: 2\.5 is not an integer"):
+        resolve_batching("m", environ={}, max_batch_size=2.5)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- pure scheduling
+
+
+def test_cost_model_recovers_fixed_and_per_row_cost() -> None:
+    model = CostModel()
+    for n in [1, 64, 8, 32, 2, 16, 4] * 10:
+        model.observe(n, 0.002 + 0.0001 * n)
+    assert model.a == pytest.approx(0.002, rel=1e-6)
+    assert model.b == pytest.approx(0.0001, rel=1e-6)
+    assert model.predict(10) == pytest.approx(0.003)
+
+
+def test_cost_model_with_one_size_calls_it_fixed_cost_and_forgets_old_runs() -> None:
+    model = CostModel(decay=0.2)
+    assert model.predict(5) == 0.0
+    model.observe(1, 0.5)  # a slow first run (allocations) ...
+    for _ in range(60):
+        model.observe(1, 0.001)
+    assert (model.b, round(model.a, 4)) == (0.0, 0.001)  # ... is forgotten
+
+
+def _scheduler(**overrides: object) -> Scheduler:
+    scheduler = Scheduler(BatchingConfig(**{"max_batch_size": 8, "max_latency_ms": 100.0, **overrides}))  # type: ignore[arg-type]
+    for n in (1, 8, 1, 8):
+        scheduler.on_batch(n, 0.010 + 0.001 * n)  # a = 10 ms, b = 1 ms
+    return scheduler
+
+
+def test_lone_request_after_silence_is_dispatched_at_once() -> None:
+    scheduler = _scheduler()
+    scheduler.on_arrival(0.0)
+    scheduler.on_arrival(1.0)  # one client, a second apart: gaps far above a
+    assert scheduler.decide(1.0, 1, 1, 1.0).dispatch
+
+
+def test_busy_traffic_waits_no_longer_than_the_rule_allows() -> None:
+    scheduler = _scheduler()
+    for i in range(20):
+        scheduler.on_arrival(i * 0.001)  # 1 ms gaps, a = 10 ms: more arrivals pay off
+    now = 0.019
+    decision = scheduler.decide(now, 2, 2, 0.018)
+    assert not decision.dispatch
+    # (k+1)*silence + k*b reaches a at last + (a - k*b)/(k+1) = 0.019 + 8 ms / 3
+    assert decision.wake_at == pytest.approx(0.019 + 0.008 / 3)
+    # a full batch goes at once
+    assert scheduler.decide(now, 8, 8, 0.012).dispatch
+    # the oldest request's budget caps the wait: 100 ms budget minus t(k+1) = 13 ms
+    decision = scheduler.decide(0.019, 2, 2, 0.019 - 0.086)
+    assert decision.dispatch or decision.wake_at == pytest.approx(0.019 - 0.086 + 0.1 - 0.013)
+    assert scheduler.decide(0.019, 2, 2, 0.019 - 0.09).dispatch
+
+
+def test_unknown_costs_mean_no_waiting() -> None:
+    scheduler = Scheduler(BatchingConfig(max_batch_size=8))
+    for i in range(5):
+        scheduler.on_arrival(i * 1e-6)
+    assert scheduler.decide(5e-6, 3, 3, 0.0).dispatch
+
+
+def test_admission_refuses_full_queue_and_missed_deadlines() -> None:
+    scheduler = _scheduler(max_queue=16)
+    # idle: anything goes, even work longer than the budget
+    scheduler.admit(0.0, 500, 0, [])
+    scheduler.admit(0.0, 1, 10, [(0.0, 8)])
+    with pytest.raises(Overloaded, match=r"queue is full \(16 of max_queue=16 rows waiting\)") as full:
+        scheduler.admit(0.0, 1, 16, [(0.0, 8)])
+    assert full.value.retry_after > 0
+    # 8 rows in flight (18 ms) + 3 full batches of 8 (54 ms) + 1 row (11 ms) = 83 ms: fits 100 ms
+    roomy = _scheduler(max_queue=1000)
+    roomy.admit(0.0, 1, 24, [(0.0, 8)])
+    with pytest.raises(Overloaded, match="cannot answer within max_latency_ms=100") as late:
+        roomy.admit(0.0, 1, 40, [(0.0, 8)])
+    # retry after the work ahead: 18 ms + 5 * 18 ms
+    assert late.value.retry_after == pytest.approx(0.108, abs=1e-3)
+
+
+def _simulate(arrivals: list[float], config: BatchingConfig, cost: tuple[float, float]) -> list[dict]:
+    """Drive Scheduler like Batcher does with a fake clock: one executor, true cost a + b*n."""
+    scheduler = Scheduler(config)
+    a, b = cost
+    events: list[tuple[float, int, str]] = [(t, i, "arrive") for i, t in enumerate(arrivals)]
+    heapq.heapify(events)
+    queue: list[tuple[int, float]] = []
+    busy_until: float | None = None
+    inflight: list[tuple[float, int]] = []
+    wake: float | None = None
+    results: list[dict] = []
+    seq = len(arrivals)
+    while events:
+        now, _, kind = heapq.heappop(events)
+        if kind == "arrive":
+            try:
+                scheduler.admit(now, 1, len(queue), inflight)
+            except Overloaded:
+                results.append({"rejected": now})
+                continue
+            scheduler.on_arrival(now)
+            queue.append((len(results), now))
+            results.append({"arrival": now})
+        elif kind == "done":
+            scheduler.on_batch(inflight[0][1], now - inflight[0][0])
+            inflight.clear()
+            busy_until = None
+        elif kind == "wake":
+            if wake != now:
+                continue
+            wake = None
+        if busy_until is None and queue:
+            decision = scheduler.decide(now, len(queue), len(queue), queue[0][1])
+            if decision.dispatch:
+                batch, queue = queue[: config.max_batch_size], queue[config.max_batch_size :]
+                busy_until = now + a + b * len(batch)
+                inflight.append((now, len(batch)))
+                for index, _ in batch:
+                    results[index].update(start=now, end=busy_until, size=len(batch))
+                heapq.heappush(events, (busy_until, seq, "done"))
+                seq += 1
+            elif decision.wake_at is not None and (wake is None or decision.wake_at < wake):
+                wake = decision.wake_at
+                heapq.heappush(events, (wake, seq, "wake"))
+                seq += 1
+    return results
+
+
+def test_simulated_one_client_gets_no_added_latency() -> None:
+    config = BatchingConfig(max_batch_size=32, max_latency_ms=50.0)
+    # closed loop, one client: each request arrives 0.3 ms after the previous answer (run = 1.1 ms)
+    arrivals = [i * 1.4e-3 for i in range(200)]
+    results = _simulate(arrivals, config, (1e-3, 1e-4))
+    assert all(r["size"] == 1 and r["start"] == r["arrival"] for r in results)
+
+
+def test_simulated_heavy_traffic_batches_and_keeps_every_deadline() -> None:
+    config = BatchingConfig(max_batch_size=32, max_latency_ms=20.0, max_queue=256)
+    rng = random.Random(4)
+    now, arrivals = 0.0, []
+    for _ in range(3000):
+        now += rng.expovariate(8_000)  # 8k req/s: 16x what unbatched calls (2 ms) can do
+        arrivals.append(now)
+    results = _simulate(arrivals, config, (2e-3, 2e-5))
+    served = [r for r in results if "size" in r]
+    sizes = [r["size"] for r in served]
+    assert len(served) > 0.9 * len(arrivals)
+    assert max(sizes) <= 32 and sum(sizes) / len(sizes) > 16
+    # never waits past the budget: admitted requests finish within it (the learned model is exact here)
+    late = [r for r in served if r["end"] - r["arrival"] > 0.020 + 1e-9]
+    assert len(late) <= 3, late[:3]  # only the first batches, before the cost model has data
+
+
+def test_simulated_overload_is_refused_not_queued_forever() -> None:
+    config = BatchingConfig(max_batch_size=8, max_latency_ms=10.0, max_queue=64)
+    arrivals = [i * 2e-5 for i in range(10_000)]  # 50k req/s for 0.2 s against ~2.7k/s of capacity
+    results = _simulate(arrivals, config, (1e-3, 2.5e-4))
+    rejected = [r for r in results if "rejected" in r]
+    served = [r for r in results if "size" in r]
+    assert rejected and served
+    assert len(served) > 0.9 * 0.2 * 8 / 3e-3  # the runner stayed busy with full batches
+    # until the model has timed a few batch sizes, the backlog is underestimated; then the budget holds
+    late = [i for i, r in enumerate(served) if r["end"] - r["arrival"] > 0.010 + 1e-9]
+    assert max(late) < 100 < len(served)
+
+
+# ---------------------------------------------------------------- real asyncio + onnxruntime
+
+
+def _mlp(seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    dims = [64, 256, 256, 10]
+    inits, nodes, prev = [], [], "x"
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
+        w = (rng.standard_normal((d_in, d_out)) / np.sqrt(d_in)).astype(np.float32)
+        bias = (rng.standard_normal(d_out) * 0.1).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]
+        out = "y" if i == len(dims) - 2 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"g{i}" if out != "y" else out]))
+        if out != "y":
+            nodes.append(helper.make_node("Relu", [f"g{i}"], [out]))
+        prev = out
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_concurrent_submits_share_onnxruntime_calls_and_match_unbatched() -> None:
+    session = ort.InferenceSession(_mlp(), providers=["CPUExecutionProvider"])
+    calls: list[int] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        calls.append(len(feed["x"]))
+        return session.run(None, feed)
+
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(64)]
+    expected = [session.run(None, {"x": x})[0] for x in inputs]
+    observed: list[tuple[str, int]] = []
+
+    class Observer:
+        def on_batch(self, size: int, seconds: float) -> None:
+            assert seconds > 0
+            observed.append(("batch", size))
+
+        def on_queue(self, depth: int) -> None:
+            observed.append(("queue", depth))
+
+    async def main() -> list[list[np.ndarray]]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(
+                run_batch, BatchingConfig(max_batch_size=64), executor=pool, observer=Observer()
+            )
+            answers = await asyncio.gather(*(batcher.submit({"x": x}) for x in inputs))
+            await batcher.close()
+            return answers
+
+    answers = asyncio.run(main())
+    assert len(calls) < 64 and sum(calls) == 64 and max(calls) > 1
+    for got, want in zip(answers, expected, strict=True):
+        assert got[0].shape == (1, 10)
+        np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+    assert sorted(size for kind, size in observed if kind == "batch") == sorted(calls)
+    assert ("queue", 63) in observed
+
+
+class Gate:
+    """A run_batch that blocks until released, recording each batch."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.release = threading.Event()
+        self.batches: list[dict[str, np.ndarray]] = []
+        self.fail_first = fail_first
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.batches.append(feed)
+        self.release.wait(5)
+        if self.fail_first and len(self.batches) == 1:
+            raise RuntimeError("boom in the model")
+        return [feed["x"] * 2, feed["x"].sum(axis=tuple(range(1, feed["x"].ndim)), keepdims=False)]
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+
+
+def test_shapes_are_not_mixed_and_multi_row_requests_get_their_rows() -> None:
+    gate = Gate()
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(gate, BatchingConfig(max_batch_size=16), executor=pool)
+            first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 3), np.float32)}))
+            await _settle()  # the first request is in the model; the rest queue behind it
+            feeds = [
+                np.full((rows, width), i, np.float32)
+                for i, (rows, width) in enumerate([(2, 3), (1, 5), (3, 3), (1, 5)])
+            ]
+            feeds.append(np.full((1, 3), 9, np.float64))  # same shape, other dtype
+            rest = [asyncio.ensure_future(batcher.submit({"x": x})) for x in feeds]
+            await _settle()
+            gate.release.set()
+            answers = await asyncio.gather(first, *rest)
+            await batcher.close()
+            return [feeds, answers]
+
+    feeds, answers = asyncio.run(main())
+    shapes = sorted((b["x"].shape, str(b["x"].dtype)) for b in gate.batches)
+    assert shapes == [((1, 3), "float32"), ((1, 3), "float64"), ((2, 5), "float32"), ((5, 3), "float32")]
+    for x, (doubled, sums) in zip(feeds, answers[1:], strict=True):
+        np.testing.assert_array_equal(doubled, x * 2)
+        np.testing.assert_array_equal(sums, x.sum(axis=1))
+
+
+def test_batch_dim_one_slices_along_axis_one() -> None:
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            gate = Gate()
+            gate.release.set()
+            batcher = Batcher(lambda f: [f["x"] + 1], BatchingConfig(), executor=pool, batch_dim=1)
+            hold = asyncio.ensure_future(batcher.submit({"x": np.zeros((2, 1))}))
+            xs = [np.full((2, i + 1), i, np.float64) for i in range(4)]
+            answers = await asyncio.gather(hold, *(batcher.submit({"x": x}) for x in xs))
+            await batcher.close()
+            return [xs, answers[1:]]
+
+    xs, answers = asyncio.run(main())
+    for x, (out,) in zip(xs, answers, strict=True):
+        np.testing.assert_array_equal(out, x + 1)
+
+
+def test_failing_batch_fails_only_its_requests_and_serving_continues() -> None:
+    gate = Gate(fail_first=True)
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(gate, BatchingConfig(), executor=pool)
+            doomed = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2))}))
+            await _settle()
+            fine = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 2), i)})) for i in range(3)]
+            gate.release.set()
+            results = await asyncio.gather(doomed, *fine, return_exceptions=True)
+            later = await batcher.submit({"x": np.ones((1, 2))})
+            await batcher.close()
+            return [*results, later]
+
+    doomed, *fine, later = asyncio.run(main())
+    assert isinstance(doomed, RuntimeError) and "boom" in str(doomed)
+    assert [float(f[0][0, 0]) for f in fine] == [0.0, 2.0, 4.0]
+    np.testing.assert_array_equal(later[0], np.full((1, 2), 2.0))
+
+
+def test_full_queue_is_refused_and_close_drains() -> None:
+    gate = Gate()
+
+    async def main() -> tuple:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(gate, BatchingConfig(max_batch_size=2, max_queue=4), executor=pool)
+            running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+            await _settle()
+            queued = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), i)})) for i in range(4)]
+            await _settle()
+            assert batcher.queued_rows == 4
+            with pytest.raises(Overloaded, match="queue is full") as refused:
+                await batcher.submit({"x": np.ones((1, 1))})
+            closing = asyncio.ensure_future(batcher.close())
+            await _settle()
+            with pytest.raises(Overloaded, match="shutting down"):
+                await batcher.submit({"x": np.ones((1, 1))})
+            assert not closing.done()
+            gate.release.set()
+            await closing
+            assert all(q.done() for q in queued) and batcher.queued_rows == 0
+            return refused.value, await running, [q.result() for q in queued]
+
+    refused, _, queued = asyncio.run(main())
+    assert refused.retry_after > 0
+    assert [float(q[0][0, 0]) for q in queued] == [0.0, 2.0, 4.0, 6.0]
+    assert [len(b["x"]) for b in gate.batches] == [1, 2, 2]
+
+
+def test_cancelled_requests_are_not_run() -> None:
+    gate = Gate()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(gate, BatchingConfig(), executor=pool)
+            first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+            await _settle()
+            gone = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 7.0)}))
+            kept = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 3.0)}))
+            await _settle()
+            gone.cancel()
+            gate.release.set()
+            await first
+            assert float((await kept)[0][0, 0]) == 6.0
+            await batcher.close()
+
+    asyncio.run(main())
+    assert [b["x"].ravel().tolist() for b in gate.batches] == [[1.0], [3.0]]
+
+
+def test_output_without_batch_axis_and_mismatched_rows_are_clear_errors() -> None:
+    gate = Gate()
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(
+                lambda f: (gate(f), [np.float32(1.0) * np.ones(())])[1], BatchingConfig(), executor=pool
+            )
+            first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+            await _settle()
+            pair = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))})) for _ in range(2)]
+            await _settle()
+            gate.release.set()
+            results = await asyncio.gather(first, *pair, return_exceptions=True)
+            with pytest.raises(
+                InferenceInputError, match="has 2 rows on batch axis 0 but the first input has 1"
+            ):
+                await batcher.submit({"x": np.ones((1, 1)), "y": np.ones((2, 1))})
+            with pytest.raises(InferenceInputError, match="batches along axis 0"):
+                await batcher.submit({"x": np.float32(1.0) * np.ones(())})
+            await batcher.close()
+            return results
+
+    first, *pair = asyncio.run(main())
+    assert first[0].shape == ()  # a lone request gets the outputs as they are
+    assert all(isinstance(p, ModelError) and "batchable=False" in str(p) for p in pair)
+
+
+def test_disabled_batching_runs_one_request_per_call() -> None:
+    gate = Gate()
+    gate.release.set()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(gate, BatchingConfig(enabled=False), executor=pool)
+            await asyncio.gather(*(batcher.submit({"x": np.ones((1, 1))}) for _ in range(10)))
+            await batcher.close()
+
+    asyncio.run(main())
+    assert [len(b["x"]) for b in gate.batches] == [1] * 10
