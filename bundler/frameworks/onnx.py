@@ -1,0 +1,635 @@
+"""ONNX models: save into the model store, load as onnxruntime sessions, and feed them checked inputs.
+
+The only module that imports onnxruntime (lazily, so saving a model does not pay for it). Stored layout:
+``models/<name>/<version>/{saved_model.onnx[, saved_model.onnx.data], model.yaml, manifest.sha256}``.
+onnxruntime's own exceptions are translated here: load failures become ModelError, refused inputs
+InferenceInputError, unavailable execution providers ProviderError.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import difflib
+import functools
+import importlib.metadata
+import math
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import yaml
+
+from ..exceptions import InferenceInputError, InvalidTag, ModelError, ProviderError
+from ..models import Model
+from ..models import get as _get_any
+from ..store import Tag, model_store, new_version, sha256_file
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+__all__ = [
+    "MODULE",
+    "OnnxSession",
+    "TensorSpec",
+    "cuda_device_count",
+    "default_providers",
+    "default_session_options",
+    "get",
+    "load_model",
+    "save_model",
+    "usable_cpus",
+]
+
+MODULE = "bundler.onnx"
+MODEL_FILE = "saved_model.onnx"
+EXTERNAL_DATA_FILE = "saved_model.onnx.data"
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+SIGNATURE_METHODS = ("run",)
+SIGNATURE_OPTIONS = ("batchable", "batch_dim")
+# Protobuf cannot serialise a message of 2 GiB or more; larger models keep their weights in a side file.
+_PROTO_LIMIT = onnx.checker.MAXIMUM_PROTOBUF
+
+Dim = int | str | None
+
+
+# -- specs ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, numpy dtype (None when not a plain tensor), shape, ONNX type."""
+
+    name: str
+    dtype: np.dtype | None
+    shape: tuple[Dim, ...] | None
+    type: str = "tensor"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec as plain data (as stored in ``model.yaml``)."""
+        return {
+            "name": self.name,
+            "dtype": None if self.dtype is None else self.dtype.name,
+            "shape": None if self.shape is None else list(self.shape),
+            "type": self.type,
+        }
+
+
+def format_shape(shape: Sequence[Dim] | None) -> str:
+    """Render a shape with symbolic dims by name and unknown ones as '?'."""
+    if shape is None:
+        return "[?]"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _elem_dtype(elem_type: int) -> np.dtype | None:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    t = value.type
+    kind = t.WhichOneof("value")
+    if kind != "tensor_type":
+        return TensorSpec(value.name, None, None, (kind or "unknown").replace("_type", ""))
+    shape: tuple[Dim, ...] | None = None
+    if t.tensor_type.HasField("shape"):
+        dims: list[Dim] = []
+        for d in t.tensor_type.shape.dim:
+            which = d.WhichOneof("value")
+            dim: Dim = d.dim_value if which == "dim_value" else d.dim_param if which == "dim_param" else None
+            dims.append(dim)
+        shape = tuple(dims)
+    return TensorSpec(value.name, _elem_dtype(t.tensor_type.elem_type), shape)
+
+
+def graph_specs(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Return the graph's (inputs, outputs) specs; initializers listed as inputs (IR < 4) are skipped."""
+    init = {i.name for i in proto.graph.initializer}
+    inputs = [_value_spec(v) for v in proto.graph.input if v.name not in init]
+    return inputs, [_value_spec(v) for v in proto.graph.output]
+
+
+# -- saving ---------------------------------------------------------------------------------------
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or ":" in name:
+        raise InvalidTag(
+            f"invalid model name {name!r}: give a name without ':version', e.g. 'super_resolution'"
+        )
+    Tag.parse(name)
+    return name
+
+
+def _mapping(value: object, what: str, name: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ModelError(f"save_model({name!r}): {what} must be a dict, got {type(value).__name__}")
+    return dict(value)
+
+
+def _check_labels(labels: object, name: str) -> dict[str, str]:
+    out = _mapping(labels, "labels", name)
+    for k, v in out.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ModelError(f"save_model({name!r}): labels must map str to str; {k!r}: {v!r} does not")
+    return out
+
+
+def _check_metadata(metadata: object, name: str) -> dict:
+    out = _mapping(metadata, "metadata", name)
+    for k, v in out.items():
+        try:
+            yaml.safe_dump({k: v})
+        except yaml.YAMLError as exc:
+            raise ModelError(
+                f"save_model({name!r}): metadata[{k!r}] is a {type(v).__name__}, which cannot be stored;"
+                " use str, int, float, bool, None and lists or dicts of those (float(x) for numpy scalars)"
+            ) from exc
+    return out
+
+
+def _batch_problem(spec: TensorSpec, where: str, batch_dim: int) -> str | None:
+    if spec.dtype is None and spec.type != "tensor":
+        return f"{where} {spec.name!r} is a {spec.type}, not a tensor, so it cannot be split into rows"
+    if spec.shape is None:
+        return None  # rank unknown: onnxruntime checks at run time
+    if len(spec.shape) <= batch_dim:
+        return f"{where} {spec.name!r} has shape {format_shape(spec.shape)}, which has no axis {batch_dim}"
+    dim = spec.shape[batch_dim]
+    if isinstance(dim, int):
+        return (
+            f"{where} {spec.name!r} has shape {format_shape(spec.shape)}, whose batch axis {batch_dim}"
+            f" is fixed at {dim}"
+        )
+    return None
+
+
+def _check_signatures(
+    signatures: object, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
+) -> dict[str, dict[str, Any]]:
+    sigs = _mapping(signatures, "signatures", name) if signatures is not None else {"run": {}}
+    for method in sigs:
+        if method not in SIGNATURE_METHODS:
+            raise ModelError(
+                f"save_model({name!r}): unknown signature method {method!r}; ONNX models have one method,"
+                " 'run' (e.g. signatures={'run': {'batchable': True}})"
+            )
+    options = _mapping(sigs.get("run"), "signatures['run']", name)
+    for key in options:
+        if key not in SIGNATURE_OPTIONS:
+            close = difflib.get_close_matches(str(key), SIGNATURE_OPTIONS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ModelError(
+                f"save_model({name!r}): unknown option signatures['run'][{key!r}]; {hint}"
+                f"the options are {', '.join(SIGNATURE_OPTIONS)}"
+            )
+    batchable = options.get("batchable", False)
+    batch_dim = options.get("batch_dim", 0)
+    if not isinstance(batchable, bool):
+        raise ModelError(f"save_model({name!r}): signatures['run']['batchable'] must be True or False")
+    if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or batch_dim < 0:
+        raise ModelError(f"save_model({name!r}): signatures['run']['batch_dim'] must be an int >= 0")
+    if batchable:
+        problems = [p for s in inputs if (p := _batch_problem(s, "input", batch_dim))]
+        problems += [p for s in outputs if (p := _batch_problem(s, "output", batch_dim))]
+        if problems:
+            raise ModelError(
+                f"cannot save model {name!r} with signatures={{'run': {{'batchable': True}}}}: "
+                + "; ".join(problems)
+                + ". Adaptive batching needs a dynamic batch axis on every input and output: export with"
+                " one (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}, 'output': {0: 'batch'}}),"
+                " or tf.TensorSpec((None, ...))), or save with batchable=False"
+            )
+    return {"run": {"batchable": batchable, "batch_dim": batch_dim}}
+
+
+def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Return every tensor of a graph that can hold data: initializers and attributes, subgraphs too."""
+    out = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                out.append(attr.t)
+            out.extend(attr.tensors)
+            if attr.HasField("g"):
+                out.extend(_tensors(attr.g))
+            for g in attr.graphs:
+                out.extend(_tensors(g))
+    return out
+
+
+def _external_locations(proto: onnx.ModelProto) -> list[str]:
+    locations = []
+    for t in _tensors(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            if loc not in locations:
+                locations.append(loc)
+    return locations
+
+
+def _read_proto(path: Path, name: str) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ModelError(f"save_model({name!r}): {path}: no such .onnx file")
+    try:
+        return onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors share no base class
+        raise ModelError(f"save_model({name!r}): {path} is not a readable ONNX model ({exc})") from exc
+
+
+def _copy_path(src: Path, proto: onnx.ModelProto, staged: Path, name: str) -> list[str]:
+    """Copy a model file and the external data files it names; return their relative names."""
+    copied = []
+    for loc in _external_locations(proto):
+        rel = Path(loc)
+        if not loc or rel.is_absolute() or ".." in rel.parts:
+            raise ModelError(
+                f"save_model({name!r}): {src} refers to external data at {loc!r}; only files beside the model"
+                " (relative paths without '..') can be saved"
+            )
+        data = src.parent / rel
+        if not data.is_file():
+            raise ModelError(
+                f"save_model({name!r}): {src} refers to external data {loc!r}; {data} is missing"
+            )
+        (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data, staged / rel)
+        copied.append(rel.as_posix())
+    shutil.copyfile(src, staged / MODEL_FILE)
+    return copied
+
+
+def _write_proto(proto: onnx.ModelProto, staged: Path, name: str) -> list[str]:
+    """Write a ModelProto; weights go to a side file when the proto is too big for one protobuf."""
+    if _external_locations(proto):
+        raise ModelError(
+            f"save_model({name!r}): the ModelProto refers to external data files that were not loaded; pass"
+            " the .onnx path instead, or load it with onnx.load(path) (load_external_data=True)"
+        )
+    if proto.ByteSize() < _PROTO_LIMIT:
+        onnx.save_model(proto, str(staged / MODEL_FILE))
+        return []
+    # onnx moves tensor data out of the proto it is given: work on a copy so the caller's stays whole.
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    onnx.save_model(
+        copy,
+        str(staged / MODEL_FILE),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=EXTERNAL_DATA_FILE,
+        size_threshold=1024,
+    )
+    return [EXTERNAL_DATA_FILE]
+
+
+def _framework_versions(proto: onnx.ModelProto) -> dict[str, Any]:
+    ort_version = None
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            ort_version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    opsets = {(o.domain or "ai.onnx"): int(o.version) for o in proto.opset_import}
+    return {
+        "onnx": onnx.__version__,
+        "onnxruntime": ort_version,
+        "opset": opsets.get("ai.onnx"),
+        "opset_imports": opsets,
+        "ir_version": int(proto.ir_version),
+    }
+
+
+def save_model(
+    name: str,
+    model: onnx.ModelProto | str | os.PathLike[str],
+    *,
+    signatures: dict[str, dict[str, Any]] | None = None,
+    labels: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Model:
+    """Save an ONNX model (a ModelProto or a path to a .onnx file) to the model store; return it."""
+    name = _check_name(name)
+    labels = _check_labels(labels, name)
+    metadata = _check_metadata(metadata, name)
+    if isinstance(model, onnx.ModelProto):
+        proto, src = model, None
+    elif isinstance(model, (str, os.PathLike)):
+        src = Path(model)
+        proto = _read_proto(src, name)
+    else:
+        raise ModelError(
+            f"save_model({name!r}, model): expected an onnx.ModelProto or a path to a .onnx file,"
+            f" got {type(model).__name__}"
+        )
+    inputs, outputs = graph_specs(proto)
+    sigs = _check_signatures(signatures, name, inputs, outputs)
+    store = model_store()
+    with store.staging() as staged:
+        external = _write_proto(proto, staged, name) if src is None else _copy_path(src, proto, staged, name)
+        try:
+            onnx.checker.check_model(str(staged / MODEL_FILE))
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise ModelError(f"save_model({name!r}): the model is not valid ONNX: {exc}") from exc
+        version = new_version()
+        info = {
+            "name": name,
+            "version": version,
+            "module": MODULE,
+            "creation_time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "model_file": MODEL_FILE,
+            "external_data": external,
+            "sha256": sha256_file(staged / MODEL_FILE),
+            "size_bytes": sum((staged / f).stat().st_size for f in [MODEL_FILE, *external]),
+            "signatures": sigs,
+            "labels": labels,
+            "metadata": metadata,
+            "framework_versions": _framework_versions(proto),
+            "inputs": [s.to_dict() for s in inputs],
+            "outputs": [s.to_dict() for s in outputs],
+        }
+        (staged / "model.yaml").write_text(yaml.safe_dump(info, sort_keys=False), encoding="utf-8")
+        tag = Tag(name, version)
+        path, _ = store.commit(staged, tag)
+    return Model(tag, path, info)
+
+
+def get(tag: str | Tag) -> Model:
+    """Return a stored ONNX model; ModelError when the tag names a model saved by another framework."""
+    model = _get_any(tag)
+    if model.module != MODULE:
+        raise ModelError(
+            f"model {model.tag} was saved by {model.module or 'an unknown module'!r}, not {MODULE!r};"
+            f" load it with {model.module or 'its framework'}.get()"
+        )
+    return model
+
+
+# -- loading --------------------------------------------------------------------------------------
+def default_providers(available: Sequence[str], cuda_device_count: int) -> list[str]:
+    """Return CUDA then CPU when the CUDA provider and a device are both present, else CPU alone."""
+    if CUDA in available and cuda_device_count > 0:
+        return [CUDA, CPU]
+    return [CPU]
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """Return the number of CUDA devices the driver shows this process (0 without a driver)."""
+    # The driver API answers without loading a framework; cuInit honours CUDA_VISIBLE_DEVICES.
+    for lib in ("libcuda.so.1", "libcuda.so"):
+        try:
+            cuda = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return int(count.value)
+    return 0
+
+
+def usable_cpus() -> int:
+    """Return the CPUs this process may use: its affinity, capped by a cgroup CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def _ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """Return onnxruntime's exception classes (they derive from Exception directly, not RuntimeError)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    found = [v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception)]
+    return (*found, RuntimeError, ValueError)
+
+
+def default_session_options() -> onnxruntime.SessionOptions:
+    """Return the session options used when the user gives none.
+
+    intra-op threads = the CPUs this process may use (onnxruntime's own default counts the host's cores,
+    which oversubscribes a container with a CPU quota); one inter-op thread, sequential execution: a
+    server runs one batch at a time per model, so parallelism belongs inside each operator.
+    """
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = usable_cpus()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def resolve_providers(requested: Sequence[Any] | None, available: Sequence[str]) -> list[Any]:
+    """Return the providers to use; ProviderError when a requested one is not available here."""
+    if requested is None:
+        return default_providers(available, cuda_device_count() if CUDA in available else 0)
+    if isinstance(requested, str):
+        raise ProviderError(f"providers must be a list of provider names, e.g. [{requested!r}]")
+    names = [p[0] if isinstance(p, tuple) else p for p in requested]
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ProviderError(
+            f"execution provider(s) {', '.join(map(str, missing))} not available on this machine; available:"
+            f" {', '.join(available)}. Install the onnxruntime build that has them (onnxruntime-gpu for CUDA"
+            " and TensorRT), or choose from the available ones"
+        )
+    if CUDA in names and CPU not in names and cuda_device_count() == 0:
+        raise ProviderError(f"{CUDA} was requested but no CUDA device is visible; add {CPU} or use a GPU")
+    return list(requested)
+
+
+def _as_model(tag_or_model: str | Tag | Model) -> Model:
+    if isinstance(tag_or_model, Model):
+        if tag_or_model.module != MODULE:
+            return get(tag_or_model.tag)  # raises the "saved by another framework" error
+        return tag_or_model
+    return get(tag_or_model)
+
+
+def load_model(
+    tag_or_model: str | Tag | Model,
+    *,
+    providers: Sequence[Any] | None = None,
+    session_options: onnxruntime.SessionOptions | None = None,
+) -> onnxruntime.InferenceSession:
+    """Load a stored ONNX model as an onnxruntime InferenceSession.
+
+    Arguments win over ``Model.with_options``; the user's SessionOptions are used as given.
+    """
+    model = _as_model(tag_or_model)
+    ort = _ort()
+    options = model.options
+    if providers is None:
+        providers = options.get("providers")
+    if session_options is None:
+        session_options = options.get("session_options")
+    chosen = resolve_providers(providers, ort.get_available_providers())
+    if session_options is None:
+        session_options = default_session_options()
+    elif not isinstance(session_options, ort.SessionOptions):
+        raise ModelError(
+            f"model {model.tag}: session_options must be an onnxruntime.SessionOptions,"
+            f" got {type(session_options).__name__}"
+        )
+    try:
+        return ort.InferenceSession(str(model.model_file), sess_options=session_options, providers=chosen)
+    except _ort_errors() as exc:
+        raise ModelError(f"cannot load model {model.tag} from {model.model_file}: {exc}") from exc
+
+
+_ORT_TYPES = {
+    "float": np.float32,
+    "double": np.float64,
+    "float16": np.float16,
+    "int8": np.int8,
+    "int16": np.int16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "uint8": np.uint8,
+    "uint16": np.uint16,
+    "uint32": np.uint32,
+    "uint64": np.uint64,
+    "bool": np.bool_,
+    "string": np.str_,
+}
+
+
+def _node_spec(arg: Any) -> TensorSpec:
+    """Return the spec of an onnxruntime NodeArg (its type reads like ``tensor(float)``)."""
+    type_str = str(arg.type)
+    if not type_str.startswith("tensor(") or not type_str.endswith(")"):
+        return TensorSpec(arg.name, None, None, type_str)
+    dtype = _ORT_TYPES.get(type_str[len("tensor(") : -1])
+    shape = arg.shape
+    dims = None if shape is None else tuple(d if isinstance(d, (int, str)) else None for d in shape)
+    return TensorSpec(arg.name, None if dtype is None else np.dtype(dtype), dims)
+
+
+class OnnxSession:
+    """A loaded model: its specs, input checking and casting, and the raw onnxruntime run."""
+
+    def __init__(self, session: onnxruntime.InferenceSession, *, tag: Tag | str | None = None) -> None:
+        self.session = session
+        self.tag = str(tag) if tag is not None else "model"
+        self.inputs = [_node_spec(a) for a in session.get_inputs()]
+        self.outputs = [_node_spec(a) for a in session.get_outputs()]
+        self._by_name = {s.name: s for s in self.inputs}
+        self._output_names = [s.name for s in self.outputs]
+
+    @classmethod
+    def load(
+        cls, model: str | Tag | Model, *, providers: Sequence[Any] | None = None, session_options: Any = None
+    ) -> OnnxSession:
+        """Load a stored model into a new OnnxSession."""
+        m = _as_model(model)
+        return cls(load_model(m, providers=providers, session_options=session_options), tag=m.tag)
+
+    @property
+    def providers(self) -> list[str]:
+        """Return the execution providers the session actually uses."""
+        return list(self.session.get_providers())
+
+    def _error(self, message: str) -> InferenceInputError:
+        return InferenceInputError(f"{self.tag}: {message}")
+
+    def prepare(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Map call arguments to a checked feed: positional in graph order, by name, or one dict."""
+        args = tuple(args)
+        named = dict(kwargs)
+        if len(args) == 1 and not named and isinstance(args[0], Mapping):
+            named, args = dict(args[0]), ()
+        names = [s.name for s in self.inputs]
+        if len(args) > len(names):
+            raise self._error(
+                f"the model takes {len(names)} input(s) ({', '.join(names)}) but {len(args)} were given"
+            )
+        given = dict(zip(names, args, strict=False))
+        for key, value in named.items():
+            if key not in self._by_name:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise self._error(f"unknown input {key!r}{hint}; the inputs are {', '.join(names)}")
+            if key in given:
+                raise self._error(f"input {key!r} was given twice, by position and by name")
+            given[key] = value
+        missing = [n for n in names if n not in given]
+        if missing:
+            missing_text = ", ".join(map(repr, missing))
+            raise self._error(f"missing input(s) {missing_text}; the inputs are {', '.join(names)}")
+        return {s.name: self._cast(s, given[s.name]) for s in self.inputs}
+
+    def _cast(self, spec: TensorSpec, value: Any) -> np.ndarray:
+        want = f"{spec.dtype.name if spec.dtype is not None else spec.type} {format_shape(spec.shape)}"
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as exc:
+            raise self._error(
+                f"input {spec.name!r} expects {want} but got a value that is not an array ({exc})"
+            ) from exc
+        if spec.dtype is None:
+            return arr
+        if arr.dtype == object and spec.dtype.kind not in "USO":
+            raise self._error(
+                f"input {spec.name!r} expects {want} but got a ragged or mixed-type value; give a rectangular"
+                " array of numbers"
+            )
+        if spec.shape is not None:
+            fixed_ok = all(
+                not isinstance(d, int) or d == n for d, n in zip(spec.shape, arr.shape, strict=False)
+            )
+            if arr.ndim != len(spec.shape) or not fixed_ok:
+                raise self._error(f"input {spec.name!r} expects shape {want} but got shape {list(arr.shape)}")
+        target = spec.dtype
+        if arr.dtype == target:
+            return np.ascontiguousarray(arr)
+        src = arr.dtype.kind
+        if target.kind in "USO":
+            if src not in "USO":
+                raise self._error(f"input {spec.name!r} expects strings but got {arr.dtype.name} values")
+            return arr
+        if src in "USOV":
+            raise self._error(f"input {spec.name!r} expects {want} but got {arr.dtype} values")
+        if src == "c" or (src == "f" and target.kind in "iub" and not np.all(np.mod(arr, 1) == 0)):
+            raise self._error(
+                f"input {spec.name!r} expects {target.name} but got {arr.dtype.name} values that are not"
+                " whole numbers; round them first"
+            )
+        return np.ascontiguousarray(arr.astype(target))
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the session on a prepared feed; return every output in graph order."""
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+        try:
+            return self.session.run(self._output_names, feed)
+        except InvalidArgument as exc:
+            raise self._error(f"onnxruntime refused the inputs: {exc}") from exc
+        except _ort_errors() as exc:
+            raise ModelError(f"{self.tag}: onnxruntime failed to run the model: {exc}") from exc
+
+    def format(self, outputs: Sequence[np.ndarray]) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Return one output as an array, several as a tuple in graph order."""
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -1,0 +1,171 @@
+"""Stored models: the ``Model`` handle and ``bundler.models.{list,get,delete,export_model,import_model}``.
+
+A ``Model`` is a store entry (tag, directory, ``model.yaml``) plus load options; it imports no framework.
+Tags resolve in the bundle being served first (``$BUNDLER_BUNDLE_DIR/models``), then in the home store, so
+a served bundle uses the models it ships even when the home store has newer ones.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import NotFound, StoreError
+from .store import Entry, Store, Tag, model_store, sha256_file
+
+if TYPE_CHECKING:
+    from .runner.runner import Runner
+
+__all__ = ["Model", "delete", "export_model", "get", "import_model", "list"]
+
+BUNDLE_DIR_ENV = "BUNDLER_BUNDLE_DIR"
+
+
+class Model:
+    """A stored model: ``tag``, ``path`` (its directory), ``info`` (``model.yaml``) and load options."""
+
+    def __init__(self, tag: Tag, path: Path, info: dict, *, options: dict[str, Any] | None = None) -> None:
+        self.tag = tag
+        self.path = Path(path)
+        self.info = info
+        self._options: dict[str, Any] = dict(options or {})
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> Model:
+        """Wrap a store entry."""
+        return cls(entry.tag, entry.path, entry.info)
+
+    @property
+    def module(self) -> str:
+        """Return the framework module that saved this model (``bundler.onnx``)."""
+        return str(self.info.get("module", ""))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Return the load options set with ``with_options`` (a copy)."""
+        return dict(self._options)
+
+    @property
+    def model_file(self) -> Path:
+        """Return the path of the saved model file inside the entry."""
+        return self.path / str(self.info.get("model_file", "saved_model.onnx"))
+
+    def with_options(self, *, providers: list[Any] | None = None, session_options: Any = None) -> Model:
+        """Return a new Model that loads with these providers and session options (unset ones are kept)."""
+        options = dict(self._options)
+        if providers is not None:
+            options["providers"] = builtins.list(providers)
+        if session_options is not None:
+            options["session_options"] = session_options
+        return Model(self.tag, self.path, self.info, options=options)
+
+    def to_runner(
+        self,
+        max_batch_size: int | None = None,
+        max_latency_ms: float | None = None,
+        name: str | None = None,
+        **batching: Any,
+    ) -> Runner:
+        """Return a Runner for this model; batching options apply when the model was saved batchable."""
+        from .runner.runner import Runner
+
+        return Runner(
+            self, name=name, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, **batching
+        )
+
+    def __repr__(self) -> str:
+        return f'Model(tag="{self.tag}", path="{self.path.resolve()}{os.sep}")'
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Model):
+            return NotImplemented
+        return (self.tag, self.path.resolve(), self._options) == (
+            other.tag,
+            other.path.resolve(),
+            other._options,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.tag, self.path.resolve()))
+
+
+def _stores() -> builtins.list[Store]:
+    """Return the stores to search, the served bundle's first."""
+    stores = []
+    bundle_dir = os.environ.get(BUNDLE_DIR_ENV)
+    if bundle_dir:
+        stores.append(Store(Path(bundle_dir) / "models", "model", "model.yaml"))
+    stores.append(model_store())
+    return stores
+
+
+def _locate(tag: str | Tag) -> tuple[Store, Tag]:
+    """Return the store holding a tag and the full tag; NotFound names every place searched."""
+    parsed = Tag.parse(tag)
+    stores = _stores()
+    for store in stores:
+        try:
+            return store, store.resolve(parsed)
+        except NotFound:
+            continue
+    where = " or ".join(str(s.root) for s in stores)
+    what = f"model {parsed}" if parsed.version else f"model {parsed.name!r}"
+    raise NotFound(f"{what} not found in {where}; see `bundler models list`, or save it with save_model()")
+
+
+def get(tag: str | Tag) -> Model:
+    """Return the stored model for ``name[:version]`` (``latest`` when no version)."""
+    store, full = _locate(tag)
+    return Model.from_entry(store.get(full))
+
+
+def list(name: str | None = None) -> builtins.list[Model]:
+    """Return every stored model (or those of one name), newest first within a name."""
+    if name is not None:
+        Tag.parse(name)
+    seen: set[Tag] = set()
+    out: builtins.list[Model] = []
+    for store in _stores():
+        for entry in store.list(name):
+            if entry.tag not in seen:
+                seen.add(entry.tag)
+                out.append(Model.from_entry(entry))
+    return out
+
+
+def delete(tag: str | Tag) -> Tag:
+    """Delete a model from the home store; return its full tag."""
+    return model_store().delete(tag)
+
+
+def export_model(tag: str | Tag, path: str | Path) -> Path:
+    """Write a ``.tar.gz`` archive of a model to ``path`` (a file, or a directory to put it in)."""
+    store, full = _locate(tag)
+    return store.export(full, path)
+
+
+def verify_model_file(model: Model) -> None:
+    """Check the model file against the sha256 in ``model.yaml``; raise StoreError when they differ."""
+    expected = model.info.get("sha256")
+    actual = sha256_file(model.model_file)
+    if expected != actual:
+        raise StoreError(
+            f"model {model.tag}: {model.model_file.name} has sha256 {actual} but model.yaml says {expected};"
+            f" the entry is damaged: delete it (`bundler models delete {model.tag}`), then save or import it"
+        )
+
+
+def import_model(path: str | Path) -> Model:
+    """Import a model archive made by ``export_model`` into the home store; return it."""
+    store = model_store()
+    tag, created = store.import_(path)
+    model = Model.from_entry(store.get(tag))
+    try:
+        verify_model_file(model)
+    except StoreError:
+        if created:
+            store.delete(tag)
+        raise
+    return model

@@ -1,0 +1,188 @@
+"""Runner: a model loaded for serving, called as ``runner.run.run(...)`` or ``await runner.run.async_run()``.
+
+Two ways to start one. ``init_local()`` loads the session in the calling thread for notebooks and tests:
+calls go straight to onnxruntime. ``await async_init()`` is what the server does: the session loads in the
+runner's thread pool, the runner remembers the server's event loop, and a batchable model gets a Batcher.
+From then on every call goes through that loop, so requests from API threads are batched together and the
+loop never blocks on onnxruntime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..exceptions import BadInput, ModelError
+from ..store import NAME_RE
+
+if TYPE_CHECKING:
+    from ..frameworks.onnx import OnnxSession
+    from ..models import Model
+    from .batcher import Batcher
+    from .config import BatchingConfig
+
+__all__ = ["Runner", "RunnerMethod"]
+
+
+class RunnerMethod:
+    """A model signature method (``run``) bound to a runner."""
+
+    def __init__(self, runner: Runner, name: str = "run") -> None:
+        self.runner = runner
+        self.name = name
+
+    def run(self, *args: Any, **kwargs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run the model on the inputs (cast to the model's dtypes); block until the result is ready."""
+        r = self.runner
+        loop = r._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                current = asyncio.get_running_loop()
+            except RuntimeError:
+                current = None
+            if current is loop:
+                raise ModelError(
+                    f"runner {r.name!r}: runner.{self.name}.run() was called on the server's event loop where"
+                    f" it would block every request; in an `async def` API use"
+                    f" `await runner.{self.name}.async_run(...)`"
+                )
+            # From an API worker thread: hop onto the server loop so this call joins a batch.
+            return asyncio.run_coroutine_threadsafe(self.async_run(*args, **kwargs), loop).result()
+        session = r._require()
+        return session.format(session.run(session.prepare(args, kwargs)))
+
+    async def async_run(self, *args: Any, **kwargs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run the model without blocking the event loop (batched when the model is batchable)."""
+        r = self.runner
+        session = r._require()
+        current = asyncio.get_running_loop()
+        if r._loop is not None and current is not r._loop and not r._loop.is_closed():
+            # The batcher and executor belong to the server loop; run there and await from here.
+            future = asyncio.run_coroutine_threadsafe(self.async_run(*args, **kwargs), r._loop)
+            return await asyncio.wrap_future(future)
+        feed = session.prepare(args, kwargs)
+        if r.batcher is not None:
+            outputs = await r.batcher.submit(feed)
+        else:
+            # Without async_init (init_local in a notebook) the loop's default pool runs it.
+            outputs = await current.run_in_executor(r._executor, session.run, feed)
+        return session.format(outputs)
+
+    def __repr__(self) -> str:
+        return f"RunnerMethod(runner={self.runner.name!r}, method={self.name!r})"
+
+
+class Runner:
+    """A stored model prepared for serving, with its batching configuration."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        name: str | None = None,
+        max_batch_size: int | None = None,
+        max_latency_ms: float | None = None,
+        **batching: Any,
+    ) -> None:
+        from .config import resolve_batching
+
+        self.model = model
+        self.name = name if name is not None else model.tag.name
+        if not isinstance(self.name, str) or len(self.name) > 63 or not NAME_RE.match(self.name):
+            raise BadInput(
+                f"invalid runner name {self.name!r}: use 1-63 lowercase letters, digits, '-', '.' and '_',"
+                " starting and ending with a letter or digit"
+            )
+        signature = dict((model.info.get("signatures") or {}).get("run") or {})
+        self.batchable = bool(signature.get("batchable", False))
+        self.batch_dim = int(signature.get("batch_dim", 0))
+        explicit = {"max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms, **batching}
+        given = sorted(k for k, v in explicit.items() if v is not None)
+        if given and not self.batchable:
+            raise BadInput(
+                f"runner {self.name!r}: {', '.join(given)} given, but model {model.tag} was saved with"
+                " batchable=False; save it with signatures={'run': {'batchable': True}} to batch"
+            )
+        self.config: BatchingConfig = resolve_batching(
+            self.name, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, **batching
+        )
+        self.run = RunnerMethod(self, "run")
+        self.batcher: Batcher | None = None
+        self._session: OnnxSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # -- state ----------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Return True once the model is loaded."""
+        return self._session is not None
+
+    @property
+    def session(self) -> OnnxSession:
+        """Return the loaded OnnxSession (after init_local or async_init)."""
+        return self._require()
+
+    @property
+    def input_specs(self) -> list[dict[str, Any]]:
+        """Return the model's input specs (name, dtype, shape) from model.yaml, without loading it."""
+        return list(self.model.info.get("inputs") or [])
+
+    @property
+    def output_specs(self) -> list[dict[str, Any]]:
+        """Return the model's output specs (name, dtype, shape) from model.yaml, without loading it."""
+        return list(self.model.info.get("outputs") or [])
+
+    def _require(self) -> OnnxSession:
+        if self._session is None:
+            raise ModelError(
+                f"runner {self.name!r} is not initialized: call runner.init_local() first (notebooks, tests),"
+                " or serve it (`bundler serve`), which initializes every runner of the service"
+            )
+        return self._session
+
+    def _load(self) -> OnnxSession:
+        from ..frameworks.onnx import OnnxSession
+
+        return OnnxSession.load(self.model)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def init_local(self) -> None:
+        """Load the model in this thread; calls then run onnxruntime directly (no batching)."""
+        if self._session is None:
+            self._session = self._load()
+
+    async def async_init(self) -> None:
+        """Load the model in the runner's thread pool and bind the runner to the running event loop."""
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            # The batching config's concurrency bounds onnxruntime calls for batched and plain runners alike.
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, self.config.max_concurrency), thread_name_prefix=f"runner-{self.name}"
+            )
+        if self._session is None:
+            self._session = await loop.run_in_executor(self._executor, self._load)
+        if self.batchable and self.config.enabled and self.batcher is None:
+            from .batcher import Batcher
+
+            self.batcher = Batcher(
+                self._session.run, self.config, executor=self._executor, batch_dim=self.batch_dim
+            )
+        self._loop = loop
+
+    async def shutdown(self) -> None:
+        """Answer queued requests, stop the thread pool and release the session."""
+        if self.batcher is not None:
+            await self.batcher.close()
+            self.batcher = None
+        executor, self._executor = self._executor, None
+        self._loop = None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True)
+        self._session = None
+
+    def __repr__(self) -> str:
+        return f"Runner(name={self.name!r}, model={self.model.tag!s}, batchable={self.batchable})"
