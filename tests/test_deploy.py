@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -333,3 +335,68 @@ def test_deploy_kubernetes_from_the_store(tmp_path: Path) -> None:
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "sr:v1"
     for path in paths:
         kubernetes_validate.validate(yaml.safe_load(path.read_text()), VERSIONS[-1], strict=True)
+
+
+def test_probes_match_the_real_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real uvicorn: /readyz is 503 while the model loads and 200 after; /livez is 200 throughout."""
+    httpx = pytest.importorskip("httpx")
+    app_module = pytest.importorskip("bundler.server.app")
+    testing = pytest.importorskip("bundler.server.testing")
+    import bundler
+    from bundler.io import NumpyNdarray
+    from bundler.runner.runner import Runner
+    from tests.models import make_mlp
+
+    model = bundler.onnx.save_model("mlp", make_mlp(), signatures={"run": {"batchable": True}})
+    runner = bundler.onnx.get(str(model.tag)).to_runner()
+    svc = bundler.Service("probe", runners=[runner])
+
+    @svc.api(input=NumpyNdarray(), output=NumpyNdarray())
+    def predict(x: np.ndarray) -> np.ndarray:
+        return runner.run.run(x)
+
+    # Hold the (real) session load until the test has seen the server before its model is loaded.
+    loading = threading.Event()
+    release = threading.Event()
+    real_load = Runner._load
+
+    def gated_load(self: Runner):
+        loading.set()
+        assert release.wait(20), "the test never released the model load"
+        return real_load(self)
+
+    monkeypatch.setattr(Runner, "_load", gated_load)
+    container = _container(kubernetes_manifests(INFO, tmp_path))
+    live_path = container["livenessProbe"]["httpGet"]["path"]
+    ready_path = container["readinessProbe"]["httpGet"]["path"]
+    assert container["startupProbe"]["httpGet"]["path"] == ready_path
+    timeout = container["readinessProbe"]["timeoutSeconds"]
+
+    with (
+        testing.running(app_module.build_app(svc)) as url,
+        httpx.Client(base_url=url, timeout=timeout) as client,
+    ):
+        assert loading.wait(10)
+        assert client.get(live_path).status_code == 200
+        starting = client.get(ready_path)
+        assert starting.status_code == 503, starting.text
+        assert starting.headers.get("retry-after")
+        release.set()
+        start = time.monotonic()
+        budget = startup_budget_seconds(0)
+        while client.get(ready_path).status_code != 200:
+            assert time.monotonic() - start < budget, f"not ready within the startup budget of {budget}s"
+            time.sleep(0.05)
+        assert client.get(live_path).status_code == 200
+        # The metric docs/kubernetes.md tells the Prometheus adapter to scale on.
+        metrics = client.get("/metrics").text
+        assert 'bundler_runner_queue_depth{runner="mlp"}' in metrics
+
+
+def test_grace_period_covers_the_servers_drain(tmp_path: Path) -> None:
+    """terminationGracePeriodSeconds = preStop sleep + the server's graceful-shutdown timeout + margin."""
+    serve = pytest.importorskip("bundler.server.serve")
+    drain = inspect.signature(serve.serve).parameters["timeout_graceful_shutdown"].default
+    c = _container(kubernetes_manifests(INFO, tmp_path))
+    pod = _kinds(kubernetes_manifests(INFO, tmp_path))["Deployment"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > c["lifecycle"]["preStop"]["sleep"]["seconds"] + drain
