@@ -1,0 +1,310 @@
+"""Find a container engine and build a bundle's image with it (the docker CLI through subprocess).
+
+The bundle directory is the build context and is never modified. With BuildKit (buildx, or a classic
+client with ``DOCKER_BUILDKIT=1``) the Dockerfile is re-rendered in its BuildKit variant to a temporary
+file outside the bundle: a pip cache mount, and the CA bundle as a build secret that no layer keeps.
+The legacy builder cannot mount secrets, so ``ca_bundle`` there is refused rather than baked into a layer.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .exceptions import BadInput, ContainerizeError, EngineUnavailable
+
+__all__ = ["Engine", "build_command", "containerize", "detect_engine", "render_inputs"]
+
+KINDS = ("docker", "podman", "buildah")
+_PROBE_TIMEOUT = 20
+_WELL_KNOWN_DIRS = ("/usr/local/bin", "/usr/bin", "/bin")
+_START_HINT = (
+    "start the engine (`sudo systemctl start docker`, or `dockerd &`; in this project's CI run"
+    " shared/tools/container-env.sh), or pick another with --backend podman|buildah"
+)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A usable container engine: its kind, the client binary, and how it builds."""
+
+    kind: str  # docker | podman | buildah
+    client: str  # absolute path of the CLI
+    mode: str  # buildx | buildkit | legacy
+
+    @property
+    def buildkit(self) -> bool:
+        """Whether builds understand RUN --mount and --secret."""
+        return self.mode in ("buildx", "buildkit")
+
+    def environ(self) -> dict[str, str]:
+        """Return the environment to run the client with."""
+        env = dict(os.environ)
+        if self.kind == "docker":
+            env["DOCKER_BUILDKIT"] = "1" if self.mode == "buildkit" else "0" if self.mode == "legacy" else "1"
+        return env
+
+
+def _candidates(name: str) -> list[str]:
+    """Every executable called ``name`` on PATH, then in the usual places; each real file once."""
+    seen: set[str] = set()
+    found: list[str] = []
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d] + list(_WELL_KNOWN_DIRS)
+    for directory in dirs:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            real = os.path.realpath(path)
+            if real not in seen:
+                seen.add(real)
+                found.append(path)
+    return found
+
+
+def _probe(argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=_PROBE_TIMEOUT, env=env, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(list(argv), 127, "", str(exc))
+
+
+def _docker_mode(client: str) -> str:
+    if _probe([client, "buildx", "version"]).returncode == 0:
+        return "buildx"
+    # Clients before 23.0 carry BuildKit themselves; newer ones refuse DOCKER_BUILDKIT=1 without buildx.
+    if _probe([client, "build", "--help"], env={**os.environ, "DOCKER_BUILDKIT": "1"}).returncode == 0:
+        return "buildkit"
+    return "legacy"
+
+
+_RANK = {"buildx": 0, "buildkit": 1, "legacy": 2}
+
+
+def _detect_docker(problems: list[str]) -> Engine | None:
+    engines = []
+    for client in _candidates("docker"):
+        info = _probe([client, "info", "--format", "{{.ServerVersion}}"])
+        if info.returncode != 0:
+            last = (info.stderr.strip().splitlines() or ["no answer"])[-1]
+            problems.append(f"{client}: the Docker daemon does not answer ({last})")
+            continue
+        engines.append(Engine("docker", client, _docker_mode(client)))
+        if engines[-1].mode == "buildx":
+            break
+    return min(engines, key=lambda e: _RANK[e.mode]) if engines else None
+
+
+def _detect_other(kind: str, problems: list[str]) -> Engine | None:
+    for client in _candidates(kind):
+        check = [client, "info"] if kind == "podman" else [client, "version"]
+        result = _probe(check)
+        if result.returncode == 0:
+            # podman and buildah read RUN --mount and --secret natively.
+            return Engine(kind, client, "buildkit")
+        last = (result.stderr.strip().splitlines() or ["no answer"])[-1]
+        problems.append(f"{client}: not usable ({last})")
+    return None
+
+
+def detect_engine(backend: str | None = None) -> Engine:
+    """Return the best usable engine (docker with buildx > BuildKit > legacy, then podman, buildah)."""
+    if backend is not None and backend not in KINDS:
+        raise BadInput(f"--backend {backend!r} is not supported: choose one of {', '.join(KINDS)}")
+    problems: list[str] = []
+    for kind in [backend] if backend else list(KINDS):
+        engine = _detect_docker(problems) if kind == "docker" else _detect_other(kind, problems)
+        if engine is not None:
+            return engine
+    tried = backend or "/".join(KINDS)
+    detail = "; ".join(problems) if problems else f"no {tried} client found on PATH"
+    raise EngineUnavailable(f"no usable container engine ({tried}): {detail}. To fix: {_START_HINT}")
+
+
+def _image_tags(info: Mapping[str, Any], tags: Iterable[str]) -> list[str]:
+    chosen = [t for t in tags if t]
+    if chosen:
+        return chosen
+    name, version = info.get("name"), info.get("version")
+    if not name or not version:
+        name, _, version = str(info.get("tag") or "").partition(":")
+    if not name or not version:
+        raise ContainerizeError("bundle.yaml has no name and version to tag the image with; pass -t NAME:TAG")
+    return [f"{name}:{version}"]
+
+
+def render_inputs(info: Mapping[str, Any], bundle_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Rebuild the renderer's ``docker`` and ``facts`` dicts from a bundle's bundle.yaml."""
+    from . import __version__
+
+    python = dict(info.get("python") or {})
+    docker = dict(info.get("docker") or {})
+    docker["setup_script"] = "env/docker/setup_script" if docker.get("setup_script") else None
+    template = docker.get("dockerfile_template")
+    if template:
+        # The builder renders from the template's text; the bundle carries it only among the sources.
+        source = bundle_dir / "src" / str(template)
+        docker["dockerfile_template"] = source.read_text(encoding="utf-8") if source.is_file() else None
+    description = str((info.get("build") or {}).get("description") or "").strip()
+    facts = {
+        "name": info.get("name"),
+        "version": info.get("version"),
+        "tag": info.get("tag") or f"{info.get('name')}:{info.get('version')}",
+        "python_version": python.get("version"),
+        "lock_digest": python.get("lock_digest") or info.get("lock_digest"),
+        "apis": [a["route"] if isinstance(a, dict) else str(a) for a in info.get("apis") or []],
+        "has_models": bool(info.get("models")),
+        "offline": bool(python.get("offline")),
+        "hashed": python.get("hashed", True),
+        "envs": info.get("envs") or {},
+        "labels": info.get("labels") or {},
+        "bundler_version": info.get("bundler_version") or __version__,
+        "description": description.splitlines()[0] if description else "",
+    }
+    return docker, facts
+
+
+def _buildkit_dockerfile(bundle_dir: Path, info: Mapping[str, Any]) -> str | None:
+    """Return the BuildKit variant, or None when bundle.yaml does not reproduce the stored Dockerfile."""
+    from .dockerfile import render_dockerfile
+
+    stored = bundle_dir / "env" / "docker" / "Dockerfile"
+    try:
+        docker, facts = render_inputs(info, bundle_dir)
+        if render_dockerfile(docker, facts) != stored.read_text(encoding="utf-8"):
+            return None
+        return render_dockerfile(docker, facts, buildkit=True)
+    except Exception:  # any doubt -> build the stored Dockerfile exactly as written
+        return None
+
+
+def build_command(
+    engine: Engine,
+    context: Path,
+    dockerfile: Path,
+    tags: Sequence[str],
+    *,
+    platform: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+    no_cache: bool = False,
+    progress: str = "auto",
+    ca_bundle: Path | None = None,
+    network: str | None = None,
+) -> list[str]:
+    """Return the argv that builds ``context`` with ``engine`` (pure: runs nothing)."""
+    if engine.kind == "buildah":
+        argv = [engine.client, "build", "--layers"]
+    elif engine.mode == "buildx":
+        argv = [engine.client, "buildx", "build", "--load"]
+    else:
+        argv = [engine.client, "build"]
+    argv += ["-f", str(dockerfile)]
+    for tag in tags:
+        argv += ["-t", tag]
+    if engine.kind == "docker" and engine.buildkit:
+        # Output is piped line by line, so only "tty" (asked for explicitly) is passed through.
+        argv += ["--progress", "tty" if progress == "tty" else "plain"]
+    if platform:
+        argv += ["--platform", platform]
+    for key, value in sorted((build_args or {}).items()):
+        argv += ["--build-arg", f"{key}={value}"]
+    if no_cache:
+        argv.append("--no-cache")
+    if ca_bundle is not None:
+        argv += ["--secret", f"id=ca,src={ca_bundle}"]
+    if network:
+        argv += ["--network", network]
+    argv.append(str(context))
+    return argv
+
+
+def _stream(argv: list[str], env: Mapping[str, str], output: Callable[[str], Any]) -> tuple[int, list[str]]:
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    try:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=dict(env)
+        )
+    except OSError as exc:
+        raise EngineUnavailable(f"cannot run {argv[0]}: {exc}. To fix: {_START_HINT}") from exc
+    assert proc.stdout is not None
+    with proc:
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            output(line)
+    return proc.returncode, list(tail)
+
+
+def containerize(
+    bundle_dir: Path,
+    info: Mapping[str, Any],
+    *,
+    tags: Sequence[str] = (),
+    backend: str | None = None,
+    platform: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+    no_cache: bool = False,
+    progress: str = "auto",
+    ca_bundle: Path | None = None,
+    network: str | None = None,
+    output: Callable[[str], Any] = print,
+) -> list[str]:
+    """Build the image of the bundle at ``bundle_dir``; return its tags (default ``<name>:<version>``)."""
+    bundle_dir = Path(bundle_dir)
+    stored = bundle_dir / "env" / "docker" / "Dockerfile"
+    if not stored.is_file():
+        raise ContainerizeError(
+            f"{bundle_dir} is not a bundle: {stored} is missing; run `bundler build` first"
+        )
+    if ca_bundle is not None and not Path(ca_bundle).is_file():
+        raise BadInput(f"--ca-bundle {ca_bundle}: no such file")
+    image_tags = _image_tags(info, tags)
+    engine = detect_engine(backend)
+    offline = bool((info.get("python") or {}).get("offline"))
+    if offline and network is None:
+        network = "none"  # an offline bundle carries every wheel: prove the build needs no network
+    with tempfile.TemporaryDirectory(prefix="bundler-containerize-") as scratch:
+        dockerfile = stored
+        if engine.buildkit:
+            variant = _buildkit_dockerfile(bundle_dir, info)
+            if variant is not None:
+                dockerfile = Path(scratch) / "Dockerfile"
+                dockerfile.write_text(variant, encoding="utf-8")
+            elif ca_bundle is not None:
+                raise ContainerizeError(
+                    f"{stored} does not match its bundle.yaml (hand-edited?), so bundler cannot add the"
+                    " build secret for --ca-bundle; rebuild the bundle with `bundler build`"
+                )
+        elif ca_bundle is not None:
+            raise ContainerizeError(
+                f"--ca-bundle needs BuildKit, which {engine.client} ({engine.mode} builder) lacks: the legacy"
+                " builder can only COPY the file, which keeps it in an image layer. Install docker-buildx,"
+                " use a Docker client before 23.0 (DOCKER_BUILDKIT=1), or use --backend podman"
+            )
+        argv = build_command(
+            engine,
+            bundle_dir,
+            dockerfile,
+            image_tags,
+            platform=platform,
+            build_args=build_args,
+            no_cache=no_cache,
+            progress=progress,
+            ca_bundle=ca_bundle,
+            network=network,
+        )
+        output(f"building {', '.join(image_tags)} with {engine.kind} ({engine.mode}): {' '.join(argv)}")
+        code, tail = _stream(argv, engine.environ(), output)
+    if code != 0:
+        last = "\n".join(tail[-25:])
+        raise ContainerizeError(
+            f"{engine.kind} build of {bundle_dir} failed (exit {code}); the engine's last lines:\n{last}\n"
+            "Fix the cause above (a failed RUN names its step), then run containerize again"
+        )
+    return image_tags

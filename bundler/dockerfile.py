@@ -1,0 +1,339 @@
+"""Render a bundle's Dockerfile and entrypoint from plain settings: pure functions, no I/O but templates.
+
+Layers go from least to most often changed (base, system packages, user, env, locked Python deps,
+setup_script, models, source, metadata), so a source-only change rebuilds in seconds. Every value that
+reaches the Dockerfile is validated and quoted here, never in the template: a bentofile cannot inject
+shell commands or Dockerfile instructions.
+
+Python lives in a virtual environment at ``/opt/venv``: it works the same on ``python:<X.Y>-slim``, on a
+distro Python (CUDA, UBI, Amazon Linux) and on Ubuntu's externally-managed system Python.
+CUDA images start from ``nvidia/cuda:<ver>-<cudnn>-runtime-ubuntu22.04`` and get Python from apt: Ubuntu's
+own ``python3`` for 3.10, the deadsnakes PPA for other versions (the runtime images ship no Python).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from .exceptions import BuildError, ConfigError
+
+__all__ = ["render_dockerfile", "render_entrypoint"]
+
+USER = "bundler"
+UID = 1000
+HOME = "/home/bundler"
+BUNDLE_PATH = f"{HOME}/bundle"
+VENV = "/opt/venv"
+PORT = 3000
+CA_SECRET = "/run/secrets/ca"
+# What `bundler serve` needs at start-up; importing it at build time turns a broken image into a failed build.
+SERVE_IMPORTS = (
+    "import bundler.cli, bundler.server.app, bundler.server.serve, bundler.frameworks.onnx, onnxruntime"
+)
+CUDA_UBUNTU = "ubuntu22.04"
+CUDA_SYSTEM_PYTHON = "3.10"  # Ubuntu 22.04's python3
+
+_PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*(:[a-z0-9-]+)?([=<>]{1,2}[A-Za-z0-9.+~:_*-]+)?$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+_PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
+_CUDA_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_SETUP_SCRIPT = "env/docker/setup_script"
+_DISTROS = ("debian", "alpine", "ubi8", "amazonlinux")
+
+
+def _fail(key: str, value: Any, rule: str) -> ConfigError:
+    return ConfigError(f"bentofile.yaml: {key}: {value!r} {rule}")
+
+
+def _python_version(docker: dict[str, Any], facts: dict[str, Any]) -> str:
+    version = str(docker.get("python_version") or facts.get("python_version") or "3.11")
+    if not _PYTHON_RE.match(version):
+        raise _fail(
+            "docker.python_version", version, "is not a Python version; write it as a string like '3.11'"
+        )
+    return version
+
+
+def _packages(docker: dict[str, Any]) -> list[str]:
+    packages = list(docker.get("system_packages") or [])
+    for i, package in enumerate(packages):
+        if not isinstance(package, str) or not _PACKAGE_RE.match(package):
+            raise _fail(
+                f"docker.system_packages[{i}]",
+                package,
+                "is not a package name (letters, digits, '+', '-', '.', optionally '=version');"
+                " put commands in docker.setup_script instead",
+            )
+    return packages
+
+
+def _image(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not _IMAGE_RE.match(value):
+        raise _fail(key, value, "is not an image reference like 'python:3.11-slim' or 'registry/name:tag'")
+    return value
+
+
+def _cuda_base(cuda: str) -> str:
+    match = _CUDA_RE.match(cuda)
+    if not match:
+        raise _fail("docker.cuda_version", cuda, "must be a full CUDA version such as '12.4.1' or '11.8.0'")
+    major, minor = int(match[1]), int(match[2])
+    # nvidia/cuda tag names changed: cudnn8 up to 12.2, cudnn9 for 12.3, plain "cudnn" from 12.4.
+    cudnn = "cudnn8" if (major, minor) < (12, 3) else "cudnn9" if (major, minor) == (12, 3) else "cudnn"
+    return f"nvidia/cuda:{cuda}-{cudnn}-runtime-{CUDA_UBUNTU}"
+
+
+def _quoted(words: list[str]) -> str:
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def _base(docker: dict[str, Any], python: str) -> tuple[str, list[str], list[str], str]:
+    """Return the base image, the root set-up commands, hadolint ignores and the Python to make the venv."""
+    distro = docker.get("distro") or "debian"
+    if distro not in _DISTROS:
+        raise _fail("docker.distro", distro, f"is not one of {', '.join(_DISTROS)}")
+    if distro == "alpine":
+        raise _fail(
+            "docker.distro",
+            distro,
+            "is not supported: onnxruntime publishes no musl (Alpine) wheels;"
+            " use distro 'debian' (the default) or a glibc-based docker.base_image",
+        )
+    packages = _packages(docker)
+    base_image = docker.get("base_image")
+    cuda = docker.get("cuda_version")
+    ignore: list[str] = []
+    if distro in ("ubi8", "amazonlinux"):
+        image = "registry.access.redhat.com/ubi8/ubi:8.10" if distro == "ubi8" else "amazonlinux:2023"
+        interpreter = f"python{python}"
+        extra = [] if base_image else [interpreter, f"{interpreter}-pip"]
+        # useradd comes from shadow-utils, which neither minimal base ships.
+        install = [*extra, "shadow-utils", *packages]
+        commands = [
+            f"dnf install -y --setopt=install_weak_deps=False --nodocs {_quoted(install)}",
+            "dnf clean all",
+        ]
+        # The distro's Python and shadow-utils follow its own updates; there is no version of ours to pin.
+        ignore = [
+            "# Python and useradd come from the distro's repositories, versioned by its release.",
+            "# hadolint ignore=DL3041",
+        ]
+        if base_image:
+            image = _image(base_image, "docker.base_image")
+            interpreter = "python3"
+        return image, commands, ignore, interpreter
+    apt_packages = list(packages)
+    interpreter = "python3"
+    commands: list[str] = []
+    if base_image:
+        image = _image(base_image, "docker.base_image")
+    elif cuda:
+        image = _cuda_base(str(cuda))
+        if python == CUDA_SYSTEM_PYTHON:
+            apt_packages = ["python3", "python3-venv", *apt_packages]
+        else:
+            interpreter = f"python{python}"
+            apt_packages = [interpreter, f"{interpreter}-venv", *apt_packages]
+            commands += [
+                "apt-get update",
+                "apt-get install -y --no-install-recommends software-properties-common gpg-agent",
+                "add-apt-repository -y ppa:deadsnakes/ppa",
+            ]
+        ignore.append(
+            "# Python comes from the CUDA image's Ubuntu release, whose versions are not ours to pin."
+        )
+        ignore.append("# hadolint ignore=DL3008")
+    else:
+        image = f"python:{python}-slim"
+    if apt_packages:
+        if "apt-get update" not in commands:
+            commands.append("apt-get update")
+        commands += [
+            f"apt-get install -y --no-install-recommends {_quoted(apt_packages)}",
+            "rm -rf /var/lib/apt/lists/*",
+        ]
+        if not ignore and any("=" not in p for p in apt_packages):
+            ignore.append(
+                "# docker.system_packages lists unpinned packages; pin them as name=version to fix this."
+            )
+            ignore.append("# hadolint ignore=DL3008")
+    return image, commands, ignore, interpreter
+
+
+def _env_lines(docker: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    env: dict[str, str] = {
+        "PATH": f"{VENV}/bin:$PATH",
+        "PYTHONUNBUFFERED": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "BUNDLE_DIR": BUNDLE_PATH,
+        "BUNDLER_BUNDLE_DIR": BUNDLE_PATH,
+        "BUNDLER_HOME": f"{HOME}/.bundler",
+        "PORT": str(PORT),
+    }
+    lines = [f"{key}={value}" for key, value in env.items()]
+    for source in ("docker.env", "envs"):
+        values = (docker.get("env") if source == "docker.env" else facts.get("envs")) or {}
+        for key, value in sorted(dict(values).items()):
+            if not _ENV_KEY_RE.match(str(key)):
+                raise _fail(
+                    f"{source}.{key}", key, "is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                )
+            lines.append(f"{key}={_dquote(value, f'{source}.{key}')}")
+    return lines
+
+
+def _dquote(value: Any, key: str) -> str:
+    """Quote a value for ENV/LABEL: double quotes, with backslash, quote and $ escaped."""
+    text = "" if value is None else str(value)
+    if "\n" in text or "\r" in text:
+        raise _fail(key, text, "contains a line break, which a Dockerfile cannot hold; use one line")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def _labels(facts: dict[str, Any]) -> list[str]:
+    labels: dict[str, Any] = {
+        "org.opencontainers.image.title": facts["name"],
+        "org.opencontainers.image.version": facts["version"],
+        "org.opencontainers.image.description": facts.get("description")
+        or f"{facts['tag']} served by bundler",
+    }
+    # `created` only when the builder pins it (SOURCE_DATE_EPOCH): a wall-clock date breaks reproducibility.
+    for optional in ("created", "source"):
+        if facts.get(optional):
+            labels[f"org.opencontainers.image.{optional}"] = facts[optional]
+    labels["ai.bundler.tag"] = facts["tag"]
+    labels["ai.bundler.lock-digest"] = facts.get("lock_digest") or ""
+    labels["ai.bundler.apis"] = ",".join(facts.get("apis") or [])
+    for key, value in sorted((facts.get("labels") or {}).items()):
+        if not _LABEL_KEY_RE.match(str(key)):
+            raise _fail(f"labels.{key}", key, "is not a label key (letters, digits, '.', '_', '/', '-')")
+        labels[str(key)] = value
+    return [f"{key}={_dquote(value, f'labels.{key}')}" for key, value in labels.items()]
+
+
+def _pip_steps(facts: dict[str, Any], buildkit: bool) -> tuple[str, list[str]]:
+    lock = "env/python/requirements.lock.txt"
+    wheels = "env/python/wheels"
+    options = ["--require-hashes"] if facts.get("hashed", True) else []
+    options += ["--no-index", "--find-links", wheels] if facts.get("offline") else ["--find-links", wheels]
+    cache = [] if buildkit else ["--no-cache-dir"]
+    pip = f"{VENV}/bin/python -m pip install"
+    steps = []
+    if buildkit:
+        # The CA bundle is a build secret: mounted for this RUN only, never written to a layer.
+        steps.append(f"if [ -f {CA_SECRET} ]; then export PIP_CERT={CA_SECRET} SSL_CERT_FILE={CA_SECRET}; fi")
+    steps += [
+        f"{pip} {_quoted([*cache, *options, '-r', lock])}",
+        f"{pip} {_quoted([*cache, '--no-deps'])} {wheels}/bundler-*.whl",
+    ]
+    run = "RUN"
+    if buildkit:
+        run = f"RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca,target={CA_SECRET}"
+    return run, steps
+
+
+def template_context(
+    docker: dict[str, Any], facts: dict[str, Any], *, buildkit: bool = False
+) -> dict[str, Any]:
+    """Return the validated, quoted values the Dockerfile template lays out."""
+    for key in ("name", "version", "tag"):
+        if not facts.get(key):
+            raise BuildError(
+                f"cannot render the Dockerfile: the bundle facts lack {key!r} (a bug in the caller)"
+            )
+    python = _python_version(docker, facts)
+    image, root_setup, ignore, interpreter = _base(docker, python)
+    setup_script = docker.get("setup_script")
+    if setup_script and setup_script != _SETUP_SCRIPT:
+        raise BuildError(
+            f"cannot render the Dockerfile: setup_script must be copied to {_SETUP_SCRIPT} in the bundle,"
+            f" got {setup_script!r} (a bug in the caller)"
+        )
+    run, pip_steps = _pip_steps(facts, buildkit)
+    return {
+        "bundler_version": facts.get("bundler_version") or "unknown",
+        "tag": facts["tag"],
+        "base_image": image,
+        "root_setup": root_setup,
+        "hadolint_ignore": ignore,
+        "user_setup": [
+            f"groupadd --gid {UID} {USER}",
+            f"useradd --uid {UID} --gid {UID} --create-home --home-dir {HOME} --shell /bin/sh {USER}",
+        ],
+        "env_lines": _env_lines(docker, facts),
+        "pip_run": run,
+        "pip_setup": [f"{interpreter} -m venv {VENV}", *pip_steps],
+        "setup_script": setup_script,
+        "venv": VENV,
+        "import_check": shlex.quote(SERVE_IMPORTS),
+        "has_models": bool(facts.get("has_models", True)),
+        "label_lines": _labels(facts),
+        "port": PORT,
+        # BentoML's names, for user templates that extend ours.
+        "bento__user": USER,
+        "bento__uid_gid": UID,
+        "bento__home": HOME,
+        "bento__path": BUNDLE_PATH,
+        "python_version": python,
+    }
+
+
+def _environment(loader: Any) -> Any:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    return SandboxedEnvironment(
+        loader=loader,
+        autoescape=False,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+    )
+
+
+def render_dockerfile(docker: dict[str, Any], facts: dict[str, Any], *, buildkit: bool = False) -> str:
+    """Render the bundle's Dockerfile (the BuildKit variant adds a pip cache and a CA secret mount)."""
+    from jinja2 import FileSystemLoader, TemplateError
+
+    from .resources import data_dir
+
+    context = template_context(docker, facts, buildkit=buildkit)
+    env = _environment(FileSystemLoader(str(data_dir("templates"))))
+    base = env.get_template("Dockerfile.j2")
+    user_template = docker.get("dockerfile_template")
+    if not user_template:
+        return _tidy(base.render(context))
+    try:
+        template = env.from_string(user_template)
+        return _tidy(template.render({**context, "bento_base_template": base}))
+    except TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f" line {line}" if line else ""
+        raise ConfigError(
+            f"bentofile.yaml: docker.dockerfile_template{where}: {exc}; the template must"
+            " `{% extends bento_base_template %}` and override blocks such as SETUP_BENTO_COMPONENTS"
+        ) from exc
+
+
+def _tidy(text: str) -> str:
+    """Collapse the blank lines template blocks leave behind, so output is stable and readable."""
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
+
+
+def render_entrypoint(facts: dict[str, Any]) -> str:
+    """Render the container's entrypoint: serve the bundle, or run the command given to `docker run`."""
+    from jinja2 import FileSystemLoader
+
+    from .resources import data_dir
+
+    env = _environment(FileSystemLoader(str(data_dir("templates"))))
+    return env.get_template("entrypoint.sh.j2").render(
+        bundler_version=facts.get("bundler_version") or "unknown",
+        tag=facts["tag"],
+        bundle_path=BUNDLE_PATH,
+        port=PORT,
+    )
