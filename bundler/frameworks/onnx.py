@@ -579,7 +579,24 @@ class OnnxSession:
         if missing:
             missing_text = ", ".join(map(repr, missing))
             raise self._error(f"missing input(s) {missing_text}; the inputs are {', '.join(names)}")
-        return {s.name: self._cast(s, given[s.name]) for s in self.inputs}
+        feed = {s.name: self._cast(s, given[s.name]) for s in self.inputs}
+        self._check_shared_dims(feed)
+        return feed
+
+    def _check_shared_dims(self, feed: dict[str, np.ndarray]) -> None:
+        """Refuse inputs that disagree on a named dimension (onnxruntime would fail deep in the graph)."""
+        seen: dict[str, tuple[int, str, int]] = {}
+        for spec in self.inputs:
+            for axis, dim in enumerate(spec.shape or ()):
+                if not isinstance(dim, str) or axis >= feed[spec.name].ndim:
+                    continue
+                size = feed[spec.name].shape[axis]
+                first = seen.setdefault(dim, (size, spec.name, axis))
+                if first[0] != size:
+                    raise self._error(
+                        f"input {spec.name!r} has size {size} on axis {axis} ({dim!r}) but input {first[1]!r}"
+                        f" has {first[0]} on axis {first[2]}; inputs that share {dim!r} need the same size"
+                    )
 
     def _cast(self, spec: TensorSpec, value: Any) -> np.ndarray:
         want = f"{spec.dtype.name if spec.dtype is not None else spec.type} {format_shape(spec.shape)}"
@@ -612,12 +629,30 @@ class OnnxSession:
             return arr
         if src in "USOV":
             raise self._error(f"input {spec.name!r} expects {want} but got {arr.dtype} values")
-        if src == "c" or (src == "f" and target.kind in "iub" and not np.all(np.mod(arr, 1) == 0)):
+        if src == "c" or (
+            src == "f"
+            and target.kind in "iub"
+            and not (np.isfinite(arr).all() and (arr == np.floor(arr)).all())
+        ):
             raise self._error(
                 f"input {spec.name!r} expects {target.name} but got {arr.dtype.name} values that are not"
                 " whole numbers; round them first"
             )
-        return np.ascontiguousarray(arr.astype(target))
+        if src in "iuf" and target.kind in "iu" and arr.size and not np.can_cast(arr.dtype, target):
+            # Integer casts wrap around silently; refuse values the model's dtype cannot hold.
+            limits = np.iinfo(target)
+            if arr.min() < limits.min or arr.max() > limits.max:
+                raise self._error(
+                    f"input {spec.name!r} expects {target.name}, whose range is {limits.min}..{limits.max},"
+                    f" but got values from {arr.min()} to {arr.max()}"
+                )
+        try:
+            with np.errstate(over="raise", invalid="raise"):
+                return np.ascontiguousarray(arr.astype(target))
+        except FloatingPointError as exc:
+            raise self._error(
+                f"input {spec.name!r} expects {target.name} but some {arr.dtype.name} values do not fit in it"
+            ) from exc
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the session on a prepared feed; return every output in graph order."""

@@ -1,0 +1,454 @@
+"""bundler.onnx: save_model, get, load_model, providers, session options and OnnxSession input handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import yaml
+
+import bundler.onnx
+from bundler.exceptions import InferenceInputError, InvalidTag, ModelError, NotFound, ProviderError
+from bundler.frameworks import onnx as fonnx
+from bundler.models import Model
+from bundler.store import verify_manifest
+from tests.models import make_big, make_classifier, make_mlp, make_multi_io, make_static_batch, reference_run
+
+
+# -- save_model -------------------------------------------------------------------------------------
+def test_save_proto_writes_layout_and_model_yaml(bundler_home: Path) -> None:
+    model = bundler.onnx.save_model(
+        "mlp", make_mlp(), labels={"team": "vision"}, metadata={"acc": 0.91, "classes": ["a", "b"]}
+    )
+    version = model.tag.version
+    assert model.path == bundler_home / "models" / "mlp" / str(version)
+    assert repr(model) == f'Model(tag="mlp:{version}", path="{model.path}/")'
+    assert sorted(p.name for p in model.path.iterdir()) == [
+        "manifest.sha256",
+        "model.yaml",
+        "saved_model.onnx",
+    ]
+    assert verify_manifest(model.path) == []
+    info = yaml.safe_load((model.path / "model.yaml").read_text())
+    assert info == model.info
+    assert info["name"] == "mlp" and info["version"] == version and info["module"] == "bundler.onnx"
+    assert info["signatures"] == {"run": {"batchable": False, "batch_dim": 0}}
+    assert info["labels"] == {"team": "vision"}
+    assert info["metadata"] == {"acc": 0.91, "classes": ["a", "b"]}
+    assert info["framework_versions"]["onnx"] == onnx.__version__
+    assert info["framework_versions"]["onnxruntime"] == ort.__version__
+    assert info["framework_versions"]["opset"] == 18
+    assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 64], "type": "tensor"}]
+    assert info["outputs"] == [{"name": "y", "dtype": "float32", "shape": ["batch", 10], "type": "tensor"}]
+    assert info["creation_time"].endswith("+00:00")
+    import hashlib
+
+    assert info["sha256"] == hashlib.sha256((model.path / "saved_model.onnx").read_bytes()).hexdigest()
+    assert (bundler_home / "models" / "mlp" / "latest").read_text().strip() == version
+
+
+def test_save_records_unknown_dims_as_none() -> None:
+    model = bundler.onnx.save_model("mlp", make_mlp(batch=None))
+    assert model.info["inputs"][0]["shape"] == [None, 64]
+
+
+def test_save_path_equals_proto_and_runs(tmp_path: Path) -> None:
+    src = tmp_path / "m.onnx"
+    proto = make_multi_io(src)
+    model = bundler.onnx.save_model("multi", src)
+    assert (model.path / "saved_model.onnx").read_bytes() == src.read_bytes()
+    assert [i["name"] for i in model.info["inputs"]] == ["a", "b", "k"]
+    assert [i["dtype"] for i in model.info["inputs"]] == ["float32", "float32", "int64"]
+    session = bundler.onnx.load_model("multi")
+    feed = {"a": np.ones((2, 4), np.float32), "b": np.full((2, 4), 3, np.float32), "k": np.array([[1], [5]])}
+    for got, want in zip(session.run(None, feed), reference_run(proto, feed), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_same_name_twice_gives_two_versions_and_latest_is_newest() -> None:
+    first = bundler.onnx.save_model("mlp", make_mlp(seed=1))
+    second = bundler.onnx.save_model("mlp", make_mlp(seed=2))
+    assert first.tag.version != second.tag.version
+    assert bundler.onnx.get("mlp").tag == second.tag
+    assert bundler.onnx.get("mlp:latest").tag == second.tag
+    assert bundler.onnx.get(str(first.tag)).tag == first.tag
+
+
+def test_big_proto_goes_to_external_data_and_callers_proto_is_untouched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A real >2 GiB model takes too long to build here; lower the limit so the same code path runs.
+    monkeypatch.setattr(fonnx, "_PROTO_LIMIT", 100_000)
+    proto = make_big(floats=1 << 18)
+    before = proto.SerializeToString()
+    model = bundler.onnx.save_model("big", proto)
+    assert proto.SerializeToString() == before
+    assert model.info["external_data"] == ["saved_model.onnx.data"]
+    assert (model.path / "saved_model.onnx").stat().st_size < 10_000
+    assert (model.path / "saved_model.onnx.data").stat().st_size >= 4 << 18
+    assert verify_manifest(model.path) == []
+    x = np.ones((2, 16), np.float32)
+    got = bundler.onnx.load_model(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, reference_run(before_proto(before), {"x": x})[0])
+
+
+def before_proto(data: bytes) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    proto.ParseFromString(data)
+    return proto
+
+
+def test_path_with_external_data_copies_it(tmp_path: Path) -> None:
+    src_dir = tmp_path / "export"
+    src_dir.mkdir()
+    proto = make_big(floats=1 << 16)
+    expected = reference_run(proto, {"x": np.zeros((1, 16), np.float32)})[0]
+    onnx.save_model(proto, str(src_dir / "net.onnx"), save_as_external_data=True, location="net.weights")
+    model = bundler.onnx.save_model("ext", src_dir / "net.onnx")
+    assert model.info["external_data"] == ["net.weights"]
+    assert (model.path / "net.weights").read_bytes() == (src_dir / "net.weights").read_bytes()
+    (src_dir / "net.weights").unlink()  # the stored copy must not depend on the original
+    got = bundler.onnx.load_model("ext").run(None, {"x": np.zeros((1, 16), np.float32)})[0]
+    np.testing.assert_allclose(got, expected)
+
+
+def test_path_with_missing_external_data_is_refused(tmp_path: Path) -> None:
+    onnx.save_model(
+        make_big(floats=1 << 14), str(tmp_path / "n.onnx"), save_as_external_data=True, location="w.bin"
+    )
+    (tmp_path / "w.bin").unlink()
+    with pytest.raises(ModelError, match=r"refers to external data 'w.bin'.*missing"):
+        bundler.onnx.save_model("ext", tmp_path / "n.onnx")
+    assert bundler.models.list() == []
+
+
+def test_proto_with_unloaded_external_data_is_refused(tmp_path: Path) -> None:
+    onnx.save_model(
+        make_big(floats=1 << 14), str(tmp_path / "n.onnx"), save_as_external_data=True, location="w.bin"
+    )
+    proto = onnx.load(str(tmp_path / "n.onnx"), load_external_data=False)
+    with pytest.raises(ModelError, match=r"external data files that were not loaded; pass the .onnx path"):
+        bundler.onnx.save_model("ext", proto)
+
+
+@pytest.mark.parametrize(
+    ("static_output", "where"),
+    [(True, r"input 'x' has shape \[1, 8\], whose batch axis 0 is fixed at 1"), (False, "input 'x'")],
+)
+def test_batchable_with_static_batch_axis_is_refused(static_output: bool, where: str) -> None:
+    with pytest.raises(ModelError, match=where) as info:
+        bundler.onnx.save_model(
+            "static", make_static_batch(static_output=static_output), signatures={"run": {"batchable": True}}
+        )
+    assert "dynamic batch axis" in str(info.value)
+    assert ("output 'y'" in str(info.value)) is static_output
+    assert bundler.models.list() == []
+
+
+def test_static_batch_model_saves_without_batching() -> None:
+    model = bundler.onnx.save_model("static", make_static_batch())
+    assert model.info["signatures"]["run"]["batchable"] is False
+
+
+def test_batch_dim_beyond_rank_is_refused() -> None:
+    with pytest.raises(ModelError, match=r"input 'x' has shape \[batch, 64\], which has no axis 2"):
+        bundler.onnx.save_model("mlp", make_mlp(), signatures={"run": {"batchable": True, "batch_dim": 2}})
+
+
+@pytest.mark.parametrize(
+    ("signatures", "message"),
+    [
+        (
+            {"predict": {"batchable": True}},
+            "unknown signature method 'predict'; ONNX models have one method, 'run'",
+        ),
+        (
+            {"run": {"batchabel": True}},
+            r"unknown option signatures\['run'\]\['batchabel'\]; did you mean 'batchable'",
+        ),
+        ({"run": {"batchable": "yes"}}, "must be True or False"),
+        ({"run": {"batch_dim": -1}}, "batch_dim'\\] must be an int >= 0"),
+        ({"run": True}, r"signatures\['run'\] must be a dict"),
+        ([("run", {})], "signatures must be a dict"),
+    ],
+)
+def test_bad_signatures(signatures: object, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        bundler.onnx.save_model("mlp", make_mlp(), signatures=signatures)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["MLP", "a b", "-x", "x" * 64, "mlp:v1", "", 3])
+def test_invalid_names(name: object) -> None:
+    with pytest.raises(InvalidTag, match=r"invalid"):
+        bundler.onnx.save_model(name, make_mlp())  # type: ignore[arg-type]
+
+
+def test_bad_model_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"expected an onnx.ModelProto or a path to a .onnx file, got bytes"):
+        bundler.onnx.save_model("m", b"not a model")  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match=r"no such .onnx file"):
+        bundler.onnx.save_model("m", tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00\xffnot protobuf at all" * 10)
+    with pytest.raises(ModelError, match=r"is not a readable ONNX model"):
+        bundler.onnx.save_model("m", tmp_path / "junk.onnx")
+    with pytest.raises(ModelError, match=r"labels must map str to str; 'v': 1"):
+        bundler.onnx.save_model("m", make_mlp(), labels={"v": 1})  # type: ignore[dict-item]
+    with pytest.raises(ModelError, match=r"metadata\['w'\] is a ndarray"):
+        bundler.onnx.save_model("m", make_mlp(), metadata={"w": np.zeros(2)})
+
+
+def test_invalid_onnx_graph_is_refused() -> None:
+    proto = make_mlp()
+    proto.graph.node[0].input[1] = "no_such_tensor"
+    with pytest.raises(ModelError, match=r"not valid ONNX"):
+        bundler.onnx.save_model("broken", proto)
+    assert bundler.models.list() == []
+
+
+# -- get / load_model ------------------------------------------------------------------------------
+def test_get_missing_and_foreign_models() -> None:
+    with pytest.raises(NotFound, match=r"model 'nope' not found.*bundler models list"):
+        bundler.onnx.get("nope")
+    saved = bundler.onnx.save_model("mlp", make_mlp())
+    with pytest.raises(NotFound, match=r"model mlp:0000000000000000 not found"):
+        bundler.onnx.get("mlp:0000000000000000")
+    info_path = saved.path / "model.yaml"
+    info = yaml.safe_load(info_path.read_text())
+    info["module"] = "bundler.sklearn"
+    info_path.write_text(yaml.safe_dump(info))
+    with pytest.raises(ModelError, match=r"saved by 'bundler.sklearn', not 'bundler.onnx'"):
+        bundler.onnx.get("mlp")
+    with pytest.raises(ModelError, match=r"saved by 'bundler.sklearn'"):
+        bundler.onnx.load_model(bundler.models.get("mlp"))
+
+
+def test_load_model_by_tag_model_and_with_options() -> None:
+    saved = bundler.onnx.save_model("mlp", make_mlp())
+    x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    want = reference_run(make_mlp(), {"x": x})[0]
+    for target in ("mlp", "mlp:latest", saved.tag, saved):
+        session = bundler.onnx.load_model(target)
+        assert isinstance(session, ort.InferenceSession)
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], want, rtol=1e-6)
+        assert session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_default_providers_pure_function() -> None:
+    cuda, cpu = "CUDAExecutionProvider", "CPUExecutionProvider"
+    assert fonnx.default_providers([cuda, cpu], 1) == [cuda, cpu]
+    assert fonnx.default_providers([cuda, cpu], 0) == [cpu]
+    assert fonnx.default_providers([cpu], 4) == [cpu]
+    assert fonnx.default_providers(["TensorrtExecutionProvider", cuda, cpu], 2) == [cuda, cpu]
+
+
+def test_unavailable_provider_is_a_provider_error() -> None:
+    bundler.onnx.save_model("mlp", make_mlp())
+    with pytest.raises(
+        ProviderError, match=r"TensorrtExecutionProvider not available.*available: .*CPUExecution"
+    ):
+        bundler.onnx.load_model("mlp", providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    model = bundler.onnx.get("mlp").with_options(providers=["NoSuchExecutionProvider"])
+    with pytest.raises(ProviderError, match=r"NoSuchExecutionProvider"):
+        bundler.onnx.load_model(model)
+    with pytest.raises(ProviderError, match=r"must be a list"):
+        bundler.onnx.load_model("mlp", providers="CPUExecutionProvider")  # type: ignore[arg-type]
+
+
+def test_user_session_options_are_used_as_given() -> None:
+    bundler.onnx.save_model("mlp", make_mlp())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = bundler.onnx.load_model("mlp", session_options=options)
+    got = session.get_session_options()
+    assert (got.intra_op_num_threads, got.inter_op_num_threads) == (1, 3)
+    assert got.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    via_model = bundler.onnx.load_model(bundler.onnx.get("mlp").with_options(session_options=options))
+    assert via_model.get_session_options().inter_op_num_threads == 3
+    with pytest.raises(ModelError, match=r"session_options must be an onnxruntime.SessionOptions, got dict"):
+        bundler.onnx.load_model("mlp", session_options={"intra_op_num_threads": 1})  # type: ignore[arg-type]
+
+
+def test_default_session_options_use_this_process_cpus() -> None:
+    bundler.onnx.save_model("mlp", make_mlp())
+    got = bundler.onnx.load_model("mlp").get_session_options()
+    assert got.intra_op_num_threads == fonnx.usable_cpus() >= 1
+    assert got.inter_op_num_threads == 1
+
+
+def test_with_options_returns_a_new_model() -> None:
+    model = bundler.onnx.save_model("mlp", make_mlp())
+    other = model.with_options(providers=["CPUExecutionProvider"])
+    assert other is not model and isinstance(other, Model)
+    assert model.options == {} and other.options == {"providers": ["CPUExecutionProvider"]}
+    assert other.with_options(session_options=None).options == other.options
+
+
+def test_broken_model_file_is_a_model_error() -> None:
+    model = bundler.onnx.save_model("mlp", make_mlp())
+    model.model_file.write_bytes(b"garbage")
+    with pytest.raises(ModelError, match=r"cannot load model mlp:\w+ from .*saved_model.onnx"):
+        bundler.onnx.load_model("mlp")
+
+
+def _cuda_usable() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers() and fonnx.cuda_device_count() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_usable(), reason="needs onnxruntime-gpu and a visible CUDA device")
+def test_default_session_uses_cuda_when_present() -> None:
+    bundler.onnx.save_model("mlp", make_mlp())
+    session = bundler.onnx.load_model("mlp")
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    x = np.ones((4, 64), np.float32)
+    np.testing.assert_allclose(
+        session.run(None, {"x": x})[0], reference_run(make_mlp(), {"x": x})[0], rtol=1e-3
+    )
+
+
+# -- OnnxSession -----------------------------------------------------------------------------------
+@pytest.fixture
+def multi() -> fonnx.OnnxSession:
+    bundler.onnx.save_model("multi", make_multi_io())
+    return fonnx.OnnxSession.load("multi")
+
+
+def test_session_specs(multi: fonnx.OnnxSession) -> None:
+    assert [(s.name, s.dtype, s.shape) for s in multi.inputs] == [
+        ("a", np.dtype("float32"), ("batch", 4)),
+        ("b", np.dtype("float32"), ("batch", 4)),
+        ("k", np.dtype("int64"), ("batch", 1)),
+    ]
+    assert [s.name for s in multi.outputs] == ["sum", "prod", "k2"]
+    assert multi.providers == ["CPUExecutionProvider"]
+
+
+def test_prepare_positional_keyword_and_dict_agree(multi: fonnx.OnnxSession) -> None:
+    a = [[1.5, 2, 3, 4]]
+    b = np.ones((1, 4))  # float64: cast
+    k = [[7]]
+    feeds = [
+        multi.prepare((a, b, k), {}),
+        multi.prepare((), {"k": k, "b": b, "a": a}),
+        multi.prepare(({"a": a, "b": b, "k": k},), {}),
+        multi.prepare((a,), {"k": k, "b": b}),
+    ]
+    for feed in feeds:
+        assert list(feed) == ["a", "b", "k"]
+        assert [v.dtype for v in feed.values()] == [np.float32, np.float32, np.int64]
+        np.testing.assert_array_equal(feed["a"], np.array(a, np.float32))
+    out = multi.format(multi.run(feeds[0]))
+    assert isinstance(out, tuple) and len(out) == 3
+    np.testing.assert_array_equal(out[0], [[2.5, 3, 4, 5]])
+    np.testing.assert_array_equal(out[2], [[14]])
+
+
+def test_prepare_casts_ints_and_whole_floats(multi: fonnx.OnnxSession) -> None:
+    feed = multi.prepare(([[1, 2, 3, 4]], np.zeros((1, 4), np.int32), np.array([[3.0]])), {})
+    assert feed["a"].dtype == np.float32 and feed["b"].dtype == np.float32
+    assert feed["k"].dtype == np.int64 and feed["k"][0, 0] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (
+            (np.ones((1, 4)), np.ones((1, 4)), [[1]], 4),
+            {},
+            r"takes 3 input\(s\) \(a, b, k\) but 4 were given",
+        ),
+        (
+            (),
+            {"a": [[1.0] * 4], "bb": [[1.0] * 4], "k": [[1]]},
+            "unknown input 'bb' \\(did you mean 'b'\\?\\)",
+        ),
+        ((np.ones((1, 4)),), {"a": np.ones((1, 4))}, "input 'a' was given twice"),
+        ((np.ones((1, 4)),), {}, "missing input\\(s\\) 'b', 'k'; the inputs are a, b, k"),
+        (
+            (np.ones((1, 5)), np.ones((1, 4)), [[1]]),
+            {},
+            r"input 'a' expects shape float32 \[batch, 4\] but got shape \[1, 5\]",
+        ),
+        (
+            (np.ones(4), np.ones((1, 4)), [[1]]),
+            {},
+            r"input 'a' expects shape float32 \[batch, 4\] but got shape \[4\]",
+        ),
+        (
+            (np.ones((1, 4)), np.ones((1, 4)), [[1.5]]),
+            {},
+            "input 'k' expects int64 but got float64 values that are not",
+        ),
+        ((np.ones((1, 4)), [[1, 2], [3]], [[1]]), {}, "input 'b' expects .*not an array|input 'b' .*ragged"),
+        (
+            (np.ones((1, 4)), [["a", "b", "c", "d"]], [[1]]),
+            {},
+            "input 'b' expects float32 \\[batch, 4\\] but got <U1",
+        ),
+    ],
+)
+def test_prepare_errors_name_the_input(
+    multi: fonnx.OnnxSession, args: tuple, kwargs: dict, message: str
+) -> None:
+    with pytest.raises(InferenceInputError, match=message) as info:
+        multi.prepare(args, kwargs)
+    assert str(info.value).startswith("multi:")
+    assert info.value.http_status == 400
+
+
+def test_prepare_refuses_values_the_dtype_cannot_hold(multi: fonnx.OnnxSession) -> None:
+    a = np.ones((1, 4))
+    with pytest.raises(
+        InferenceInputError, match=r"input 'k' expects int64, whose range is .* got values from"
+    ):
+        multi.prepare((a, a, [[1e30]]), {})
+    with pytest.raises(
+        InferenceInputError, match=r"input 'k' expects int64 but got float64 values that are not"
+    ):
+        multi.prepare((a, a, [[np.inf]]), {})
+    with pytest.raises(
+        InferenceInputError, match=r"input 'a' expects float32 but some float64 values do not fit"
+    ):
+        multi.prepare(([[1e300, 0, 0, 0]], a, [[1]]), {})
+    feed = multi.prepare((a, a, np.array([[2**40]], np.uint64)), {})
+    assert feed["k"][0, 0] == 2**40
+
+
+def test_prepare_refuses_inputs_disagreeing_on_a_named_dim(multi: fonnx.OnnxSession) -> None:
+    with pytest.raises(
+        InferenceInputError, match="input 'b' has size 3 on axis 0 \\('batch'\\) but input 'a' has 2"
+    ):
+        multi.prepare((np.ones((2, 4)), np.ones((3, 4)), [[1], [2]]), {})
+
+
+def test_single_output_is_an_array() -> None:
+    bundler.onnx.save_model("clf", make_classifier(size=8, classes=5))
+    session = fonnx.OnnxSession.load("clf")
+    out = session.format(session.run(session.prepare((np.random.rand(3, 8, 8, 3),), {})))
+    assert isinstance(out, np.ndarray) and out.shape == (3, 5)
+    np.testing.assert_allclose(out.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_run_translates_onnxruntime_errors(multi: fonnx.OnnxSession) -> None:
+    # Feeds that skip prepare() reach onnxruntime unchecked: its errors still come out as bundler errors.
+    with pytest.raises(InferenceInputError, match=r"multi:.*onnxruntime refused the inputs"):
+        multi.run(
+            {"a": np.ones((1, 4), np.float64), "b": np.ones((1, 4), np.float32), "k": np.ones((1, 1), int)}
+        )
+    with pytest.raises(ModelError, match=r"multi:.*onnxruntime failed to run the model"):
+        multi.run(
+            {"a": np.ones((2, 4), np.float32), "b": np.ones((3, 4), np.float32), "k": np.ones((2, 1), int)}
+        )
+
+
+def test_public_alias_module_matches_framework_module() -> None:
+    import bundler.frameworks.onnx as impl
+
+    assert set(bundler.onnx.__all__) == set(impl.__all__)
+    for name in impl.__all__:
+        assert getattr(bundler.onnx, name) is getattr(impl, name)
