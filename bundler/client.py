@@ -1,0 +1,257 @@
+"""HTTP clients for a served bundler service, built from its ``/docs.json``.
+
+    client = Client("http://127.0.0.1:3000")
+    client.predict(np.ones((1, 4), np.float32))    # or client.call("predict", arr)
+
+Inputs are encoded by the API's input descriptor (ndarray -> .npy, lists -> JSON, PIL image -> PNG, str ->
+UTF-8 text, bytes -> raw); outputs are decoded by the response's Content-Type and the API's output
+descriptor. Error statuses raise ``bundler.exceptions.HTTPError`` with ``status_code``, ``body``, ``detail``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from .exceptions import BadInput, HTTPError, NotFound
+
+__all__ = ["APISpec", "AsyncClient", "Client"]
+
+_NPY = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class APISpec:
+    """What the client knows about one API: its route and its input and output descriptors."""
+
+    name: str
+    route: str
+    input: dict[str, Any]
+    output: dict[str, Any]
+
+
+def parse_openapi(doc: dict[str, Any]) -> dict[str, APISpec]:
+    """Return API name -> APISpec from a bundler OpenAPI document (operations with ``x-bundler-io``)."""
+    apis = {}
+    for path, ops in (doc.get("paths") or {}).items():
+        op = ops.get("post") if isinstance(ops, dict) else None
+        if not isinstance(op, dict) or "x-bundler-io" not in op:
+            continue
+        io_ = op["x-bundler-io"]
+        name = op.get("operationId") or path.strip("/")
+        apis[name] = APISpec(name, path, io_.get("input", {}), io_.get("output", {}))
+    return apis
+
+
+def encode(spec: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """Return the request body and headers for calling ``spec`` with these arguments."""
+    kind = spec.input.get("type")
+    if kwargs and not args and kind == "JSON":
+        args = (kwargs,)
+    elif kwargs or len(args) != 1:
+        raise BadInput(
+            f"API {spec.name!r} takes exactly one input ({kind}); got {len(args)} and {sorted(kwargs)}"
+        )
+    value = args[0]
+    headers = {"accept": _accept(spec)}
+    if kind == "NumpyNdarray":
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            buf = io.BytesIO()
+            np.save(buf, value, allow_pickle=False)
+            return buf.getvalue(), {**headers, "content-type": _NPY}
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY), {
+            **headers,
+            "content-type": "application/json",
+        }
+    if kind == "Image":
+        return _image_bytes(value), {**headers, "content-type": _image_type(value)}
+    if kind == "Text":
+        return str(value).encode("utf-8"), {**headers, "content-type": "text/plain; charset=utf-8"}
+    if kind == "File":
+        if hasattr(value, "read"):
+            value = value.read()
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        return bytes(value), {**headers, "content-type": _NPY}
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY), {
+        **headers,
+        "content-type": "application/json",
+    }
+
+
+def _accept(spec: APISpec) -> str:
+    kind = spec.output.get("type")
+    if kind == "NumpyNdarray":
+        return _NPY
+    if kind in ("Image", "File"):
+        return str(spec.output.get("output_media") or "*/*")
+    if kind == "Text":
+        return "text/plain"
+    return "application/json"
+
+
+def _image_bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(value, np.ndarray):
+        value = Image.fromarray(value)
+    buf = io.BytesIO()
+    value.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _image_type(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        head = bytes(value[:12])
+        if head.startswith(b"\xff\xd8"):
+            return "image/jpeg"
+        if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+            return "image/webp"
+    return "image/png"
+
+
+def decode(spec: APISpec, response: httpx.Response) -> Any:
+    """Return the Python value of a successful response, or raise HTTPError for an error status."""
+    ctype = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if response.status_code >= 400:
+        try:
+            body: Any = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = response.text
+        error = body.get("error") if isinstance(body, dict) else body
+        raise HTTPError(
+            f"API {spec.name!r} answered {response.status_code}: {error}", response.status_code, body
+        )
+    kind = spec.output.get("type")
+    if ctype in (_NPY, "application/x-npy") and kind == "NumpyNdarray":
+        import numpy as np
+
+        return np.load(io.BytesIO(response.content), allow_pickle=False)
+    if ctype == "application/json" or ctype.endswith("+json"):
+        data = orjson.loads(response.content)
+        if kind == "NumpyNdarray":
+            import numpy as np
+
+            return np.asarray(data)
+        return data
+    if ctype.startswith("image/") and kind == "Image":
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(response.content))
+        img.load()
+        return img
+    if ctype.startswith("text/"):
+        return response.text
+    return response.content
+
+
+def _spec(apis: dict[str, APISpec], name: str, url: str) -> APISpec:
+    try:
+        return apis[name]
+    except KeyError:
+        raise NotFound(
+            f"{url}: no API named {name!r}; it serves {', '.join(sorted(apis)) or 'none'}"
+        ) from None
+
+
+class Client:
+    """A blocking client; ``client.<api>(value)`` or ``client.call("<api>", value)``."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0, **httpx_options: Any) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, **httpx_options)
+        try:
+            response = self._http.get("/docs.json")
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            self._http.close()
+            raise HTTPError(f"{self.url}/docs.json could not be read: {exc}", 0) from exc
+        self.openapi: dict[str, Any] = response.json()
+        self.apis = parse_openapi(self.openapi)
+
+    def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call an API by name and return its decoded output."""
+        spec = _spec(self.apis, api_name, self.url)
+        body, headers = encode(spec, args, kwargs)
+        try:
+            response = self._http.post(spec.route, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise HTTPError(f"API {api_name!r} at {self.url}{spec.route}: {exc}", 0) from exc
+        return decode(spec, response)
+
+    def __getattr__(self, name: str) -> Any:
+        apis = self.__dict__.get("apis", {})
+        if name in apis:
+            return lambda *args, **kwargs: self.call(name, *args, **kwargs)
+        raise AttributeError(f"{type(self).__name__} for {self.__dict__.get('url')} has no API {name!r}")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """An asyncio client; reads ``/docs.json`` on first use; ``await client.call("<api>", value)``."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0, **httpx_options: Any) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, **httpx_options)
+        self.apis: dict[str, APISpec] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _apis(self) -> dict[str, APISpec]:
+        async with self._lock:
+            if self.apis is None:
+                try:
+                    response = await self._http.get("/docs.json")
+                    response.raise_for_status()
+                except httpx.HTTPError as exc:
+                    raise HTTPError(f"{self.url}/docs.json could not be read: {exc}", 0) from exc
+                self.apis = parse_openapi(response.json())
+            return self.apis
+
+    async def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call an API by name and return its decoded output."""
+        spec = _spec(await self._apis(), api_name, self.url)
+        body, headers = encode(spec, args, kwargs)
+        try:
+            response = await self._http.post(spec.route, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise HTTPError(f"API {api_name!r} at {self.url}{spec.route}: {exc}", 0) from exc
+        return decode(spec, response)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("url", "apis"):
+            raise AttributeError(name)
+
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            return await self.call(name, *args, **kwargs)
+
+        return method
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        await self._apis()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,525 @@
+"""IO descriptors: how an API turns an HTTP request into a Python value and a return value into a response.
+
+Each descriptor has ``await from_request(request)``, ``to_response(value, request=None)``,
+``openapi_schema()``, ``openapi_request_body()`` and ``openapi_responses()``. Problems are raised as
+BundlerErrors the server maps to JSON bodies: wrong Content-Type -> 415 (UnsupportedMediaType), a body that
+does not parse -> 400 (BadInput), a body that parses but breaks the schema -> 422 (ValidationFailed), an image
+over the pixel cap -> 413 (PayloadTooLarge).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import orjson
+
+from .exceptions import BadInput, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+__all__ = ["JSON", "File", "IODescriptor", "Image", "NumpyNdarray", "Text"]
+
+NPY_TYPES = ("application/octet-stream", "application/x-npy")
+_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+# Decoding big images blocks; above this many body bytes it moves to a worker thread.
+_THREAD_DECODE_BYTES = 256 * 1024
+
+
+def media_type(request: Request) -> str:
+    """Return the request's media type, lowercased and without parameters ('' when absent)."""
+    ct = request.headers.get("content-type", "")
+    return ct.split(";", 1)[0].strip().lower()
+
+
+def _response(body: bytes, media: str) -> Response:
+    from starlette.responses import Response
+
+    return Response(body, media_type=media)
+
+
+class IODescriptor:
+    """Base of every descriptor; subclasses set ``media_types`` (accepted) and ``output_media`` (returned)."""
+
+    media_types: ClassVar[tuple[str, ...]] = ()
+    output_media: str = "application/json"
+
+    async def from_request(self, request: Request) -> Any:
+        raise NotImplementedError
+
+    def to_response(self, value: Any, request: Request | None = None) -> Response:
+        raise NotImplementedError
+
+    def openapi_schema(self) -> dict[str, Any]:
+        """Return the JSON schema (OpenAPI 3.0 flavour) of the value."""
+        return {}
+
+    def openapi_components(self) -> dict[str, Any]:
+        """Return named schemas this descriptor's schema refers to (``#/components/schemas/...``)."""
+        return {}
+
+    def openapi_request_body(self) -> dict[str, Any]:
+        """Return the OpenAPI ``requestBody`` object."""
+        schema = self.openapi_schema()
+        return {"required": True, "content": {m: {"schema": schema} for m in self.media_types}}
+
+    def openapi_responses(self) -> dict[str, Any]:
+        """Return the OpenAPI ``200`` response object."""
+        return {
+            "description": "Successful response",
+            "content": {self.output_media: {"schema": self.openapi_schema()}},
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Return what a client needs to call an API with this descriptor (stored as ``x-bundler-io``)."""
+        return {"type": type(self).__name__}
+
+    def _check_media(self, request: Request, default: str) -> str:
+        mt = media_type(request) or default
+        if mt not in self.media_types and not self._accepts(mt):
+            raise UnsupportedMediaType(
+                f"{type(self).__name__} input: Content-Type {mt!r} is not accepted;"
+                f" send one of {', '.join(self.media_types)}"
+            )
+        return mt
+
+    def _accepts(self, mt: str) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+# -- numpy arrays --------------------------------------------------------------------------------------
+def _json_type(dtype: np.dtype | None) -> dict[str, Any]:
+    if dtype is None:
+        return {"type": "number"}
+    if dtype.kind == "b":
+        return {"type": "boolean"}
+    if dtype.kind in "iu":
+        return {"type": "integer", "format": "int64" if dtype.itemsize == 8 else "int32"}
+    if dtype.kind == "f":
+        return {"type": "number", "format": "double" if dtype.itemsize == 8 else "float"}
+    return {"type": "string"}
+
+
+def _dim_ok(want: int | str | None, got: int) -> bool:
+    return want is None or isinstance(want, str) or want < 0 or want == got
+
+
+def _fmt_shape(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join("?" if d is None or isinstance(d, str) or d < 0 else str(d) for d in shape) + ")"
+
+
+class NumpyNdarray(IODescriptor):
+    """A numpy array: JSON nested lists, or an ``.npy`` body (``application/octet-stream``) for speed."""
+
+    media_types = ("application/json", *NPY_TYPES)
+
+    def __init__(
+        self,
+        dtype: str | np.dtype | type | None = None,
+        shape: tuple[int | str | None, ...] | list[int | str | None] | None = None,
+        enforce_dtype: bool = False,
+        enforce_shape: bool = False,
+        allow_nan: bool = False,
+    ) -> None:
+        try:
+            self.dtype = np.dtype(dtype) if dtype is not None else None
+        except TypeError as exc:
+            raise BadInput(f"NumpyNdarray(dtype={dtype!r}): not a numpy dtype (use e.g. 'float32')") from exc
+        self.shape = tuple(shape) if shape is not None else None
+        self.enforce_dtype = enforce_dtype
+        self.enforce_shape = enforce_shape
+        self.allow_nan = allow_nan
+        # Filled in by Service.openapi() from the runner's model when dtype/shape were not given.
+        self.inferred_dtype: np.dtype | None = None
+        self.inferred_shape: tuple[Any, ...] | None = None
+
+    async def from_request(self, request: Request) -> np.ndarray:
+        mt = self._check_media(request, "application/json")
+        body = await request.body()
+        if mt == "application/json":
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise BadInput(f"NumpyNdarray input: the body is not valid JSON ({exc})") from exc
+            try:
+                arr = np.asarray(data, dtype=self.dtype)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise ValidationFailed(
+                    f"NumpyNdarray input: the JSON is not a rectangular array of numbers"
+                    f"{f' castable to {self.dtype}' if self.dtype is not None else ''}: {exc}",
+                    detail=[{"loc": ["body"], "msg": str(exc)}],
+                ) from exc
+        else:
+            try:
+                arr = np.load(io.BytesIO(body), allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise BadInput(f"NumpyNdarray input: the {mt} body is not a .npy array ({exc})") from exc
+            if self.dtype is not None and arr.dtype != self.dtype:
+                if self.enforce_dtype:
+                    raise ValidationFailed(
+                        f"NumpyNdarray input: dtype {arr.dtype} given, {self.dtype} expected",
+                        detail=[{"loc": ["body"], "msg": f"expected dtype {self.dtype}, got {arr.dtype}"}],
+                    )
+                arr = arr.astype(self.dtype)
+        return self._validate(arr)
+
+    def _validate(self, arr: np.ndarray) -> np.ndarray:
+        if arr.dtype.kind not in "biuf":
+            raise ValidationFailed(
+                f"NumpyNdarray input: an array of numbers is expected, got dtype {arr.dtype}",
+                detail=[{"loc": ["body"], "msg": f"non-numeric dtype {arr.dtype}"}],
+            )
+        if self.enforce_shape and self.shape is not None:
+            if arr.ndim != len(self.shape) or not all(map(_dim_ok, self.shape, arr.shape)):
+                raise ValidationFailed(
+                    f"NumpyNdarray input: shape {_fmt_shape(arr.shape)} given,"
+                    f" {_fmt_shape(self.shape)} expected",
+                    detail=[{"loc": ["body"], "msg": f"expected shape {_fmt_shape(self.shape)}"}],
+                )
+        if not self.allow_nan and arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+            raise ValidationFailed(
+                "NumpyNdarray input: NaN or infinity in the array (not allowed by this API)",
+                detail=[{"loc": ["body"], "msg": "non-finite value"}],
+            )
+        return arr
+
+    def to_response(self, value: Any, request: Request | None = None) -> Response:
+        arr = np.asarray(value)
+        if request is not None and _wants_npy(request):
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            return _response(buf.getvalue(), "application/octet-stream")
+        try:
+            body = orjson.dumps(arr, option=_JSON_OPTS)
+        except TypeError:
+            # orjson serializes only C-contiguous arrays of common dtypes natively.
+            body = orjson.dumps(arr.tolist())
+        return _response(body, "application/json")
+
+    def openapi_schema(self) -> dict[str, Any]:
+        dtype = self.dtype if self.dtype is not None else self.inferred_dtype
+        shape = self.shape if self.shape is not None else self.inferred_shape
+        schema: dict[str, Any] = _json_type(dtype)
+        if shape is None:
+            # OpenAPI 3.0 cannot say "nested lists of any depth"; name the dtype instead.
+            what = f"{dtype} values" if dtype is not None else "numbers"
+            return {"type": "array", "items": {}, "description": f"nested lists of {what}, any shape"}
+        for dim in reversed(shape):
+            schema = {"type": "array", "items": schema}
+            if isinstance(dim, int) and dim >= 0:
+                schema["minItems"] = schema["maxItems"] = dim
+        return schema
+
+    def openapi_request_body(self) -> dict[str, Any]:
+        return {
+            "required": True,
+            "content": {
+                "application/json": {"schema": self.openapi_schema()},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+
+    def openapi_responses(self) -> dict[str, Any]:
+        return {
+            "description": "Successful response (an .npy body when Accept asks for application/octet-stream)",
+            "content": {
+                "application/json": {"schema": self.openapi_schema()},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+
+    def describe(self) -> dict[str, Any]:
+        dtype = self.dtype if self.dtype is not None else self.inferred_dtype
+        return {"type": "NumpyNdarray", "dtype": str(dtype) if dtype is not None else None}
+
+    def __repr__(self) -> str:
+        return f"NumpyNdarray(dtype={self.dtype}, shape={self.shape})"
+
+
+def _wants_npy(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/octet-stream" in accept or "application/x-npy" in accept
+
+
+# -- JSON ----------------------------------------------------------------------------------------------
+def _openapi30(node: Any) -> Any:
+    """Rewrite JSON Schema 2020-12 constructs pydantic emits into their OpenAPI 3.0 spelling."""
+    if isinstance(node, list):
+        return [_openapi30(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _openapi30(v) for k, v in node.items() if k not in ("examples", "$defs")}
+    for key in ("anyOf", "oneOf"):
+        alts = out.get(key)
+        # Children are rewritten first, so a {"type": "null"} branch reads {"nullable": True} here.
+        if isinstance(alts, list) and {"nullable": True} in alts:
+            alts = [a for a in alts if a != {"nullable": True}]
+            out["nullable"] = True
+            if len(alts) == 1 and "$ref" not in alts[0]:
+                del out[key]
+                out.update(alts[0])
+            else:
+                out[key] = alts
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    if out.get("type") == "null":
+        del out["type"]
+        out["nullable"] = True
+    return out
+
+
+class JSON(IODescriptor):
+    """Any JSON value (orjson), optionally validated by a pydantic model (errors -> 422 with the list)."""
+
+    media_types = ("application/json",)
+
+    def __init__(self, pydantic_model: type | None = None) -> None:
+        self.pydantic_model = pydantic_model
+
+    def _accepts(self, mt: str) -> bool:
+        return mt.endswith("+json")
+
+    async def from_request(self, request: Request) -> Any:
+        self._check_media(request, "application/json")
+        body = await request.body()
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadInput(f"JSON input: the body is not valid JSON ({exc})") from exc
+        if self.pydantic_model is None:
+            return data
+        from pydantic import ValidationError
+
+        try:
+            return self.pydantic_model.model_validate(data)  # type: ignore[attr-defined]
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            raise ValidationFailed(
+                f"JSON input: {exc.error_count()} validation error(s) for {self.pydantic_model.__name__}",
+                detail=orjson.loads(orjson.dumps(errors, default=str)),
+            ) from exc
+
+    def to_response(self, value: Any, request: Request | None = None) -> Response:
+        if hasattr(value, "model_dump"):
+            value = value.model_dump(mode="json")
+        return _response(orjson.dumps(value, option=_JSON_OPTS), "application/json")
+
+    def openapi_schema(self) -> dict[str, Any]:
+        if self.pydantic_model is None:
+            return {}
+        return {"$ref": f"#/components/schemas/{self.pydantic_model.__name__}"}
+
+    def openapi_components(self) -> dict[str, Any]:
+        if self.pydantic_model is None:
+            return {}
+        schema = self.pydantic_model.model_json_schema(  # type: ignore[attr-defined]
+            ref_template="#/components/schemas/{model}"
+        )
+        defs = schema.get("$defs", {})
+        out = {name: _openapi30(s) for name, s in defs.items()}
+        out[self.pydantic_model.__name__] = _openapi30(schema)
+        return out
+
+    def __repr__(self) -> str:
+        name = self.pydantic_model.__name__ if self.pydantic_model else None
+        return f"JSON(pydantic_model={name})"
+
+
+# -- images --------------------------------------------------------------------------------------------
+_PIL_FORMATS = {
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "webp": "WEBP",
+    "gif": "GIF",
+    "bmp": "BMP",
+    "tiff": "TIFF",
+}
+
+
+async def _upload(request: Request, what: str) -> tuple[bytes, str]:
+    """Return the first uploaded file of a multipart form and its content type."""
+    from starlette.datastructures import UploadFile
+
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except Exception as exc:  # python-multipart raises several types; all mean a malformed form
+        raise BadInput(f"{what} input: the multipart body does not parse ({exc})") from exc
+    try:
+        for _, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                return await value.read(), (value.content_type or "").lower()
+    finally:
+        await form.close()
+    raise BadInput(f"{what} input: the multipart form holds no file; upload one (e.g. curl -F file=@x.png)")
+
+
+class Image(IODescriptor):
+    """A PIL image from an ``image/*`` body or a multipart upload; returns PNG (or ``output_format``)."""
+
+    media_types = ("image/*", "multipart/form-data")
+
+    def __init__(
+        self,
+        formats: list[str] | tuple[str, ...] | None = None,
+        pilmode: str | None = None,
+        max_pixels: int | None = None,
+        output_format: str = "PNG",
+    ) -> None:
+        self.formats = {_PIL_FORMATS.get(f.lower(), f.upper()) for f in formats} if formats else None
+        self.pilmode = pilmode
+        self.max_pixels = max_pixels
+        self.output_format = output_format.upper()
+        self.output_media = f"image/{self.output_format.lower()}"
+
+    def _accepts(self, mt: str) -> bool:
+        return mt.startswith("image/")
+
+    async def from_request(self, request: Request) -> Any:
+        mt = self._check_media(request, "")
+        if mt == "multipart/form-data":
+            body, _ = await _upload(request, "Image")
+        else:
+            body = await request.body()
+        if len(body) > _THREAD_DECODE_BYTES:
+            from starlette.concurrency import run_in_threadpool
+
+            return await run_in_threadpool(self.decode, body)
+        return self.decode(body)
+
+    def decode(self, body: bytes) -> Any:
+        """Decode image bytes, refusing unaccepted formats and decompression bombs."""
+        from PIL import Image as PILImage
+        from PIL import UnidentifiedImageError
+
+        limit = self.max_pixels or PILImage.MAX_IMAGE_PIXELS or 0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+                img = PILImage.open(io.BytesIO(body))
+        except PILImage.DecompressionBombError as exc:
+            raise PayloadTooLarge(f"Image input: refused a decompression bomb ({exc})") from exc
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise BadInput(f"Image input: the body is not a readable image ({exc})") from exc
+        w, h = img.size
+        if limit and w * h > limit:
+            raise PayloadTooLarge(
+                f"Image input: {w}x{h} = {w * h} pixels is over the limit of {limit} pixels"
+            )
+        if self.formats is not None and img.format not in self.formats:
+            raise UnsupportedMediaType(
+                f"Image input: format {img.format} is not accepted;"
+                f" send one of {', '.join(sorted(self.formats))}"
+            )
+        try:
+            img.load()
+            if self.pilmode is not None and img.mode != self.pilmode:
+                img = img.convert(self.pilmode)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise BadInput(f"Image input: the image data is truncated or corrupt ({exc})") from exc
+        return img
+
+    def to_response(self, value: Any, request: Request | None = None) -> Response:
+        from PIL import Image as PILImage
+
+        if isinstance(value, np.ndarray):
+            value = PILImage.fromarray(value)
+        buf = io.BytesIO()
+        value.save(buf, format=self.output_format)
+        return _response(buf.getvalue(), self.output_media)
+
+    def openapi_request_body(self) -> dict[str, Any]:
+        binary = {"type": "string", "format": "binary"}
+        return {
+            "required": True,
+            "content": {
+                "image/*": {"schema": binary},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {"file": binary}}},
+            },
+        }
+
+    def openapi_responses(self) -> dict[str, Any]:
+        return {
+            "description": "Successful response",
+            "content": {self.output_media: {"schema": {"type": "string", "format": "binary"}}},
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "Image", "output_media": self.output_media}
+
+
+# -- text and files ------------------------------------------------------------------------------------
+class Text(IODescriptor):
+    """A UTF-8 string (``text/plain``); invalid UTF-8 -> 400."""
+
+    media_types = ("text/plain",)
+    output_media = "text/plain; charset=utf-8"
+
+    async def from_request(self, request: Request) -> str:
+        self._check_media(request, "text/plain")
+        ct = request.headers.get("content-type", "").lower()
+        if "charset=" in ct:
+            charset = ct.split("charset=", 1)[1].split(";", 1)[0].strip().strip('"')
+            if charset not in ("utf-8", "utf8", "us-ascii", "ascii"):
+                raise UnsupportedMediaType(f"Text input: charset {charset!r} is not accepted; send UTF-8")
+        body = await request.body()
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(
+                f"Text input: the body is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+            ) from exc
+
+    def to_response(self, value: Any, request: Request | None = None) -> Response:
+        return _response(str(value).encode("utf-8"), self.output_media)
+
+    def openapi_schema(self) -> dict[str, Any]:
+        return {"type": "string"}
+
+
+class File(IODescriptor):
+    """Raw bytes: any body, or the first file of a multipart upload; returns ``mime_type`` bytes."""
+
+    media_types = ("application/octet-stream", "multipart/form-data")
+
+    def __init__(self, mime_type: str = "application/octet-stream") -> None:
+        self.output_media = mime_type
+
+    def _accepts(self, mt: str) -> bool:
+        return True
+
+    async def from_request(self, request: Request) -> bytes:
+        if media_type(request) == "multipart/form-data":
+            body, _ = await _upload(request, "File")
+            return body
+        return await request.body()
+
+    def to_response(self, value: Any, request: Request | None = None) -> Response:
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        elif hasattr(value, "read"):
+            value = value.read()
+        return _response(bytes(value), self.output_media)
+
+    def openapi_request_body(self) -> dict[str, Any]:
+        binary = {"type": "string", "format": "binary"}
+        return {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": binary},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {"file": binary}}},
+            },
+        }
+
+    def openapi_schema(self) -> dict[str, Any]:
+        return {"type": "string", "format": "binary"}
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "File", "output_media": self.output_media}

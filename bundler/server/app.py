@@ -1,0 +1,314 @@
+"""The ASGI app of a Service: one ``POST /<route>`` per API plus health, readiness, metrics and docs.
+
+API requests take a lean path: ``ServiceApp.__call__`` looks the path up in a dict and runs the API with no
+middleware stack; everything else goes through Starlette's router. Every error, raised anywhere, becomes a
+JSON body ``{"error": ..., "detail": ...}`` in ``error_response`` (the one place statuses are decided).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from ..exceptions import BadInput, BundlerError, Overloaded, PayloadTooLarge
+from ..service import API, Service
+from .docs import docs_routes
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "ServiceApp", "build_app", "error_response", "max_body_size_from_env"]
+
+DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
+log = logging.getLogger("bundler.server")
+access_log = logging.getLogger("bundler.access")
+
+
+def max_body_size_from_env(default: int = DEFAULT_MAX_BODY_SIZE) -> int:
+    """Return ``$BUNDLER_MAX_BODY_SIZE`` (bytes) or the default; a bad value is a BadInput."""
+    raw = os.environ.get("BUNDLER_MAX_BODY_SIZE", "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise BadInput(f"BUNDLER_MAX_BODY_SIZE={raw!r}: expected a positive number of bytes, e.g. 33554432")
+    return value
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(exc: BaseException, where: str = "") -> Response:
+    """Map any exception to a JSON error response (BundlerError -> its http_status, others -> 500)."""
+    if isinstance(exc, BundlerError):
+        headers = {}
+        if isinstance(exc, Overloaded):
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        if isinstance(exc, PayloadTooLarge):
+            # The rest of the body may still be on the wire; do not reuse the connection.
+            headers["Connection"] = "close"
+        status = exc.http_status if 400 <= exc.http_status < 600 else 500
+        return _json(status, {"error": str(exc), "detail": getattr(exc, "detail", None)}, headers)
+    if isinstance(exc, HTTPException):
+        message = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        return _json(exc.status_code, {"error": message, "detail": None}, dict(exc.headers or {}))
+    log.error("unhandled error%s", f" in {where}" if where else "", exc_info=exc)
+    text = str(exc)
+    text = text if len(text) <= 300 else text[:300] + "..."
+    return _json(
+        500,
+        {
+            "error": f"internal error{f' in {where}' if where else ''}: {type(exc).__name__}: {text}",
+            "detail": "see the server log for the traceback",
+        },
+    )
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """Read the whole request body, refusing (413) past ``limit`` bytes without reading further."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise BadInput(f"Content-Length {value.decode('latin-1')!r} is not a number") from None
+            if length > limit:
+                raise PayloadTooLarge(
+                    f"request body of {length} bytes is over the limit of {limit} bytes"
+                    " (raise it with --max-body-size or BUNDLER_MAX_BODY_SIZE)"
+                )
+            break
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(
+                    f"request body is over the limit of {limit} bytes"
+                    " (raise it with --max-body-size or BUNDLER_MAX_BODY_SIZE)"
+                )
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Replay:
+    """A ``receive`` that hands out an already-read body once, then defers to the real one."""
+
+    __slots__ = ("_body", "_receive")
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self._body: bytes | None = body
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        if self._body is not None:
+            body, self._body = self._body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await self._receive()
+
+
+class ServiceApp(Starlette):
+    """A Starlette app with a dict-dispatched fast path for the service's APIs."""
+
+    def __init__(
+        self,
+        svc: Service,
+        *,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        api_threads: int = 64,
+        debug: bool = False,
+    ) -> None:
+        self.svc = svc
+        self.body_limit = max_body_size
+        self.metrics = Metrics(svc.name)
+        self.ready = not svc.runners
+        self.load_error: str | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        self._api_threads = api_threads
+        self._load_task: asyncio.Task[None] | None = None
+        self._apis: dict[str, API] = {f"/{api.route}": api for api in svc.apis.values()}
+        openapi = orjson.dumps(svc.openapi())
+        routes: list[Any] = [
+            Route("/healthz", self._live, methods=["GET"]),
+            Route("/livez", self._live, methods=["GET"]),
+            Route("/readyz", self._readyz, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+            *docs_routes(svc.name, openapi),
+        ]
+        # Reached only when the fast path misses (e.g. under a root_path); they also give 405 on GET.
+        routes += [
+            Route(path, self._route_endpoint(api), methods=["POST"]) for path, api in self._apis.items()
+        ]
+        handlers: dict[Any, Any] = {
+            BundlerError: self._handle,
+            HTTPException: self._handle,
+            Exception: self._handle,
+        }
+        super().__init__(debug=debug, routes=routes, exception_handlers=handlers, lifespan=self._lifespan)
+
+    # -- ASGI entry ----------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            api = self._apis.get(scope["path"])
+            if api is not None and scope["method"] == "POST":
+                await self.handle_api(api, scope, receive, send)
+                return
+            await self._other(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_status)
+        finally:
+            self._record(scope, status, start, known=status != 404)
+
+    async def handle_api(self, api: API, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one API request: read (bounded), decode, call, encode; every error as JSON."""
+        start = time.perf_counter()
+        request = None
+        try:
+            if not self.ready:
+                raise Overloaded(
+                    f"service {self.svc.name!r} is starting: its runners are still loading (see /readyz)",
+                    retry_after=1,
+                )
+            body = await read_body(scope, receive, self.body_limit)
+            request = Request(scope, _Replay(body, receive))
+            value = await api.input.from_request(request)
+            if api.is_async:
+                result = await api.func(value)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(self.executor, api.func, value)
+            response = api.output.to_response(result, request)
+        except ClientDisconnect:
+            self._record(scope, 499, start)
+            return
+        except Exception as exc:
+            response = error_response(exc, f"API {api.name!r}")
+        await response(scope, receive, send)
+        self._record(scope, response.status_code, start)
+
+    def _record(self, scope: Scope, status: int, start: float, known: bool = True) -> None:
+        seconds = time.perf_counter() - start
+        self.metrics.observe_request(scope["path"] if known else "unmatched", status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status, seconds * 1000)
+
+    def _route_endpoint(self, api: API) -> Any:
+        async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+            await self.handle_api(api, scope, receive, send)
+
+        return endpoint
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.executor = ThreadPoolExecutor(self._api_threads, thread_name_prefix=f"bundler-{self.svc.name}")
+        self._load_task = asyncio.create_task(self._load_runners())
+        try:
+            yield
+        finally:
+            if not self._load_task.done():
+                self._load_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._load_task
+            for runner in self.svc.runners:
+                shutdown = getattr(runner, "shutdown", None)
+                if shutdown is not None:
+                    try:
+                        await shutdown()
+                    except Exception:
+                        log.exception("runner %r failed to shut down", getattr(runner, "name", runner))
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _load_runners(self) -> None:
+        """Load every runner (in the background, so /livez answers meanwhile); then mark the app ready."""
+        for runner in self.svc.runners:
+            name = getattr(runner, "name", repr(runner))
+            t0 = time.perf_counter()
+            try:
+                await runner.async_init()
+            except Exception as exc:
+                self.load_error = f"runner {name!r} failed to load: {type(exc).__name__}: {exc}"
+                log.error("%s", self.load_error, exc_info=exc)
+                return
+            self._attach_observer(runner, name)
+            log.info("runner %r loaded in %.2fs", name, time.perf_counter() - t0)
+        self.ready = True
+
+    def _attach_observer(self, runner: Any, name: str) -> None:
+        # The Runner creates its Batcher in async_init; the Batcher's observer is a plain attribute.
+        for attr in ("batcher", "_batcher"):
+            batcher = getattr(runner, attr, None)
+            if batcher is not None and hasattr(batcher, "observer"):
+                if batcher.observer is None:
+                    batcher.observer = self.metrics.observer(name)
+                return
+
+    # -- infrastructure routes -----------------------------------------------------------------------
+    async def _live(self, request: Request) -> Response:
+        return _json(200, {"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        runners = {
+            getattr(r, "name", str(i)): bool(getattr(r, "ready", False))
+            for i, r in enumerate(self.svc.runners)
+        }
+        if self.ready:
+            return _json(200, {"status": "ready", "runners": runners})
+        error = self.load_error or "runners are still loading"
+        return _json(503, {"error": error, "detail": {"runners": runners}}, {"Retry-After": "1"})
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def _handle(self, request: Request, exc: Exception) -> Response:
+        return error_response(exc, f"{request.method} {request.url.path}")
+
+
+def build_app(
+    svc: Service,
+    *,
+    max_body_size: int | None = None,
+    api_threads: int = 64,
+    debug: bool = False,
+) -> ServiceApp:
+    """Return the ASGI app serving ``svc`` (body limit: the argument, $BUNDLER_MAX_BODY_SIZE or 32 MiB)."""
+    limit = max_body_size if max_body_size is not None else max_body_size_from_env()
+    if limit <= 0:
+        raise BadInput(f"max_body_size={limit}: expected a positive number of bytes")
+    return ServiceApp(svc, max_body_size=limit, api_threads=api_threads, debug=debug)

@@ -1,0 +1,206 @@
+"""Find a Service (``module:svc``, a bundle tag or a bundle directory) and serve it with uvicorn."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..exceptions import BadInput, BundlerError, NotFound
+from ..service import Service
+from ..store import Tag, bundle_store
+
+__all__ = ["app_factory", "load_service", "serve"]
+
+BUNDLE_META = "bundle.yaml"
+GRACEFUL_SHUTDOWN_S = 30
+# serve() hands these to app_factory() in worker / reloader processes.
+_ENV_TARGET = "BUNDLER_SERVE_TARGET"
+_ENV_WORKDIR = "BUNDLER_SERVE_WORKING_DIR"
+log = logging.getLogger("bundler.server")
+
+
+def _split(target: str) -> tuple[str, str]:
+    module, _, attr = target.partition(":")
+    if module.endswith(".py"):
+        module = module[:-3].replace("/", ".").replace(os.sep, ".")
+    return module, attr or "svc"
+
+
+def _module_dir(module: str, base: Path) -> Path | None:
+    """Return where ``module`` would be imported from under ``base``, or None when it is not there."""
+    first = module.split(".")[0]
+    if (base / f"{first}.py").is_file() or (base / first / "__init__.py").is_file():
+        return base
+    return None
+
+
+def _import_service(module: str, attr: str, base: Path, where: str) -> Service:
+    base = base.resolve()
+    if str(base) not in sys.path:
+        sys.path.insert(0, str(base))
+    # A module of the same name imported from elsewhere (another bundle, a test) must not shadow this one.
+    cached = sys.modules.get(module)
+    if cached is not None:
+        cached_file = getattr(cached, "__file__", None) or ""
+        if not Path(cached_file).resolve().is_relative_to(base):
+            for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+                del sys.modules[name]
+    try:
+        mod = importlib.import_module(module)
+    except BundlerError:
+        raise
+    except ModuleNotFoundError as exc:
+        if exc.name == module or module.startswith(f"{exc.name}."):
+            raise NotFound(f"{where}: no module {module!r} under {base}") from exc
+        raise BadInput(f"{where}: importing {module!r} failed: {exc} (is the package installed?)") from exc
+    except Exception as exc:
+        raise BadInput(f"{where}: importing {module!r} failed: {type(exc).__name__}: {exc}") from exc
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            found = [k for k, v in vars(mod).items() if isinstance(v, Service)]
+            hint = f"; it defines {', '.join(found)}" if found else ""
+            raise NotFound(f"{where}: module {module!r} has no attribute {attr!r}{hint}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, Service):
+        raise BadInput(f"{where}: {module}:{attr} is a {type(obj).__name__}, not a bundler.Service")
+    return obj
+
+
+def _load_bundle(bundle: Path) -> Service:
+    bundle = bundle.resolve()
+    meta = bundle / BUNDLE_META
+    try:
+        info = yaml.safe_load(meta.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadInput(f"{meta}: cannot be read as YAML ({exc})") from exc
+    service = info.get("service") if isinstance(info, dict) else None
+    if not isinstance(service, str) or not service:
+        raise BadInput(f"{meta}: 'service' is missing; it should name the service as 'module:svc'")
+    # Model tags resolve inside the bundle first (see bundler.models).
+    os.environ["BUNDLER_BUNDLE_DIR"] = str(bundle)
+    module, attr = _split(service)
+    svc = _import_service(module, attr, bundle / "src", str(meta))
+    tag = info.get("tag") or ""
+    if isinstance(tag, str) and ":" in tag:
+        svc.version = tag.split(":", 1)[1]
+    if isinstance(info.get("description"), str):
+        svc.description = info["description"]
+    return svc
+
+
+def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = None) -> Service:
+    """Return the Service named by ``module[:attr]``, a bundle tag ``name[:version]`` or a bundle dir."""
+    if not isinstance(target, str) or not target.strip():
+        raise BadInput(
+            "serve: give a service as 'module:svc', a bundle tag 'name[:version]' or a bundle directory"
+        )
+    target = target.strip()
+    base = Path(working_dir) if working_dir is not None else Path.cwd()
+    as_path = base / target
+    if as_path.is_dir():
+        if (as_path / BUNDLE_META).is_file():
+            return _load_bundle(as_path)
+        raise NotFound(f"{as_path}: a directory without {BUNDLE_META}; give a built bundle or 'module:svc'")
+    module, attr = _split(target)
+    if _module_dir(module, base) is not None:
+        return _import_service(module, attr, base, target)
+    try:
+        tag = Tag.parse(target)
+    except BadInput:
+        tag = None
+    if tag is not None:
+        try:
+            path = bundle_store().path(tag)
+        except NotFound:
+            pass
+        else:
+            return _load_bundle(path)
+    raise NotFound(
+        f"serve {target!r}: found no module {module!r} in {base} and no bundle {target!r} in the store"
+        " (see `bundler list`); give 'module:svc', a bundle tag or a bundle directory"
+    )
+
+
+def _configure_logging(log_level: str) -> None:
+    level = getattr(logging, log_level.upper(), logging.INFO)
+    logger = logging.getLogger("bundler")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def app_factory() -> Any:
+    """Build the app in a uvicorn worker or reloader process from the settings ``serve()`` left in env."""
+    from .app import build_app
+
+    target = os.environ.get(_ENV_TARGET)
+    if not target:
+        raise BadInput(f"app_factory: ${_ENV_TARGET} is not set; start the server with `bundler serve`")
+    _configure_logging(os.environ.get("BUNDLER_LOG_LEVEL", "info"))
+    return build_app(load_service(target, working_dir=os.environ.get(_ENV_WORKDIR) or None))
+
+
+def serve(
+    target: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    workers: int = 1,
+    reload: bool = False,
+    max_body_size: int | None = None,
+    log_level: str = "info",
+    working_dir: str | os.PathLike[str] | None = None,
+    timeout_graceful_shutdown: int = GRACEFUL_SHUTDOWN_S,
+) -> None:
+    """Serve a service with uvicorn until SIGINT/SIGTERM (which drains in-flight requests, then exits)."""
+    import uvicorn
+
+    from .app import build_app, max_body_size_from_env
+
+    if workers < 1:
+        raise BadInput(f"serve: workers={workers}: expected 1 or more")
+    if reload and workers > 1:
+        raise BadInput("serve: --reload and --workers > 1 cannot be combined; pick one")
+    limit = max_body_size if max_body_size is not None else max_body_size_from_env()
+    if limit <= 0:
+        raise BadInput(f"serve: max_body_size={limit}: expected a positive number of bytes")
+    _configure_logging(log_level)
+    base = Path(working_dir).resolve() if working_dir is not None else Path.cwd()
+    svc = load_service(target, working_dir=base)  # fail here, in the parent, on a bad target
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,  # bundler.access logs one line per request with its duration
+        "timeout_graceful_shutdown": timeout_graceful_shutdown,
+        "server_header": False,
+    }
+    if workers == 1 and not reload:
+        app = build_app(svc, max_body_size=limit)
+        log.info("serving %s on http://%s:%d (docs at /docs)", svc.name, host, port)
+        uvicorn.Server(uvicorn.Config(app, **common)).run()
+        return
+    os.environ[_ENV_TARGET] = target
+    os.environ[_ENV_WORKDIR] = str(base)
+    os.environ["BUNDLER_MAX_BODY_SIZE"] = str(limit)
+    os.environ["BUNDLER_LOG_LEVEL"] = log_level
+    bundle_dir = os.environ.get("BUNDLER_BUNDLE_DIR")
+    reload_dirs = [str(Path(bundle_dir) / "src")] if bundle_dir else [str(base)]
+    uvicorn.run(
+        "bundler.server.serve:app_factory",
+        factory=True,
+        workers=workers if not reload else None,
+        reload=reload,
+        reload_dirs=reload_dirs if reload else None,
+        **common,
+    )

@@ -1,0 +1,290 @@
+"""IO descriptors against real starlette Requests (no server): decoding, errors, encoding, schemas."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image as PILImage
+from pydantic import BaseModel
+from starlette.requests import Request
+
+from bundler.exceptions import BadInput, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from bundler.io import JSON, File, Image, NumpyNdarray, Text
+
+
+def make_request(body: bytes, content_type: str | None = None, accept: str | None = None) -> Request:
+    headers = []
+    if content_type is not None:
+        headers.append((b"content-type", content_type.encode()))
+    if accept is not None:
+        headers.append((b"accept", accept.encode()))
+    headers.append((b"content-length", str(len(body)).encode()))
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": headers, "query_string": b""}
+    return Request(scope, receive)
+
+
+def decode(descriptor: Any, body: bytes, content_type: str | None = None) -> Any:
+    return asyncio.run(descriptor.from_request(make_request(body, content_type)))
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def png(size: tuple[int, int] = (8, 6), mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    PILImage.new(mode, size, color=(10, 20, 30) if mode == "RGB" else 7).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def noisy_png() -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+        buf, "PNG"
+    )
+    return buf.getvalue()
+
+
+def multipart(data: bytes, filename: str = "x.png", ctype: str = "image/png") -> tuple[bytes, str]:
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+# -- NumpyNdarray ----------------------------------------------------------------------------------------
+def test_ndarray_from_json_casts_to_the_declared_dtype() -> None:
+    arr = decode(NumpyNdarray(dtype="float32"), b"[[1, 2], [3, 4.5]]", "application/json")
+    assert arr.dtype == np.float32
+    assert arr.tolist() == [[1.0, 2.0], [3.0, 4.5]]
+
+
+def test_ndarray_without_content_type_is_json() -> None:
+    assert decode(NumpyNdarray(), b"[1, 2, 3]").tolist() == [1, 2, 3]
+
+
+def test_ndarray_from_npy_keeps_values_and_dtype() -> None:
+    src = np.arange(12, dtype=np.int16).reshape(3, 4)
+    arr = decode(NumpyNdarray(), npy(src), "application/octet-stream")
+    assert arr.dtype == np.int16
+    np.testing.assert_array_equal(arr, src)
+
+
+def test_ndarray_npy_is_cast_unless_dtype_is_enforced() -> None:
+    src = np.ones((2, 2), dtype=np.float64)
+    assert decode(NumpyNdarray(dtype="float32"), npy(src), "application/octet-stream").dtype == np.float32
+    with pytest.raises(ValidationFailed, match="dtype float64 given, float32 expected"):
+        decode(NumpyNdarray(dtype="float32", enforce_dtype=True), npy(src), "application/octet-stream")
+
+
+@pytest.mark.parametrize(
+    ("shape", "body", "ok"),
+    [
+        ((-1, 3), b"[[1,2,3],[4,5,6]]", True),
+        ((None, 3), b"[[1,2,3]]", True),
+        ((-1, 3), b"[[1,2]]", False),
+        ((2,), b"[[1,2]]", False),
+    ],
+)
+def test_ndarray_enforce_shape(shape: tuple, body: bytes, ok: bool) -> None:
+    d = NumpyNdarray(shape=shape, enforce_shape=True)
+    if ok:
+        decode(d, body, "application/json")
+    else:
+        with pytest.raises(ValidationFailed, match="expected") as info:
+            decode(d, body, "application/json")
+        assert info.value.http_status == 422
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "error", "match"),
+    [
+        (b"[1, 2", "application/json", BadInput, "not valid JSON"),
+        (b"[1, NaN]", "application/json", BadInput, "not valid JSON"),
+        (b"[[1, 2], [3]]", "application/json", ValidationFailed, "rectangular"),
+        (b'["a", "b"]', "application/json", ValidationFailed, "array of numbers"),
+        (b"not npy", "application/octet-stream", BadInput, "not a .npy array"),
+        (b"1,2", "text/csv", UnsupportedMediaType, "'text/csv' is not accepted"),
+    ],
+)
+def test_ndarray_rejects_bad_bodies(body: bytes, ctype: str, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        decode(NumpyNdarray(), body, ctype)
+
+
+def test_ndarray_rejects_nan_and_inf_unless_allowed() -> None:
+    bad = npy(np.array([1.0, np.nan, np.inf]))
+    with pytest.raises(ValidationFailed, match="NaN or infinity"):
+        decode(NumpyNdarray(), bad, "application/octet-stream")
+    assert np.isnan(decode(NumpyNdarray(allow_nan=True), bad, "application/octet-stream")[1])
+
+
+def test_ndarray_to_response_json_and_npy_by_accept() -> None:
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    d = NumpyNdarray()
+    r = d.to_response(arr, make_request(b"", accept="application/json"))
+    assert r.media_type == "application/json"
+    assert orjson.loads(r.body) == arr.tolist()
+    r = d.to_response(arr, make_request(b"", accept="application/octet-stream"))
+    assert r.media_type == "application/octet-stream"
+    np.testing.assert_array_equal(np.load(io.BytesIO(r.body)), arr)
+    # Non-contiguous views and dtypes orjson does not know fall back to tolist().
+    r = d.to_response(arr.T.astype(np.float16))
+    assert orjson.loads(r.body) == arr.T.tolist()
+
+
+def test_ndarray_schema_has_rank_dtype_and_fixed_dims() -> None:
+    schema = NumpyNdarray(dtype="int64", shape=(-1, 4)).openapi_schema()
+    assert schema["type"] == "array" and "minItems" not in schema
+    assert schema["items"] == {
+        "type": "array",
+        "items": {"type": "integer", "format": "int64"},
+        "minItems": 4,
+        "maxItems": 4,
+    }
+
+
+def test_ndarray_rejects_unknown_dtype_at_declaration() -> None:
+    with pytest.raises(BadInput, match="not a numpy dtype"):
+        NumpyNdarray(dtype="floaty")
+
+
+# -- JSON -------------------------------------------------------------------------------------------------
+class Iris(BaseModel):
+    sepal_length: float
+    sepal_width: float
+    note: str | None = None
+
+
+def test_json_plain_and_plus_json() -> None:
+    assert decode(JSON(), b'{"a": [1, 2]}', "application/json") == {"a": [1, 2]}
+    assert decode(JSON(), b"[1]", "application/vnd.api+json") == [1]
+
+
+def test_json_pydantic_valid_and_invalid() -> None:
+    value = decode(JSON(pydantic_model=Iris), b'{"sepal_length": 1, "sepal_width": 2.5}', "application/json")
+    assert isinstance(value, Iris) and value.sepal_width == 2.5
+    with pytest.raises(ValidationFailed) as info:
+        decode(JSON(pydantic_model=Iris), b'{"sepal_length": "x"}', "application/json")
+    assert info.value.http_status == 422
+    locs = sorted(tuple(e["loc"]) for e in info.value.detail)
+    assert locs == [("sepal_length",), ("sepal_width",)]
+    orjson.dumps(info.value.detail)  # JSON-able as is
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "error"),
+    [(b"{", "application/json", BadInput), (b"{}", "text/plain", UnsupportedMediaType)],
+)
+def test_json_errors(body: bytes, ctype: str, error: type) -> None:
+    with pytest.raises(error):
+        decode(JSON(), body, ctype)
+
+
+def test_json_to_response_handles_pydantic_and_numpy() -> None:
+    r = JSON().to_response({"m": Iris(sepal_length=1, sepal_width=2).model_dump(), "a": np.arange(3)})
+    assert orjson.loads(r.body) == {
+        "m": {"sepal_length": 1.0, "sepal_width": 2.0, "note": None},
+        "a": [0, 1, 2],
+    }
+    assert orjson.loads(JSON().to_response(Iris(sepal_length=1, sepal_width=2)).body)["sepal_width"] == 2.0
+
+
+def test_json_pydantic_schema_is_openapi_30() -> None:
+    comps = JSON(pydantic_model=Iris).openapi_components()
+    note = comps["Iris"]["properties"]["note"]
+    assert note.get("nullable") is True and note.get("type") == "string" and "anyOf" not in note
+
+
+# -- Image -------------------------------------------------------------------------------------------------
+def test_image_raw_body_and_pilmode() -> None:
+    img = decode(Image(pilmode="L"), png(), "image/png")
+    assert img.size == (8, 6) and img.mode == "L"
+
+
+def test_image_multipart_upload() -> None:
+    body, ctype = multipart(png((5, 4)))
+    assert decode(Image(), body, ctype).size == (5, 4)
+
+
+def test_image_multipart_without_file_is_400() -> None:
+    boundary = "zz"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="a"\r\n\r\nhello\r\n--{boundary}--\r\n'
+    ).encode()
+    with pytest.raises(BadInput, match="holds no file"):
+        decode(Image(), body, f"multipart/form-data; boundary={boundary}")
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "body", "ctype", "error"),
+    [
+        (Image(), b"not an image", "image/png", BadInput),
+        (Image(), noisy_png()[:1500], "image/png", BadInput),
+        (Image(), png(), "application/json", UnsupportedMediaType),
+        (Image(), png(), None, UnsupportedMediaType),
+        (Image(formats=["jpeg"]), png(), "image/png", UnsupportedMediaType),
+        (Image(max_pixels=100 * 100), png((200, 200)), "image/png", PayloadTooLarge),
+    ],
+)
+def test_image_errors(descriptor: Image, body: bytes, ctype: str | None, error: type) -> None:
+    with pytest.raises(error):
+        decode(descriptor, body, ctype)
+
+
+def test_image_refuses_decompression_bombs_at_the_pil_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 50 * 50)
+    with pytest.raises(PayloadTooLarge) as info:
+        decode(Image(), png((400, 400)), "image/png")
+    assert info.value.http_status == 413
+
+
+def test_image_to_response_png_from_pil_and_ndarray() -> None:
+    r = Image().to_response(np.zeros((3, 4, 3), dtype=np.uint8))
+    assert r.media_type == "image/png"
+    assert PILImage.open(io.BytesIO(r.body)).size == (4, 3)
+    r = Image(output_format="jpeg").to_response(PILImage.new("RGB", (2, 2)))
+    assert r.media_type == "image/jpeg" and r.body[:2] == b"\xff\xd8"
+
+
+# -- Text and File -------------------------------------------------------------------------------------------
+def test_text_utf8_round_trip_and_errors() -> None:
+    assert decode(Text(), "héllo ✓".encode(), "text/plain; charset=utf-8") == "héllo ✓"
+    with pytest.raises(BadInput, match="not valid UTF-8"):
+        decode(Text(), b"\xff\xfe", "text/plain")
+    with pytest.raises(UnsupportedMediaType, match="charset"):
+        decode(Text(), b"abc", "text/plain; charset=latin-1")
+    with pytest.raises(UnsupportedMediaType):
+        decode(Text(), b"abc", "application/json")
+    r = Text().to_response("✓")
+    assert r.body == "✓".encode() and r.headers["content-type"].startswith("text/plain")
+
+
+def test_file_raw_and_multipart() -> None:
+    assert decode(File(), b"\x00\x01", "application/pdf") == b"\x00\x01"
+    body, ctype = multipart(b"abc\x00", "a.bin", "application/octet-stream")
+    assert decode(File(), body, ctype) == b"abc\x00"
+    r = File(mime_type="application/pdf").to_response(b"%PDF")
+    assert r.body == b"%PDF" and r.media_type == "application/pdf"

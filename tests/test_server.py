@@ -1,0 +1,368 @@
+"""The ASGI app on a real uvicorn server (127.0.0.1, free port): APIs, error statuses, health, metrics, docs.
+
+Runners here are small stand-ins (readiness is what they test); tests/test_server_onnx.py uses real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from openapi_spec_validator import validate
+from PIL import Image as PILImage
+
+import bundler
+from bundler.exceptions import BadInput, InferenceInputError, Overloaded
+from bundler.io import JSON, File, Image, NumpyNdarray, Text
+from bundler.server.app import build_app
+from bundler.server.testing import running
+
+
+class GatedRunner:
+    """A stand-in runner whose loading finishes when the test opens its gate."""
+
+    def __init__(self, name: str = "gated", fail: bool = False) -> None:
+        self.name = name
+        self.ready = False
+        self.fail = fail
+        self.gate = threading.Event()
+        self.shut_down = False
+
+    async def async_init(self) -> None:
+        await asyncio.to_thread(self.gate.wait, 10)
+        if self.fail:
+            raise RuntimeError("weights file is corrupt")
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        self.shut_down = True
+
+
+def make_service(runners: list[Any] | None = None) -> bundler.Service:
+    svc = bundler.Service("demo", runners=runners or [])
+
+    @svc.api(input=NumpyNdarray(dtype="float32"), output=NumpyNdarray())
+    def double(x: np.ndarray) -> np.ndarray:
+        """Double every element.
+
+        Longer description here."""
+        return x * 2
+
+    @svc.api(input=JSON(), output=JSON(), route="v1/echo")
+    async def echo(obj: Any) -> Any:
+        return {"got": obj, "thread": threading.current_thread().name}
+
+    @svc.api(input=JSON(), output=JSON())
+    def where(obj: Any) -> Any:
+        return {"thread": threading.current_thread().name}
+
+    @svc.api(input=Text(), output=Text())
+    def shout(text: str) -> str:
+        return text.upper()
+
+    @svc.api(input=Image(pilmode="L"), output=Image())
+    def gray(img: Any) -> Any:
+        return img
+
+    @svc.api(input=File(), output=File())
+    def reverse(data: bytes) -> bytes:
+        return data[::-1]
+
+    @svc.api(input=JSON(), output=JSON())
+    def boom(obj: Any) -> Any:
+        raise ZeroDivisionError("user code failed")
+
+    @svc.api(input=JSON(), output=JSON())
+    def busy(obj: Any) -> Any:
+        raise Overloaded("queue full", retry_after=2.2)
+
+    @svc.api(input=JSON(), output=JSON())
+    def bad_rank(obj: Any) -> Any:
+        raise InferenceInputError("input 'x': expected shape (?, 4), got (4,)")
+
+    return svc
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[httpx.Client]:
+    with running(build_app(make_service(), max_body_size=4096)) as url, httpx.Client(base_url=url) as client:
+        yield client
+
+
+def png_bytes() -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", (4, 3), (200, 10, 10)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# -- the APIs ----------------------------------------------------------------------------------------------
+def test_ndarray_api_json_and_npy(server: httpx.Client) -> None:
+    r = server.post("/double", json=[[1, 2], [3, 4]])
+    assert r.status_code == 200 and r.json() == [[2.0, 4.0], [6.0, 8.0]]
+    buf = io.BytesIO()
+    np.save(buf, np.arange(4, dtype=np.float32))
+    r = server.post(
+        "/double",
+        content=buf.getvalue(),
+        headers={"content-type": "application/octet-stream", "accept": "application/octet-stream"},
+    )
+    assert r.headers["content-type"] == "application/octet-stream"
+    np.testing.assert_array_equal(np.load(io.BytesIO(r.content)), np.arange(4, dtype=np.float32) * 2)
+
+
+def test_async_apis_run_on_the_loop_and_sync_ones_in_the_pool(server: httpx.Client) -> None:
+    r = server.post("/v1/echo", json={"a": [1, "b"]})
+    assert r.json()["got"] == {"a": [1, "b"]}
+    assert not r.json()["thread"].startswith("bundler-")
+    assert server.post("/where", json={}).json()["thread"].startswith("bundler-demo")
+
+
+def test_text_image_and_file_apis(server: httpx.Client) -> None:
+    assert (
+        server.post("/shout", content="héllo".encode(), headers={"content-type": "text/plain"}).text
+        == "HÉLLO"
+    )
+    r = server.post("/gray", content=png_bytes(), headers={"content-type": "image/png"})
+    assert r.headers["content-type"] == "image/png"
+    img = PILImage.open(io.BytesIO(r.content))
+    assert img.mode == "L" and img.size == (4, 3)
+    r = server.post("/gray", files={"file": ("a.png", png_bytes(), "image/png")})
+    assert r.status_code == 200 and PILImage.open(io.BytesIO(r.content)).mode == "L"
+    assert server.post("/reverse", content=b"\x00abc").content == b"cba\x00"
+
+
+# -- errors ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "match"),
+    [
+        (
+            "POST",
+            "/double",
+            {"content": b"[1,", "headers": {"content-type": "application/json"}},
+            400,
+            "JSON",
+        ),
+        ("POST", "/shout", {"content": b"\xff", "headers": {"content-type": "text/plain"}}, 400, "UTF-8"),
+        ("POST", "/bad_rank", {"json": {}}, 400, "expected shape"),
+        ("POST", "/gray", {"content": b"GIF89a??", "headers": {"content-type": "image/gif"}}, 400, "image"),
+        ("POST", "/nowhere", {"json": {}}, 404, "no such route"),
+        ("GET", "/double", {}, 405, "method not allowed"),
+        (
+            "POST",
+            "/double",
+            {"content": b"[1]" + b" " * 5000, "headers": {"content-type": "application/json"}},
+            413,
+            "over the limit of 4096 bytes",
+        ),
+        ("POST", "/double", {"content": b"1,2", "headers": {"content-type": "text/csv"}}, 415, "text/csv"),
+        ("POST", "/double", {"json": [[1, 2], [3]]}, 422, "rectangular"),
+        ("POST", "/boom", {"json": {}}, 500, "ZeroDivisionError"),
+    ],
+)
+def test_error_statuses_have_json_bodies(
+    server: httpx.Client, method: str, path: str, kwargs: dict, status: int, match: str
+) -> None:
+    r = server.request(method, path, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"error", "detail"}
+    assert match in body["error"]
+
+
+def test_500_is_logged_with_traceback_and_the_server_keeps_serving(
+    server: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="bundler.server"):
+        assert server.post("/boom", json={}).status_code == 500
+    record = next(r for r in caplog.records if r.name == "bundler.server")
+    assert record.exc_info is not None and record.exc_info[0] is ZeroDivisionError
+    assert server.post("/double", json=[1]).json() == [2.0]
+
+
+def test_overloaded_is_503_with_retry_after(server: httpx.Client) -> None:
+    r = server.post("/busy", json={})
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "3"
+    assert r.json()["error"] == "queue full"
+
+
+def test_422_detail_lists_the_problems(server: httpx.Client) -> None:
+    r = server.post("/double", json=["a"])
+    assert r.status_code == 422
+    assert isinstance(r.json()["detail"], list) and r.json()["detail"][0]["loc"] == ["body"]
+
+
+def _raw(url: str, payload: bytes, read_after: bytes = b"") -> bytes:
+    """Send raw bytes on a fresh connection, then read the response until the server closes it."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(payload)
+        if read_after:
+            sock.sendall(read_after)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return b"".join(chunks)
+
+
+def test_413_is_decided_from_content_length_before_reading(server: httpx.Client) -> None:
+    # Headers only: a server that waited for the 100 MB body would time out instead of answering.
+    head = (
+        b"POST /double HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000000\r\n\r\n"
+    )
+    reply = _raw(str(server.base_url), head)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"over the limit" in reply
+
+
+def test_413_stops_reading_a_chunked_body_past_the_limit(server: httpx.Client) -> None:
+    head = (
+        b"POST /double HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b" " * 1000
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(6))  # 6000 bytes, unterminated
+    reply = _raw(str(server.base_url), head + body)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+
+
+# -- health, metrics, docs, logs ----------------------------------------------------------------------------
+def test_readyz_is_503_until_runners_load_then_200() -> None:
+    runner = GatedRunner()
+    app = build_app(make_service([runner]))
+    with running(app) as url, httpx.Client(base_url=url) as c:
+        assert c.get("/livez").status_code == 200
+        assert c.get("/healthz").json() == {"status": "ok"}
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["detail"] == {"runners": {"gated": False}}
+        r = c.post("/double", json=[1])
+        assert r.status_code == 503 and "loading" in r.json()["error"] and r.headers["retry-after"] == "1"
+        runner.gate.set()
+        for _ in range(200):
+            if c.get("/readyz").status_code == 200:
+                break
+            threading.Event().wait(0.01)
+        assert c.get("/readyz").json() == {"status": "ready", "runners": {"gated": True}}
+        assert c.post("/double", json=[1]).json() == [2.0]
+    assert runner.shut_down
+
+
+def test_readyz_reports_a_runner_that_failed_to_load() -> None:
+    runner = GatedRunner(fail=True)
+    runner.gate.set()
+    with running(build_app(make_service([runner]))) as url, httpx.Client(base_url=url) as c:
+        for _ in range(200):
+            r = c.get("/readyz")
+            if "failed" in r.json()["error"]:
+                break
+            threading.Event().wait(0.01)
+        assert r.status_code == 503
+        assert "runner 'gated' failed to load: RuntimeError: weights file is corrupt" in r.json()["error"]
+        assert c.get("/livez").status_code == 200
+
+
+def test_metrics_count_requests_by_route_and_status(server: httpx.Client) -> None:
+    for _ in range(3):
+        server.post("/shout", content=b"a", headers={"content-type": "text/plain"})
+    server.post("/shout", content=b"\xff", headers={"content-type": "text/plain"})
+    r = server.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    ok = re.search(r'bundler_requests_total\{route="/shout",service="demo",status="200"\} (\S+)', text)
+    bad = re.search(r'bundler_requests_total\{route="/shout",service="demo",status="400"\} (\S+)', text)
+    assert ok and float(ok.group(1)) >= 3 and bad and float(bad.group(1)) >= 1
+    assert 'bundler_request_duration_seconds_bucket{le="0.005",route="/shout"' in text
+    for family in (
+        "bundler_runner_batch_size",
+        "bundler_runner_inference_seconds",
+        "bundler_runner_queue_depth",
+    ):
+        assert f"# TYPE {family}" in text
+
+
+def test_docs_are_local_and_the_document_is_valid_openapi(server: httpx.Client) -> None:
+    page = server.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    assert not re.search(r"(https?:)?//[a-z0-9]", page.text.replace("</", "")), "no external URLs in /docs"
+    for src in re.findall(r'(?:src|href)="([^"]+)"', page.text):
+        assert server.get(src).status_code == 200, src
+    doc = server.get("/docs.json").json()
+    validate(doc)
+    op = doc["paths"]["/double"]["post"]
+    assert op["operationId"] == "double" and op["summary"] == "Double every element."
+    assert op["description"] == "Longer description here."
+    assert "float32" in op["requestBody"]["content"]["application/json"]["schema"]["description"]
+    assert "/v1/echo" in doc["paths"] and "/readyz" in doc["paths"]
+
+
+def test_one_access_log_line_per_request(server: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="bundler.access"):
+        server.post("/double", json=[1])
+        server.get("/livez")
+    lines = [r.getMessage() for r in caplog.records if r.name == "bundler.access"]
+    assert len(lines) == 2
+    assert re.fullmatch(r"POST /double 200 \d+\.\d\dms", lines[0])
+    assert re.fullmatch(r"GET /livez 200 \d+\.\d\dms", lines[1])
+
+
+def test_body_limit_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUNDLER_MAX_BODY_SIZE", "10")
+    app = build_app(make_service())
+    assert app.body_limit == 10
+    monkeypatch.setenv("BUNDLER_MAX_BODY_SIZE", "lots")
+    with pytest.raises(BadInput, match="BUNDLER_MAX_BODY_SIZE"):
+        build_app(make_service())
+
+
+# -- Service definition errors ------------------------------------------------------------------------------
+def _noop(x: Any) -> Any:
+    return x
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"route": "double"}, "route /double is taken by API 'double'"),
+        ({"name": "double", "route": "other"}, "an API named 'double' exists already"),
+        ({"route": "metrics"}, "reserved"),
+        ({"route": "docs/x"}, "reserved"),
+        ({"route": "a b"}, "route 'a b'"),
+        ({"name": "not-an-identifier"}, "must be a Python identifier"),
+    ],
+)
+def test_service_rejects_bad_apis(kwargs: dict, match: str) -> None:
+    svc = make_service()
+    with pytest.raises(BadInput, match=match):
+        svc.api(input=JSON(), output=JSON(), **kwargs)(_noop)
+
+
+def test_service_rejects_bad_names_descriptors_and_duplicate_runners() -> None:
+    with pytest.raises(BadInput, match="name must be"):
+        bundler.Service("Bad Name")
+    with pytest.raises(BadInput, match="not an IO descriptor"):
+        bundler.Service("ok").api(input=dict, output=JSON())  # type: ignore[arg-type]
+    with pytest.raises(BadInput, match="two runners are named 'r'"):
+        bundler.Service("ok", runners=[GatedRunner("r"), GatedRunner("r")])
+
+
+def test_service_apis_table() -> None:
+    svc = make_service()
+    api = svc.apis["echo"]
+    assert (api.route, api.is_async, type(api.input).__name__) == ("v1/echo", True, "JSON")
+    assert svc.apis["double"].doc.startswith("Double every element.")
+    assert svc.apis["double"](np.ones(2)).tolist() == [2.0, 2.0]
