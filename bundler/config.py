@@ -41,6 +41,7 @@ BENTOFILE_NAMES = ("bentofile.yaml", "bentofile.yml")
 MAX_FILE_BYTES = 1 << 20
 # Nodes visited while building data, counting every alias expansion; real build files have a few hundred.
 MAX_NODES = 100_000
+MAX_DEPTH = 50
 # Unquoted values that YAML would turn into floats and lose digits of (3.10 -> 3.1): keep the source text.
 _VERSION_KEYS = {("docker", "python_version"), ("docker", "cuda_version")}
 _SCHEMA_FILE = "bentofile.schema.json"
@@ -107,7 +108,11 @@ class _Located:
 
 
 class _TooBig(Exception):
-    pass
+    """The node tree is too large, too deep or refers to itself; the message says which."""
+
+    def __init__(self, message: str, line: int = 1, column: int = 1) -> None:
+        super().__init__(message)
+        self.line, self.column = line, column
 
 
 class _Builder:
@@ -118,6 +123,7 @@ class _Builder:
         self.where = _Located()
         self.problems: list[Problem] = []
         self.count = 0
+        self.open: set[int] = set()  # ids of the collections being built: an alias to one is a loop
         self.constructor = yaml.SafeLoader("")  # only its scalar constructors are used
 
     def problem(self, node: yaml.Node, path: Path_, message: str) -> None:
@@ -127,12 +133,28 @@ class _Builder:
     def build(self, node: yaml.Node, path: Path_) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
-            raise _TooBig
+            raise _TooBig(
+                f"the YAML expands to more than {MAX_NODES} values (aliases nested like a 'billion laughs' "
+                "attack?); refused, write the values out instead of nesting aliases"
+            )
+        if len(path) > MAX_DEPTH:
+            raise _TooBig(f"the YAML nests deeper than {MAX_DEPTH} levels; refused")
         self.where.values.setdefault(path, node)
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            if id(node) in self.open:
+                mark = node.start_mark
+                raise _TooBig(
+                    "an alias refers to the value that contains it (an endless loop); refused",
+                    mark.line + 1,
+                    mark.column + 1,
+                )
+            self.open.add(id(node))
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self._mapping(node, path)
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            finally:
+                self.open.discard(id(node))
         if path in _VERSION_KEYS and node.tag in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int"):
             return node.value
         value = self.constructor.construct_object(node, deep=True)
@@ -189,9 +211,12 @@ def _read_yaml(path: Path, file: str) -> tuple[Any, _Located, list[Problem]]:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        detail = " ".join(p for p in (exc.context, exc.problem) if p)
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return stop(f"YAML syntax error: {detail}; fix the YAML syntax", line, column)
+        detail = exc.problem or "invalid YAML"
+        if exc.context:
+            started = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
+            detail += f" ({exc.context}{started})"
+        return stop(f"YAML syntax error: {detail}; check the indentation and quoting", line, column)
     except yaml.YAMLError as exc:
         return stop(f"YAML error: {exc}")
     if root is None:
@@ -199,11 +224,8 @@ def _read_yaml(path: Path, file: str) -> tuple[Any, _Located, list[Problem]]:
     builder = _Builder(file)
     try:
         data = builder.build(root, ())
-    except _TooBig:
-        return stop(
-            f"the YAML expands to more than {MAX_NODES} values (aliases nested like a 'billion laughs' "
-            "attack?); refused, write the values out instead of nesting aliases"
-        )
+    except _TooBig as exc:
+        return stop(str(exc), exc.line, exc.column)
     except yaml.YAMLError as exc:  # a scalar PyYAML cannot construct, e.g. a bad !!timestamp
         mark = getattr(exc, "problem_mark", None)
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -262,14 +284,21 @@ def _all_keys() -> dict[str, list[str]]:
     return out
 
 
+_KEY_HINTS = {
+    "version": "the version is made by the build from the content, not set in the build file",
+}
+
+
 def _unknown_key_message(key: str, allowed: list[str], section: Path_) -> str:
     message = f"unknown key {key!r}"
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"{message} (did you mean {close[0]!r}?)"
+    if key in _KEY_HINTS:
+        return f"{message}; {_KEY_HINTS[key]}"
     elsewhere = [p for p in _all_keys().get(key, []) if p.rpartition(".")[0] != _dotted(section)]
     if elsewhere:
         return f"{message} here (did you mean {elsewhere[0]!r}?)"
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"{message} (did you mean {close[0]!r}?)"
     return f"{message}; allowed keys: {', '.join(sorted(allowed))}"
 
 
@@ -387,16 +416,17 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
     if isinstance(description, str) and description.startswith("file:"):
         need_file(("description",), description[5:].strip(), "description file")
 
-    docker, python, conda = (
-        data.get(k) if isinstance(data.get(k), dict) else {} for k in ("docker", "python", "conda")
-    )
+    sections: list[dict[str, Any]] = [
+        data[k] if isinstance(data.get(k), dict) else {} for k in ("docker", "python", "conda")
+    ]
+    docker, python, conda = sections
     if isinstance(docker.get("env"), str):
         need_file(("docker", "env"), docker["env"], ".env file")
     if isinstance(docker.get("dockerfile_template"), str):
         need_file(("docker", "dockerfile_template"), docker["dockerfile_template"], "Dockerfile template")
     if isinstance(docker.get("setup_script"), str):
-        target = need_file(("docker", "setup_script"), docker["setup_script"], "setup script")
-        if target is not None and not os.access(target, os.X_OK):
+        script = need_file(("docker", "setup_script"), docker["setup_script"], "setup script")
+        if script is not None and not os.access(script, os.X_OK):
             problem(
                 ("docker", "setup_script"),
                 f"setup script {docker['setup_script']!r} is not executable; give it a shebang line and "
@@ -437,11 +467,12 @@ def _check(path: Path, schema_only: bool) -> tuple[Any, list[Problem]]:
     if data is None and problems:
         return None, problems
     if not isinstance(data, dict):
+        line, column = where.value_mark(())
         problems.append(
             Problem(
                 file,
-                1,
-                1,
+                line,
+                column,
                 "",
                 f"the top level must be a mapping of keys (service:, python:, ...), got {_type_name(data)}",
             )

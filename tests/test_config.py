@@ -1,0 +1,403 @@
+"""bentofile.yaml validation: the real-world and broken corpora, context checks, defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bundler.config import (
+    MAX_FILE_BYTES,
+    BentoConfig,
+    CondaOptions,
+    DockerOptions,
+    ModelSpec,
+    Problem,
+    PythonOptions,
+    load_bentofile,
+    validate_file,
+)
+from bundler.exceptions import ConfigError
+from bundler.resources import data_dir
+
+CORPUS = Path(__file__).parent / "bentofiles"
+VALID = sorted((CORPUS / "valid").glob("*.yaml"))
+BROKEN = sorted((CORPUS / "broken").glob("*.yaml"))
+EXPECT = re.compile(r"^# expect: (\d+): (.+)$", re.MULTILINE)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def messages(problems: list[Problem]) -> list[str]:
+    return [str(p) for p in problems]
+
+
+# -- corpora ----------------------------------------------------------------------------------------
+
+
+def test_corpora_are_big_enough() -> None:
+    assert len(VALID) >= 15
+    assert len(BROKEN) >= 15
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
+def test_real_world_bentofile_is_valid_unchanged(path: Path) -> None:
+    assert path.read_text(encoding="utf-8").startswith("# source: "), "say where the file comes from"
+    assert messages(validate_file(path, schema_only=True)) == []
+    config = load_bentofile(path, schema_only=True)
+    assert config.service == config.service.strip() and ":" in config.service
+    json.dumps(config.to_dict())  # JSON-able, for bundle.yaml
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=lambda p: p.stem)
+def test_broken_bentofile_reports_every_flaw_with_its_line(path: Path) -> None:
+    expected = [(int(line), text) for line, text in EXPECT.findall(path.read_text(encoding="utf-8"))]
+    assert expected, f"{path.name} needs '# expect: <line>: <substring>' header lines"
+    problems = validate_file(path, schema_only=True)
+    assert len(problems) == len(expected), messages(problems)
+    for problem, (line, text) in zip(problems, expected, strict=True):
+        assert problem.line == line, str(problem)
+        assert text in str(problem)
+        assert str(problem).startswith(f"{path}:{line}:{problem.column}: ")
+    with pytest.raises(ConfigError) as info:
+        load_bentofile(path, schema_only=True)
+    assert info.value.problems == messages(problems)
+    assert info.value.exit_code == 2
+    assert str(info.value).splitlines()[-1].startswith(f"{len(problems)} problem")
+
+
+def test_problem_str_names_file_line_column_key_and_fix(tmp_path: Path) -> None:
+    f = write(
+        tmp_path / "bentofile.yaml",
+        'service: "service:svc"\ninclude:\n  - "*.py"\npython:\n  packages: [numpy]\ndocker:\n'
+        '    pyhton_version: "3.11"\n',
+    )
+    [problem] = validate_file(f, schema_only=True)
+    assert problem == Problem(
+        str(f), 7, 5, "docker.pyhton_version", "unknown key 'pyhton_version' (did you mean 'python_version'?)"
+    )
+    assert str(problem) == (
+        f"{f}:7:5: docker.pyhton_version: unknown key 'pyhton_version' (did you mean 'python_version'?)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("service: s:svc\ndokcer: {}\n", "dokcer: unknown key 'dokcer' (did you mean 'docker'?)"),
+        ("service: s:svc\npython:\n  requirement_txt: r.txt\n", "(did you mean 'requirements_txt'?)"),
+        ("service: s:svc\nsystem_packages: [git]\n", "(did you mean 'docker.system_packages'?)"),
+        ("service: s:svc\ndocker:\n  packages: [x]\n", "(did you mean 'python.packages'?)"),
+        ("service: s:svc\nmodel:\n  tag: sd\n", "(did you mean 'models'?)"),
+        ("service: s:svc\nxyzzy: 1\n", "allowed keys: args, conda, description"),
+    ],
+)
+def test_unknown_keys_get_a_suggestion(tmp_path: Path, yaml_text: str, expected: str) -> None:
+    [problem] = validate_file(write(tmp_path / "bentofile.yaml", yaml_text), schema_only=True)
+    assert expected in str(problem)
+
+
+def test_all_problems_at_once_sorted_by_line(tmp_path: Path) -> None:
+    f = write(
+        tmp_path / "bentofile.yaml",
+        "service: bad\n"
+        "docker:\n  distro: ubuntu\n  python_version: '2'\n"
+        "python:\n  lock_packages: maybe\n  wheels: a.whl\n"
+        "models:\n  - BAD\n",
+    )
+    problems = validate_file(f, schema_only=True)
+    assert [(p.line, p.key_path) for p in problems] == [
+        (1, "service"),
+        (3, "docker.distro"),
+        (4, "docker.python_version"),
+        (6, "python.lock_packages"),
+        (7, "python.wheels"),
+        (9, "models[0]"),
+    ]
+
+
+def test_duplicate_nested_key_and_non_text_key(tmp_path: Path) -> None:
+    f = write(
+        tmp_path / "bentofile.yaml", "service: s:svc\ndocker:\n  distro: debian\n  distro: alpine\n3: x\n"
+    )
+    got = messages(validate_file(f, schema_only=True))
+    assert any(":4:3: docker.distro: duplicate key 'distro' (first at line 3)" in m for m in got), got
+    assert any(":5:1: the key '3' is not text" in m for m in got), got
+
+
+def test_unquoted_versions_keep_their_digits(tmp_path: Path) -> None:
+    # YAML reads 3.10 as the float 3.1; the build file means Python 3.10.
+    f = write(
+        tmp_path / "bentofile.yaml", "service: s:svc\ndocker:\n  python_version: 3.10\n  cuda_version: 12.1\n"
+    )
+    config = load_bentofile(f, schema_only=True)
+    assert (config.docker.python_version, config.docker.cuda_version) == ("3.10", "12.1")
+
+
+# -- hostile and odd files --------------------------------------------------------------------------
+
+
+def test_very_large_file_is_refused_without_parsing(tmp_path: Path) -> None:
+    f = tmp_path / "bentofile.yaml"
+    f.write_text("service: s:svc\nlabels:\n" + "".join(f"  k{i}: v\n" for i in range(120_000)))
+    assert f.stat().st_size > MAX_FILE_BYTES
+    start = time.monotonic()
+    [problem] = validate_file(f, schema_only=True)
+    assert time.monotonic() - start < 1
+    assert (problem.line, problem.column) == (1, 1)
+    assert "refused above 1048576 bytes" in problem.message
+
+
+def test_billion_laughs_is_refused_quickly() -> None:
+    start = time.monotonic()
+    [problem] = validate_file(CORPUS / "broken" / "billion-laughs.yaml", schema_only=True)
+    assert time.monotonic() - start < 2
+    assert "refused" in problem.message
+
+
+def test_deep_nesting_is_refused(tmp_path: Path) -> None:
+    f = write(tmp_path / "bentofile.yaml", "service: s:svc\nargs: " + "[" * 200 + "]" * 200 + "\n")
+    [problem] = validate_file(f, schema_only=True)
+    assert "deeper than" in problem.message
+
+
+def test_not_utf8_is_a_problem(tmp_path: Path) -> None:
+    f = tmp_path / "bentofile.yaml"
+    f.write_bytes(b"service: s:svc\ndescription: caf\xe9\n")
+    [problem] = validate_file(f)
+    assert "not UTF-8" in problem.message
+
+
+def test_top_level_scalar_is_a_problem(tmp_path: Path) -> None:
+    [problem] = validate_file(write(tmp_path / "bentofile.yaml", "# hi\nservice:svc\n"))
+    assert (problem.line, problem.column) == (2, 1)
+    assert "the top level must be a mapping" in problem.message and "got a string" in problem.message
+
+
+# -- the build context ------------------------------------------------------------------------------
+
+
+def project(tmp_path: Path, bentofile: str, files: dict[str, str] | None = None) -> Path:
+    write(tmp_path / "service.py", "svc = None\n")
+    for name, text in (files or {}).items():
+        write(tmp_path / name, text)
+    return write(tmp_path / "bentofile.yaml", bentofile)
+
+
+def test_context_checks_pass_for_a_complete_project(tmp_path: Path) -> None:
+    f = project(
+        tmp_path,
+        'service: "service:svc"\ndescription: "file: ./README.md"\n'
+        "python:\n  requirements_txt: ./requirements.txt\n  wheels: [wheels/a-1.0-py3-none-any.whl]\n"
+        "docker:\n  setup_script: ./setup.sh\n  dockerfile_template: Dockerfile.j2\n  env: .env\n"
+        "conda:\n  environment_yml: env/environment.yml\n",
+        {
+            "README.md": "# My bento\n",
+            "requirements.txt": "numpy\n",
+            "wheels/a-1.0-py3-none-any.whl": "",
+            "setup.sh": "#!/bin/sh\n",
+            "Dockerfile.j2": "{% extends bento_base_template %}\n",
+            ".env": "# comment\nexport A=1\nB='two words'\n",
+            "env/environment.yml": "dependencies: []\n",
+        },
+    )
+    (tmp_path / "setup.sh").chmod(0o755)
+    assert messages(validate_file(f)) == []
+    config = load_bentofile(f)
+    assert config.description == "# My bento\n"
+    assert config.docker.env == {"A": "1", "B": "two words"}
+    assert config.conda == CondaOptions(environment_yml="env/environment.yml")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key_path", "expected"),
+    [
+        ("python:\n  requirements_txt: ./requirements.txt\n", "python.requirements_txt", "not found"),
+        ("python:\n  wheels: [a.whl, b.whl]\n", "python.wheels[0]", "wheel 'a.whl' not found"),
+        ("docker:\n  dockerfile_template: t.j2\n", "docker.dockerfile_template", "not found"),
+        ("docker:\n  setup_script: setup.sh\n", "docker.setup_script", "not found"),
+        ("docker:\n  env: ./.env\n", "docker.env", ".env file './.env' not found"),
+        ("conda:\n  environment_yml: environment.yml\n", "conda.environment_yml", "not found"),
+        ('description: "file: ./README.md"\n', "description", "description file './README.md' not found"),
+        (
+            "python:\n  requirements_txt: ../outside.txt\n",
+            "python.requirements_txt",
+            "outside the build context",
+        ),
+        (
+            "python:\n  requirements_txt: /etc/hostname\n",
+            "python.requirements_txt",
+            "outside the build context",
+        ),
+        ("python:\n  requirements_txt: ~/reqs.txt\n", "python.requirements_txt", "outside the build context"),
+    ],
+)
+def test_missing_or_escaping_files_are_problems(
+    tmp_path: Path, yaml_text: str, key_path: str, expected: str
+) -> None:
+    write(tmp_path / "outside.txt", "numpy\n")
+    f = project(tmp_path / "proj", 'service: "service:svc"\n' + yaml_text)
+    problems = validate_file(f)
+    assert problems, "expected a problem"
+    assert problems[0].key_path == key_path and expected in problems[0].message, messages(problems)
+    assert validate_file(f, schema_only=True) == []  # the schema alone is satisfied
+
+
+def test_setup_script_must_be_executable(tmp_path: Path) -> None:
+    f = project(
+        tmp_path, "service: service:svc\ndocker:\n  setup_script: setup.sh\n", {"setup.sh": "#!/bin/sh\n"}
+    )
+    (tmp_path / "setup.sh").chmod(0o644)
+    [problem] = validate_file(f)
+    assert problem.key_path == "docker.setup_script"
+    assert "is not executable" in problem.message and "chmod +x setup.sh" in problem.message
+    (tmp_path / "setup.sh").chmod(0o755)
+    assert validate_file(f) == []
+
+
+def test_symlink_out_of_the_context_is_refused(tmp_path: Path) -> None:
+    write(tmp_path / "secret.txt", "x\n")
+    f = project(tmp_path / "proj", "service: service:svc\npython:\n  requirements_txt: reqs.txt\n")
+    (tmp_path / "proj" / "reqs.txt").symlink_to(tmp_path / "secret.txt")
+    [problem] = validate_file(f)
+    assert "outside the build context" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("service", "files", "ok"),
+    [
+        ("service:svc", {}, True),
+        ("service.py:svc", {}, True),
+        ("missing:svc", {}, False),
+        ("missing.py:svc", {}, False),
+        ("pkg.api:svc", {"pkg/api.py": ""}, True),
+        ("pkg:svc", {"pkg/__init__.py": ""}, True),
+        ("pkg.other:svc", {"pkg/__init__.py": ""}, False),
+    ],
+)
+def test_service_module_must_exist(tmp_path: Path, service: str, files: dict[str, str], ok: bool) -> None:
+    f = project(tmp_path, f"service: {service}\n", files)
+    problems = validate_file(f)
+    if ok:
+        assert problems == []
+    else:
+        [problem] = problems
+        assert (problem.key_path, problem.line) == ("service", 1)
+        assert "not found in the build context" in problem.message
+
+
+# -- loading and defaults ---------------------------------------------------------------------------
+
+
+def test_defaults_of_a_minimal_file(tmp_path: Path) -> None:
+    f = project(tmp_path, "service: service:svc\n")
+    config = load_bentofile(f)
+    assert config == BentoConfig(path=f, context=tmp_path, service="service:svc")
+    assert config.include == ["*"] and config.exclude == [] and config.labels == {}
+    assert config.docker == DockerOptions()
+    assert (
+        config.docker.distro == "debian" and config.docker.python_version is None and config.docker.env == {}
+    )
+    assert config.python == PythonOptions()
+    assert config.python.lock_packages is True and config.python.no_index is False
+    assert config.python.offline is False and config.python.extra_index_url == []
+    assert config.conda is None and config.models == [] and config.envs == {} and config.args == {}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.service = "other:svc"  # type: ignore[misc]
+
+
+def test_nulls_mean_defaults_and_values_are_normalised(tmp_path: Path) -> None:
+    f = project(
+        tmp_path,
+        "service: service:svc\nname: my-bento\ninclude: null\nlabels:\n  gpu: true\n  replicas: 2\n"
+        "docker:\n  distro: null\n  env: [A=1, B=x=y]\n"
+        "python:\n  lock_packages: null\n  trusted_host: my.mirror\n  extra_index_url: [https://a, https://b]\n"
+        "  offline: true\n"
+        "conda:\n  channels: [conda-forge]\n  dependencies: [numpy, {pip: [scipy]}]\n"
+        "models:\n  - iris:latest\n  - tag: sd:v1\n    filter: 'label:staging'\n    alias: sd\n"
+        "envs:\n  - name: HF_TOKEN\n  - name: PORT\n    value: 8080\n"
+        "args:\n  tp: 1\n  autotune: [1, 2]\n",
+    )
+    c = load_bentofile(f)
+    assert c.name == "my-bento" and c.include == ["*"]
+    assert c.labels == {"gpu": "true", "replicas": "2"}
+    assert c.docker.distro == "debian" and c.docker.env == {"A": "1", "B": "x=y"}
+    assert c.python.lock_packages is True and c.python.offline is True
+    assert c.python.trusted_host == ["my.mirror"] and c.python.extra_index_url == ["https://a", "https://b"]
+    assert c.conda == CondaOptions(channels=["conda-forge"], dependencies=["numpy", {"pip": ["scipy"]}])
+    assert c.models == [ModelSpec("iris:latest"), ModelSpec("sd:v1", "label:staging", "sd")]
+    assert c.envs == {"HF_TOKEN": "", "PORT": "8080"}
+    assert c.args == {"tp": 1, "autotune": [1, 2]}
+    data = c.to_dict()
+    assert "path" not in data and "context" not in data
+    assert json.loads(json.dumps(data))["models"][1] == {
+        "tag": "sd:v1",
+        "filter": "label:staging",
+        "alias": "sd",
+    }
+
+
+def test_load_accepts_a_directory(tmp_path: Path) -> None:
+    write(tmp_path / "service.py", "")
+    write(tmp_path / "bentofile.yml", "service: service:svc\n")
+    assert load_bentofile(tmp_path).path == tmp_path / "bentofile.yml"
+    write(tmp_path / "bentofile.yaml", "service: service:other\n")
+    assert load_bentofile(tmp_path).service == "service:other"
+    assert validate_file(tmp_path) == []
+
+
+def test_missing_file_or_directory_is_a_clear_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such build file"):
+        load_bentofile(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"no bentofile\.yaml or bentofile\.yml in this directory"):
+        load_bentofile(tmp_path)
+    [problem] = validate_file(tmp_path / "nope.yaml")
+    assert "no such build file" in problem.message
+
+
+def test_config_error_lists_all_problems_and_a_count(tmp_path: Path) -> None:
+    f = write(tmp_path / "bentofile.yaml", "service: nope\ndocker:\n  distro: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_bentofile(f)
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith(f"{f}:1:10: service: ")
+    assert lines[1].startswith(f"{f}:3:11: docker.distro: ")
+    assert lines[2] == f"2 problems in {f}; fix them and run again"
+    assert info.value.problems == lines[:2]
+
+
+# -- the schema -------------------------------------------------------------------------------------
+
+
+def test_schema_is_valid_2020_12_and_shipped() -> None:
+    import jsonschema
+
+    schema = json.loads((data_dir("schemas") / "bentofile.schema.json").read_text(encoding="utf-8"))
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.parametrize(
+    ("section", "options"), [("docker", DockerOptions), ("python", PythonOptions), ("conda", CondaOptions)]
+)
+def test_schema_sections_match_the_dataclasses(section: str, options: type) -> None:
+    schema = json.loads((data_dir("schemas") / "bentofile.schema.json").read_text(encoding="utf-8"))
+    assert set(schema["properties"][section]["properties"]) == {f.name for f in dataclasses.fields(options)}
+    top = {f.name for f in dataclasses.fields(BentoConfig)} - {"path", "context"}
+    assert set(schema["properties"]) == top
+
+
+def test_import_is_light() -> None:
+    code = "import sys, bundler.config; print('jsonschema' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
