@@ -296,7 +296,14 @@ def _deployment(
     budget: int,
     size: int,
 ) -> dict:
-    env = [{"name": "PORT", "value": str(port)}, {"name": "TMPDIR", "value": "/tmp"}]
+    # The root file system is read-only: everything that writes (temp files, caches, the bundler store
+    # of user code) is pointed at the /tmp emptyDir. Models are read from the bundle in the image.
+    env = [
+        {"name": "PORT", "value": str(port)},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+        {"name": "BUNDLER_HOME", "value": "/tmp/bundler-home"},
+    ]
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpu:
         env.append({"name": "BUNDLER_PROVIDERS", "value": CUDA_PROVIDERS})

@@ -400,3 +400,29 @@ def test_grace_period_covers_the_servers_drain(tmp_path: Path) -> None:
     c = _container(kubernetes_manifests(INFO, tmp_path))
     pod = _kinds(kubernetes_manifests(INFO, tmp_path))["Deployment"]["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > c["lifecycle"]["preStop"]["sleep"]["seconds"] + drain
+
+
+def test_writable_paths_are_on_empty_dirs(tmp_path: Path) -> None:
+    """With a read-only root, every directory the env points writers at must be an emptyDir mount."""
+    manifests = kubernetes_manifests(INFO, tmp_path)
+    pod = _kinds(manifests)["Deployment"]["spec"]["template"]["spec"]
+    c = _container(manifests)
+    empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    mounts = [m["mountPath"] for m in c["volumeMounts"] if m["name"] in empty]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    for name in ("TMPDIR", "XDG_CACHE_HOME", "BUNDLER_HOME"):
+        assert any(env[name] == m or env[name].startswith(m + "/") for m in mounts), (name, env[name])
+
+
+def test_docs_autoscaler_example_validates_and_names_the_servers_metric() -> None:
+    """The queue-depth HorizontalPodAutoscaler in docs/kubernetes.md is valid and scales on a real metric."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "kubernetes.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
+    hpas = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "HorizontalPodAutoscaler"]
+    assert len(hpas) == 1
+    for version in VERSIONS:
+        kubernetes_validate.validate(hpas[0], version, strict=True)
+    names = [m["pods"]["metric"]["name"] for m in hpas[0]["spec"]["metrics"] if m["type"] == "Pods"]
+    metrics = pytest.importorskip("bundler.server.metrics")
+    rendered = metrics.Metrics("sr").render().decode()
+    assert names and all(f"# TYPE {n} gauge" in rendered for n in names)
