@@ -12,6 +12,7 @@ and unquoted versions keep the text that was written (``python_version: 3.10`` m
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import functools
 import json
@@ -158,8 +159,9 @@ class _Builder:
         if path in _VERSION_KEYS and node.tag in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int"):
             return node.value
         value = self.constructor.construct_object(node, deep=True)
-        if isinstance(value, bytes):  # !!binary: not a JSON type; report it as text that cannot be used
-            return repr(value)
+        if isinstance(value, (datetime.date, bytes)):
+            # Unquoted dates (and !!binary) are not JSON types: keep the text that was written.
+            return node.value
         return value
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:

@@ -401,3 +401,36 @@ def test_import_is_light() -> None:
     code = "import sys, bundler.config; print('jsonschema' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_dates_stay_text(tmp_path: Path) -> None:
+    f = project(
+        tmp_path, "service: service:svc\nlabels:\n  released: 2024-05-01\nargs:\n  when: 2024-05-01\n"
+    )
+    config = load_bentofile(f)
+    assert config.labels == {"released": "2024-05-01"} and config.args == {"when": "2024-05-01"}
+    json.dumps(config.to_dict())
+
+
+# -- the command line -----------------------------------------------------------------------------------
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "bundler", "validate", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=60)
+
+
+def test_cli_validate_reports_all_problems_and_exits_2() -> None:
+    done = run_cli(CORPUS / "broken" / "two-problems.yaml")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "two-problems.yaml:5:18: python.lock_packages: expected true or false" in done.stderr
+    assert "two-problems.yaml:7:11: docker.distro: 'ubuntu' is not one of" in done.stderr
+
+
+def test_cli_validate_accepts_a_real_world_file_with_schema_only() -> None:
+    done = run_cli(CORPUS / "valid" / "bentoml-tests-realworld.yaml", "--schema-only")
+    assert done.returncode == 0, done.stderr
+    done = run_cli(CORPUS / "valid" / "bentoml-tests-realworld.yaml")  # names files that are not here
+    assert done.returncode == 2 and "docker.dockerfile_template" in done.stderr
