@@ -33,6 +33,7 @@ SERVE_IMPORTS = (
     "import bundler.cli, bundler.server.app, bundler.server.serve, bundler.frameworks.onnx, onnxruntime"
 )
 CUDA_UBUNTU = "ubuntu22.04"
+SUPPORTED_PYTHON = ("3.10", "3.11", "3.12", "3.13")  # bundler itself needs >= 3.10
 CUDA_SYSTEM_PYTHON = "3.10"  # Ubuntu 22.04's python3
 
 _PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*(:[a-z0-9-]+)?([=<>]{1,2}[A-Za-z0-9.+~:_*-]+)?$")
@@ -50,12 +51,17 @@ def _fail(key: str, value: Any, rule: str) -> ConfigError:
 
 
 def _python_version(docker: dict[str, Any], facts: dict[str, Any]) -> str:
-    version = str(docker.get("python_version") or facts.get("python_version") or "3.11")
-    if not _PYTHON_RE.match(version):
+    value = docker.get("python_version") or facts.get("python_version") or "3.11"
+    if not isinstance(value, str):
+        # YAML reads 3.10 as the float 3.1, so only strings are trusted.
+        raise _fail("docker.python_version", str(value), "must be a quoted string such as '3.11'")
+    if not _PYTHON_RE.match(value) or value not in SUPPORTED_PYTHON:
         raise _fail(
-            "docker.python_version", version, "is not a Python version; write it as a string like '3.11'"
+            "docker.python_version",
+            value,
+            f"is not supported (choose {SUPPORTED_PYTHON[0]}–{SUPPORTED_PYTHON[-1]})",
         )
-    return version
+    return value
 
 
 def _packages(docker: dict[str, Any]) -> list[str]:

