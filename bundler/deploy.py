@@ -196,11 +196,15 @@ def _label_value(value: str, key: str) -> str:
 
 
 def _lock_digest(bundle_info: dict, bundle_dir: Path) -> str | None:
-    digest = bundle_info.get("lock_digest")
+    # bundle.yaml keeps it under python.lock_digest: the sha256 of requirements.lock.txt, as the image's
+    # ai.bundler.lock-digest label has it; older or hand-made bundle.yaml files get it from the file.
+    python = bundle_info.get("python")
+    nested = python.get("lock_digest") if isinstance(python, dict) else None
+    digest = bundle_info.get("lock_digest") or nested
     if digest:
         return str(digest)
     lock = Path(bundle_dir) / "env" / "python" / "requirements.lock.txt"
-    return f"sha256:{sha256_file(lock)}" if lock.is_file() else None
+    return sha256_file(lock) if lock.is_file() else None
 
 
 def kubernetes_manifests(

@@ -326,7 +326,7 @@ def test_deploy_kubernetes_from_the_store(tmp_path: Path) -> None:
         store.commit(staged, Tag("sr", "v1"))
     paths = deploy_kubernetes("sr:latest", tmp_path / "k8s", max_replicas=2)
     deployment = yaml.safe_load(paths[0].read_text())
-    expected = "sha256:" + hashlib.sha256(b"numpy==2.0.0 --hash=sha256:00\n").hexdigest()
+    expected = hashlib.sha256(b"numpy==2.0.0 --hash=sha256:00\n").hexdigest()
     assert deployment["metadata"]["annotations"] == {
         "bundler.dev/tag": "sr:v1",
         "bundler.dev/lock-digest": expected,
@@ -426,3 +426,14 @@ def test_docs_autoscaler_example_validates_and_names_the_servers_metric() -> Non
     metrics = pytest.importorskip("bundler.server.metrics")
     rendered = metrics.Metrics("sr").render().decode()
     assert names and all(f"# TYPE {n} gauge" in rendered for n in names)
+
+
+def test_lock_digest_as_the_builder_writes_it(tmp_path: Path) -> None:
+    """bundle.yaml from `bundler build` keeps a bare hex digest under python.lock_digest."""
+    digest = hashlib.sha256(b"numpy==2.0.0\n").hexdigest()
+    info = {k: v for k, v in INFO.items() if k != "lock_digest"} | {"python": {"lock_digest": digest}}
+    meta = kubernetes_manifests(info, tmp_path)[0]["metadata"]
+    assert meta["annotations"]["bundler.dev/lock-digest"] == digest
+    assert meta["labels"]["bundler.dev/lock-digest"] == digest[:63]
+    no_digest = {k: v for k, v in INFO.items() if k != "lock_digest"}
+    assert "bundler.dev/lock-digest" not in kubernetes_manifests(no_digest, tmp_path)[0]["metadata"]["labels"]
