@@ -1,0 +1,201 @@
+"""Runner: init_local and served (async_init) paths, batching through the event loop, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+import bundler.onnx
+from bundler.exceptions import BadInput, InferenceInputError, ModelError, ProviderError
+from bundler.runner.runner import Runner
+from tests.models import make_mlp, make_multi_io, reference_run
+
+MLP = make_mlp()
+
+
+def _expected(x: np.ndarray) -> np.ndarray:
+    return reference_run(MLP, {"x": np.asarray(x, np.float32)})[0]
+
+
+def _count_calls(runner: Runner) -> list[tuple[str, int]]:
+    """Wrap the loaded session's run to record (thread name, rows) per onnxruntime call."""
+    calls: list[tuple[str, int]] = []
+    session = runner.session
+    real: Callable[[dict[str, np.ndarray]], list[np.ndarray]] = session.run
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        calls.append((threading.current_thread().name, next(iter(feed.values())).shape[0]))
+        return real(feed)
+
+    session.run = run  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.fixture
+def batchable() -> Runner:
+    bundler.onnx.save_model("mlp", MLP, signatures={"run": {"batchable": True}})
+    return bundler.onnx.get("mlp").to_runner(max_batch_size=32)
+
+
+def test_init_local_runs_and_casts() -> None:
+    bundler.onnx.save_model("mlp", MLP)
+    runner = bundler.onnx.get("mlp").to_runner()
+    assert not runner.ready and runner.name == "mlp" and runner.batchable is False
+    runner.init_local()
+    assert runner.ready
+    x = np.random.default_rng(1).standard_normal((3, 64))  # float64 in, cast to float32
+    np.testing.assert_allclose(runner.run.run(x), _expected(x), rtol=1e-6)
+    np.testing.assert_allclose(runner.run.run(x=x.tolist()), _expected(x), rtol=1e-6)
+    np.testing.assert_allclose(asyncio.run(runner.run.async_run({"x": x})), _expected(x), rtol=1e-6)
+
+
+def test_multiple_outputs_come_back_as_a_tuple() -> None:
+    bundler.onnx.save_model("multi", make_multi_io())
+    runner = bundler.onnx.get("multi").to_runner()
+    runner.init_local()
+    s, p, k2 = runner.run.run([[1, 2, 3, 4]], [[2, 2, 2, 2]], k=[[21]])
+    np.testing.assert_array_equal(s, [[3, 4, 5, 6]])
+    np.testing.assert_array_equal(p, [[2, 4, 6, 8]])
+    assert k2.dtype == np.int64 and k2[0, 0] == 42
+
+
+def test_run_before_init_says_what_to_do() -> None:
+    bundler.onnx.save_model("mlp", MLP)
+    runner = bundler.onnx.get("mlp").to_runner()
+    with pytest.raises(ModelError, match=r"runner 'mlp' is not initialized: call runner.init_local\(\)"):
+        runner.run.run(np.ones((1, 64)))
+    with pytest.raises(ModelError, match="not initialized"):
+        asyncio.run(runner.run.async_run(np.ones((1, 64))))
+    with pytest.raises(ModelError, match="or serve it"):
+        _ = runner.session
+
+
+def test_specs_and_config_without_loading(batchable: Runner) -> None:
+    assert batchable.input_specs == [
+        {"name": "x", "dtype": "float32", "shape": ["batch", 64], "type": "tensor"}
+    ]
+    assert batchable.output_specs[0]["shape"] == ["batch", 10]
+    assert batchable.config.max_batch_size == 32
+    assert batchable.batchable and batchable.batch_dim == 0 and not batchable.ready
+
+
+def test_to_runner_argument_errors() -> None:
+    bundler.onnx.save_model("plain", MLP)
+    with pytest.raises(
+        BadInput, match=r"max_batch_size given, but model plain:\w+ was saved with batchable=False"
+    ):
+        bundler.onnx.get("plain").to_runner(max_batch_size=8)
+    with pytest.raises(BadInput, match="invalid runner name 'Bad Name'"):
+        bundler.onnx.get("plain").to_runner(name="Bad Name")
+    bundler.onnx.save_model("mlp", MLP, signatures={"run": {"batchable": True}})
+    with pytest.raises(BadInput, match="max_batch_sise"):
+        bundler.onnx.get("mlp").to_runner(max_batch_sise=8)
+    assert bundler.onnx.get("mlp").to_runner(name="mlp-2").name == "mlp-2"
+
+
+def test_with_options_reach_the_runner() -> None:
+    bundler.onnx.save_model("mlp", MLP)
+    runner = bundler.onnx.get("mlp").with_options(providers=["TensorrtExecutionProvider"]).to_runner()
+    with pytest.raises(ProviderError, match="TensorrtExecutionProvider not available"):
+        runner.init_local()
+    assert not runner.ready
+
+
+def test_served_batchable_runner_coalesces_concurrent_calls(batchable: Runner) -> None:
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((1 + i % 3, 64)) for i in range(40)]
+
+    async def main() -> tuple[list[Any], list[tuple[str, int]]]:
+        batchable.init_local()
+        calls = _count_calls(batchable)
+        await batchable.async_init()
+        assert batchable.batcher is not None
+        outs = await asyncio.gather(*(batchable.run.async_run(x) for x in xs))
+        await batchable.shutdown()
+        return outs, calls
+
+    outs, calls = asyncio.run(main())
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_allclose(out, _expected(x), rtol=1e-5, atol=1e-6)
+    assert sum(rows for _, rows in calls) == sum(len(x) for x in xs)
+    assert len(calls) < len(xs), calls  # coalesced
+    assert all(name.startswith("runner-mlp") for name, _ in calls)  # never on the event loop thread
+    assert not batchable.ready
+
+
+def test_sync_run_from_api_threads_goes_through_the_loop(batchable: Runner) -> None:
+    xs = [np.full((1, 64), i, np.float64) for i in range(24)]
+
+    async def main() -> tuple[list[Any], list[tuple[str, int]]]:
+        batchable.init_local()
+        calls = _count_calls(batchable)
+        await batchable.async_init()
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(8) as pool:  # like the server's API threads calling runner.run.run
+            outs = await asyncio.gather(*(loop.run_in_executor(pool, batchable.run.run, x) for x in xs))
+        with pytest.raises(ModelError, match="called on the server's event loop"):
+            batchable.run.run(xs[0])
+        with pytest.raises(InferenceInputError, match=r"input 'x' expects shape float32 \[batch, 64\]"):
+            await loop.run_in_executor(None, batchable.run.run, np.ones((1, 3)))
+        await batchable.shutdown()
+        return outs, calls
+
+    outs, calls = asyncio.run(main())
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_allclose(out, _expected(x), rtol=1e-5, atol=1e-5)
+    assert len(calls) < len(xs), calls
+    assert all(name.startswith("runner-mlp") for name, _ in calls)
+
+
+def test_served_plain_runner_runs_in_its_pool() -> None:
+    bundler.onnx.save_model("mlp", MLP)
+    runner = bundler.onnx.get("mlp").to_runner()
+    x = np.ones((2, 64))
+
+    async def main() -> tuple[Any, Any, list[tuple[str, int]]]:
+        await runner.async_init()
+        assert runner.ready and runner.batcher is None
+        calls = _count_calls(runner)
+        a = await runner.run.async_run(x)
+        b = await asyncio.to_thread(runner.run.run, x)
+        await runner.shutdown()
+        return a, b, calls
+
+    a, b, calls = asyncio.run(main())
+    np.testing.assert_allclose(a, _expected(x), rtol=1e-6)
+    np.testing.assert_allclose(b, _expected(x), rtol=1e-6)
+    assert [name.split("_")[0] for name, _ in calls] == ["runner-mlp", "runner-mlp"]
+
+
+def test_async_run_from_another_loop_uses_the_runner_loop(batchable: Runner) -> None:
+    started = threading.Event()
+    stop: asyncio.Future[None] | None = None
+    server_loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve() -> None:
+        nonlocal stop, server_loop
+        await batchable.async_init()
+        server_loop = asyncio.get_running_loop()
+        stop = server_loop.create_future()
+        started.set()
+        await stop
+        await batchable.shutdown()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    try:
+        assert started.wait(30)
+        x = np.ones((1, 64))
+        out = asyncio.run(batchable.run.async_run(x))  # a second loop, e.g. a notebook's
+        np.testing.assert_allclose(out, _expected(x), rtol=1e-6)
+    finally:
+        assert server_loop is not None and stop is not None
+        server_loop.call_soon_threadsafe(stop.set_result, None)
+        thread.join(30)
+    assert not thread.is_alive()
