@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bundler.config import (
     MAX_FILE_BYTES,
@@ -434,3 +436,15 @@ def test_cli_validate_accepts_a_real_world_file_with_schema_only() -> None:
     assert done.returncode == 0, done.stderr
     done = run_cli(CORPUS / "valid" / "bentoml-tests-realworld.yaml")  # names files that are not here
     assert done.returncode == 2 and "docker.dockerfile_template" in done.stderr
+
+
+# -- robustness ---------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet="abc: -[]{}&*!<>|'\"#\n\t0123.,=%@`?", max_size=120))
+def test_any_text_gives_problems_never_a_crash(tmp_path: Path, text: str) -> None:
+    f = tmp_path / "bentofile.yaml"
+    f.write_text("service: service:svc\n" + text, encoding="utf-8")
+    for problem in validate_file(f):
+        assert isinstance(problem, Problem) and problem.line >= 1 and problem.column >= 1
