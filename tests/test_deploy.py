@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import os
 import re
 import threading
 import time
@@ -437,3 +438,21 @@ def test_lock_digest_as_the_builder_writes_it(tmp_path: Path) -> None:
     assert meta["labels"]["bundler.dev/lock-digest"] == digest[:63]
     no_digest = {k: v for k, v in INFO.items() if k != "lock_digest"}
     assert "bundler.dev/lock-digest" not in kubernetes_manifests(no_digest, tmp_path)[0]["metadata"]["labels"]
+
+
+def test_cli_writes_manifests_and_refuses_bad_options(tmp_path: Path) -> None:
+    """`bundler deploy kubernetes`: four files on success; exit 2 and the message on bad input."""
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    store = bundle_store()
+    with store.staging() as staged:
+        (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": "sr", "version": "v1", "models": []}))
+        store.commit(staged, Tag("sr", "v1"))
+    out = tmp_path / "k8s"
+    ok = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:latest", "--gpu", "1", "-o", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert sorted(os.listdir(out)) == ["deployment.yaml", "hpa.yaml", "pdb.yaml", "service.yaml"]
+    bad = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:v1", "--memory", "1GB", "-o", str(out)])
+    assert bad.exit_code == 2
+    assert "--memory: '1GB' is not a Kubernetes quantity" in bad.output
