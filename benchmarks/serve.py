@@ -1,0 +1,437 @@
+"""Serving benchmark: raw onnxruntime vs. bundler's server (batching on/off) vs. a minimal starlette app.
+
+    python benchmarks/serve.py            # about 2-3 minutes
+    python benchmarks/serve.py --quick    # about a minute, rougher figures
+
+Everything stays on 127.0.0.1 and stops by itself. Two models are built here with onnx.helper:
+``mlp`` (64->256->256->10, overhead-bound, JSON bodies) and ``sr`` (the guide's SuperResolutionNet on
+1x64x64 images, compute-bound, .npy bodies both ways). The server under test is ``bundler serve``'s own code
+(``bundler.server.serve.serve``) in a subprocess, with the access log off (``log_level="warning"``); the
+baseline is a starlette app on the same uvicorn stack that parses the MLP's JSON body and returns a constant.
+The load generator is another subprocess: raw asyncio sockets, keep-alive HTTP/1.1, prebuilt request bytes,
+N connections in a closed loop. Server CPU is read from /proc (all threads) over the measured window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CONNECTIONS = (1, 16, 64)
+SERVICE = """\
+import bundler
+from bundler.io import NumpyNdarray
+
+runner = bundler.onnx.get("{model}:latest").to_runner()
+svc = bundler.Service("bench-{model}", runners=[runner])
+
+
+@svc.api(input=NumpyNdarray(), output=NumpyNdarray())
+async def predict(x):
+    return await runner.run.async_run(x)
+"""
+
+
+# ---------------------------------------------------------------- models
+
+
+def build_mlp() -> object:
+    """Return the overhead-bound model: a 64->256->256->10 ReLU MLP with a dynamic batch axis."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    dims = [64, 256, 256, 10]
+    inits, nodes, prev = [], [], "x"
+    for i in range(3):
+        w = (rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])).astype(np.float32)
+        b = (rng.standard_normal(dims[i + 1]) * 0.1).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        out = "y" if i == 2 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [out if i == 2 else f"g{i}"]))
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [f"g{i}"], [out]))
+        prev = out
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])
+    graph = helper.make_graph(nodes, "mlp", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def build_sr() -> object:
+    """Return the guide's SuperResolutionNet (upscale 3) as ONNX: 4 convolutions and a pixel shuffle."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    convs = [("conv1", 1, 64, 5), ("conv2", 64, 64, 3), ("conv3", 64, 32, 3), ("conv4", 32, 9, 3)]
+    inits, nodes, prev = [], [], "input"
+    for i, (name, c_in, c_out, k) in enumerate(convs):
+        w = (rng.standard_normal((c_out, c_in, k, k)) * np.sqrt(2 / (c_in * k * k))).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"{name}.w"),
+            numpy_helper.from_array(np.zeros(c_out, np.float32), f"{name}.b"),
+        ]
+        nodes.append(
+            helper.make_node(
+                "Conv", [prev, f"{name}.w", f"{name}.b"], [name], kernel_shape=[k, k], pads=[k // 2] * 4
+            )
+        )
+        prev = name
+        if i < 3:
+            nodes.append(helper.make_node("Relu", [name], [f"{name}.relu"]))
+            prev = f"{name}.relu"
+    # PixelShuffle(3) is DepthToSpace in CRD mode, which is what torch.onnx.export emits for it.
+    nodes.append(helper.make_node("DepthToSpace", [prev], ["output"], blocksize=3, mode="CRD"))
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 64, 64])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1, 192, 192])
+    graph = helper.make_graph(nodes, "super_resolution", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+MODELS = {
+    # name: (builder, one request's input, request body kind, batch sizes to try raw)
+    "mlp": (
+        build_mlp,
+        lambda rng: rng.standard_normal((1, 64)).astype(np.float32),
+        "json",
+        (1, 8, 32, 64, 128),
+    ),
+    "sr": (build_sr, lambda rng: rng.random((1, 1, 64, 64), dtype=np.float32), "npy", (1, 2, 4, 8, 16, 32)),
+}
+
+
+def raw_onnxruntime(model: str, sizes: tuple[int, ...], seconds: float) -> tuple[dict[int, float], float]:
+    """Return items/s per batch size and the median batch-1 call time, with the server's session settings."""
+    import bundler.onnx
+
+    session = bundler.onnx.load_model(f"{model}:latest")
+    rng = np.random.default_rng(1)
+    one = MODELS[model][1](rng)
+    name = session.get_inputs()[0].name
+    rates: dict[int, float] = {}
+    for size in sizes:
+        feed = {name: np.repeat(one, size, axis=0)}
+        session.run(None, feed)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or count < 3:
+            session.run(None, feed)
+            count += 1
+        rates[size] = size * count / (time.perf_counter() - start)
+    times = []
+    feed = {name: one}
+    for _ in range(200 if model == "mlp" else 30):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return rates, statistics.median(times)
+
+
+# ---------------------------------------------------------------- server processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_server(kind: str, port: int, workdir: str, model: str) -> None:
+    """Serve in this process until SIGTERM: ``bundler`` (the real server) or ``baseline``."""
+    if kind == "bundler":
+        from bundler.server.serve import serve
+
+        serve(f"service_{model}:svc", port=port, log_level="warning", working_dir=workdir)
+        return
+    import orjson
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    answer = orjson.dumps([[0.0] * 10])
+
+    async def predict(request: Request) -> Response:
+        orjson.loads(await request.body())
+        return Response(answer, media_type="application/json")
+
+    async def ready(request: Request) -> Response:
+        return Response(b"{}", media_type="application/json")
+
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/readyz", ready)])
+    config = uvicorn.Config(app, port=port, log_level="warning", access_log=False, server_header=False)
+    uvicorn.Server(config).run()
+
+
+class Server:
+    """A server subprocess; ``cpu()`` is its user+system CPU seconds so far, threads included."""
+
+    def __init__(self, kind: str, model: str, workdir: str, env: dict[str, str]) -> None:
+        self.port = free_port()
+        args = [sys.executable, __file__, "--_server", kind, "--port", str(self.port), "--workdir", workdir]
+        args += ["--model", model]
+        self.proc = subprocess.Popen(args, env=env, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{kind} server for {model} exited with {self.proc.returncode}")
+            with contextlib.suppress(OSError):
+                if _get(self.port, "/readyz") == 200:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise SystemExit(f"{kind} server for {model} was not ready within 60 s")
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _get(port: int, path: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        return int(s.recv(64)[9:12])
+
+
+# ---------------------------------------------------------------- load generator
+
+
+def request_bytes(model: str, path: str = "/predict") -> bytes:
+    """Return one prebuilt HTTP/1.1 request for ``model`` (JSON for mlp, .npy both ways for sr)."""
+    import orjson
+
+    x = MODELS[model][1](np.random.default_rng(2))
+    if MODELS[model][2] == "json":
+        body, headers = orjson.dumps(x.tolist()), "Content-Type: application/json\r\n"
+    else:
+        buf = io.BytesIO()
+        np.save(buf, x)
+        body = buf.getvalue()
+        headers = "Content-Type: application/octet-stream\r\nAccept: application/octet-stream\r\n"
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def _connection(port: int, request: bytes, warm_at: float, stop_at: float, out: dict) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    latencies, statuses = out["latencies"], out["statuses"]
+    try:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            at = head.lower().find(b"content-length:")
+            length = int(head[at + 15 : head.index(b"\r\n", at)]) if at >= 0 else 0
+            if length:
+                await reader.readexactly(length)
+            t1 = time.perf_counter()
+            if t0 >= warm_at:
+                status = int(head[9:12])
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    latencies.append(t1 - t0)
+    finally:
+        writer.close()
+
+
+async def _load(port: int, request: bytes, connections: int, warmup: float, seconds: float) -> dict:
+    start = time.perf_counter()
+    warm_at, stop_at = start + warmup, start + warmup + seconds
+    out: dict = {"latencies": [], "statuses": {}}
+    loop = asyncio.get_running_loop()
+    loop.call_at(loop.time() + warmup, lambda: print("WARM", flush=True))
+    await asyncio.gather(*(_connection(port, request, warm_at, stop_at, out) for _ in range(connections)))
+    lat = sorted(out["latencies"])
+    pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
+    return {
+        "ok": len(lat),
+        "rps": len(lat) / seconds,
+        "p50": pick(0.50),
+        "p99": pick(0.99),
+        "statuses": out["statuses"],
+    }
+
+
+def run_client(args: argparse.Namespace) -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    request = Path(args.request).read_bytes()
+    result = asyncio.run(_load(args.port, request, args.connections, args.warmup, args.seconds))
+    print(json.dumps(result), flush=True)
+
+
+def measure(server: Server, request_file: str, connections: int, warmup: float, seconds: float) -> dict:
+    """Run the load generator against ``server``; add the server's CPU seconds per 1,000 answers."""
+    args = [sys.executable, __file__, "--_client", "--port", str(server.port), "--request", request_file]
+    args += ["--connections", str(connections), "--warmup", str(warmup), "--seconds", str(seconds)]
+    client = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert client.stdout is not None
+    line = client.stdout.readline()
+    cpu0, t0 = server.cpu(), time.perf_counter()
+    if line.strip() != "WARM":
+        raise SystemExit(f"load generator failed: {line!r}")
+    result = json.loads(client.stdout.readline())
+    cpu1 = server.cpu()
+    client.wait(10)
+    result["cpu_per_1k"] = (cpu1 - cpu0) / max(result["ok"], 1) * 1000
+    result["window"] = time.perf_counter() - t0
+    return result
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
+    parser.add_argument("--models", default="mlp,sr", help="comma-separated: mlp, sr")
+    parser.add_argument("--connections", default=",".join(map(str, CONNECTIONS)))
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--_server", help=argparse.SUPPRESS)
+    parser.add_argument("--_client", action="store_true", help=argparse.SUPPRESS)
+    for hidden in ("--port", "--workdir", "--model", "--request", "--warmup", "--seconds"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._server:
+        run_server(args._server, int(args.port), args.workdir, args.model)
+        return
+    if args._client:
+        args.port, args.connections = int(args.port), int(args.connections)
+        args.warmup, args.seconds = float(args.warmup), float(args.seconds)
+        run_client(args)
+        return
+    run_benchmark(args)
+
+
+def run_benchmark(args: argparse.Namespace) -> None:
+    warmup, seconds, raw_seconds = (0.5, 1.5, 0.3) if args.quick else (1.0, 4.0, 1.0)
+    models = [m for m in args.models.split(",") if m]
+    connections = [int(c) for c in args.connections.split(",")]
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="bundler-bench-") as workdir:
+        env = {**os.environ, "BUNDLER_HOME": str(Path(workdir) / "home"), "PYTHONPATH": str(ROOT)}
+        os.environ["BUNDLER_HOME"] = env["BUNDLER_HOME"]
+        sys.path.insert(0, str(ROOT))
+        import bundler.onnx
+
+        for model in models:
+            bundler.onnx.save_model(model, MODELS[model][0](), signatures={"run": {"batchable": True}})
+            Path(workdir, f"service_{model}.py").write_text(SERVICE.format(model=model))
+            Path(workdir, f"{model}.http").write_bytes(request_bytes(model))
+        for model in models:
+            rates, batch1 = raw_onnxruntime(model, MODELS[model][3], raw_seconds)
+            best = max(rates, key=rates.__getitem__)
+            entry = results["models"][model] = {
+                "raw": {"items_per_s": rates, "best_batch": best, "batch1_ms": batch1 * 1000},
+                "served": {},
+            }
+            print(f"raw onnxruntime {model}: " + ", ".join(f"b{k}={v:,.0f}/s" for k, v in rates.items()))
+            for batching in ("on", "off"):
+                server = Server(
+                    "bundler",
+                    model,
+                    workdir,
+                    {**env, "BUNDLER_BATCHING": "true" if batching == "on" else "false"},
+                )
+                try:
+                    for n in connections:
+                        r = measure(server, str(Path(workdir, f"{model}.http")), n, warmup, seconds)
+                        entry["served"][f"{batching}/{n}"] = r
+                        print(
+                            f"  bundler {model} batching={batching} c={n}: {r['rps']:,.0f} req/s", flush=True
+                        )
+                finally:
+                    server.stop()
+        if "mlp" in models:
+            server = Server("baseline", "mlp", workdir, env)
+            try:
+                base = results["baseline"] = {}
+                for n in connections:
+                    base[str(n)] = measure(server, str(Path(workdir, "mlp.http")), n, warmup, seconds)
+                    print(f"  baseline c={n}: {base[str(n)]['rps']:,.0f} req/s", flush=True)
+            finally:
+                server.stop()
+    report(results, connections)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
+
+def report(results: dict, connections: list[int]) -> None:
+    """Print the table and the three targets."""
+    print()
+    print(f"{'server':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-200':>9}{'CPU s/1k':>10}")
+    rows = []
+    for model, entry in results["models"].items():
+        for key, r in entry["served"].items():
+            batching, n = key.split("/")
+            rows.append((f"{model} batching={batching}", n, r))
+    for n, r in results.get("baseline", {}).items():
+        rows.append(("baseline starlette", n, r))
+    for name, n, r in rows:
+        bad = sum(v for k, v in r["statuses"].items() if str(k) != "200")
+        print(
+            f"{name:<22}{n:>6}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{bad:>9}{r['cpu_per_1k']:>10.2f}"
+        )
+    print()
+    for model, entry in results["models"].items():
+        raw = entry["raw"]
+        best = raw["items_per_s"][raw["best_batch"]]
+        served = max(r["rps"] for k, r in entry["served"].items() if k.startswith("on/"))
+        print(
+            f"{model}: raw onnxruntime best {best:,.0f} items/s at batch {raw['best_batch']},"
+            f" batch-1 call {raw['batch1_ms']:.3f} ms; served (batching on) best {served:,.0f} req/s"
+            f" = {served / best:.2f}x raw"
+        )
+        one = entry["served"].get("on/1")
+        if one:
+            extra = one["p50"] - raw["batch1_ms"]
+            verdict = "ok" if extra <= 0.3 else "over"
+            print(
+                f"  p50 at 1 connection {one['p50']:.3f} ms = batch-1 call + {extra:.3f} ms"
+                f" (target <= +0.3 ms: {verdict})"
+            )
+        if model == "sr":
+            print(f"  target served >= 0.9x raw best: {'ok' if served >= 0.9 * best else 'missed'}")
+    if "mlp" in results["models"] and results.get("baseline"):
+        for n in connections:
+            mine = results["models"]["mlp"]["served"].get(f"on/{n}")
+            base = results["baseline"].get(str(n))
+            if mine and base:
+                ratio = mine["rps"] / base["rps"]
+                print(
+                    f"mlp vs minimal app at {n} connections: {ratio:.2f}x"
+                    f" (target >= 0.7x: {'ok' if ratio >= 0.7 else 'missed'})"
+                )
+        one = results["baseline"].get("1")
+        if one:
+            print(f"minimal app p50 at 1 connection: {one['p50']:.3f} ms (the HTTP floor on this machine)")
+
+
+if __name__ == "__main__":
+    main()
