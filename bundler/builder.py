@@ -174,7 +174,11 @@ def _lock(
 def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels_dir: Path, say: Say) -> Plan:
     """Compute every file of the bundle and its content-derived version; touch nothing in the store."""
     module, _, attribute = cfg.service.partition(":")
-    module_path = cfg.context / (module if module.endswith(".py") else module.replace(".", "/") + ".py")
+    if module.endswith(".py"):
+        module_path = cfg.context / module
+    else:
+        base = cfg.context / module.replace(".", "/")
+        module_path = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
     svc = scan_service(module_path, attribute)
     plan = Plan(_bundle_name(cfg, svc))
 

@@ -1,0 +1,138 @@
+"""`bundler build`: the quickstart into the store, reproducible tags and bytes, atomicity, the CLI."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bundler import bundles
+from bundler.builder import build
+from bundler.store import bundle_store, verify_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def quickstart(tmp_path: Path) -> Path:
+    """A copy of examples/quickstart with its model saved in this test's BUNDLER_HOME."""
+    work = tmp_path / "quickstart"
+    shutil.copytree(ROOT / "examples/quickstart", work, ignore=shutil.ignore_patterns("__pycache__"))
+    runpy.run_path(str(work / "make_model.py"), run_name="__main__")
+    return work
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_quickstart_bundle_layout(quickstart: Path) -> None:
+    result = build(quickstart / "bentofile.yaml")
+    assert result.created
+    path = result.path
+    info = yaml.safe_load((path / "bundle.yaml").read_text())
+    assert info["tag"] == str(result.tag) and info["name"] == "quickstart"
+    assert info["service"] == "service:svc"
+    assert [a["route"] for a in info["apis"]] == ["predict"]
+    assert info["models"][0]["tag"].startswith("quickstart:")
+    assert info["labels"] == {"owner": "bundler-team", "stage": "demo"}
+    assert info["python"]["platform"] == "linux/amd64" and info["python"]["lock_digest"]
+    assert sorted(p.name for p in (path / "src").iterdir()) == ["make_model.py", "service.py"]
+    model_dir = path / "models" / "quickstart"
+    assert len(list(model_dir.iterdir())) == 1
+    lock = (path / "env/python/requirements.lock.txt").read_text()
+    assert "--hash=sha256:" in lock and "onnxruntime==" in lock
+    assert list((path / "env/python/wheels").glob("bundler-*.whl"))
+    assert "FROM " in (path / "env/docker/Dockerfile").read_text()
+    assert os.access(path / "env/docker/entrypoint.sh", os.X_OK)
+    assert (path / "README.md").read_text() == (quickstart / "README.md").read_text()
+    openapi = yaml.safe_load((path / "apis/openapi.yaml").read_text())
+    assert "/predict" in openapi["paths"]
+    assert verify_manifest(path) == []
+    assert repr(result) == f'Bundle(tag="{result.tag}", path="{path}/")'
+
+
+def test_rebuild_is_the_same_tag_and_bytes(quickstart: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    first = build(quickstart)
+    before = _files(first.path)
+    second = build(quickstart)
+    assert (second.tag, second.created) == (first.tag, False)
+    assert second.lock_reused
+    bundles.delete(first.tag)  # rebuilt from scratch: still the same tag and byte-identical files
+    third = build(quickstart)
+    assert third.tag == first.tag and third.created
+    assert _files(third.path) == before
+    (quickstart / "service.py").write_text((quickstart / "service.py").read_text() + "\n# changed\n")
+    assert build(quickstart).tag != first.tag
+
+
+def test_build_does_not_import_the_service(quickstart: Path) -> None:
+    (quickstart / "service.py").write_text(
+        "import a_package_that_is_not_installed_here\n" + (quickstart / "service.py").read_text()
+    )
+    result = build(quickstart)
+    info = yaml.safe_load((result.path / "bundle.yaml").read_text())
+    assert [a["route"] for a in info["apis"]] == ["predict"]
+    assert "/predict" in yaml.safe_load((result.path / "apis/openapi.yaml").read_text())["paths"]
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bundler", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_cli_build_list_get_export_import(
+    quickstart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc = _cli("build", str(quickstart / "bentofile.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith('Bundle(tag="quickstart:')
+    listed = _cli("list", "--output", "json")
+    assert '"tag": "quickstart:' in listed.stdout
+    got = _cli("get", "quickstart:latest")
+    assert "service: service:svc" in got.stdout
+    archive = tmp_path / "q.tar.gz"
+    assert _cli("export", "quickstart", str(archive)).returncode == 0
+    monkeypatch.setenv("BUNDLER_HOME", str(tmp_path / "elsewhere"))
+    imported = _cli("import", str(archive))
+    assert imported.returncode == 0 and "quickstart:" in imported.stdout
+    assert _cli("verify", "quickstart").returncode == 0
+
+
+def test_cli_reports_bad_build_file_with_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bentofile.yaml"
+    bad.write_text("service: 'service:svc'\npyhton:\n  packages: [numpy]\n")
+    (tmp_path / "service.py").write_text("svc = None\n")
+    proc = _cli("build", str(bad))
+    assert proc.returncode == 2
+    assert "bentofile.yaml:2" in proc.stderr and "python" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_unknown_tag_is_a_clear_error() -> None:
+    proc = _cli("get", "nothing:here")
+    assert proc.returncode == 1
+    assert "bundle nothing:here not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_killed_build_leaves_no_partial_bundle(quickstart: Path) -> None:
+    """kill -9 a real build at several moments: the store only ever lists complete, verified bundles."""
+    for delay in (0.3, 0.8, 1.5):
+        proc = subprocess.Popen([sys.executable, "-m", "bundler", "build", str(quickstart)])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for entry in bundle_store().list():
+            assert verify_manifest(entry.path) == []
+    result = build(quickstart)
+    assert [str(e.tag) for e in bundle_store().list()] == [str(result.tag)]
