@@ -1,0 +1,447 @@
+"""Requirements -> a hashed lock file for the *target* platform and Python, resolved with uv (or pip-tools).
+
+The user's requirements and bundler's own serving runtime (:data:`SERVE_REQUIREMENTS`) are resolved together,
+so a conflict between them is an error naming both sides, never a silent override. Each input line carries
+its origin as a trailing comment (``numpy==1.21.0  # from bentofile python.packages``) so errors can say
+where a requirement came from. A lock is cached under ``$BUNDLER_HOME/cache/locks/`` by a digest of all its
+inputs: an unchanged rebuild reads it back without running a resolver or touching the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from . import __version__
+from .exceptions import LockError
+from .store import home, sha256_file
+from .wheels import (
+    PLATFORMS,
+    build_bundler_wheel,
+    build_direct_wheels,
+    download_wheels,
+    parse_lock,
+    platform_for,
+    run_tool,
+    uv_command,
+)
+
+__all__ = [
+    "PLATFORMS",
+    "SERVE_REQUIREMENTS",
+    "LockOptions",
+    "LockResult",
+    "build_bundler_wheel",
+    "collect_requirements",
+    "download_wheels",
+    "host_platform",
+    "lock",
+]
+
+# What an image needs to run `bundler serve`: the first block of pyproject's dependencies (a test keeps the
+# two in step). The image installs bundler's wheel with --no-deps and takes these from the lock.
+SERVE_REQUIREMENTS: tuple[str, ...] = (
+    "numpy>=1.24",
+    "onnxruntime>=1.16",
+    "starlette>=0.37",
+    "uvicorn[standard]>=0.29",
+    "orjson>=3.9",
+    "prometheus-client>=0.20",
+    "pillow>=10",
+    "python-multipart>=0.0.9",
+    "swagger-ui-bundle>=1.1",
+    "pyyaml>=6",
+    "click>=8.1",
+    "httpx>=0.27",
+)
+BUNDLER_ORIGIN = "required by bundler"
+PACKAGES_ORIGIN = "from bentofile python.packages"
+# Bump when the lock text format changes, so old cache entries are not reused.
+_FORMAT = 1
+_INDEX_OPTIONS = (
+    "--index-url",
+    "-i",
+    "--extra-index-url",
+    "--find-links",
+    "-f",
+    "--trusted-host",
+    "--no-index",
+)
+_CONSTRAINT = "-c "
+
+
+@dataclass(frozen=True)
+class LockOptions:
+    """What to resolve for (target Python and platform), with which resolver, and the index settings."""
+
+    python_version: str
+    platform: str = "linux/amd64"
+    resolver: str = "uv"
+    index_url: str | None = None
+    extra_index_url: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+    trusted_host: tuple[str, ...] = ()
+    no_index: bool = False
+    pip_args: str | None = None
+    lock_packages: bool = True
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class LockResult:
+    """A lock file's text and facts about it; ``hashed`` False means install without --require-hashes."""
+
+    text: str
+    digest: str
+    reused: bool
+    hashed: bool
+    requirements_txt: str
+
+
+def host_platform() -> str | None:
+    """Return this machine's platform in Docker's naming, or None when it is not a Linux target we support."""
+    import platform
+
+    machine = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower()
+    )
+    return f"linux/{machine}" if sys.platform.startswith("linux") and machine else None
+
+
+# -- collecting the input ------------------------------------------------------------------------------------
+
+
+def _logical_lines(path: Path) -> list[tuple[int, str]]:
+    """Return (line number, text) of a requirements file with continuations joined and comments dropped."""
+    out: list[tuple[int, str]] = []
+    pending, start = "", 0
+    for number, raw in enumerate(path.read_text("utf-8").splitlines(), 1):
+        text = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
+        if not pending:
+            start = number
+        if text.endswith("\\"):
+            pending += text[:-1].strip() + " "
+            continue
+        text = (pending + text.strip()).strip()
+        pending = ""
+        if text:
+            out.append((start, text))
+    return out
+
+
+def _absolute(value: str, base: Path) -> str:
+    """Make a local path in a requirement absolute (relative to its file); leave names and URLs alone."""
+    if value.startswith(("./", "../")) or value in (".", ".."):
+        return str((base / value).resolve())
+    return value
+
+
+def _read_file(path: Path, context: Path, seen: tuple[Path, ...], out: list[str], constraint: bool) -> None:
+    shown = os.path.relpath(path, context) if path.is_relative_to(context) else str(path)
+    if path in seen:
+        raise LockError(
+            f"{shown}: requirements files include each other in a loop ({' -> '.join(map(str, seen))})"
+        )
+    if not path.is_file():
+        parent = f" (included from {seen[-1]})" if seen else ""
+        raise LockError(f"requirements file {shown} not found{parent}: fix the path, relative to {context}")
+    for number, text in _logical_lines(path):
+        origin = f"from {shown}:{number}"
+        option, _, value = text.partition(" ")
+        if "=" in option and option.startswith("--"):
+            option, _, value = text.partition("=")
+        value = value.strip()
+        if option in ("-r", "--requirement", "-c", "--constraint"):
+            nested = (path.parent / value).resolve()
+            _read_file(nested, context, (*seen, path), out, constraint or option in ("-c", "--constraint"))
+        elif option in _INDEX_OPTIONS:
+            if option in ("--find-links", "-f"):
+                value = _absolute(value, path.parent)
+            out.append(f"{option} {value}".strip())
+        elif option in ("-e", "--editable"):
+            out.append(f"{_absolute(value, path.parent)}  # {origin}")
+        elif text.startswith("-"):
+            raise LockError(
+                f"{shown}:{number}: the option {option!r} is not supported in a bundle's requirements file;"
+                " keep requirement lines, -r/-c and index options (--index-url, --extra-index-url,"
+                " --find-links, --trusted-host, --no-index), and put pip flags in bentofile python.pip_args"
+            )
+        else:
+            line = f"{_absolute(text, path.parent)}  # {origin}"
+            out.append(_CONSTRAINT + line if constraint else line)
+
+
+def collect_requirements(packages: list[str], requirements_txt: Path | None, context: Path) -> list[str]:
+    """Flatten bentofile python.packages and requirements_txt (nested -r/-c) into lines tagged with origins.
+
+    Requirement lines end with ``  # from <where>``; index options (``--index-url URL`` ...) are kept as
+    lines; constraints from ``-c`` files are lines starting with ``-c `` followed by the constraint.
+    """
+    out = [f"{p.strip()}  # {PACKAGES_ORIGIN}" for p in packages if p.strip()]
+    if requirements_txt is not None:
+        path = requirements_txt if requirements_txt.is_absolute() else context / requirements_txt
+        _read_file(path.resolve(), context.resolve(), (), out, False)
+    return out
+
+
+def _requirement(line: str) -> str:
+    return line.split(" #", 1)[0].strip()
+
+
+def _origin(line: str) -> str:
+    return line.split(" #", 1)[1].strip() if " #" in line else PACKAGES_ORIGIN
+
+
+# -- errors --------------------------------------------------------------------------------------------------
+
+
+def _resolver_error(output: str, inputs: list[str], options: LockOptions) -> LockError:
+    """Turn a resolver's failure into one message naming the packages and the requirements that clash."""
+    target = f"{options.platform}, CPython {options.python_version}"
+    lines = [ln.rstrip() for ln in output.strip().splitlines() if ln.strip()]
+    cause = [ln.strip() for ln in lines if not ln.lstrip().startswith(("warning:", "WARNING:"))][-12:]
+    words = {canonicalize_name(w) for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", output)}
+    involved = []
+    for line in inputs:
+        try:
+            name = canonicalize_name(Requirement(_requirement(line).removeprefix(_CONSTRAINT)).name)
+        except InvalidRequirement:
+            continue
+        if name in words:
+            involved.append(f"{_requirement(line)} ({_origin(line)})")
+    missing = re.search(r"Because (\S+?) was not found in the package registry", output) or re.search(
+        r"No matching distribution found for (\S+)", output
+    )
+    if missing:
+        return LockError(
+            f"cannot lock the Python requirements for {target}: package {missing.group(1)!r} was not found"
+            f" on the package index (asked for by {', '.join(involved) or missing.group(1)}).\n"
+            "check its spelling, or set python.index_url / python.extra_index_url to the index that has it"
+        )
+    if (
+        re.search(r"Failed to fetch|Could not connect|dns error|connection refused", output, re.I)
+        and not involved
+    ):
+        return LockError(
+            f"cannot lock the Python requirements for {target}: the package index could not be reached.\n"
+            + "\n".join(cause)
+            + "\ncheck the network (proxy, SSL_CERT_FILE) or python.index_url"
+        )
+    clash = "; ".join(involved) if involved else "(see the resolver's explanation below)"
+    return LockError(
+        f"cannot lock the Python requirements for {target}: these requirements conflict: {clash}.\n"
+        + "\n".join(f"  {ln}" for ln in cause)
+        + "\nrelax or remove one of them in bentofile.yaml python.packages / python.requirements_txt"
+    )
+
+
+# -- resolving -----------------------------------------------------------------------------------------------
+
+
+def _index_lines(options: LockOptions, index_inputs: list[str], has_local: bool) -> list[str]:
+    """Return the index options the image's pip needs; host-local find-links dirs become ``wheels``."""
+    lines = []
+    if options.index_url:
+        lines.append(f"--index-url {options.index_url}")
+    lines += [f"--extra-index-url {u}" for u in options.extra_index_url]
+    lines += [f"--trusted-host {h}" for h in options.trusted_host]
+    lines += [f"--find-links {f}" for f in options.find_links if "://" in f]
+    for line in index_inputs:
+        option, _, value = line.partition(" ")
+        if option not in ("--find-links", "-f") or "://" in value:
+            lines.append(line)
+    if options.no_index:
+        lines.append("--no-index")
+    if has_local:
+        # pip reads a relative --find-links in a requirements file relative to that file: env/python/wheels.
+        lines.append("--find-links wheels")
+    return list(dict.fromkeys(lines))
+
+
+def _resolver_args(options: LockOptions, wheels_dir: Path) -> list[str]:
+    args = []
+    if options.index_url:
+        args += ["--index-url", options.index_url]
+    for url in options.extra_index_url:
+        args += ["--extra-index-url", url]
+    for link in (*options.find_links, str(wheels_dir)):
+        args += ["--find-links", link]
+    if options.no_index:
+        args.append("--no-index")
+    if options.pip_args:
+        args += shlex.split(options.pip_args)
+    return args
+
+
+def _run_uv(work: Path, options: LockOptions, extra: list[str], has_constraints: bool) -> str:
+    platform = platform_for(options.platform)
+    args = [
+        *uv_command(), "pip", "compile", "requirements.in", "--generate-hashes", "--no-header", "--quiet",
+        "--python-version", options.python_version, "--python-platform", platform.uv,
+        "--output-file", "requirements.lock", *extra,
+    ]  # fmt: skip
+    for host in options.trusted_host:
+        args += ["--allow-insecure-host", host]
+    if has_constraints:
+        args += ["--constraint", "constraints.txt"]
+    proc = run_tool(args, cwd=work, what="resolve requirements")
+    if proc.returncode != 0:
+        raise _ToolFailed(proc.stderr + proc.stdout)
+    return (work / "requirements.lock").read_text("utf-8")
+
+
+def _run_pip_tools(work: Path, options: LockOptions, extra: list[str], has_constraints: bool) -> str:
+    host = host_platform()
+    host_python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if options.platform != host or options.python_version != host_python:
+        raise LockError(
+            "the pip-tools resolver can only lock for this machine"
+            f" ({host or sys.platform}, Python {host_python}), not {options.platform} with Python"
+            f" {options.python_version}: use the default resolver (uv), or build on a matching machine"
+        )
+    args = [
+        sys.executable, "-m", "piptools", "compile", "requirements.in", "--generate-hashes", "--no-header",
+        "--quiet", "--no-emit-index-url", "--no-emit-find-links", "--strip-extras", "--allow-unsafe",
+        "--output-file", "requirements.lock", *extra,
+    ]  # fmt: skip
+    for host_name in options.trusted_host:
+        args += ["--trusted-host", host_name]
+    if has_constraints:
+        args += ["--constraint", "constraints.txt"]
+    proc = run_tool(args, cwd=work, what="resolve requirements")
+    if proc.returncode != 0:
+        raise _ToolFailed(proc.stderr + proc.stdout)
+    return (work / "requirements.lock").read_text("utf-8")
+
+
+class _ToolFailed(Exception):
+    pass
+
+
+_RESOLVERS = {"uv": _run_uv, "pip-tools": _run_pip_tools}
+
+
+def _cache_key(
+    requirements: list[str], constraints: list[str], options: LockOptions, local: list[str]
+) -> str:
+    fields = asdict(options)
+    fields.pop("offline")  # the same lock serves online and offline bundles
+    blob = {
+        "format": _FORMAT,
+        "requirements": sorted(requirements),
+        "constraints": sorted(constraints),
+        "serve": list(SERVE_REQUIREMENTS),
+        "local_wheels": sorted(local),
+        "options": fields,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _header(options: LockOptions, key: str, hashed: bool) -> list[str]:
+    platform = platform_for(options.platform)
+    resolver = options.resolver if hashed else "no resolver"
+    install = "--require-hashes --no-deps" if hashed else "(no hashes: python.lock_packages is false)"
+    return [
+        f"# Generated by bundler {__version__} with {resolver}; do not edit.",
+        f"# target: {platform.name} ({platform.uv}), CPython {options.python_version}",
+        f"# inputs sha256: {key}",
+        f"# install: pip install {install} -r requirements.lock.txt",
+    ]
+
+
+def lock(
+    requirements: list[str],
+    options: LockOptions,
+    *,
+    wheels_dir: Path,
+    local_wheels: list[Path] | tuple[Path, ...] = (),
+) -> LockResult:
+    """Resolve ``requirements`` plus bundler's serving runtime into a hashed lock for the target platform."""
+    if options.resolver not in _RESOLVERS:
+        raise LockError(f"unknown resolver {options.resolver!r}: choose one of {', '.join(_RESOLVERS)}")
+    platform_for(options.platform)
+    if not re.fullmatch(r"3\.\d{1,2}", options.python_version):
+        raise LockError(
+            f"python version {options.python_version!r} is not X.Y (e.g. '3.11'): fix docker.python_version"
+        )
+    wheels_dir.mkdir(parents=True, exist_ok=True)
+    user_lines = [ln for ln in requirements if not ln.startswith(_INDEX_OPTIONS)]
+    reqs = build_direct_wheels([ln for ln in user_lines if not ln.startswith(_CONSTRAINT)], wheels_dir)
+    constraints = [ln.removeprefix(_CONSTRAINT) for ln in user_lines if ln.startswith(_CONSTRAINT)]
+    local: list[str] = []
+    for wheel in local_wheels:
+        if wheel.parent.resolve() != wheels_dir.resolve():
+            raise LockError(f"local wheel {wheel} must be copied into {wheels_dir} before locking")
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        reqs.append(f"{name}=={version}  # from bentofile python.wheels: {wheel.name}")
+        local.append(f"{wheel.name}={sha256_file(wheel)}")
+    # Everything the resolver reads from wheels_dir (built VCS/path wheels included) is part of the key.
+    local += [
+        f"{p.name}={sha256_file(p)}"
+        for p in sorted(wheels_dir.glob("*.whl"))
+        if not p.name.startswith("bundler-")
+    ]
+    inputs = [*reqs, *(f"{r}  # {BUNDLER_ORIGIN}" for r in SERVE_REQUIREMENTS)]
+    index_inputs = [ln for ln in requirements if ln.startswith(_INDEX_OPTIONS)]
+    key = _cache_key(
+        [_requirement(ln) for ln in inputs] + index_inputs,
+        [_requirement(c) for c in constraints],
+        options,
+        local,
+    )
+    has_local = bool(local)
+    requirements_txt = "\n".join([*index_inputs, *reqs, *(f"# constraint: {c}" for c in constraints)]) + "\n"
+    cached = home() / "cache" / "locks" / f"{key}.txt"
+    if cached.is_file():
+        text = cached.read_text("utf-8")
+        return LockResult(
+            text, hashlib.sha256(text.encode()).hexdigest(), True, options.lock_packages, requirements_txt
+        )
+
+    head = [*_header(options, key, options.lock_packages), *_index_lines(options, index_inputs, has_local)]
+    if not options.lock_packages:
+        body = "\n".join(dict.fromkeys(_requirement(ln) for ln in inputs)) + "\n"
+    else:
+        with tempfile.TemporaryDirectory(prefix="bundler-lock-") as tmp:
+            work = Path(tmp)
+            # Origin comments stay in the input so the resolver's "# via" notes and our errors can name them.
+            (work / "requirements.in").write_text("\n".join([*index_inputs, *inputs]) + "\n", "utf-8")
+            if constraints:
+                (work / "constraints.txt").write_text("\n".join(constraints) + "\n", "utf-8")
+            extra = _resolver_args(options, wheels_dir)
+            try:
+                body = _RESOLVERS[options.resolver](work, options, extra, bool(constraints))
+            except _ToolFailed as exc:
+                raise _resolver_error(
+                    str(exc), inputs + [_CONSTRAINT + c for c in constraints], options
+                ) from None
+        # uv annotates with the temporary input's name; keep the text free of anything machine-specific.
+        body = body.replace(str(wheels_dir.resolve()), "wheels").replace(str(wheels_dir), "wheels")
+    text = "\n".join(head) + "\n" + body
+    _write_atomic(cached, text)
+    return LockResult(
+        text, hashlib.sha256(text.encode()).hexdigest(), False, options.lock_packages, requirements_txt
+    )
+
+
+def locked_names(lock_text: str) -> list[str]:
+    """Return the canonical names pinned in a lock file (for reports and tests)."""
+    return [p.name for p in parse_lock(lock_text)[0]]

@@ -1,0 +1,387 @@
+"""Locking for the target platform: real uv / pip-tools runs against PyPI, the lock cache, bundler's wheel,
+VCS and local wheels, and offline wheel downloads verified against the lock's hashes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bundler import lock as lock_mod
+from bundler import wheels as wheels_mod
+from bundler.exceptions import BundlerError, LockError
+from bundler.lock import (
+    SERVE_REQUIREMENTS,
+    LockOptions,
+    build_bundler_wheel,
+    collect_requirements,
+    download_wheels,
+    lock,
+    locked_names,
+)
+from bundler.store import sha256_file
+from bundler.wheels import parse_lock
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def _make_wheel(directory: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
+    """Write a minimal pure-Python wheel by hand (no build backend, no network)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"VALUE = 1\n",
+        f"{info}/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+            + "".join(f"Requires-Dist: {r}\n" for r in requires)
+        ).encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in files.items():
+            zf.writestr(zipfile.ZipInfo(member, (1980, 1, 2, 0, 0, 0)), data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{member},sha256={digest},{len(data)}")
+        zf.writestr(
+            zipfile.ZipInfo(f"{info}/RECORD", (1980, 1, 2, 0, 0, 0)),
+            "\n".join(record) + f"\n{info}/RECORD,,\n",
+        )
+    return path
+
+
+def _subset(text: str, names: set[str]) -> str:
+    """Keep only the named packages of a lock (to download a few wheels, not the whole runtime)."""
+    packages, _ = parse_lock(text)
+    kept = [p for p in packages if p.name in names]
+    assert {p.name for p in kept} == names
+    return "".join(
+        f"{p.line} " + " ".join(f"--hash=sha256:{h}" for h in sorted(p.hashes)) + "\n" for p in kept
+    )
+
+
+def _pins(text: str) -> dict[str, str]:
+    return {p.name: p.version for p in parse_lock(text)[0]}
+
+
+def test_serve_requirements_match_pyproject_serving_block() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    block = text.split("# serving runtime", 1)[1].split("# build side", 1)[0]
+    declared = re.findall(r'"([^"]+)"', block)
+    assert sorted(declared) == sorted(SERVE_REQUIREMENTS)
+    assert not {"onnx", "jsonschema", "jinja2", "rich", "uv", "pip-tools"} & {
+        re.split(r"[<>=\[]", r)[0] for r in SERVE_REQUIREMENTS
+    }
+
+
+def test_quickstart_locks_for_arm64_with_aarch64_wheels(tmp_path: Path) -> None:
+    reqs = collect_requirements(
+        ["numpy", "onnxruntime", "pillow", 'six ; platform_machine == "aarch64"'], None, tmp_path
+    )
+    arm = lock(reqs, LockOptions(python_version="3.11", platform="linux/arm64"), wheels_dir=tmp_path / "w")
+    amd = lock(reqs, LockOptions(python_version="3.11", platform="linux/amd64"), wheels_dir=tmp_path / "w")
+    assert arm.hashed and not arm.reused
+    assert "# target: linux/arm64 (aarch64-manylinux_2_28), CPython 3.11" in arm.text
+    assert arm.digest == hashlib.sha256(arm.text.encode()).hexdigest()
+    names = set(locked_names(arm.text))
+    assert {"numpy", "onnxruntime", "pillow", "starlette", "uvicorn", "uvloop", "httptools"} <= names
+    # The marker is evaluated for the target, not for this amd64 host.
+    assert "six" in names and "six" not in locked_names(amd.text)
+    assert all(p.hashes for p in parse_lock(arm.text)[0])
+    # pip, told it installs on aarch64, accepts the lock's hashes for the real aarch64 wheels.
+    got = download_wheels(
+        _subset(arm.text, {"numpy", "pillow", "markupsafe"}),
+        tmp_path / "dl",
+        LockOptions(python_version="3.11", platform="linux/arm64"),
+    )
+    assert len(got) == 3 and all("aarch64" in p.name and "cp311" in p.name for p in got), got
+    allowed = {h for p in parse_lock(arm.text)[0] for h in p.hashes}
+    assert all(sha256_file(p) in allowed for p in got)
+
+
+def test_lock_text_is_deterministic_across_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reqs = collect_requirements(["six"], None, tmp_path)
+    first = lock(reqs, LockOptions(python_version=PY), wheels_dir=tmp_path / "a")
+    monkeypatch.setenv("BUNDLER_HOME", str(tmp_path / "other-home"))
+    second = lock(reqs, LockOptions(python_version=PY), wheels_dir=tmp_path / "b")
+    assert not second.reused and first.text == second.text
+    assert str(tmp_path) not in first.text and "requirements.in" in first.text
+
+
+def test_user_pin_conflicting_with_bundler_names_both(tmp_path: Path) -> None:
+    reqs = collect_requirements(["numpy==1.21.0"], None, tmp_path)
+    with pytest.raises(LockError) as err:
+        lock(reqs, LockOptions(python_version="3.11"), wheels_dir=tmp_path / "w")
+    message = str(err.value)
+    assert "numpy==1.21.0 (from bentofile python.packages)" in message
+    assert "numpy>=1.24 (required by bundler)" in message
+    assert "linux/amd64" in message and "Traceback" not in message
+    assert err.value.exit_code == 1
+
+
+def test_conflict_from_requirements_file_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("# pins\nsix\n\nstarlette<0.20\n")
+    reqs = collect_requirements([], Path("requirements.txt"), tmp_path)
+    with pytest.raises(LockError) as err:
+        lock(reqs, LockOptions(python_version="3.11"), wheels_dir=tmp_path / "w")
+    assert "starlette<0.20 (from requirements.txt:4)" in str(err.value)
+    assert "starlette>=0.37 (required by bundler)" in str(err.value)
+
+
+def test_unknown_package_is_named(tmp_path: Path) -> None:
+    reqs = collect_requirements(["no-such-package-bundler-test-xq"], None, tmp_path)
+    with pytest.raises(LockError, match=r"'no-such-package-bundler-test-xq' was not found"):
+        lock(reqs, LockOptions(python_version="3.11"), wheels_dir=tmp_path / "w")
+
+
+def test_nested_requirements_constraints_and_find_links(tmp_path: Path) -> None:
+    _make_wheel(tmp_path / "sub" / "local", "localpkg", "2.0.0", requires=("six",))
+    (tmp_path / "requirements.txt").write_text("-r sub/base.txt\nlocalpkg==2.0.0  # from a local dir\n")
+    (tmp_path / "sub").mkdir(exist_ok=True)
+    (tmp_path / "sub/base.txt").write_text(
+        "--find-links ./local\n-c pins.txt\nsix \\\n  >=1.10\nidna  # inline comment\n"
+    )
+    (tmp_path / "sub/pins.txt").write_text("six<1.17\n")
+    reqs = collect_requirements(["certifi"], Path("requirements.txt"), tmp_path)
+    assert "six >=1.10  # from sub/base.txt:3" in reqs
+    assert "-c six<1.17  # from sub/pins.txt:1" in reqs
+    assert f"--find-links {tmp_path / 'sub/local'}" in reqs
+    result = lock(reqs, LockOptions(python_version="3.11"), wheels_dir=tmp_path / "w")
+    pins = _pins(result.text)
+    assert pins["six"] == "1.16.0"  # the constraint from the nested -c file applied
+    assert pins["localpkg"] == "2.0.0" and "idna" in pins and "certifi" in pins
+    assert str(tmp_path) not in result.text  # a host path would not exist in the image
+    assert "six >=1.10  # from sub/base.txt:3" in result.requirements_txt
+    assert "# constraint: six<1.17" in result.requirements_txt
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("-r missing.txt\n", r"requirements file missing\.txt not found \(included from"),
+        ("--pre\nsix\n", r"requirements\.txt:1: the option '--pre' is not supported"),
+        ("-r requirements.txt\n", r"loop"),
+    ],
+)
+def test_bad_requirements_files(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "requirements.txt").write_text(content)
+    with pytest.raises(LockError, match=message):
+        collect_requirements([], Path("requirements.txt"), tmp_path)
+
+
+def test_lock_packages_false_keeps_pins_without_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_resolver(*args: object, **kwargs: object) -> None:
+        raise AssertionError("lock_packages: false must not run a resolver")
+
+    monkeypatch.setattr(lock_mod, "run_tool", no_resolver)
+    reqs = collect_requirements(["six==1.16.0", "requests"], None, tmp_path)
+    result = lock(reqs, LockOptions(python_version="3.11", lock_packages=False), wheels_dir=tmp_path / "w")
+    assert not result.hashed and "--hash" not in result.text
+    lines = result.text.splitlines()
+    assert "six==1.16.0" in lines and "requests" in lines and "numpy>=1.24" in lines
+    assert "lock_packages is false" in result.text
+
+
+def test_unchanged_inputs_reuse_the_cached_lock_without_a_resolver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundler_home: Path
+) -> None:
+    reqs = collect_requirements(["six"], None, tmp_path)
+    options = LockOptions(python_version="3.11", platform="linux/arm64")
+    first = lock(reqs, options, wheels_dir=tmp_path / "w1")
+    assert not first.reused and len(list((bundler_home / "cache/locks").glob("*.txt"))) == 1
+
+    # No resolver and no network from here on: uv is off PATH and every subprocess call fails.
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(lock_mod, "uv_command", lambda: ["/nonexistent/uv"])
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise LockError("resolver called")
+
+    monkeypatch.setattr(lock_mod, "run_tool", offline)
+    again = lock(list(reversed(reqs)), options, wheels_dir=tmp_path / "w2")
+    assert again.reused and again.text == first.text and again.digest == first.digest
+    # The same patch does stop a lock that is not cached, so the reuse above is real.
+    with pytest.raises(LockError, match="resolver called"):
+        lock(reqs, LockOptions(python_version="3.12", platform="linux/arm64"), wheels_dir=tmp_path / "w3")
+
+
+def test_local_wheels_are_locked_by_hash(tmp_path: Path) -> None:
+    wheels_dir = tmp_path / "env/python/wheels"
+    wheel = _make_wheel(wheels_dir, "mylocal", "0.3.0", requires=("six>=1.15",))
+    result = lock([], LockOptions(python_version="3.11"), wheels_dir=wheels_dir, local_wheels=[wheel])
+    entry = next(p for p in parse_lock(result.text)[0] if p.name == "mylocal")
+    assert entry.version == "0.3.0" and entry.hashes == {sha256_file(wheel)}
+    assert "--find-links wheels" in result.text.splitlines() and "six" in locked_names(result.text)
+
+
+def test_vcs_requirement_is_built_into_a_hashed_wheel(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "vcspkg").mkdir(parents=True)
+    (repo / "vcspkg/__init__.py").write_text("")
+    (repo / "setup.py").write_text(
+        "from setuptools import setup\nsetup(name='vcspkg', version='1.2.3', packages=['vcspkg'])\n"
+    )
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+        ).stdout
+
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    commit = git("rev-parse", "HEAD").strip()
+    wheels_dir = tmp_path / "wheels"
+    reqs = collect_requirements([f"vcspkg @ git+file://{repo}@{commit}"], None, tmp_path)
+    result = lock(reqs, LockOptions(python_version="3.11"), wheels_dir=wheels_dir)
+    built = sorted(wheels_dir.glob("vcspkg-1.2.3-*.whl"))
+    assert len(built) == 1
+    entry = next(p for p in parse_lock(result.text)[0] if p.name == "vcspkg")
+    assert entry.version == "1.2.3" and sha256_file(built[0]) in entry.hashes
+    assert "--find-links wheels" in result.text
+    assert (
+        f"vcspkg==1.2.3  # built from vcspkg @ git+file://{repo}@{commit} (from bentofile python.packages)"
+    ) in result.requirements_txt
+
+
+def test_bad_vcs_requirement_is_a_clean_error(tmp_path: Path) -> None:
+    reqs = collect_requirements([f"git+file://{tmp_path}/no-repo#egg=nothing"], None, tmp_path)
+    with pytest.raises(LockError, match="cannot build a wheel for the requirement"):
+        lock(reqs, LockOptions(python_version="3.11"), wheels_dir=tmp_path / "w")
+
+
+def test_offline_download_verifies_hashes_and_uses_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundler_home: Path
+) -> None:
+    base = lock(
+        collect_requirements(["six"], None, tmp_path),
+        LockOptions(python_version="3.11"),
+        wheels_dir=tmp_path / "w",
+    )
+    text = _subset(base.text, {"six", "idna"})
+    options = LockOptions(python_version="3.11", offline=True)
+    got = download_wheels(text, tmp_path / "dest", options)
+    assert sorted(p.name.split("-")[0] for p in got) == ["idna", "six"]
+    assert len(list((bundler_home / "cache/wheels").iterdir())) == 2
+
+    # A second bundle gets them from the cache: pip is not run.
+    monkeypatch.setattr(wheels_mod, "run_tool", lambda *a, **k: pytest.fail("pip ran despite the cache"))
+    again = download_wheels(text, tmp_path / "dest2", options)
+    assert [p.name for p in again] == [p.name for p in got]
+    monkeypatch.undo()
+    monkeypatch.setenv("BUNDLER_HOME", str(bundler_home))
+
+    # A hash that no wheel has: pip refuses it and so do we.
+    bad = re.sub(r"(six==\S+) .*", r"\1 --hash=sha256:" + "0" * 64, text)
+    with pytest.raises(LockError, match="hash"):
+        download_wheels(bad, tmp_path / "dest3", options)
+
+
+def test_offline_package_without_a_target_wheel_is_named(tmp_path: Path) -> None:
+    # docopt 0.6.2 exists only as an sdist, so an offline bundle cannot carry a wheel of it.
+    base = lock(
+        collect_requirements(["docopt==0.6.2"], None, tmp_path),
+        LockOptions(python_version="3.11"),
+        wheels_dir=tmp_path / "w",
+    )
+    with pytest.raises(LockError) as err:
+        download_wheels(
+            _subset(base.text, {"docopt"}),
+            tmp_path / "dest",
+            LockOptions(python_version="3.11", offline=True),
+        )
+    assert "no wheel of docopt" in str(err.value) and "linux/amd64" in str(err.value)
+    assert "python.wheels" in str(err.value)
+
+
+@pytest.mark.slow
+def test_pip_tools_resolver_on_the_host(tmp_path: Path) -> None:
+    reqs = collect_requirements(["six==1.16.0"], None, tmp_path)
+    result = lock(reqs, LockOptions(python_version=PY, resolver="pip-tools"), wheels_dir=tmp_path / "w")
+    assert "with pip-tools" in result.text and result.hashed
+    pins = _pins(result.text)
+    assert pins["six"] == "1.16.0" and "numpy" in pins and "onnxruntime" in pins
+    assert all(p.hashes for p in parse_lock(result.text)[0])
+
+
+def test_pip_tools_refuses_another_platform(tmp_path: Path) -> None:
+    with pytest.raises(LockError, match=r"pip-tools resolver can only lock for this machine .* linux/arm64"):
+        lock(
+            ["six"],
+            LockOptions(python_version=PY, platform="linux/arm64", resolver="pip-tools"),
+            wheels_dir=tmp_path,
+        )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            LockOptions(python_version="3.11", platform="windows/amd64"),
+            "unsupported target platform 'windows/amd64'",
+        ),
+        (LockOptions(python_version="3.11", resolver="poetry"), "unknown resolver 'poetry'"),
+        (LockOptions(python_version="3"), "is not X.Y"),
+    ],
+)
+def test_bad_options(tmp_path: Path, options: LockOptions, message: str) -> None:
+    with pytest.raises(LockError, match=message):
+        lock(["six"], options, wheels_dir=tmp_path)
+
+
+def test_bundler_wheel_is_reproducible_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = wheels_mod._source_root()
+    assert root == ROOT
+    # Other work may edit the checkout meanwhile (a real source change must rebuild): retry on a changed key.
+    for attempt in range(5):
+        key = wheels_mod._source_key(ROOT)
+        first = build_bundler_wheel(tmp_path / f"a{attempt}")
+        with monkeypatch.context() as patch:
+            patch.setattr(wheels_mod, "run_tool", lambda *a, **k: pytest.fail("rebuilt an unchanged wheel"))
+            try:
+                again = build_bundler_wheel(tmp_path / f"b{attempt}")
+            except pytest.fail.Exception:
+                if wheels_mod._source_key(ROOT) != key:
+                    continue
+                raise
+        patch_home = tmp_path / f"home{attempt}"
+        with monkeypatch.context() as patch:
+            patch.setenv("BUNDLER_HOME", str(patch_home))
+            rebuilt = build_bundler_wheel(tmp_path / f"c{attempt}")
+        if wheels_mod._source_key(ROOT) == key:
+            break
+    assert re.fullmatch(r"bundler-[^-]+-py3-none-any\.whl", first.name)
+    with zipfile.ZipFile(first) as zf:
+        names = zf.namelist()
+    assert "bundler/lock.py" in names and not [n for n in names if "__pycache__" in n]
+    # Unchanged sources: the cached wheel was copied; a fresh home built it again, byte for byte the same.
+    assert again.read_bytes() == first.read_bytes()
+    assert sha256_file(rebuilt) == sha256_file(first)
+
+
+def test_bundler_wheel_key_follows_sources(tmp_path: Path) -> None:
+    tree = tmp_path / "src"
+    for rel in ("bundler/__init__.py", "templates/Dockerfile.j2", "pyproject.toml"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(rel)
+    (tree / "bundler/__pycache__").mkdir()
+    (tree / "bundler/__pycache__/x.pyc").write_bytes(b"junk")
+    key = wheels_mod._source_key(tree)
+    (tree / "bundler/__pycache__/x.pyc").write_bytes(b"other junk")
+    assert wheels_mod._source_key(tree) == key
+    (tree / "templates/Dockerfile.j2").write_text("changed")
+    assert wheels_mod._source_key(tree) != key
+
+
+def test_errors_are_bundler_errors() -> None:
+    assert issubclass(LockError, BundlerError) and LockError("x").exit_code == 1
