@@ -57,7 +57,7 @@ def encode(spec: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
         raise BadInput(
             f"API {spec.name!r} takes exactly one input ({kind}); got {len(args)} and {sorted(kwargs)}"
         )
-    value = args[0]
+    value: Any = args[0]
     headers = {"accept": _accept(spec)}
     if kind == "NumpyNdarray":
         import numpy as np

@@ -403,7 +403,7 @@ class Image(IODescriptor):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-                img = PILImage.open(io.BytesIO(body))
+                img: Any = PILImage.open(io.BytesIO(body))
         except PILImage.DecompressionBombError as exc:
             raise PayloadTooLarge(f"Image input: refused a decompression bomb ({exc})") from exc
         except (UnidentifiedImageError, OSError, ValueError) as exc:

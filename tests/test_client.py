@@ -1,0 +1,116 @@
+"""Client and AsyncClient against a real server: every descriptor, attribute calls, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from pydantic import BaseModel
+
+import bundler
+from bundler.client import AsyncClient, Client
+from bundler.exceptions import HTTPError, NotFound
+from bundler.io import JSON, File, Image, NumpyNdarray, Text
+from bundler.server.app import build_app
+from bundler.server.testing import running
+
+
+class Point(BaseModel):
+    x: float
+    y: float
+
+
+def make_service() -> bundler.Service:
+    svc = bundler.Service("client-demo")
+
+    @svc.api(input=NumpyNdarray(), output=NumpyNdarray())
+    def square(a: np.ndarray) -> np.ndarray:
+        return a * a
+
+    @svc.api(input=JSON(pydantic_model=Point), output=JSON(), route="geo/norm")
+    async def norm(p: Point) -> dict[str, float]:
+        return {"norm": (p.x**2 + p.y**2) ** 0.5}
+
+    @svc.api(input=Image(), output=Image())
+    def flip(img: Any) -> Any:
+        return img.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
+
+    @svc.api(input=Text(), output=Text())
+    def upper(t: str) -> str:
+        return t.upper()
+
+    @svc.api(input=File(), output=File())
+    def rev(b: bytes) -> bytes:
+        return b[::-1]
+
+    @svc.api(input=JSON(), output=NumpyNdarray())
+    def zeros(obj: dict) -> np.ndarray:
+        return np.zeros(obj["n"], dtype=np.int32)
+
+    return svc
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with running(build_app(make_service())) as base:
+        yield base
+
+
+def test_client_calls_every_descriptor(url: str) -> None:
+    with Client(url) as c:
+        assert set(c.apis) == {"square", "norm", "flip", "upper", "rev", "zeros"}
+        arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+        out = c.square(arr)  # .npy both ways: the dtype survives
+        assert out.dtype == np.float32 and out.tolist() == (arr * arr).tolist()
+        assert c.call("square", [[1, 2]]).tolist() == [[1, 4]]
+        assert c.norm({"x": 3, "y": 4}) == {"norm": 5.0}
+        assert c.norm(x=6, y=8) == {"norm": 10.0}
+        assert c.norm(Point(x=0, y=2)) == {"norm": 2.0}
+        img = PILImage.new("RGB", (2, 1))
+        img.putpixel((0, 0), (255, 0, 0))
+        flipped = c.flip(img)
+        assert isinstance(flipped, PILImage.Image) and flipped.getpixel((1, 0)) == (255, 0, 0)
+        assert c.upper("straße") == "STRASSE"
+        assert c.rev(b"\x00\x01\x02") == b"\x02\x01\x00"
+        z = c.zeros({"n": 3})
+        assert isinstance(z, np.ndarray) and z.dtype == np.int32 and z.tolist() == [0, 0, 0]
+
+
+def test_client_errors_carry_status_and_body(url: str) -> None:
+    with Client(url) as c:
+        with pytest.raises(HTTPError) as info:
+            c.norm({"x": "far"})
+        assert info.value.status_code == 422
+        assert isinstance(info.value.detail, list) and {tuple(e["loc"]) for e in info.value.detail} == {
+            ("x",),
+            ("y",),
+        }
+        assert "answered 422" in str(info.value)
+        with pytest.raises(NotFound, match="no API named 'nope'"):
+            c.call("nope", 1)
+        with pytest.raises(AttributeError):
+            _ = c.nope
+
+
+def test_client_for_a_server_that_is_not_there() -> None:
+    with pytest.raises(HTTPError, match=r"docs\.json could not be read"):
+        Client("http://127.0.0.1:9", timeout=2)
+
+
+def test_async_client(url: str) -> None:
+    async def main() -> list[Any]:
+        async with AsyncClient(url) as c:
+            results = await asyncio.gather(*(c.call("square", np.full(2, i, np.int64)) for i in range(8)))
+            text = await c.upper("abc")
+            with pytest.raises(HTTPError) as info:
+                await c.call("square", [[1, 2], [3]])
+            assert info.value.status_code == 422
+            return [*results, text]
+
+    *arrays, text = asyncio.run(main())
+    assert [a.tolist() for a in arrays] == [[i * i, i * i] for i in range(8)]
+    assert text == "ABC"

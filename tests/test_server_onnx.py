@@ -1,0 +1,145 @@
+"""Real runners behind the real server: ONNX Runtime sessions, the batcher, overload, OpenAPI specs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+import bundler
+from bundler.frameworks.onnx import OnnxSession
+from bundler.io import NumpyNdarray
+from bundler.server.app import build_app
+from bundler.server.testing import running
+from tests.models import make_mlp, reference_run
+
+IN = 16
+
+
+def mlp_service(
+    batchable: bool = True, hidden: int = 64, **runner_options: Any
+) -> tuple[bundler.Service, Any]:
+    proto = make_mlp(None, in_dim=IN, hidden=hidden, out=3)
+    model = bundler.onnx.save_model("mlp", proto, signatures={"run": {"batchable": batchable}})
+    runner = model.to_runner(**runner_options)
+    svc = bundler.Service("mlp-svc", runners=[runner])
+
+    @svc.api(input=NumpyNdarray(), output=NumpyNdarray())
+    def predict(x: np.ndarray) -> np.ndarray:
+        return runner.run.run(x)
+
+    @svc.api(input=NumpyNdarray(), output=NumpyNdarray())
+    async def apredict(x: np.ndarray) -> np.ndarray:
+        return await runner.run.async_run(x)
+
+    return svc, proto
+
+
+@pytest.fixture
+def run_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count ONNX Runtime calls (rows per call) of every OnnxSession."""
+    calls: list[int] = []
+    original = OnnxSession.run
+
+    def counting(self: OnnxSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        calls.append(next(iter(feed.values())).shape[0])
+        return original(self, feed)
+
+    monkeypatch.setattr(OnnxSession, "run", counting)
+    return calls
+
+
+def wait_ready(url: str) -> None:
+    with httpx.Client(base_url=url) as c:
+        for _ in range(500):
+            if c.get("/readyz").status_code == 200:
+                return
+            asyncio.run(asyncio.sleep(0.01))
+    raise AssertionError("runners did not load")
+
+
+@pytest.fixture
+def served(run_calls: list[int]) -> Iterator[tuple[str, Any]]:
+    svc, proto = mlp_service()
+    with running(build_app(svc)) as url:
+        wait_ready(url)
+        yield url, proto
+
+
+async def _fire(url: str, route: str, inputs: list[np.ndarray]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(inputs), max_keepalive_connections=len(inputs))
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as c:
+        return await asyncio.gather(*(c.post(route, json=x.tolist()) for x in inputs))
+
+
+@pytest.mark.parametrize("route", ["/predict", "/apredict"])
+def test_64_concurrent_requests_are_batched_and_equal_unbatched(
+    served: tuple[str, Any], run_calls: list[int], route: str
+) -> None:
+    url, proto = served
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((1, IN)).astype(np.float32) for _ in range(64)]
+    run_calls.clear()
+    responses = asyncio.run(_fire(url, route, inputs))
+    assert [r.status_code for r in responses] == [200] * 64
+    for x, r in zip(inputs, responses, strict=True):
+        expected = reference_run(proto, {"x": x})[0]
+        np.testing.assert_allclose(np.asarray(r.json(), dtype=np.float32), expected, rtol=1e-5, atol=1e-6)
+    assert sum(run_calls) == 64
+    assert len(run_calls) < 64, f"no batching: {len(run_calls)} session.run calls for 64 requests"
+    metrics = httpx.get(f"{url}/metrics").text
+    count = re.search(r'bundler_runner_batch_size_count\{runner="mlp"\} (\S+)', metrics)
+    assert count and float(count.group(1)) >= len(run_calls)
+
+
+def test_wrong_input_shape_is_400_naming_the_input(served: tuple[str, Any]) -> None:
+    url, _ = served
+    r = httpx.post(f"{url}/predict", json=[[1.0, 2.0]])
+    assert r.status_code == 400
+    assert "'x'" in r.json()["error"] and str(IN) in r.json()["error"]
+
+
+def test_openapi_takes_dtype_and_shape_from_the_runner_model(served: tuple[str, Any]) -> None:
+    url, _ = served
+    doc = httpx.get(f"{url}/docs.json").json()
+    schema = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "minItems" not in schema  # the batch axis is dynamic
+    assert schema["items"]["minItems"] == schema["items"]["maxItems"] == IN
+    assert schema["items"]["items"] == {"type": "number", "format": "float"}
+    out = doc["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert out["items"]["maxItems"] == 3
+
+
+def test_unbatched_runner_serves_each_request_on_its_own(run_calls: list[int]) -> None:
+    svc, proto = mlp_service(batchable=False)
+    with running(build_app(svc)) as url:
+        wait_ready(url)
+        x = np.ones((2, IN), np.float32)
+        r = httpx.post(f"{url}/predict", json=x.tolist())
+        np.testing.assert_allclose(
+            np.asarray(r.json(), np.float32), reference_run(proto, {"x": x})[0], rtol=1e-5
+        )
+    assert run_calls == [2]
+
+
+def test_full_runner_queue_is_503_with_retry_after(run_calls: list[int]) -> None:
+    svc, proto = mlp_service(hidden=2048, max_queue=1)
+    with running(build_app(svc)) as url:
+        wait_ready(url)
+        rng = np.random.default_rng(2)
+        inputs = [rng.standard_normal((1, IN)).astype(np.float32) for _ in range(64)]
+        responses = asyncio.run(_fire(url, "/apredict", inputs))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}
+    assert 503 in statuses, "a one-row queue under 64 concurrent requests must overflow"
+    for x, r in zip(inputs, responses, strict=True):
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1 and "queue is full" in r.json()["error"]
+        else:
+            expected = reference_run(proto, {"x": x})[0]
+            np.testing.assert_allclose(np.asarray(r.json(), np.float32), expected, rtol=1e-4, atol=1e-5)

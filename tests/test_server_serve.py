@@ -1,0 +1,247 @@
+"""load_service (module:svc, bundle dir, bundle tag) and serve() in real subprocesses (SIGTERM drain)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+import bundler
+from bundler.exceptions import BadInput, NotFound
+from bundler.server.serve import load_service
+from tests.models import make_mlp, reference_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SERVICE = """
+import bundler
+from bundler.io import JSON
+
+svc = bundler.Service("{name}")
+other = 42
+
+@svc.api(input=JSON(), output=JSON())
+def hello(obj):
+    return {{"hello": obj, "from": "{name}"}}
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def make_bundle(root: Path, name: str = "demo", version: str = "v1", module: str = "service") -> Path:
+    write(root / "src" / f"{module}.py", SERVICE.format(name=name))
+    write(root / "bundle.yaml", yaml.safe_dump({"tag": f"{name}:{version}", "service": f"{module}:svc"}))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def restore_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # load_service sets BUNDLER_BUNDLE_DIR for the process; let monkeypatch put it back after each test.
+    monkeypatch.setenv("BUNDLER_BUNDLE_DIR", "")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+# -- load_service ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["svcmod_a:svc", "svcmod_a", "svcmod_a.py:svc"])
+def test_module_targets(tmp_path: Path, target: str) -> None:
+    write(tmp_path / "svcmod_a.py", SERVICE.format(name="mod-a"))
+    svc = load_service(target, working_dir=tmp_path)
+    assert isinstance(svc, bundler.Service) and svc.name == "mod-a" and list(svc.apis) == ["hello"]
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "error", "match"),
+    [
+        (SERVICE.format(name="x"), "svcmod_b:nope", NotFound, "has no attribute 'nope'; it defines svc"),
+        (SERVICE.format(name="x"), "svcmod_b:other", BadInput, "is a int, not a bundler.Service"),
+        ("raise RuntimeError('no GPU here')", "svcmod_b:svc", BadInput, "RuntimeError: no GPU here"),
+        ("import not_a_module_xyz", "svcmod_b:svc", BadInput, "not_a_module_xyz"),
+        (SERVICE.format(name="x"), "elsewhere:svc", NotFound, "no module 'elsewhere'"),
+    ],
+)
+def test_module_target_errors(tmp_path: Path, source: str, target: str, error: type, match: str) -> None:
+    write(tmp_path / "svcmod_b.py", source)
+    sys.modules.pop("svcmod_b", None)
+    with pytest.raises(error, match=match):
+        load_service(target, working_dir=tmp_path)
+
+
+def test_directory_without_bundle_yaml_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotFound, match=r"without bundle\.yaml"):
+        load_service("empty", working_dir=tmp_path)
+
+
+def test_bundle_directory_sets_bundle_dir_and_version(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b1", name="demo-one", version="v7")
+    svc = load_service(str(bundle))
+    assert (svc.name, svc.version) == ("demo-one", "v7")
+    assert os.environ["BUNDLER_BUNDLE_DIR"] == str(bundle.resolve())
+    assert svc.openapi()["info"]["version"] == "v7"
+
+
+def test_two_bundles_with_the_same_module_name_do_not_shadow(tmp_path: Path) -> None:
+    first = load_service(str(make_bundle(tmp_path / "one", name="first")))
+    second = load_service(str(make_bundle(tmp_path / "two", name="second")))
+    assert (first.name, second.name) == ("first", "second")
+
+
+def test_bundle_tag_from_the_store(bundler_home: Path, tmp_path: Path) -> None:
+    make_bundle(bundler_home / "bundles" / "demo" / "v1", name="demo", version="v1")
+    make_bundle(bundler_home / "bundles" / "demo" / "v2", name="demo", version="v2")
+    (bundler_home / "bundles" / "demo" / "latest").write_text("v2")
+    assert load_service("demo:v1", working_dir=tmp_path).version == "v1"
+    assert load_service("demo", working_dir=tmp_path).version == "v2"
+    with pytest.raises(NotFound, match="no bundle 'ghost:v1' in the store"):
+        load_service("ghost:v1", working_dir=tmp_path)
+
+
+# -- serve() in a subprocess -------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(
+    target: str, cwd: Path, env: dict[str, str] | None = None, **options: object
+) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    args = ", ".join(f"{k}={v!r}" for k, v in {"port": port, "log_level": "warning", **options}.items())
+    code = f"from bundler.server.serve import serve; serve({target!r}, {args})"
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=cwd, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("serve did not become ready in 30s")
+
+
+# After a graceful shutdown uvicorn re-raises the signal, so a clean SIGTERM exit reads -15 (143 in a shell).
+CLEAN_EXIT = (0, -signal.SIGTERM)
+
+
+def stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
+    write(
+        tmp_path / "slowsvc.py",
+        """
+        import time
+        import bundler
+        from bundler.io import JSON
+
+        svc = bundler.Service("slow")
+
+        @svc.api(input=JSON(), output=JSON())
+        def wait(obj):
+            time.sleep(obj["seconds"])
+            return {"slept": obj["seconds"]}
+        """,
+    )
+    proc, url = start("slowsvc:svc", tmp_path)
+    try:
+        result: dict[str, object] = {}
+
+        def call() -> None:
+            try:
+                r = httpx.post(f"{url}/wait", json={"seconds": 1.5}, timeout=10)
+                result["status"], result["body"] = r.status_code, r.json()
+            except Exception as exc:  # reported by the assertion below
+                result["error"] = exc
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        time.sleep(0.5)  # the request is in the API function now
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/livez", timeout=1)  # no new connections while draining
+        thread.join(10)
+        assert result == {"status": 200, "body": {"slept": 1.5}}
+        assert proc.wait(10) in CLEAN_EXIT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_a_bundle_directory_with_its_own_model(tmp_path: Path, bundler_home: Path) -> None:
+    # The model lives only inside the bundle; the server's BUNDLER_HOME is empty.
+    proto = make_mlp(None, in_dim=4, hidden=8, out=2)
+    model = bundler.onnx.save_model("tiny", proto)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundler_home / "models", bundle / "models")
+    write(
+        bundle / "src" / "service.py",
+        """
+        import bundler
+        from bundler.io import NumpyNdarray
+
+        runner = bundler.onnx.get("tiny:latest").to_runner()
+        svc = bundler.Service("tiny-svc", runners=[runner])
+
+        @svc.api(input=NumpyNdarray(), output=NumpyNdarray())
+        def predict(x):
+            return runner.run.run(x)
+        """,
+    )
+    write(
+        bundle / "bundle.yaml",
+        yaml.safe_dump({"tag": f"tiny-svc:{model.tag.version}", "service": "service:svc"}),
+    )
+    empty_home = tmp_path / "empty-home"
+    proc, url = start(str(bundle), tmp_path, env={"BUNDLER_HOME": str(empty_home)})
+    try:
+        x = np.ones((3, 4), np.float32)
+        r = httpx.post(f"{url}/predict", json=x.tolist())
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(
+            np.asarray(r.json(), np.float32), reference_run(proto, {"x": x})[0], rtol=1e-5
+        )
+        assert httpx.get(f"{url}/docs.json").json()["info"]["version"] == model.tag.version
+    finally:
+        assert stop(proc) in CLEAN_EXIT
+
+
+@pytest.mark.slow
+def test_serve_with_two_workers(tmp_path: Path) -> None:
+    write(tmp_path / "twosvc.py", SERVICE.format(name="two"))
+    proc, url = start("twosvc:svc", tmp_path, workers=2, max_body_size=64)
+    try:
+        assert httpx.post(f"{url}/hello", json=1).json() == {"hello": 1, "from": "two"}
+        assert httpx.post(f"{url}/hello", json="x" * 100).status_code == 413  # the limit reached the workers
+    finally:
+        assert stop(proc) in CLEAN_EXIT
