@@ -52,7 +52,9 @@ class Model:
         """Return the path of the saved model file inside the entry."""
         return self.path / str(self.info.get("model_file", "saved_model.onnx"))
 
-    def with_options(self, *, providers: list[Any] | None = None, session_options: Any = None) -> Model:
+    def with_options(
+        self, *, providers: builtins.list[Any] | None = None, session_options: Any = None
+    ) -> Model:
         """Return a new Model that loads with these providers and session options (unset ones are kept)."""
         options = dict(self._options)
         if providers is not None:
