@@ -182,8 +182,8 @@ def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels
     svc = scan_service(module_path, attribute)
     plan = Plan(_bundle_name(cfg, svc))
 
-    for f in select_sources(cfg.context, list(cfg.include), list(cfg.exclude)):
-        plan.files.append(PlannedFile(f"src/{f.rel}", source=f.path, executable=f.executable))
+    for src in select_sources(cfg.context, list(cfg.include), list(cfg.exclude)):
+        plan.files.append(PlannedFile(f"src/{src.rel}", source=src.path, executable=src.executable))
 
     tags = list(dict.fromkeys([m.tag for m in cfg.models] + svc.model_tags))
     model_files, model_infos = _model_files(tags)
@@ -272,9 +272,7 @@ def _openapi(staged: Path, service: str, say: Say) -> dict[str, Any] | None:
         return None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        say(
-            f"note: the service does not import here ({last}); apis/openapi.yaml from the source only"
-        )
+        say(f"note: the service does not import here ({last}); apis/openapi.yaml from the source only")
         return None
     try:
         doc = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -405,9 +403,9 @@ def build(
             cfg, platform=platform, resolver=resolver, offline=want_offline, wheels_dir=wheels, say=say
         )
         tag = Tag(plan.name, plan.version)
-        existing = store.root / tag.name / tag.version
+        existing = store.root / plan.name / plan.version
         if (existing / "bundle.yaml").is_file():
-            atomic_write_text(existing.parent / "latest", tag.version + "\n")
+            atomic_write_text(existing.parent / "latest", plan.version + "\n")
             path, created = existing, False
         else:
             path, created = write_bundle(cfg, plan, say)

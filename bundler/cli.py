@@ -205,8 +205,8 @@ def verify(tag: str, is_model: bool) -> None:
     full = store.resolve(tag)
     problems = store.verify(full)
     if problems:
-        for p in problems:
-            _err(f"{store.kind} {full}: {p}")
+        for problem in problems:
+            _err(f"{store.kind} {full}: {problem}")
         sys.exit(1)
     click.echo(f"{store.kind} {full}: every file matches its manifest")
 

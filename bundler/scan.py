@@ -87,12 +87,9 @@ def scan_service(module_path: Path, attribute: str) -> ServiceInfo:
                 if call is None:
                     continue
                 kw = {k.arg: k.value for k in call.keywords if k.arg}
-                name = node.name
-                if isinstance(kw.get("name"), ast.Constant):
-                    name = str(kw["name"].value)  # type: ignore[union-attr]
-                route = name
-                if isinstance(kw.get("route"), ast.Constant):
-                    route = str(kw["route"].value).lstrip("/")  # type: ignore[union-attr]
+                name_node, route_node = kw.get("name"), kw.get("route")
+                name = str(name_node.value) if isinstance(name_node, ast.Constant) else node.name
+                route = str(route_node.value).lstrip("/") if isinstance(route_node, ast.Constant) else name
                 info.apis.append(
                     ApiInfo(name, route, _descriptor(kw.get("input")), _descriptor(kw.get("output")))
                 )

@@ -64,6 +64,7 @@ def select_sources(context: Path, include: list[str], exclude: list[str]) -> lis
     includes = _spec(include or ["*"])
     ignores = _Ignores([*ALWAYS_EXCLUDED, *exclude])
     out: dict[str, SourceFile] = {}
+
     def walk(directory: Path, rel_dir: str, ancestors: frozenset[Path] = frozenset()) -> None:
         real = directory.resolve()
         if real in ancestors:  # a link back up the tree: a loop

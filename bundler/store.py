@@ -8,6 +8,7 @@ half-written entry; ``<name>/latest`` names the newest version.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import gzip
 import hashlib
@@ -248,7 +249,7 @@ class Store:
             out += entries
         return out
 
-    def verify(self, tag: str | Tag) -> list[str]:
+    def verify(self, tag: str | Tag) -> builtins.list[str]:
         """Check an entry against its manifest; return the problems (empty when intact)."""
         return verify_manifest(self.path(tag))
 

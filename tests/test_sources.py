@@ -25,7 +25,9 @@ def _rels(root: Path, include: list[str] | None = None, exclude: list[str] | Non
 
 
 def test_include_exclude_and_default_exclusions(tmp_path: Path) -> None:
-    _tree(tmp_path, ["service.py", "lib/util.py", "data/big.bin", "notes.md", "__pycache__/x.pyc", ".git/HEAD"])
+    _tree(
+        tmp_path, ["service.py", "lib/util.py", "data/big.bin", "notes.md", "__pycache__/x.pyc", ".git/HEAD"]
+    )
     assert _rels(tmp_path) == ["data/big.bin", "lib/util.py", "notes.md", "service.py"]
     assert _rels(tmp_path, ["*.py"]) == ["lib/util.py", "service.py"]
     assert _rels(tmp_path, ["*"], ["data/", "*.md"]) == ["lib/util.py", "service.py"]

@@ -16,7 +16,9 @@ def _store(tmp_path: Path) -> Store:
     return Store(tmp_path / "bundles", "bundle", "bundle.yaml")
 
 
-def _add(store: Store, name: str, version: str, body: str = "x", created: str = "2026-01-01T00:00:00Z") -> Path:
+def _add(
+    store: Store, name: str, version: str, body: str = "x", created: str = "2026-01-01T00:00:00Z"
+) -> Path:
     with store.staging() as staged:
         (staged / "bundle.yaml").write_text(f"name: {name}\nversion: {version}\ncreation_time: '{created}'\n")
         (staged / "src").mkdir()
@@ -28,13 +30,19 @@ def _add(store: Store, name: str, version: str, body: str = "x", created: str = 
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("iris", Tag("iris", None)), ("iris:latest", Tag("iris", None)), ("a.b-c_d:v1.2", Tag("a.b-c_d", "v1.2"))],
+    [
+        ("iris", Tag("iris", None)),
+        ("iris:latest", Tag("iris", None)),
+        ("a.b-c_d:v1.2", Tag("a.b-c_d", "v1.2")),
+    ],
 )
 def test_tag_parse(text: str, expected: Tag) -> None:
     assert Tag.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "Iris", "iris:", "-iris", "iris-", "a" * 64, "iris:v/1", "../x", "a:b:c"])
+@pytest.mark.parametrize(
+    "text", ["", "Iris", "iris:", "-iris", "iris-", "a" * 64, "iris:v/1", "../x", "a:b:c"]
+)
 def test_tag_parse_rejects(text: str) -> None:
     with pytest.raises(InvalidTag, match="invalid tag"):
         Tag.parse(text)
