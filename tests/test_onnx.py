@@ -148,6 +148,32 @@ def test_batchable_with_static_batch_axis_is_refused(static_output: bool, where:
     assert bundler.models.list() == []
 
 
+def test_sklearn_zipmap_output_is_not_batchable_but_saves_plain() -> None:
+    pytest.importorskip("skl2onnx", reason="needs skl2onnx (test extra)")
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+    clf = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    with pytest.raises(ModelError, match=r"output 'output_probability' is a sequence.*'zipmap': False"):
+        bundler.onnx.save_model("clf", to_onnx(clf, x[:1]), signatures={"run": {"batchable": True}})
+    plain = bundler.onnx.save_model("clf", to_onnx(clf, x[:1]))
+    assert plain.info["outputs"][1] == {
+        "name": "output_probability",
+        "dtype": None,
+        "shape": None,
+        "type": "sequence",
+    }
+    batched = bundler.onnx.save_model(
+        "clf", to_onnx(clf, x[:1], options={"zipmap": False}), signatures={"run": {"batchable": True}}
+    )
+    runner = batched.to_runner()
+    runner.init_local()
+    labels, probs = runner.run.run(x[:5].astype(np.float64))
+    np.testing.assert_array_equal(labels, clf.predict(x[:5]))
+    np.testing.assert_allclose(probs, clf.predict_proba(x[:5]), rtol=1e-4)
+
+
 def test_static_batch_model_saves_without_batching() -> None:
     model = bundler.onnx.save_model("static", make_static_batch())
     assert model.info["signatures"]["run"]["batchable"] is False

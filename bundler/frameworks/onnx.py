@@ -157,7 +157,10 @@ def _check_metadata(metadata: object, name: str) -> dict:
 
 def _batch_problem(spec: TensorSpec, where: str, batch_dim: int) -> str | None:
     if spec.dtype is None and spec.type != "tensor":
-        return f"{where} {spec.name!r} is a {spec.type}, not a tensor, so it cannot be split into rows"
+        return (
+            f"{where} {spec.name!r} is a {spec.type}, not a tensor, so it cannot be split into rows"
+            " (skl2onnx classifiers: convert with options={'zipmap': False})"
+        )
     if spec.shape is None:
         return None  # rank unknown: onnxruntime checks at run time
     if len(spec.shape) <= batch_dim:
