@@ -1,18 +1,78 @@
 """Prometheus metrics of one app: requests, latency, batch sizes, queue depth, inference time.
 
 Each app gets its own CollectorRegistry so several apps in one process (tests, benchmarks) do not collide.
+Per-request figures are plain counters turned into metric families at scrape time (``RequestCollector``):
+prometheus-client's own ``inc()``/``observe()`` cost several microseconds each, which the hot path avoids.
 With ``workers > 1`` every worker process reports its own figures.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE_LATEST", "BatchObserver", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "BatchObserver", "Metrics", "RequestCollector"]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class _Series:
+    """Count, sum and per-bucket counts of one (route, status) pair."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self, n: int) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (n + 1)  # the last slot is +Inf
+
+
+class RequestCollector(Collector):
+    """``bundler_requests_total`` and ``bundler_request_duration_seconds`` by service, route and status."""
+
+    def __init__(self, service: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.service = service
+        self.bounds = buckets
+        self.series: dict[tuple[str, int], _Series] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """Count one request and its latency (called on the event loop only, so no lock)."""
+        s = self.series.get((route, status))
+        if s is None:
+            s = self.series[(route, status)] = _Series(len(self.bounds))
+        s.count += 1
+        s.total += seconds
+        s.buckets[bisect_left(self.bounds, seconds)] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["service", "route", "status"]
+        requests = CounterMetricFamily("bundler_requests", "HTTP requests served", labels=labels)
+        latency = HistogramMetricFamily(
+            "bundler_request_duration_seconds", "Time from request start to response sent", labels=labels
+        )
+        for (route, status), s in sorted(self.series.items()):
+            values = [self.service, route, str(status)]
+            requests.add_metric(values, s.count)
+            cumulative, running = [], 0
+            for bound, n in zip((*map(_fmt, self.bounds), "+Inf"), s.buckets, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            latency.add_metric(values, cumulative, s.total)
+        yield requests
+        yield latency
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
 
 
 class Metrics:
@@ -21,42 +81,23 @@ class Metrics:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "bundler_requests", "HTTP requests served", ["service", "route", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "bundler_request_duration_seconds",
-            "Time from request start to response sent",
-            ["service", "route", "status"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.requests = RequestCollector(service)
+        r.register(self.requests)
         self.batch_size = Histogram(
-            "bundler_runner_batch_size", "Rows per model call", ["runner"], buckets=_BATCH_BUCKETS, registry=r
+            "bundler_runner_batch_size", "Rows per model call", ["runner"], buckets=BATCH_BUCKETS, registry=r
         )
         self.inference = Histogram(
             "bundler_runner_inference_seconds",
             "Time of one model call (a whole batch)",
             ["runner"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_depth = Gauge(
             "bundler_runner_queue_depth", "Rows waiting for a batch", ["runner"], registry=r
         )
         self.service = service
-        # labels() takes a lock and a dict lookup; cache the children the hot path uses.
-        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
-
-    def observe_request(self, route: str, status: int, seconds: float) -> None:
-        """Count one request and record its latency."""
-        key = (route, status)
-        child = self._children.get(key)
-        if child is None:
-            labels = (self.service, route, str(status))
-            child = self._children[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
-        child[0].inc()
-        child[1].observe(seconds)
+        self.observe_request = self.requests.observe
 
     def observer(self, runner: str) -> BatchObserver:
         """Return the batch observer to hand one runner's Batcher."""
