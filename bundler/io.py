@@ -149,8 +149,10 @@ class NumpyNdarray(IODescriptor):
             except orjson.JSONDecodeError as exc:
                 raise BadInput(f"NumpyNdarray input: the body is not valid JSON ({exc})") from exc
             try:
-                arr = np.asarray(data, dtype=self.dtype)
-            except (ValueError, TypeError, OverflowError) as exc:
+                # A value past the dtype's range (1e300 as float32) is refused, not silently made inf.
+                with np.errstate(over="raise"):
+                    arr = np.asarray(data, dtype=self.dtype)
+            except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
                 raise ValidationFailed(
                     f"NumpyNdarray input: the JSON is not a rectangular array of numbers"
                     f"{f' castable to {self.dtype}' if self.dtype is not None else ''}: {exc}",
@@ -167,7 +169,16 @@ class NumpyNdarray(IODescriptor):
                         f"NumpyNdarray input: dtype {arr.dtype} given, {self.dtype} expected",
                         detail=[{"loc": ["body"], "msg": f"expected dtype {self.dtype}, got {arr.dtype}"}],
                     )
-                arr = arr.astype(self.dtype)
+                if arr.dtype.kind not in "biuf":
+                    return self._validate(arr)  # strings, objects, complex: refused there, not cast
+                try:
+                    with np.errstate(over="raise", invalid="raise"):
+                        arr = arr.astype(self.dtype)
+                except (ValueError, TypeError, FloatingPointError) as exc:
+                    raise ValidationFailed(
+                        f"NumpyNdarray input: the {arr.dtype} array cannot be cast to {self.dtype}: {exc}",
+                        detail=[{"loc": ["body"], "msg": f"not castable to {self.dtype}"}],
+                    ) from exc
         return self._validate(arr)
 
     def _validate(self, arr: np.ndarray) -> np.ndarray:
@@ -275,6 +286,17 @@ def _openapi30(node: Any) -> Any:
     return out
 
 
+def _json_default(value: Any) -> Any:
+    """Encode what orjson does not: pydantic models, arrays it refuses (non-contiguous, float16), sets."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    raise TypeError(f"JSON output: a {type(value).__name__} cannot be encoded as JSON")
+
+
 class JSON(IODescriptor):
     """Any JSON value (orjson), optionally validated by a pydantic model (errors -> 422 with the list)."""
 
@@ -309,7 +331,7 @@ class JSON(IODescriptor):
     def to_response(self, value: Any, request: Request | None = None) -> Response:
         if hasattr(value, "model_dump"):
             value = value.model_dump(mode="json")
-        return _response(orjson.dumps(value, option=_JSON_OPTS), "application/json")
+        return _response(orjson.dumps(value, default=_json_default, option=_JSON_OPTS), "application/json")
 
     def openapi_schema(self) -> dict[str, Any]:
         if self.pydantic_model is None:
