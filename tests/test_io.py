@@ -212,6 +212,22 @@ def test_json_to_response_handles_pydantic_and_numpy() -> None:
     assert orjson.loads(JSON().to_response(Iris(sepal_length=1, sepal_width=2)).body)["sepal_width"] == 2.0
 
 
+def test_json_to_response_encodes_what_orjson_refuses() -> None:
+    value = {
+        "half": np.ones((2, 2), np.float16).T,
+        "set": {2, 1},
+        "inner": [Iris(sepal_length=1, sepal_width=2)],
+    }
+    body = orjson.loads(JSON().to_response(value).body)
+    assert body == {
+        "half": [[1.0, 1.0], [1.0, 1.0]],
+        "set": [1, 2],
+        "inner": [Iris(sepal_length=1, sepal_width=2).model_dump()],
+    }
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        JSON().to_response({"x": object()})
+
+
 def test_json_pydantic_schema_is_openapi_30() -> None:
     comps = JSON(pydantic_model=Iris).openapi_components()
     note = comps["Iris"]["properties"]["note"]

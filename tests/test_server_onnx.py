@@ -143,3 +143,32 @@ def test_full_runner_queue_is_503_with_retry_after(run_calls: list[int]) -> None
         else:
             expected = reference_run(proto, {"x": x})[0]
             np.testing.assert_allclose(np.asarray(r.json(), np.float32), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_guide_image_classifier_through_the_client(run_calls: list[int]) -> None:
+    """The guide's ResNet service shape: Image in, JSON out, runner.run.run in a sync API."""
+    from PIL import Image as PILImage
+
+    from bundler.client import Client
+    from bundler.io import JSON, Image
+    from tests.models import make_classifier
+
+    proto = make_classifier(None, size=16, classes=5)
+    runner = bundler.onnx.save_model("clf", proto, signatures={"run": {"batchable": True}}).to_runner()
+    svc = bundler.Service("onnx_resnet50", runners=[runner])
+
+    @svc.api(input=Image(pilmode="RGB"), output=JSON())
+    def predict(img: Any) -> Any:
+        arr = np.expand_dims(np.asarray(img.resize((16, 16)), dtype=np.float32) / 255.0, 0)
+        probs = runner.run.run(arr)
+        return {"label": int(probs.argmax()), "probs": probs[0]}
+
+    img = PILImage.fromarray(np.random.default_rng(3).integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    with running(build_app(svc)) as url:
+        wait_ready(url)
+        with Client(url) as client:
+            out = client.predict(img)
+    arr = np.expand_dims(np.asarray(img.resize((16, 16)), dtype=np.float32) / 255.0, 0)
+    expected = reference_run(proto, {"input": arr})[0][0]
+    np.testing.assert_allclose(out["probs"], expected, rtol=1e-5, atol=1e-6)
+    assert out["label"] == int(expected.argmax()) and run_calls == [1]
