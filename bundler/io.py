@@ -10,6 +10,7 @@ over the pixel cap -> 413 (PayloadTooLarge).
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -160,7 +161,7 @@ class NumpyNdarray(IODescriptor):
                 ) from exc
         else:
             try:
-                arr = np.load(io.BytesIO(body), allow_pickle=False)
+                arr = _load_npy(body)
             except (ValueError, OSError, EOFError) as exc:
                 raise BadInput(f"NumpyNdarray input: the {mt} body is not a .npy array ({exc})") from exc
             if self.dtype is not None and arr.dtype != self.dtype:
@@ -252,6 +253,26 @@ class NumpyNdarray(IODescriptor):
 
     def __repr__(self) -> str:
         return f"NumpyNdarray(dtype={self.dtype}, shape={self.shape})"
+
+
+def _load_npy(body: bytes) -> np.ndarray:
+    """Load an ``.npy`` body, first checking that its header claims no more data than the body holds."""
+    from numpy.lib import format as npy_format
+
+    f = io.BytesIO(body)
+    version = npy_format.read_magic(f)
+    readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+    if version in readers:
+        shape, _, dtype = readers[version](f)
+        claimed = math.prod(shape) * dtype.itemsize
+        # np.load allocates the claimed size before reading: a 10-byte body must not ask for 40 GB.
+        if claimed > len(body) - f.tell():
+            raise ValueError(
+                f"its header claims shape {shape} of {dtype} ({claimed} bytes) but only"
+                f" {len(body) - f.tell()} bytes of data follow"
+            )
+    f.seek(0)
+    return np.load(f, allow_pickle=False)
 
 
 def _wants_npy(request: Request) -> bool:
