@@ -84,8 +84,18 @@ def test_module_target_errors(tmp_path: Path, source: str, target: str, error: t
 
 def test_directory_without_bundle_yaml_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(NotFound, match=r"without bundle\.yaml"):
+    with pytest.raises(NotFound, match=r"without bundle\.yaml or bentofile\.yaml"):
         load_service("empty", working_dir=tmp_path)
+
+
+def test_project_directory_uses_the_bentofile_service(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    write(project / "svcmod_c.py", SERVICE.format(name="from-project"))
+    write(project / "bentofile.yaml", 'service: "svcmod_c:svc"\ninclude: ["*.py"]\n')
+    assert load_service(".", working_dir=project).name == "from-project"
+    write(project / "bentofile.yaml", "include: ['*.py']\n")
+    with pytest.raises(BadInput, match="'service' is missing"):
+        load_service(str(project))
 
 
 def test_bundle_directory_sets_bundle_dir_and_version(tmp_path: Path) -> None:
@@ -243,5 +253,25 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
     try:
         assert httpx.post(f"{url}/hello", json=1).json() == {"hello": 1, "from": "two"}
         assert httpx.post(f"{url}/hello", json="x" * 100).status_code == 413  # the limit reached the workers
+    finally:
+        assert stop(proc) in CLEAN_EXIT
+
+
+@pytest.mark.slow
+def test_reload_picks_up_a_source_change(tmp_path: Path) -> None:
+    write(tmp_path / "reloadsvc.py", SERVICE.format(name="before"))
+    proc, url = start("reloadsvc:svc", tmp_path, reload=True)
+    try:
+        assert httpx.post(f"{url}/hello", json=0).json()["from"] == "before"
+        write(tmp_path / "reloadsvc.py", SERVICE.format(name="after"))
+        deadline = time.monotonic() + 20
+        seen = None
+        while time.monotonic() < deadline and seen != "after":
+            try:
+                seen = httpx.post(f"{url}/hello", json=0, timeout=2).json()["from"]
+            except httpx.TransportError:
+                pass  # the worker is restarting
+            time.sleep(0.2)
+        assert seen == "after"
     finally:
         assert stop(proc) in CLEAN_EXIT

@@ -19,6 +19,7 @@ from ..store import Tag, bundle_store
 __all__ = ["app_factory", "load_service", "serve"]
 
 BUNDLE_META = "bundle.yaml"
+BENTOFILES = ("bentofile.yaml", "bentofile.yml")
 GRACEFUL_SHUTDOWN_S = 30
 # serve() hands these to app_factory() in worker / reloader processes.
 _ENV_TARGET = "BUNDLER_SERVE_TARGET"
@@ -96,8 +97,23 @@ def _load_bundle(bundle: Path) -> Service:
     return svc
 
 
+def _load_project(bentofile: Path) -> Service:
+    """Import the service a project's bentofile names (its ``service`` key), from the project directory."""
+    try:
+        info = yaml.safe_load(bentofile.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadInput(f"{bentofile}: cannot be read as YAML ({exc})") from exc
+    service = info.get("service") if isinstance(info, dict) else None
+    if not isinstance(service, str) or not service:
+        raise BadInput(
+            f"{bentofile}: 'service' is missing; set it to 'module:svc' (e.g. service: \"service:svc\")"
+        )
+    module, attr = _split(service)
+    return _import_service(module, attr, bentofile.parent, f"{bentofile}: service")
+
+
 def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = None) -> Service:
-    """Return the Service named by ``module[:attr]``, a bundle tag ``name[:version]`` or a bundle dir."""
+    """Return the Service named by ``module[:attr]``, a bundle tag or directory, or a project directory."""
     if not isinstance(target, str) or not target.strip():
         raise BadInput(
             "serve: give a service as 'module:svc', a bundle tag 'name[:version]' or a bundle directory"
@@ -108,7 +124,13 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
     if as_path.is_dir():
         if (as_path / BUNDLE_META).is_file():
             return _load_bundle(as_path)
-        raise NotFound(f"{as_path}: a directory without {BUNDLE_META}; give a built bundle or 'module:svc'")
+        for name in BENTOFILES:
+            if (as_path / name).is_file():
+                return _load_project(as_path / name)
+        raise NotFound(
+            f"{as_path}: a directory without {BUNDLE_META} or bentofile.yaml; give a bundle, a project"
+            " directory or 'module:svc'"
+        )
     module, attr = _split(target)
     if _module_dir(module, base) is not None:
         return _import_service(module, attr, base, target)
