@@ -187,7 +187,7 @@ def collect_requirements(packages: list[str], requirements_txt: Path | None, con
     Requirement lines end with ``  # from <where>``; index options (``--index-url URL`` ...) are kept as
     lines; constraints from ``-c`` files are lines starting with ``-c `` followed by the constraint.
     """
-    out = [f"{p.strip()}  # {PACKAGES_ORIGIN}" for p in packages if p.strip()]
+    out = [f"{_absolute(p.strip(), context)}  # {PACKAGES_ORIGIN}" for p in packages if p.strip()]
     if requirements_txt is not None:
         path = requirements_txt if requirements_txt.is_absolute() else context / requirements_txt
         _read_file(path.resolve(), context.resolve(), (), out, False)
@@ -268,6 +268,39 @@ def _index_lines(options: LockOptions, index_inputs: list[str], has_local: bool)
     return list(dict.fromkeys(lines))
 
 
+# pip_args is for `pip install` in the image; only these flags change what resolves, so only they reach the
+# resolver (with their value, if they take one). Others (--no-cache-dir, --upgrade, ...) are install-only.
+_RESOLUTION_FLAGS = {
+    "--pre": False, "--index-url": True, "-i": True, "--extra-index-url": True, "--find-links": True,
+    "-f": True, "--no-index": False, "--trusted-host": True, "--only-binary": True, "--no-binary": True,
+}  # fmt: skip
+
+
+def _pip_args_for_resolver(pip_args: str | None, resolver: str) -> list[str]:
+    """Return the resolution-relevant flags of bentofile python.pip_args, spelled for ``resolver``."""
+    words = shlex.split(pip_args or "")
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        flag, eq, value = words[i].partition("=")
+        takes_value = _RESOLUTION_FLAGS.get(flag)
+        if takes_value and not eq:
+            i += 1
+            if i == len(words):
+                raise LockError(f"bentofile python.pip_args: {flag} needs a value ({pip_args!r})")
+            value = words[i]
+        i += 1
+        if takes_value is None:
+            continue
+        if resolver == "uv" and flag == "--pre":
+            out += ["--prerelease", "allow"]
+        elif resolver == "uv" and flag == "--trusted-host":
+            out += ["--allow-insecure-host", value]
+        else:
+            out += [flag, value] if takes_value else [flag]
+    return out
+
+
 def _resolver_args(options: LockOptions, wheels_dir: Path) -> list[str]:
     args = []
     if options.index_url:
@@ -278,9 +311,7 @@ def _resolver_args(options: LockOptions, wheels_dir: Path) -> list[str]:
         args += ["--find-links", link]
     if options.no_index:
         args.append("--no-index")
-    if options.pip_args:
-        args += shlex.split(options.pip_args)
-    return args
+    return args + _pip_args_for_resolver(options.pip_args, options.resolver)
 
 
 def _run_uv(work: Path, options: LockOptions, extra: list[str], has_constraints: bool) -> str:
