@@ -9,6 +9,9 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from PIL import Image as PILImage
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -304,3 +307,36 @@ def test_file_raw_and_multipart() -> None:
     assert decode(File(), body, ctype) == b"abc\x00"
     r = File(mime_type="application/pdf").to_response(b"%PDF")
     assert r.body == b"%PDF" and r.media_type == "application/pdf"
+
+
+# -- properties ----------------------------------------------------------------------------------------------
+
+_dtypes = st.sampled_from([np.float32, np.float64, np.int8, np.int32, np.int64, np.uint8, np.bool_])
+_arrays = _dtypes.flatmap(
+    lambda dt: hnp.arrays(
+        dt,
+        hnp.array_shapes(min_dims=0, max_dims=3, max_side=4),
+        elements={"allow_nan": False, "allow_infinity": False} if np.dtype(dt).kind == "f" else None,
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_arrays)
+def test_ndarray_npy_round_trip_is_exact(arr: np.ndarray) -> None:
+    d = NumpyNdarray()
+    out = decode(d, npy(arr), "application/octet-stream")
+    assert out.dtype == arr.dtype and out.shape == arr.shape
+    np.testing.assert_array_equal(out, arr)
+    back = np.load(io.BytesIO(d.to_response(out, make_request(b"", accept="application/octet-stream")).body))
+    np.testing.assert_array_equal(back, arr)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_arrays)
+def test_ndarray_json_round_trip_keeps_values(arr: np.ndarray) -> None:
+    d = NumpyNdarray(dtype=arr.dtype)
+    body = d.to_response(arr).body
+    out = decode(d, body, "application/json")
+    assert out.shape == arr.shape
+    np.testing.assert_array_equal(out, arr)
