@@ -228,14 +228,15 @@ def _resolver_error(output: str, inputs: list[str], options: LockOptions) -> Loc
             f" on the package index (asked for by {', '.join(involved) or missing.group(1)}).\n"
             "check its spelling, or set python.index_url / python.extra_index_url to the index that has it"
         )
-    if (
-        re.search(r"Failed to fetch|Could not connect|dns error|connection refused", output, re.I)
-        and not involved
-    ):
+    network = (
+        r"Failed to fetch|Could not fetch|Request failed after|connection (refused|reset)|dns error|certif"
+    )
+    if re.search(network, output, re.I) and not re.search(r"No solution found", output):
         return LockError(
-            f"cannot lock the Python requirements for {target}: the package index could not be reached.\n"
-            + "\n".join(cause)
-            + "\ncheck the network (proxy, SSL_CERT_FILE) or python.index_url"
+            f"cannot lock the Python requirements for {target}: the package index could not be reached:\n"
+            + "\n".join(f"  {ln}" for ln in cause)
+            + "\ncheck the network (proxy, SSL_CERT_FILE) and python.index_url / extra_index_url;"
+            " an unchanged rebuild reuses its cached lock without the network"
         )
     clash = "; ".join(involved) if involved else "(see the resolver's explanation below)"
     return LockError(

@@ -142,6 +142,17 @@ def test_unknown_package_is_named(tmp_path: Path) -> None:
         lock(reqs, LockOptions(python_version="3.11"), wheels_dir=tmp_path / "w")
 
 
+def test_unreachable_index_is_a_network_error_not_a_conflict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    options = LockOptions(python_version="3.11", index_url="http://127.0.0.1:9/simple")
+    with pytest.raises(LockError) as err:
+        lock(["six"], options, wheels_dir=tmp_path / "w")
+    assert "the package index could not be reached" in str(err.value) and "conflict" not in str(err.value)
+    assert "127.0.0.1:9" in str(err.value)
+
+
 def test_nested_requirements_constraints_and_find_links(tmp_path: Path) -> None:
     _make_wheel(tmp_path / "sub" / "local", "localpkg", "2.0.0", requires=("six",))
     (tmp_path / "requirements.txt").write_text("-r sub/base.txt\nlocalpkg==2.0.0  # from a local dir\n")
