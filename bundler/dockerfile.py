@@ -221,7 +221,7 @@ def _labels(facts: dict[str, Any]) -> list[str]:
     return [f"{key}={_dquote(value, f'labels.{key}')}" for key, value in labels.items()]
 
 
-def _pip_steps(facts: dict[str, Any], buildkit: bool) -> tuple[str, list[str]]:
+def _pip_steps(facts: dict[str, Any], buildkit: bool) -> dict[str, Any]:
     lock = "env/python/requirements.lock.txt"
     wheels = "env/python/wheels"
     options = ["--require-hashes"] if facts.get("hashed", True) else []
@@ -229,17 +229,20 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool) -> tuple[str, list[str]]:
     cache = [] if buildkit else ["--no-cache-dir"]
     pip = f"{VENV}/bin/python -m pip install"
     steps = []
+    run = bundler_run = "RUN"
     if buildkit:
+        pip_cache = "--mount=type=cache,target=/root/.cache/pip"
         # The CA bundle is a build secret: mounted for this RUN only, never written to a layer.
+        run = f"RUN {pip_cache} --mount=type=secret,id=ca,target={CA_SECRET}"
+        bundler_run = f"RUN {pip_cache}"
         steps.append(f"if [ -f {CA_SECRET} ]; then export PIP_CERT={CA_SECRET} SSL_CERT_FILE={CA_SECRET}; fi")
-    steps += [
-        f"{pip} {_quoted([*cache, *options, '-r', lock])}",
-        f"{pip} {_quoted([*cache, '--no-deps'])} {wheels}/bundler-*.whl",
-    ]
-    run = "RUN"
-    if buildkit:
-        run = f"RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca,target={CA_SECRET}"
-    return run, steps
+    steps.append(f"{pip} {_quoted([*cache, *options, '-r', lock])}")
+    return {
+        "pip_run": run,
+        "pip_steps": steps,
+        "bundler_run": bundler_run,
+        "bundler_install": f"{pip} {_quoted([*cache, '--no-deps'])} {wheels}/bundler-*.whl",
+    }
 
 
 def template_context(
@@ -259,7 +262,7 @@ def template_context(
             f"cannot render the Dockerfile: setup_script must be copied to {_SETUP_SCRIPT} in the bundle,"
             f" got {setup_script!r} (a bug in the caller)"
         )
-    run, pip_steps = _pip_steps(facts, buildkit)
+    pip = _pip_steps(facts, buildkit)
     return {
         "bundler_version": facts.get("bundler_version") or "unknown",
         "tag": facts["tag"],
@@ -271,8 +274,10 @@ def template_context(
             f"useradd --uid {UID} --gid {UID} --create-home --home-dir {HOME} --shell /bin/sh {USER}",
         ],
         "env_lines": _env_lines(docker, facts),
-        "pip_run": run,
-        "pip_setup": [f"{interpreter} -m venv {VENV}", *pip_steps],
+        "pip_run": pip["pip_run"],
+        "pip_setup": [f"{interpreter} -m venv {VENV}", *pip["pip_steps"]],
+        "bundler_run": pip["bundler_run"],
+        "bundler_install": pip["bundler_install"],
         "setup_script": setup_script,
         "venv": VENV,
         "import_check": shlex.quote(SERVE_IMPORTS),

@@ -7,6 +7,7 @@ After an intended change, regenerate the golden files with
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from bundler.docker import render_dockerfile, render_entrypoint
+from bundler.dockerfile import SERVE_IMPORTS
 from bundler.exceptions import BuildError, ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -116,7 +118,9 @@ def test_hadolint_reports_nothing(case: str, tmp_path: Path) -> None:
 def _instructions(text: str) -> list[str]:
     """Return each instruction as one line (continuations joined, comments dropped)."""
     joined = text.replace("\\\n", " ")
-    return [line.strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        " ".join(line.split()) for line in joined.splitlines() if line.strip() and not line.startswith("#")
+    ]
 
 
 def _index(lines: list[str], prefix: str) -> int:
@@ -137,10 +141,12 @@ def test_layers_go_from_least_to_most_often_changed() -> None:
         "FROM",
         "RUN groupadd",
         "ENV",
-        "COPY env/python/",
+        "COPY --from=locked /locked/ ./env/python/",
         "RUN python3 -m venv",
+        "COPY env/python/wheels/bundler-*.whl",
+        "RUN /opt/venv/bin/python -m pip install --no-cache-dir --no-deps",
         "COPY env/docker/setup_script",
-        "RUN /opt/venv/bin/python -c",
+        "RUN chmod +x ./env/docker/setup_script && ./env/docker/setup_script && /opt/venv/bin/python -c",
         "COPY models/",
         "COPY src/",
         "COPY bundle.yaml",
@@ -157,13 +163,33 @@ def test_layers_go_from_least_to_most_often_changed() -> None:
 
 def test_default_image_runs_as_numeric_non_root_user_and_serves_on_port_3000() -> None:
     lines = _instructions(render_case("default"))
-    assert lines[0] == "FROM python:3.11-slim"
+    assert [line for line in lines if line.startswith("FROM")] == [
+        "FROM python:3.11-slim AS locked",
+        "FROM python:3.11-slim",
+    ]
     assert "USER 1000:1000" in lines
     assert "EXPOSE 3000" in lines
     assert lines[-1] == 'ENTRYPOINT ["/bin/sh", "/home/bundler/bundle/env/docker/entrypoint.sh"]'
     pip = next(line for line in lines if "requirements.lock.txt" in line)
     assert "--require-hashes" in pip and "--no-cache-dir" in pip and "--no-index" not in pip
-    assert "--no-deps env/python/wheels/bundler-*.whl" in pip
+    assert "bundler-*.whl" not in pip  # bundler goes in its own layer, so upgrading it keeps the deps layer
+    own = next(line for line in lines if "--no-deps env/python/wheels/bundler-*.whl" in line)
+    assert own.endswith(f"&& /opt/venv/bin/python -c {shlex.quote(SERVE_IMPORTS)}")
+
+
+def test_the_dependency_layer_never_sees_bundlers_own_wheel() -> None:
+    lines = _instructions(render_case("default"))
+    stage = lines[: _index(lines[1:], "FROM") + 1]
+    assert stage == [
+        "FROM python:3.11-slim AS locked",
+        "COPY env/python/ /locked/",
+        "RUN rm -f /locked/wheels/bundler-*.whl",
+    ]
+    copies = [line for line in lines if line.startswith("COPY") and "env/python" in line]
+    assert copies[1:] == [
+        "COPY --from=locked /locked/ ./env/python/",
+        "COPY env/python/wheels/bundler-*.whl ./env/python/wheels/",
+    ]
 
 
 def test_offline_installs_from_the_bundled_wheels_only() -> None:
