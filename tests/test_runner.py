@@ -199,3 +199,11 @@ def test_async_run_from_another_loop_uses_the_runner_loop(batchable: Runner) -> 
         server_loop.call_soon_threadsafe(stop.set_result, None)
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_runner_outlives_the_loop_it_was_served_on(batchable: Runner) -> None:
+    # e.g. a notebook: asyncio.run(runner.async_init()) then later calls, with that loop gone.
+    asyncio.run(batchable.async_init())
+    x = np.ones((2, 64))
+    np.testing.assert_allclose(batchable.run.run(x), _expected(x), rtol=1e-6)
+    np.testing.assert_allclose(asyncio.run(batchable.run.async_run(x)), _expected(x), rtol=1e-6)

@@ -59,15 +59,16 @@ class RunnerMethod:
         r = self.runner
         session = r._require()
         current = asyncio.get_running_loop()
-        if r._loop is not None and current is not r._loop and not r._loop.is_closed():
-            # The batcher and executor belong to the server loop; run there and await from here.
+        served = r._loop is not None and not r._loop.is_closed()
+        if served and current is not r._loop:
+            # The batcher belongs to the server loop; run there and await from here.
             future = asyncio.run_coroutine_threadsafe(self.async_run(*args, **kwargs), r._loop)
             return await asyncio.wrap_future(future)
         feed = session.prepare(args, kwargs)
-        if r.batcher is not None:
+        if served and r.batcher is not None:
             outputs = await r.batcher.submit(feed)
         else:
-            # Without async_init (init_local in a notebook) the loop's default pool runs it.
+            # Not served (init_local, or the serving loop has ended): a thread of the pool runs it.
             outputs = await current.run_in_executor(r._executor, session.run, feed)
         return session.format(outputs)
 
