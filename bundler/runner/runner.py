@@ -59,10 +59,11 @@ class RunnerMethod:
         r = self.runner
         session = r._require()
         current = asyncio.get_running_loop()
-        served = r._loop is not None and not r._loop.is_closed()
-        if served and current is not r._loop:
+        loop = r._loop
+        served = loop is not None and not loop.is_closed()
+        if loop is not None and served and current is not loop:
             # The batcher belongs to the server loop; run there and await from here.
-            future = asyncio.run_coroutine_threadsafe(self.async_run(*args, **kwargs), r._loop)
+            future = asyncio.run_coroutine_threadsafe(self.async_run(*args, **kwargs), loop)
             return await asyncio.wrap_future(future)
         feed = session.prepare(args, kwargs)
         if served and r.batcher is not None:
