@@ -46,6 +46,7 @@ __all__ = [
     "download_wheels",
     "host_platform",
     "lock",
+    "locked_names",
 ]
 
 # What an image needs to run `bundler serve`: the first block of pyproject's dependencies (a test keeps the

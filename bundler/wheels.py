@@ -185,6 +185,7 @@ def _repack_installed(out_dir: Path) -> Path:
 
     dist = metadata.distribution("bundler")
     tag = "py3-none-any"
+    out_dir.mkdir(parents=True, exist_ok=True)
     wheel = out_dir / f"bundler-{dist.version}-{tag}.whl"
     members = sorted(
         str(f)

@@ -435,5 +435,25 @@ def test_bundler_wheel_key_follows_sources(tmp_path: Path) -> None:
     assert wheels_mod._source_key(tree) != key
 
 
+def test_installed_bundler_is_repacked_into_a_stable_wheel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An installation from a wheel has no checkout to build from: the wheel is rebuilt from its RECORD.
+    original = build_bundler_wheel(tmp_path / "orig")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(original) as zf:
+        zf.extractall(site)
+        expected = {n: zf.read(n) for n in zf.namelist() if not n.endswith("/RECORD")}
+    monkeypatch.syspath_prepend(str(site))
+    first = wheels_mod._repack_installed(tmp_path / "r1")
+    second = wheels_mod._repack_installed(tmp_path / "r2")
+    assert first.name == original.name and first.read_bytes() == second.read_bytes()
+    with zipfile.ZipFile(first) as zf:
+        got = {n: zf.read(n) for n in zf.namelist() if not n.endswith("/RECORD")}
+        assert zf.testzip() is None
+    assert got.keys() == expected.keys()
+    assert all(got[n] == expected[n] for n in got if not n.endswith("/WHEEL"))
+
+
 def test_errors_are_bundler_errors() -> None:
     assert issubclass(LockError, BundlerError) and LockError("x").exit_code == 1
