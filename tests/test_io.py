@@ -137,6 +137,27 @@ def test_ndarray_rejects_bad_bodies(body: bytes, ctype: str, error: type, match:
         decode(NumpyNdarray(), body, ctype)
 
 
+def forged_npy(shape: tuple[int, ...], descr: str = "<f8", data: bytes = b"\0" * 64) -> bytes:
+    from numpy.lib import format as npy_format
+
+    out = io.BytesIO()
+    npy_format.write_array_header_1_0(out, {"descr": descr, "fortran_order": False, "shape": shape})
+    return out.getvalue() + data
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (forged_npy((10**12,)), "claims shape"),  # np.load would try a 7 TiB allocation
+        (forged_npy((4,), data=b"\0" * 31), "claims shape"),
+        (forged_npy((2,), descr="|O", data=b"\0" * 16), r"not a \.npy array"),
+    ],
+)
+def test_ndarray_refuses_forged_npy_headers(body: bytes, match: str) -> None:
+    with pytest.raises(BadInput, match=match):
+        decode(NumpyNdarray(), body, "application/octet-stream")
+
+
 def test_ndarray_rejects_nan_and_inf_unless_allowed() -> None:
     bad = npy(np.array([1.0, np.nan, np.inf]))
     with pytest.raises(ValidationFailed, match="NaN or infinity"):
