@@ -68,6 +68,8 @@ def error_response(exc: BaseException, where: str = "") -> Response:
         return _json(status, {"error": str(exc), "detail": getattr(exc, "detail", None)}, headers)
     if isinstance(exc, HTTPException):
         message = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        if exc.status_code in (404, 405) and where:
+            message += f": {where} (the APIs are listed at /docs)"
         return _json(exc.status_code, {"error": message, "detail": None}, dict(exc.headers or {}))
     log.error("unhandled error%s", f" in {where}" if where else "", exc_info=exc)
     text = str(exc)
