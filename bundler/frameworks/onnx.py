@@ -8,6 +8,7 @@ InferenceInputError, unavailable execution providers ProviderError.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import difflib
 import functools
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import yaml
 
 from ..exceptions import InferenceInputError, InvalidTag, ModelError, ProviderError
@@ -31,7 +31,21 @@ from ..models import get as _get_any
 from ..store import Tag, model_store, new_version, sha256_file
 
 if TYPE_CHECKING:
+    import onnx
     import onnxruntime
+else:
+
+    class _OnnxOnDemand:
+        """Import onnx on first use: serving (get, load_model, runners) needs only onnxruntime."""
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                import onnx
+            except ImportError as exc:
+                raise ModelError("saving or inspecting ONNX models needs onnx: pip install onnx") from exc
+            return getattr(onnx, name)
+
+    onnx = _OnnxOnDemand()
 
 __all__ = [
     "MODULE",
@@ -54,7 +68,7 @@ CUDA = "CUDAExecutionProvider"
 SIGNATURE_METHODS = ("run",)
 SIGNATURE_OPTIONS = ("batchable", "batch_dim")
 # Protobuf cannot serialise a message of 2 GiB or more; larger models keep their weights in a side file.
-_PROTO_LIMIT = onnx.checker.MAXIMUM_PROTOBUF
+_PROTO_LIMIT = 2**31  # onnx.checker.MAXIMUM_PROTOBUF
 
 Dim = int | str | None
 
@@ -464,6 +478,15 @@ def resolve_providers(requested: Sequence[Any] | None, available: Sequence[str])
     return list(requested)
 
 
+@functools.lru_cache(maxsize=1)
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load CUDA and cuDNN from pip's nvidia-* packages when present, so the CUDA provider finds them."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is not None:
+        with contextlib.suppress(Exception):  # system-wide CUDA libraries are found without it
+            preload()
+
+
 def _as_model(tag_or_model: str | Tag | Model) -> Model:
     if isinstance(tag_or_model, Model):
         if tag_or_model.module != MODULE:
@@ -489,7 +512,12 @@ def load_model(
         providers = options.get("providers")
     if session_options is None:
         session_options = options.get("session_options")
+    if providers is None and os.environ.get("BUNDLER_PROVIDERS"):
+        # Deployment-time choice (e.g. the Kubernetes manifests for --gpu); code-given providers still win.
+        providers = [p.strip() for p in os.environ["BUNDLER_PROVIDERS"].split(",") if p.strip()]
     chosen = resolve_providers(providers, ort.get_available_providers())
+    if CUDA in [p[0] if isinstance(p, tuple) else p for p in chosen]:
+        _preload_cuda_libraries(ort)
     if session_options is None:
         session_options = default_session_options()
     elif not isinstance(session_options, ort.SessionOptions):
