@@ -37,13 +37,33 @@ SERVICE = """\
 import bundler
 from bundler.io import NumpyNdarray
 
-runner = bundler.onnx.get("{model}:latest").to_runner()
+import options
+
+runner = options.apply(bundler.onnx.get("{model}:latest")).to_runner()
 svc = bundler.Service("bench-{model}", runners=[runner])
 
 
 @svc.api(input=NumpyNdarray(), output=NumpyNdarray())
 async def predict(x):
     return await runner.run.async_run(x)
+"""
+OPTIONS = """\
+THREADS, SPIN = {threads}, {spin}
+
+
+def apply(model):
+    \"\"\"Give the model the session options under test (bundler's defaults when none are set).\"\"\"
+    if not THREADS and SPIN:
+        return model
+    from bundler.frameworks.onnx import default_session_options
+
+    options = default_session_options()
+    if THREADS:
+        options.intra_op_num_threads = THREADS
+    if not SPIN:
+        # Idle onnxruntime workers sleep instead of spinning, leaving the cores to the event loop.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return model.with_options(session_options=options)
 """
 
 
@@ -69,7 +89,8 @@ def build_mlp() -> object:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])
     graph = helper.make_graph(nodes, "mlp", [x], [y], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 10 loads in every onnxruntime >= 1.16 (a newer onnx would stamp a version older runtimes refuse).
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
 def build_sr() -> object:
@@ -99,7 +120,8 @@ def build_sr() -> object:
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 64, 64])
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1, 192, 192])
     graph = helper.make_graph(nodes, "super_resolution", [x], [y], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 10 loads in every onnxruntime >= 1.16 (a newer onnx would stamp a version older runtimes refuse).
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
 MODELS = {
@@ -116,9 +138,11 @@ MODELS = {
 
 def raw_onnxruntime(model: str, sizes: tuple[int, ...], seconds: float) -> tuple[dict[int, float], float]:
     """Return items/s per batch size and the median batch-1 call time, with the server's session settings."""
+    import options  # written by run_benchmark next to the service modules
+
     import bundler.onnx
 
-    session = bundler.onnx.load_model(f"{model}:latest")
+    session = bundler.onnx.load_model(options.apply(bundler.onnx.get(f"{model}:latest")))
     rng = np.random.default_rng(1)
     one = MODELS[model][1](rng)
     name = session.get_inputs()[0].name
@@ -137,6 +161,7 @@ def raw_onnxruntime(model: str, sizes: tuple[int, ...], seconds: float) -> tuple
         t0 = time.perf_counter()
         session.run(None, feed)
         times.append(time.perf_counter() - t0)
+    print(f"raw onnxruntime {model}: providers {session.get_providers()[:1]}", flush=True)
     return rates, statistics.median(times)
 
 
@@ -313,6 +338,16 @@ def main() -> None:
     parser.add_argument("--models", default="mlp,sr", help="comma-separated: mlp, sr")
     parser.add_argument("--connections", default=",".join(map(str, CONNECTIONS)))
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--batching", default="on,off", help="which server modes to run: on, off or both")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: bundler's)")
+    parser.add_argument(
+        "--no-spin", action="store_true", help="onnxruntime workers sleep instead of spinning"
+    )
+    parser.add_argument(
+        "--sweep",
+        default="",
+        help="also serve each model at the most connections with these max_batch_size values, e.g. 8,16,64",
+    )
     parser.add_argument("--_server", help=argparse.SUPPRESS)
     parser.add_argument("--_client", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--port", "--workdir", "--model", "--request", "--warmup", "--seconds"):
@@ -333,9 +368,14 @@ def run_benchmark(args: argparse.Namespace) -> None:
     warmup, seconds, raw_seconds = (0.5, 1.5, 0.3) if args.quick else (1.0, 4.0, 1.0)
     models = [m for m in args.models.split(",") if m]
     connections = [int(c) for c in args.connections.split(",")]
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "models": {}}
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "options": {"threads": args.threads or "bundler default", "spin": not args.no_spin},
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(prefix="bundler-bench-") as workdir:
-        env = {**os.environ, "BUNDLER_HOME": str(Path(workdir) / "home"), "PYTHONPATH": str(ROOT)}
+        pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "BUNDLER_HOME": str(Path(workdir) / "home"), "PYTHONPATH": pythonpath}
         os.environ["BUNDLER_HOME"] = env["BUNDLER_HOME"]
         sys.path.insert(0, str(ROOT))
         import bundler.onnx
@@ -344,6 +384,8 @@ def run_benchmark(args: argparse.Namespace) -> None:
             bundler.onnx.save_model(model, MODELS[model][0](), signatures={"run": {"batchable": True}})
             Path(workdir, f"service_{model}.py").write_text(SERVICE.format(model=model))
             Path(workdir, f"{model}.http").write_bytes(request_bytes(model))
+        Path(workdir, "options.py").write_text(OPTIONS.format(threads=args.threads, spin=not args.no_spin))
+        sys.path.insert(0, workdir)
         for model in models:
             rates, batch1 = raw_onnxruntime(model, MODELS[model][3], raw_seconds)
             best = max(rates, key=rates.__getitem__)
@@ -352,7 +394,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
                 "served": {},
             }
             print(f"raw onnxruntime {model}: " + ", ".join(f"b{k}={v:,.0f}/s" for k, v in rates.items()))
-            for batching in ("on", "off"):
+            for batching in args.batching.split(","):
                 server = Server(
                     "bundler",
                     model,
@@ -377,6 +419,17 @@ def run_benchmark(args: argparse.Namespace) -> None:
                     print(f"  baseline c={n}: {base[str(n)]['rps']:,.0f} req/s", flush=True)
             finally:
                 server.stop()
+        sweep = [int(v) for v in args.sweep.split(",") if v]
+        for model in models if sweep else []:
+            n = max(connections)
+            for size in sweep:
+                server = Server("bundler", model, workdir, {**env, "BUNDLER_MAX_BATCH_SIZE": str(size)})
+                try:
+                    r = measure(server, str(Path(workdir, f"{model}.http")), n, warmup, seconds)
+                finally:
+                    server.stop()
+                results["models"][model].setdefault("sweep", {})[size] = r
+                print(f"  sweep {model} max_batch_size={size} c={n}: {r['rps']:,.0f} req/s", flush=True)
     report(results, connections)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
@@ -398,6 +451,13 @@ def report(results: dict, connections: list[int]) -> None:
         print(
             f"{name:<22}{n:>6}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{bad:>9}{r['cpu_per_1k']:>10.2f}"
         )
+    for model, entry in results["models"].items():
+        for size, r in entry.get("sweep", {}).items():
+            print(
+                f"{model} max_batch_size={size:<7}{max(connections):>6}{r['rps']:>10,.0f}{r['p50']:>9.2f}"
+                f"{r['p99']:>9.2f}{sum(v for k, v in r['statuses'].items() if str(k) != '200'):>9}"
+                f"{r['cpu_per_1k']:>10.2f}"
+            )
     print()
     for model, entry in results["models"].items():
         raw = entry["raw"]

@@ -308,7 +308,7 @@ def _mlp(seed: int = 0) -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 

@@ -16,6 +16,7 @@ one client (gaps longer than ``a``) requests are dispatched at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -325,25 +326,39 @@ class Batcher:
         else:
             dim = self.batch_dim
             feed = {name: np.concatenate([r.feed[name] for r in batch], axis=dim) for name in batch[0].feed}
-        started = self.clock()
-        slot = (started, rows)
+        slot = (self.clock(), rows)
         self._inflight.append(slot)
-        assert self._loop is not None
-        done = self._loop.run_in_executor(self.executor, self._timed_run, feed)
-        done.add_done_callback(lambda f: self._finish(f, batch, rows, slot))
+        try:
+            # A bare executor job that calls back into the loop once: no asyncio/concurrent future pair
+            # per batch, and the results are handed out in the first loop iteration after the run.
+            self.executor.submit(self._work, feed, batch, slot)
+        except RuntimeError as exc:  # the executor is shut down
+            self._finish(None, exc, 0.0, batch, slot)
 
-    def _timed_run(self, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
+    def _work(self, feed: dict[str, np.ndarray], batch: list[_Request], slot: tuple[float, int]) -> None:
         begin = time.perf_counter()
-        outputs = self.run_batch(feed)
-        return outputs, time.perf_counter() - begin
+        outputs: list[np.ndarray] | None = None
+        error: BaseException | None = None
+        try:
+            outputs = self.run_batch(feed)
+        except BaseException as exc:  # every error goes to the batch's callers, none kills the worker
+            error = exc
+        seconds = time.perf_counter() - begin
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._finish, outputs, error, seconds, batch, slot)
 
     def _finish(
-        self, done: asyncio.Future, batch: list[_Request], rows: int, slot: tuple[float, int]
+        self,
+        outputs: list[np.ndarray] | None,
+        error: BaseException | None,
+        seconds: float,
+        batch: list[_Request],
+        slot: tuple[float, int],
     ) -> None:
         self._inflight.remove(slot)
-        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
-        if error is None:
-            outputs, seconds = done.result()
+        rows = slot[1]
+        if error is None and outputs is not None:
             # Loop-side time includes the thread hop: that overhead is part of what batching amortizes.
             self.scheduler.on_batch(rows, self.clock() - slot[0])
             if self.observer is not None:

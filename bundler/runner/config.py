@@ -15,7 +15,7 @@ The config file is the YAML file named by ``$BUNDLER_CONFIG``, in BentoML 1.x's 
 applies to every runner and ``runners.<name>.batching`` to one runner (it wins)::
 
     runners:
-      batching: {enabled: true, max_batch_size: 64, max_latency_ms: 10000}
+      batching: {enabled: true, max_batch_size: 32, max_latency_ms: 10000}
       sr:
         batching: {max_batch_size: 16}
 
@@ -42,8 +42,9 @@ __all__ = ["DEFAULTS", "BatchingConfig", "env_names", "resolve_batching"]
 class BatchingConfig:
     """How one runner coalesces requests; see docs/batching.md for what each knob does."""
 
-    # Rows per ONNX Runtime call. Past ~64 rows neither test model gained throughput (docs/batching.md).
-    max_batch_size: int = 64
+    # Rows per ONNX Runtime call. The compute-bound benchmark model peaks at 16-32 rows on CPU and served
+    # best at 32; more rows only add latency (docs/batching.md has the sweep).
+    max_batch_size: int = 32
     # A request's whole budget, queueing plus inference: requests that cannot make it are refused (503)
     # up front instead of timing out later. 10 s is BentoML 1.x's default; waiting for more arrivals is
     # bounded by the learned per-call cost, not by this number, so a large budget adds no latency.
