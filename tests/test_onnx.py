@@ -332,8 +332,9 @@ def test_default_session_uses_cuda_when_present() -> None:
     session = bundler.onnx.load_model("mlp")
     assert session.get_providers()[0] == "CUDAExecutionProvider"
     x = np.ones((4, 64), np.float32)
+    # The CUDA provider multiplies in TF32 by default on Ampere and newer: about 3 significant digits.
     np.testing.assert_allclose(
-        session.run(None, {"x": x})[0], reference_run(make_mlp(), {"x": x})[0], rtol=1e-3
+        session.run(None, {"x": x})[0], reference_run(make_mlp(), {"x": x})[0], rtol=1e-2, atol=1e-2
     )
 
 
