@@ -205,6 +205,7 @@ class ServiceApp(Starlette):
                     retry_after=1,
                 )
             body = await read_body(scope, receive, self.body_limit)
+            self._refuse_if_full()
             request = BufferedRequest(scope, body, receive)
             value = await api.input.from_request(request)
             if api.is_async:
@@ -219,6 +220,21 @@ class ServiceApp(Starlette):
             response = error_response(exc, f"API {api.name!r}")
         await response(scope, receive, send)
         self._record(scope, response.status_code, start)
+
+    def _refuse_if_full(self) -> None:
+        """Raise Overloaded before decoding the body when every batching runner's queue is full.
+
+        The batcher would refuse the request anyway, but only after the input was decoded, which under
+        several times the capacity takes the loop's whole CPU and starves the model (served rate collapses).
+        """
+        batchers = [getattr(r, "batcher", None) for r in self.svc.runners]
+        if not batchers or any(b is None or b.queued_rows < b.config.max_queue for b in batchers):
+            return
+        raise Overloaded(
+            f"service {self.svc.name!r} is at capacity: every runner queue is full"
+            f" ({', '.join(str(b.queued_rows) for b in batchers)} rows waiting); retry later or add replicas",
+            retry_after=1,
+        )
 
     def _record(self, scope: Scope, status: int, start: float, known: bool = True) -> None:
         seconds = time.perf_counter() - start
