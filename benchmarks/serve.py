@@ -48,7 +48,12 @@ async def predict(x):
     return await runner.run.async_run(x)
 """
 OPTIONS = """\
-THREADS, SPIN = {threads}, {spin}
+import sys
+
+THREADS, SPIN, SWITCH = {threads}, {spin}, {switch}
+if SWITCH:
+    # A shorter GIL switch interval: the executor thread gets the GIL back sooner from a busy loop.
+    sys.setswitchinterval(SWITCH)
 
 
 def apply(model):
@@ -344,6 +349,9 @@ def main() -> None:
         "--no-spin", action="store_true", help="onnxruntime workers sleep instead of spinning"
     )
     parser.add_argument(
+        "--switch-interval", type=float, default=0.0, help="sys.setswitchinterval in the server"
+    )
+    parser.add_argument(
         "--sweep",
         default="",
         help="also serve each model at the most connections with these max_batch_size values, e.g. 8,16,64",
@@ -370,7 +378,11 @@ def run_benchmark(args: argparse.Namespace) -> None:
     connections = [int(c) for c in args.connections.split(",")]
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "options": {"threads": args.threads or "bundler default", "spin": not args.no_spin},
+        "options": {
+            "threads": args.threads or "bundler default",
+            "spin": not args.no_spin,
+            "switch_interval": args.switch_interval or sys.getswitchinterval(),
+        },
         "models": {},
     }
     with tempfile.TemporaryDirectory(prefix="bundler-bench-") as workdir:
@@ -384,7 +396,9 @@ def run_benchmark(args: argparse.Namespace) -> None:
             bundler.onnx.save_model(model, MODELS[model][0](), signatures={"run": {"batchable": True}})
             Path(workdir, f"service_{model}.py").write_text(SERVICE.format(model=model))
             Path(workdir, f"{model}.http").write_bytes(request_bytes(model))
-        Path(workdir, "options.py").write_text(OPTIONS.format(threads=args.threads, spin=not args.no_spin))
+        Path(workdir, "options.py").write_text(
+            OPTIONS.format(threads=args.threads, spin=not args.no_spin, switch=args.switch_interval)
+        )
         sys.path.insert(0, workdir)
         for model in models:
             rates, batch1 = raw_onnxruntime(model, MODELS[model][3], raw_seconds)
