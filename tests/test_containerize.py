@@ -59,8 +59,6 @@ async def slow(body: dict) -> dict:
     return {"slept": body["seconds"]}
 '''
 
-# `onnx` is listed because bundler.frameworks.onnx imports it at serve time while bundler's serve
-# requirements do not include it yet; drop it here once they do.
 BENTOFILE = """\
 service: "service:svc"
 name: affine
