@@ -403,23 +403,16 @@ def deploy_kubernetes(
     out_dir: Path,
 ) -> None:
     """Write Kubernetes manifests (Deployment, Service, HPA, PDB) for the bundle TAG."""
-    from . import bundles
-    from .deploy import kubernetes_manifests, write_manifests
+    from .deploy import deploy_kubernetes as write_for_tag
 
-    b = bundles.get(tag)
-    manifests = kubernetes_manifests(
-        b.info,
-        b.path,
-        image=image,
-        replicas=replicas,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        cpu=cpu,
-        memory=memory,
-        gpu=gpu,
-        namespace=namespace,
-    )
-    for p in write_manifests(manifests, out_dir):
+    options = {
+        "image": image,
+        "replicas": replicas,
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+    }
+    options.update({"cpu": cpu, "memory": memory, "gpu": gpu, "namespace": namespace})
+    for p in write_for_tag(tag, out_dir, **options):
         click.echo(str(p))
 
 
