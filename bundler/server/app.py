@@ -65,6 +65,9 @@ def error_response(exc: BaseException, where: str = "") -> Response:
             # The rest of the body may still be on the wire; do not reuse the connection.
             headers["Connection"] = "close"
         status = exc.http_status if 400 <= exc.http_status < 600 else 500
+        if status >= 500 and not isinstance(exc, Overloaded):
+            # The server failed (e.g. the model raised): the operator must see it, not only the client.
+            log.error("%s%s: %s", type(exc).__name__, f" in {where}" if where else "", exc)
         return _json(status, {"error": str(exc), "detail": getattr(exc, "detail", None)}, headers)
     if isinstance(exc, HTTPException):
         message = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
