@@ -276,7 +276,11 @@ def containerize(
             if variant is not None:
                 dockerfile = Path(scratch) / "Dockerfile"
                 dockerfile.write_text(variant, encoding="utf-8")
-            elif ca_bundle is not None:
+            elif ca_bundle is None:
+                output(
+                    f"note: {stored} is not what bundle.yaml renders; building it as stored (no pip cache)"
+                )
+            else:
                 raise ContainerizeError(
                     f"{stored} does not match its bundle.yaml (hand-edited?), so bundler cannot add the"
                     " build secret for --ca-bundle; rebuild the bundle with `bundler build`"

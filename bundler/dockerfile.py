@@ -119,11 +119,10 @@ def _base(docker: dict[str, Any], python: str) -> tuple[str, list[str], list[str
         extra = [] if base_image else [interpreter, f"{interpreter}-pip"]
         # useradd comes from shadow-utils, which neither minimal base ships.
         install = [*extra, "shadow-utils", *packages]
-        commands = [
+        dnf = [
             f"dnf install -y --setopt=install_weak_deps=False --nodocs {_quoted(install)}",
             "dnf clean all",
         ]
-        # The distro's Python and shadow-utils follow its own updates; there is no version of ours to pin.
         ignore = [
             "# Python and useradd come from the distro's repositories, versioned by its release.",
             "# hadolint ignore=DL3041",
@@ -131,7 +130,7 @@ def _base(docker: dict[str, Any], python: str) -> tuple[str, list[str], list[str
         if base_image:
             image = _image(base_image, "docker.base_image")
             interpreter = "python3"
-        return image, commands, ignore, interpreter
+        return image, dnf, ignore, interpreter
     apt_packages = list(packages)
     interpreter = "python3"
     commands: list[str] = []

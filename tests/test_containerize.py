@@ -564,3 +564,27 @@ def test_render_inputs_reproduce_the_stored_dockerfile(
     assert "--mount=type=cache" in (cz._buildkit_dockerfile(tmp_path, info) or "")
     stored.write_text(stored.read_text() + "RUN echo hand-edited\n")
     assert cz._buildkit_dockerfile(tmp_path, info) is None
+
+
+@pytest.mark.docker
+def test_a_hand_edited_dockerfile_is_built_as_stored(
+    engine: Engine, project: Project, image: tuple[str, Path], tmp_path: Path
+) -> None:
+    import yaml
+
+    _, bundle = image
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    dockerfile = copy / "env" / "docker" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + 'LABEL edited="by hand"\n')
+    info = yaml.safe_load((copy / "bundle.yaml").read_text())
+    tag, lines = project.containerize(copy, info, tags=[f"affine-edited:{secrets.token_hex(4)}"])
+    if engine.buildkit:
+        assert any(line.startswith("note: ") and "building it as stored" in line for line in lines)
+    label = subprocess.run(
+        [engine.client, "image", "inspect", "-f", '{{ index .Config.Labels "edited" }}', tag],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert label.stdout.strip() == "by hand"
