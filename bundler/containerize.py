@@ -13,6 +13,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,29 +76,36 @@ def _probe(argv: Sequence[str], env: Mapping[str, str] | None = None) -> subproc
         return subprocess.CompletedProcess(list(argv), 127, "", str(exc))
 
 
-def _docker_mode(client: str) -> str:
-    if _probe([client, "buildx", "version"]).returncode == 0:
-        return "buildx"
-    # Clients before 23.0 carry BuildKit themselves; newer ones refuse DOCKER_BUILDKIT=1 without buildx.
-    if _probe([client, "build", "--help"], env={**os.environ, "DOCKER_BUILDKIT": "1"}).returncode == 0:
-        return "buildkit"
-    return "legacy"
-
-
 _RANK = {"buildx": 0, "buildkit": 1, "legacy": 2}
 
 
+def _inspect_docker(client: str) -> Engine | str:
+    """Return the engine behind one docker client, or why it is unusable; the probes run in parallel."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        info = pool.submit(_probe, [client, "info", "--format", "{{.ServerVersion}}"])
+        buildx = pool.submit(_probe, [client, "buildx", "version"])
+        # Clients before 23.0 carry BuildKit themselves; newer ones refuse DOCKER_BUILDKIT=1 without buildx.
+        kit = pool.submit(_probe, [client, "build", "--help"], {**os.environ, "DOCKER_BUILDKIT": "1"})
+    if info.result().returncode != 0:
+        last = (info.result().stderr.strip().splitlines() or ["no answer"])[-1]
+        return f"{client}: the Docker daemon does not answer ({last})"
+    mode = (
+        "buildx"
+        if buildx.result().returncode == 0
+        else "buildkit"
+        if kit.result().returncode == 0
+        else "legacy"
+    )
+    return Engine("docker", client, mode)
+
+
 def _detect_docker(problems: list[str]) -> Engine | None:
-    engines = []
-    for client in _candidates("docker"):
-        info = _probe([client, "info", "--format", "{{.ServerVersion}}"])
-        if info.returncode != 0:
-            last = (info.stderr.strip().splitlines() or ["no answer"])[-1]
-            problems.append(f"{client}: the Docker daemon does not answer ({last})")
-            continue
-        engines.append(Engine("docker", client, _docker_mode(client)))
-        if engines[-1].mode == "buildx":
-            break
+    clients = _candidates("docker")
+    with ThreadPoolExecutor(max_workers=max(1, len(clients))) as pool:
+        found = list(pool.map(_inspect_docker, clients))
+    problems += [f for f in found if isinstance(f, str)]
+    engines = [f for f in found if isinstance(f, Engine)]
+    # The best builder wins; among equals, the client first on PATH.
     return min(engines, key=lambda e: _RANK[e.mode]) if engines else None
 
 
