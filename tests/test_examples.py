@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import secrets
 import shutil
@@ -68,12 +69,6 @@ class Built:
     bundle: Path
     info: dict[str, Any]
 
-    @contextlib.contextmanager
-    def env(self) -> Iterator[None]:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("BUNDLER_HOME", str(self.home))
-            yield
-
     @property
     def model_file(self) -> Path:
         """The saved model inside the bundle (what the server runs)."""
@@ -86,11 +81,11 @@ def make_and_build(example: Example, home: Path) -> Built:
     for module in example.makers:
         pytest.importorskip(module, reason=f"examples/{example.name}/make_model.py needs {module}")
     from bundler import bundles
-    from bundler.builder import build
 
+    env = {**os.environ, "BUNDLER_HOME": str(home)}
     made = subprocess.run(
         [sys.executable, str(EXAMPLES / example.name / "make_model.py")],
-        env={**os.environ, "BUNDLER_HOME": str(home)},
+        env=env,
         cwd=home,  # the script must not depend on the directory it is started from
         capture_output=True,
         text=True,
@@ -98,12 +93,21 @@ def make_and_build(example: Example, home: Path) -> Built:
     )
     assert made.returncode == 0, made.stdout + made.stderr
     assert made.stdout.startswith(f'Model(tag="{example.model}:'), made.stdout
-    built = Built(example, home, Path(), {})
-    with built.env():
-        result = build(EXAMPLES / example.name)
-        bundle = bundles.get(str(result.tag))
-    built.bundle, built.info = bundle.path, bundle.info
-    return built
+    built = bundler_cli("build", str(EXAMPLES / example.name), "--output", "json", env=env)
+    tag = json.loads(built.stdout)["tag"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BUNDLER_HOME", str(home))
+        bundle = bundles.get(tag)
+    return Built(example, home, bundle.path, bundle.info)
+
+
+def bundler_cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the `bundler` command line (as `python -m bundler`) and insist that it succeeds."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bundler", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"bundler {' '.join(args)} failed:\n{done.stdout}{done.stderr[-5000:]}"
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -358,14 +362,13 @@ def free_port() -> int:
 def test_image_serves_like_onnxruntime(
     name: str, engine: Any, images: list[str], examples: Callable[[str], Built]
 ) -> None:
-    from bundler.containerize import containerize
-
     built = examples(name)
-    lines: list[str] = []
-    with built.env():
-        tags = containerize(built.bundle, built.info, output=lines.append)
-    images += tags
-    assert tags == [f"{name}:{built.bundle.name}"]
+    tag = f"{name}:{built.bundle.name}"
+    env = {**os.environ, "BUNDLER_HOME": str(built.home)}
+    made = bundler_cli("containerize", tag, "--progress", "plain", env=env, timeout=900)
+    tags = made.stdout.split()
+    images.extend(tags)
+    assert tags == [tag]  # the image is named like the bundle
     port = free_port()
     container = f"bundler-example-{secrets.token_hex(4)}"
     subprocess.run(
