@@ -414,6 +414,16 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
         if not found:
             problem(("service",), f"module file {candidates[0]!r} not found in the build context {context}")
 
+    include = data.get("include")
+    for i, pattern in enumerate(include if isinstance(include, list) else []):
+        # Patterns match paths inside the context, so '..' never matches: say so instead of ignoring it.
+        if isinstance(pattern, str) and ".." in pattern.strip().lstrip("!").replace("\\", "/").split("/"):
+            problem(
+                ("include", i),
+                f"pattern {pattern!r} reaches outside the build context {context} ('..'); patterns match"
+                " paths inside it: copy the files into the context",
+            )
+
     description = data.get("description")
     if isinstance(description, str) and description.startswith("file:"):
         need_file(("description",), description[5:].strip(), "description file")
