@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 import random
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bundler.exceptions import BadInput, InferenceInputError, ModelError, Overloaded
-from bundler.runner.batcher import Batcher, CostModel, Scheduler
+from bundler.runner.batcher import SWITCH_INTERVAL, Batcher, CostModel, Scheduler
 from bundler.runner.config import DEFAULTS, BatchingConfig, env_names, resolve_batching
 
 # ---------------------------------------------------------------- config
@@ -515,6 +516,19 @@ def test_output_without_batch_axis_and_mismatched_rows_are_clear_errors() -> Non
     first, *pair = asyncio.run(main())
     assert first[0].shape == ()  # a lone request gets the outputs as they are
     assert all(isinstance(p, ModelError) and "batchable=False" in str(p) for p in pair)
+
+
+def test_batcher_lowers_the_gil_switch_interval_only() -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        Batcher(lambda f: [], BatchingConfig(), executor=ThreadPoolExecutor(1))
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        sys.setswitchinterval(0.0001)
+        Batcher(lambda f: [], BatchingConfig(), executor=ThreadPoolExecutor(1))
+        assert sys.getswitchinterval() == pytest.approx(0.0001)
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_disabled_batching_runs_one_request_per_call() -> None:
