@@ -8,6 +8,7 @@ import itertools
 import random
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -543,3 +544,36 @@ def test_disabled_batching_runs_one_request_per_call() -> None:
 
     asyncio.run(main())
     assert [len(b["x"]) for b in gate.batches] == [1] * 10
+
+
+def test_busy_overhead_bound_traffic_waits_for_a_second_request_then_dispatches_by_itself() -> None:
+    calls: list[int] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        calls.append(len(feed["x"]))
+        return [feed["x"] + 1]
+
+    async def main() -> tuple[list, float]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run_batch, BatchingConfig(max_batch_size=8), executor=pool)
+            scheduler = batcher.scheduler
+            for n in (1, 8, 1, 8):
+                scheduler.on_batch(n, 0.060 + 0.0001 * n)  # a = 60 ms of fixed cost per call
+            now = batcher.clock()
+            for i in range(20, 0, -1):
+                scheduler.on_arrival(now - i * 0.001)  # requests 1 ms apart until now
+            start = time.perf_counter()
+            first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))
+            await asyncio.sleep(0.005)
+            assert calls == []  # waiting: a second request within ~a/2 pays off
+            second = await asyncio.wait_for(batcher.submit({"x": np.ones((1, 1))}), 2)
+            elapsed = time.perf_counter() - start
+            answers = [await first, second]
+            await batcher.close()
+            return answers, elapsed
+
+    answers, elapsed = asyncio.run(main())
+    assert calls == [2]
+    assert [float(a[0][0, 0]) for a in answers] == [1.0, 2.0]
+    # after the second arrival the wait ends by itself within (a - 2b)/3 = 20 ms (plus scheduling slack)
+    assert elapsed < 0.005 + 0.020 + 0.050
