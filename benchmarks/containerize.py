@@ -51,7 +51,8 @@ def rebuilt_steps(log: str) -> list[str]:
     """Return the build steps BuildKit did not take from its cache (from --progress plain output)."""
     steps = dict(re.findall(r"^#(\d+) \[stage-\d+\s+\d+/\d+\] (.{0,40})", log, re.M))
     cached = set(re.findall(r"^#(\d+) CACHED$", log, re.M))
-    return [desc.strip() for num, desc in steps.items() if num not in cached]
+    # FROM is resolved, not built: BuildKit never prints it as CACHED.
+    return [desc.strip() for num, desc in steps.items() if num not in cached and not desc.startswith("FROM ")]
 
 
 def free_port() -> int:
