@@ -194,6 +194,9 @@ class _Builder:
         return out
 
 
+_TOO_DEEP = "the YAML is nested too deeply to read (hundreds of levels); a build file needs a few levels"
+
+
 def _read_yaml(path: Path, file: str) -> tuple[Any, _Located, list[Problem]]:
     """Parse a file into data and positions; problems that stop parsing are returned, not raised."""
 
@@ -221,6 +224,8 @@ def _read_yaml(path: Path, file: str) -> tuple[Any, _Located, list[Problem]]:
         return stop(f"YAML syntax error: {detail}; check the indentation and quoting", line, column)
     except yaml.YAMLError as exc:
         return stop(f"YAML error: {exc}")
+    except RecursionError:
+        return stop(_TOO_DEEP)
     if root is None:
         return stop("the file is empty; it needs at least 'service: module:attribute'")
     builder = _Builder(file)
@@ -228,6 +233,8 @@ def _read_yaml(path: Path, file: str) -> tuple[Any, _Located, list[Problem]]:
         data = builder.build(root, ())
     except _TooBig as exc:
         return stop(str(exc), exc.line, exc.column)
+    except RecursionError:
+        return stop(_TOO_DEEP)
     except yaml.YAMLError as exc:  # a scalar PyYAML cannot construct, e.g. a bad !!timestamp
         mark = getattr(exc, "problem_mark", None)
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
