@@ -11,7 +11,7 @@ torch is needed here only, to make the model; the service runs it with onnxrunti
 
 from __future__ import annotations
 
-import io
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -93,21 +93,21 @@ def train(seed: int = 0, steps: int = 120) -> ColorNet:
 def make_model(seed: int = 0) -> onnx.ModelProto:
     """Return the trained network exported as input[batch, 224, 224, 3] -> probs[batch, len(labels)]."""
     net = train(seed)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        path = Path(tmp) / "model.onnx"
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its own deprecation
         # dynamo=False: the tracing export the guide shows, which needs neither onnxscript nor a network.
         torch.onnx.export(
             net,
             (torch.zeros(1, SIZE, SIZE, 3),),
-            buf,
+            str(path),
             opset_version=17,
             input_names=["input"],
             output_names=["probs"],
             dynamic_axes={"input": {0: "batch"}, "probs": {0: "batch"}},
             dynamo=False,
         )
-    model = onnx.load_from_string(buf.getvalue())
+        model = onnx.load(str(path))
     onnx.checker.check_model(model)
     return model
 

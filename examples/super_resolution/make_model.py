@@ -10,8 +10,9 @@ torch is needed here only, to make the model; the service runs it with onnxrunti
 
 from __future__ import annotations
 
-import io
+import tempfile
 import warnings
+from pathlib import Path
 
 import onnx
 import torch
@@ -55,15 +56,15 @@ def make_model(seed: int = 0) -> onnx.ModelProto:
     torch.manual_seed(seed)
     torch_model = SuperResolutionNet(upscale_factor=UPSCALE_FACTOR).eval()
     x = torch.randn(1, 1, SIZE, SIZE)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        path = Path(tmp) / "model.onnx"
         # The TorchScript exporter announces its own deprecation; the export itself is what the guide shows.
         warnings.simplefilter("ignore")
         # dynamo=False: the guide's tracing export, which needs neither onnxscript nor a network.
         torch.onnx.export(
             torch_model,
             (x,),
-            buf,
+            str(path),
             export_params=True,
             opset_version=17,  # the guide's 10 works too; 17 is what current onnxruntime optimises best
             do_constant_folding=True,
@@ -72,7 +73,7 @@ def make_model(seed: int = 0) -> onnx.ModelProto:
             dynamic_axes={"input": {0: "batch_size"}, "output": {0: "batch_size"}},
             dynamo=False,
         )
-    model = onnx.load_from_string(buf.getvalue())
+        model = onnx.load(str(path))
     onnx.checker.check_model(model)
     return model
 
