@@ -448,7 +448,8 @@ def default_session_options() -> onnxruntime.SessionOptions:
 
     intra-op threads = the CPUs this process may use (onnxruntime's own default counts the host's cores,
     which oversubscribes a container with a CPU quota); one inter-op thread, sequential execution: a
-    server runs one batch at a time per model, so parallelism belongs inside each operator.
+    server runs one batch at a time per model, so parallelism belongs inside each operator; intra-op
+    threads sleep rather than spin between runs.
     """
     ort = _ort()
     options = ort.SessionOptions()
@@ -456,6 +457,9 @@ def default_session_options() -> onnxruntime.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning intra-op threads burn a core between requests and fight the event loop for the GIL'd CPU:
+    # off, CPU per 1,000 served requests fell 2.33 s -> 0.14 s (MLP) with no loss in latency (docs/batching.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
