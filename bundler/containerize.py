@@ -23,6 +23,7 @@ from .exceptions import BadInput, ContainerizeError, EngineUnavailable
 __all__ = ["Engine", "build_command", "containerize", "detect_engine", "render_inputs"]
 
 KINDS = ("docker", "podman", "buildah")
+TEMPLATE_COPY = "Dockerfile.template"  # where a bundle keeps the user's docker.dockerfile_template
 _PROBE_TIMEOUT = 20
 _WELL_KNOWN_DIRS = ("/usr/local/bin", "/usr/bin", "/bin")
 _START_HINT = (
@@ -156,9 +157,10 @@ def render_inputs(info: Mapping[str, Any], bundle_dir: Path) -> tuple[dict[str, 
     docker["setup_script"] = "env/docker/setup_script" if docker.get("setup_script") else None
     template = docker.get("dockerfile_template")
     if template:
-        # The builder renders from the template's text; the bundle carries it only among the sources.
-        source = bundle_dir / "src" / str(template)
-        docker["dockerfile_template"] = source.read_text(encoding="utf-8") if source.is_file() else None
+        # The builder renders from the template's text: look for it where a bundle may carry it.
+        candidates = [bundle_dir / "env" / "docker" / TEMPLATE_COPY, bundle_dir / "src" / str(template)]
+        found = next((c for c in candidates if c.is_file()), None)
+        docker["dockerfile_template"] = found.read_text(encoding="utf-8") if found else None
     description = str((info.get("build") or {}).get("description") or "").strip()
     facts = {
         "name": info.get("name"),

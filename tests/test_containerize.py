@@ -240,13 +240,13 @@ class Project:
             mp.setattr(bundler.lock, "build_bundler_wheel", lambda dest: Path(shutil.copy2(frozen, dest)))
             yield
 
-    def build(self, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
+    def build(self, root: Path | None = None, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
         """Build the bundle with the real builder; return its directory and bundle.yaml."""
         from bundler import bundles
         from bundler.builder import build
 
         with self.env():
-            result = build(self.root, **kwargs)
+            result = build(root or self.root, **kwargs)
             bundle = bundles.get(str(result.tag))
         return bundle.path, bundle.info
 
@@ -495,6 +495,58 @@ def test_offline_bundle_builds_with_no_network(engine: Engine, project: Project)
     assert out.returncode == 0, out.stderr
 
 
+OPTIONS_BENTOFILE = """\
+service: "service:svc"
+name: affine-options
+include:
+  - "*.py"
+docker:
+  system_packages:
+    - jq
+  env:
+    GREETING: 'hello "world" $HOME'
+  setup_script: setup.sh
+  dockerfile_template: Dockerfile.template
+envs:
+  - name: RUNTIME_FLAG
+    value: "on"
+"""
+OPTIONS_TEMPLATE = """\
+{% extends bento_base_template %}
+{% block SETUP_BENTO_COMPONENTS %}
+{{ super() }}
+RUN echo "templated for {{ bento__user }}" > /home/bundler/template-marker
+{% endblock %}
+"""
+
+
+@pytest.mark.docker
+def test_bentofile_docker_options_reach_the_image(engine: Engine, project: Project, tmp_path: Path) -> None:
+    root = tmp_path / "options"
+    root.mkdir()
+    (root / "service.py").write_text(SERVICE)
+    (root / "bentofile.yaml").write_text(OPTIONS_BENTOFILE)
+    (root / "Dockerfile.template").write_text(OPTIONS_TEMPLATE)
+    setup = root / "setup.sh"
+    setup.write_text("#!/bin/sh\nset -e\necho setup-ran > /etc/setup-marker\n")
+    setup.chmod(0o755)
+    bundle, info = project.build(root)
+    tag, _ = project.containerize(bundle, info)
+    probe = (
+        'jq --version; cat /etc/setup-marker /home/bundler/template-marker; echo "$GREETING|$RUNTIME_FLAG"'
+    )
+    out = subprocess.run(
+        [engine.client, "run", "--rm", tag, "sh", "-c", probe], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "jq-1.6",
+        "setup-ran",
+        "templated for bundler",
+        'hello "world" $HOME|on',
+    ]
+
+
 @pytest.mark.docker
 def test_an_image_that_cannot_start_fails_the_build_with_the_engine_output(
     engine: Engine, project: Project, tmp_path: Path
@@ -564,6 +616,18 @@ def test_render_inputs_reproduce_the_stored_dockerfile(
     assert "--mount=type=cache" in (cz._buildkit_dockerfile(tmp_path, info) or "")
     stored.write_text(stored.read_text() + "RUN echo hand-edited\n")
     assert cz._buildkit_dockerfile(tmp_path, info) is None
+
+    # A user template is found where the bundle keeps it, so its bundle gets the BuildKit variant too.
+    info["docker"]["dockerfile_template"] = "docker/custom.j2"
+    template = (
+        "{% extends bento_base_template %}{% block SETUP_BENTO_USER %}{{ super() }}RUN true\n{% endblock %}"
+    )
+    (stored.parent / cz.TEMPLATE_COPY).write_text(template)
+    docker, facts = render_inputs(info, tmp_path)
+    assert docker["dockerfile_template"] == template
+    stored.write_text(render_dockerfile(docker, facts))
+    variant = cz._buildkit_dockerfile(tmp_path, info) or ""
+    assert "--mount=type=cache" in variant and "RUN true" in variant
 
 
 @pytest.mark.docker
