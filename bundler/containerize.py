@@ -3,21 +3,27 @@
 The bundle directory is the build context and is never modified. With BuildKit (buildx, or a classic
 client with ``DOCKER_BUILDKIT=1``) the Dockerfile is re-rendered in its BuildKit variant to a temporary
 file outside the bundle: a pip cache mount, and the CA bundle as a build secret that no layer keeps.
-The legacy builder cannot mount secrets, so ``ca_bundle`` there is refused rather than baked into a layer.
+The legacy builder has no secrets and would keep a COPYed file in a layer, so there the pip step fetches
+the CA from a one-shot server on this machine's loopback (host network) and deletes it in the same RUN.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import http.server
 import os
+import secrets
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .dockerfile import CA_URL_ARG
 from .exceptions import BadInput, ContainerizeError, EngineUnavailable
 
 __all__ = ["Engine", "build_command", "containerize", "detect_engine", "render_inputs"]
@@ -180,8 +186,8 @@ def render_inputs(info: Mapping[str, Any], bundle_dir: Path) -> tuple[dict[str, 
     return docker, facts
 
 
-def _buildkit_dockerfile(bundle_dir: Path, info: Mapping[str, Any]) -> str | None:
-    """Return the BuildKit variant, or None when bundle.yaml does not reproduce the stored Dockerfile."""
+def _rerender(bundle_dir: Path, info: Mapping[str, Any], **variant: bool) -> str | None:
+    """Return a variant of the Dockerfile, or None when bundle.yaml does not reproduce the stored one."""
     from .dockerfile import render_dockerfile
 
     stored = bundle_dir / "env" / "docker" / "Dockerfile"
@@ -189,9 +195,38 @@ def _buildkit_dockerfile(bundle_dir: Path, info: Mapping[str, Any]) -> str | Non
         docker, facts = render_inputs(info, bundle_dir)
         if render_dockerfile(docker, facts) != stored.read_text(encoding="utf-8"):
             return None
-        return render_dockerfile(docker, facts, buildkit=True)
+        return render_dockerfile(docker, facts, **variant)
     except Exception:  # any doubt -> build the stored Dockerfile exactly as written
         return None
+
+
+@contextlib.contextmanager
+def _serve_once(path: Path) -> Iterator[str]:
+    """Serve one file on the loopback at an unguessable URL for as long as the block runs."""
+    data = Path(path).read_bytes()
+    token = secrets.token_urlsafe(24)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != f"/{token}":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{token}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def build_command(
@@ -279,38 +314,49 @@ def containerize(
     offline = bool((info.get("python") or {}).get("offline"))
     if offline and network is None:
         network = "none"  # an offline bundle carries every wheel: prove the build needs no network
-    with tempfile.TemporaryDirectory(prefix="bundler-containerize-") as scratch:
+    if offline and ca_bundle is not None:
+        output("note: an offline bundle builds without network, so --ca-bundle is not needed and not used")
+        ca_bundle = None
+    args = dict(build_args or {})
+    with (
+        tempfile.TemporaryDirectory(prefix="bundler-containerize-") as scratch,
+        contextlib.ExitStack() as stack,
+    ):
         dockerfile = stored
-        if engine.buildkit:
-            variant = _buildkit_dockerfile(bundle_dir, info)
-            if variant is not None:
-                dockerfile = Path(scratch) / "Dockerfile"
-                dockerfile.write_text(variant, encoding="utf-8")
-            elif ca_bundle is None:
-                output(
-                    f"note: {stored} is not what bundle.yaml renders; building it as stored (no pip cache)"
-                )
-            else:
-                raise ContainerizeError(
-                    f"{stored} does not match its bundle.yaml (hand-edited?), so bundler cannot add the"
-                    " build secret for --ca-bundle; rebuild the bundle with `bundler build`"
-                )
-        elif ca_bundle is not None:
+        secret = None
+        variant = _rerender(bundle_dir, info, buildkit=engine.buildkit, ca_fetch=ca_bundle is not None)
+        if variant is None and ca_bundle is not None:
             raise ContainerizeError(
-                f"--ca-bundle needs BuildKit, which {engine.client} ({engine.mode} builder) lacks: the legacy"
-                " builder can only COPY the file, which keeps it in an image layer. Install docker-buildx,"
-                " use a Docker client before 23.0 (DOCKER_BUILDKIT=1), or use --backend podman"
+                f"{stored} does not match its bundle.yaml (hand-edited?), so bundler cannot add the CA"
+                " bundle to its pip step; rebuild the bundle with `bundler build`, or drop --ca-bundle"
             )
+        if variant is None and engine.buildkit:
+            output(f"note: {stored} is not what bundle.yaml renders; building it as stored (no pip cache)")
+        if variant is not None and (engine.buildkit or ca_bundle is not None):
+            dockerfile = Path(scratch) / "Dockerfile"
+            dockerfile.write_text(variant, encoding="utf-8")
+        if ca_bundle is not None and engine.buildkit:
+            secret = ca_bundle
+        elif ca_bundle is not None:
+            # No build secrets here: the pip step fetches the CA from this machine's loopback and deletes
+            # it before its layer is committed. Reaching the loopback needs the host network.
+            if network not in (None, "host"):
+                raise ContainerizeError(
+                    f"--ca-bundle with the {engine.mode} builder needs the host network (the build fetches"
+                    f" the CA from this machine's loopback), not --network {network}; use BuildKit for both"
+                )
+            network = "host"
+            args[CA_URL_ARG] = stack.enter_context(_serve_once(ca_bundle))
         argv = build_command(
             engine,
             bundle_dir,
             dockerfile,
             image_tags,
             platform=platform,
-            build_args=build_args,
+            build_args=args,
             no_cache=no_cache,
             progress=progress,
-            ca_bundle=ca_bundle,
+            ca_bundle=secret,
             network=network,
         )
         output(f"building {', '.join(image_tags)} with {engine.kind} ({engine.mode}): {' '.join(argv)}")

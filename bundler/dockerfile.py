@@ -28,6 +28,13 @@ BUNDLE_PATH = f"{HOME}/bundle"
 VENV = "/opt/venv"
 PORT = 3000
 CA_SECRET = "/run/secrets/ca"
+CA_URL_ARG = "BUNDLER_CA_URL"
+CA_FETCHED = "/tmp/bundler-ca.pem"
+# Bypass any proxy: the URL is the build host's loopback.
+_FETCH = (
+    "import sys, urllib.request as u; "
+    'open(sys.argv[2], "wb").write(u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=30).read())'
+)
 # What `bundler serve` needs at start-up; importing it at build time turns a broken image into a failed build.
 SERVE_IMPORTS = (
     "import bundler.cli, bundler.server.app, bundler.server.serve, bundler.frameworks.onnx, onnxruntime"
@@ -220,7 +227,7 @@ def _labels(facts: dict[str, Any]) -> list[str]:
     return [f"{key}={_dquote(value, f'labels.{key}')}" for key, value in labels.items()]
 
 
-def _pip_steps(facts: dict[str, Any], buildkit: bool) -> dict[str, Any]:
+def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[str, Any]:
     lock = "env/python/requirements.lock.txt"
     wheels = "env/python/wheels"
     options = ["--require-hashes"] if facts.get("hashed", True) else []
@@ -235,6 +242,15 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool) -> dict[str, Any]:
         run = f"RUN {pip_cache} --mount=type=secret,id=ca,target={CA_SECRET}"
         bundler_run = f"RUN {pip_cache}"
         steps.append(f"if [ -f {CA_SECRET} ]; then export PIP_CERT={CA_SECRET} SSL_CERT_FILE={CA_SECRET}; fi")
+    elif ca_fetch:
+        # The legacy builder has no secrets: fetch the CA from a one-shot server on the build host and
+        # delete it when this RUN's shell exits, before the layer is committed.
+        run = f"ARG {CA_URL_ARG}\nRUN"
+        steps += [
+            f"trap {shlex.quote(f'rm -f {CA_FETCHED}')} EXIT",
+            f'python3 -c {shlex.quote(_FETCH)} "${CA_URL_ARG}" {CA_FETCHED}',
+            f"export PIP_CERT={CA_FETCHED} SSL_CERT_FILE={CA_FETCHED}",
+        ]
     steps.append(f"{pip} {_quoted([*cache, *options, '-r', lock])}")
     return {
         "pip_run": run,
@@ -245,7 +261,7 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool) -> dict[str, Any]:
 
 
 def template_context(
-    docker: dict[str, Any], facts: dict[str, Any], *, buildkit: bool = False
+    docker: dict[str, Any], facts: dict[str, Any], *, buildkit: bool = False, ca_fetch: bool = False
 ) -> dict[str, Any]:
     """Return the validated, quoted values the Dockerfile template lays out."""
     for key in ("name", "version", "tag"):
@@ -261,7 +277,7 @@ def template_context(
             f"cannot render the Dockerfile: setup_script must be copied to {_SETUP_SCRIPT} in the bundle,"
             f" got {setup_script!r} (a bug in the caller)"
         )
-    pip = _pip_steps(facts, buildkit)
+    pip = _pip_steps(facts, buildkit, ca_fetch)
     return {
         "bundler_version": facts.get("bundler_version") or "unknown",
         "tag": facts["tag"],
@@ -305,13 +321,19 @@ def _environment(loader: Any) -> Any:
     )
 
 
-def render_dockerfile(docker: dict[str, Any], facts: dict[str, Any], *, buildkit: bool = False) -> str:
-    """Render the bundle's Dockerfile (the BuildKit variant adds a pip cache and a CA secret mount)."""
+def render_dockerfile(
+    docker: dict[str, Any], facts: dict[str, Any], *, buildkit: bool = False, ca_fetch: bool = False
+) -> str:
+    """Render the bundle's Dockerfile.
+
+    ``buildkit``: add a pip cache mount and the CA bundle as a secret mount. ``ca_fetch`` (legacy builder):
+    fetch the CA from the URL in build arg BUNDLER_CA_URL for the pip step only.
+    """
     from jinja2 import FileSystemLoader, TemplateError
 
     from .resources import data_dir
 
-    context = template_context(docker, facts, buildkit=buildkit)
+    context = template_context(docker, facts, buildkit=buildkit, ca_fetch=ca_fetch)
     env = _environment(FileSystemLoader(str(data_dir("templates"))))
     base = env.get_template("Dockerfile.j2")
     user_template = docker.get("dockerfile_template")

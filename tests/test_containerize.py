@@ -168,18 +168,75 @@ def test_build_command_per_mode(tmp_path: Path) -> None:
     assert Engine("docker", "/d", "buildkit").environ()["DOCKER_BUILDKIT"] == "1"
 
 
-def test_ca_bundle_is_refused_by_the_legacy_builder_before_building(
+INFO: dict[str, Any] = {
+    "name": "a",
+    "version": "v1",
+    "tag": "a:v1",
+    "bundler_version": "0.1.0",
+    "labels": {"k": "v"},
+    "models": [{"tag": "m:1"}],
+    "apis": [{"name": "predict", "route": "predict"}],
+    "python": {"version": "3.11", "lock_digest": "d", "hashed": True, "offline": False},
+    "docker": {"distro": "debian", "env": {"X": "1"}, "setup_script": "setup.sh"},
+    "envs": {},
+    "build": {"description": "first line\nsecond"},
+}
+
+
+def fake_bundle(root: Path, info: dict[str, Any]) -> Path:
+    """Write just the Dockerfile a bundle with this bundle.yaml would have."""
+    from bundler.dockerfile import render_dockerfile
+
+    stored = root / "env" / "docker" / "Dockerfile"
+    stored.parent.mkdir(parents=True)
+    stored.write_text(render_dockerfile(*render_inputs(info, root)))
+    return root
+
+
+def test_ca_bundle_on_a_hand_edited_dockerfile_or_without_host_network_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bundle = tmp_path / "bundle"
-    (bundle / "env" / "docker").mkdir(parents=True)
-    (bundle / "env" / "docker" / "Dockerfile").write_text("FROM scratch\n")
     ca = tmp_path / "ca.pem"
     ca.write_text("not used")
+    bundle = fake_bundle(tmp_path / "bundle", INFO)
+    for mode in ("legacy", "buildkit"):
+        monkeypatch.setattr(
+            cz, "detect_engine", lambda backend=None, m=mode: Engine("docker", "/nonexistent", m)
+        )
+        stored = bundle / "env" / "docker" / "Dockerfile"
+        original = stored.read_text()
+        stored.write_text(original + "RUN echo edited\n")
+        with pytest.raises(ContainerizeError, match="hand-edited"):
+            containerize(bundle, INFO, ca_bundle=ca, output=lambda _: None)
+        stored.write_text(original)
+    # The legacy builder fetches the CA over the host's loopback, which another network cannot reach.
     monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", "/nonexistent", "legacy"))
-    with pytest.raises(ContainerizeError, match="--ca-bundle needs BuildKit") as info:
-        containerize(bundle, {"name": "a", "version": "1"}, ca_bundle=ca, output=lambda _: None)
-    assert "keeps it in an image layer" in str(info.value)
+    with pytest.raises(ContainerizeError, match=r"needs the host network .* not --network bridge"):
+        containerize(bundle, INFO, ca_bundle=ca, network="bridge", output=lambda _: None)
+
+
+def test_legacy_ca_variant_fetches_and_deletes_the_ca_in_the_pip_step(tmp_path: Path) -> None:
+    from bundler.dockerfile import render_dockerfile
+
+    text = render_dockerfile(*render_inputs(INFO, tmp_path), ca_fetch=True)
+    lines = text.replace("\\\n", " ").splitlines()
+    pip = next(i for i, line in enumerate(lines) if "requirements.lock.txt" in line)
+    assert lines[pip - 1] == "ARG BUNDLER_CA_URL"
+    step = " ".join(lines[pip].split())
+    assert "trap 'rm -f /tmp/bundler-ca.pem' EXIT" in step
+    assert step.index('"$BUNDLER_CA_URL" /tmp/bundler-ca.pem') < step.index("PIP_CERT=/tmp/bundler-ca.pem")
+    assert "COPY" not in step and text.count("BUNDLER_CA_URL") == 2
+
+
+def test_one_shot_server_serves_only_its_token(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    with cz._serve_once(ca) as url:
+        assert url.startswith("http://127.0.0.1:")
+        assert httpx.get(url).content == ca.read_bytes()
+        assert httpx.get(url.rsplit("/", 1)[0] + "/guess").status_code == 404
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=2)
 
 
 def test_not_a_bundle_is_a_clear_error(tmp_path: Path) -> None:
@@ -441,25 +498,9 @@ def test_the_bundle_directory_is_left_untouched(project: Project, image: tuple[s
     assert not list(bundle.rglob("*.buildkit*")) and not (bundle / ".dockerignore").exists()
 
 
-@pytest.mark.docker
-def test_ca_bundle_is_used_as_a_secret_and_is_in_no_layer(
-    engine: Engine, project: Project, image: tuple[str, Path], tmp_path: Path
-) -> None:
-    if not engine.buildkit:
-        pytest.skip("--ca-bundle needs BuildKit; the refusal is tested without an engine")
-    _, bundle = image
-    marker = f"bundler-ca-marker-{secrets.token_hex(8)}"
-    ca = tmp_path / "ca.pem"
-    ca.write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text() + f"\n# {marker}\n")
-    with project.env():
-        from bundler import bundles
-
-        info = bundles.get(f"{bundle.parent.name}:{bundle.name}").info
-    tag, lines = project.containerize(bundle, info, tags=[f"affine-ca:{secrets.token_hex(4)}"], ca_bundle=ca,
-                                      no_cache=True)  # fmt: skip
-    assert any("--secret id=ca,src=" in line for line in lines[:1])
-    assert any("--mount=type=secret,id=ca" in line for line in lines), "the pip step did not mount the secret"
-    save = subprocess.Popen([engine.client, "save", tag], stdout=subprocess.PIPE)
+def files_containing(engine: Engine, image: str, needle: bytes) -> tuple[int, list[str]]:
+    """Return how many layers `docker save` gives for the image, and every file in them holding needle."""
+    save = subprocess.Popen([engine.client, "save", image], stdout=subprocess.PIPE)
     assert save.stdout is not None
     found, layers = [], 0
     with tarfile.open(fileobj=save.stdout, mode="r|") as outer:
@@ -472,11 +513,39 @@ def test_ca_bundle_is_used_as_a_secret_and_is_in_no_layer(
                 with tarfile.open(fileobj=data, mode="r|") as layer:
                     for entry in layer:
                         content = layer.extractfile(entry) if entry.isfile() else None
-                        if content is not None and marker.encode() in content.read():
+                        if content is not None and needle in content.read():
                             found.append(f"{member.name}:{entry.name}")
-            elif marker.encode() in data.read():
+            elif needle in data.read():
                 found.append(member.name)
     assert save.wait() == 0
+    return layers, found
+
+
+def marked_ca(tmp_path: Path) -> tuple[Path, str]:
+    """Return a copy of the system CA bundle with a unique comment to look for in the image."""
+    marker = f"bundler-ca-marker-{secrets.token_hex(8)}"
+    ca = tmp_path / "ca.pem"
+    ca.write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text() + f"\n# {marker}\n")
+    return ca, marker
+
+
+@pytest.mark.docker
+def test_ca_bundle_is_used_as_a_secret_and_is_in_no_layer(
+    engine: Engine, project: Project, image: tuple[str, Path], tmp_path: Path
+) -> None:
+    if not engine.buildkit:
+        pytest.skip("--ca-bundle needs BuildKit; the refusal is tested without an engine")
+    _, bundle = image
+    ca, marker = marked_ca(tmp_path)
+    with project.env():
+        from bundler import bundles
+
+        info = bundles.get(f"{bundle.parent.name}:{bundle.name}").info
+    tag, lines = project.containerize(bundle, info, tags=[f"affine-ca:{secrets.token_hex(4)}"], ca_bundle=ca,
+                                      no_cache=True)  # fmt: skip
+    assert any("--secret id=ca,src=" in line for line in lines[:1])
+    assert any("--mount=type=secret,id=ca" in line for line in lines), "the pip step did not mount the secret"
+    layers, found = files_containing(engine, tag, marker.encode())
     assert layers > 3
     assert not found, f"the CA bundle leaked into the image: {found}"
 
@@ -571,8 +640,8 @@ def test_an_image_that_cannot_start_fails_the_build_with_the_engine_output(
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_legacy_builder_builds_the_stored_dockerfile(
-    engine: Engine, project: Project, image: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+def test_legacy_builder_builds_the_stored_dockerfile_and_fetches_the_ca_without_keeping_it(
+    engine: Engine, project: Project, image: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     if engine.kind != "docker":
         pytest.skip("the legacy builder is docker's")
@@ -587,35 +656,32 @@ def test_legacy_builder_builds_the_stored_dockerfile(
     assert f"-f {bundle / 'env/docker/Dockerfile'}" in lines[0]
     assert any(line.startswith("Step ") for line in lines), "not the legacy builder's output"
 
+    # --ca-bundle: fetched from a one-shot loopback server during the pip step, then gone.
+    ca, marker = marked_ca(tmp_path)
+    tag, lines = project.containerize(
+        bundle, info, tags=[f"affine-legacy-ca:{secrets.token_hex(4)}"], ca_bundle=ca, no_cache=True
+    )
+    assert "--network host" in lines[0] and "BUNDLER_CA_URL=http://127.0.0.1:" in lines[0]
+    assert any("Successfully installed" in line for line in lines), "the pip step did not run"
+    layers, found = files_containing(engine, tag, marker.encode())
+    assert layers > 3
+    assert not found, f"the CA bundle leaked into the image: {found}"
 
-def test_render_inputs_reproduce_the_stored_dockerfile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+
+def test_render_inputs_reproduce_the_stored_dockerfile(tmp_path: Path) -> None:
     """The BuildKit variant is only used when bundle.yaml re-renders the stored Dockerfile exactly."""
     from bundler.dockerfile import render_dockerfile
 
-    info = {
-        "name": "a",
-        "version": "v1",
-        "tag": "a:v1",
-        "bundler_version": "0.1.0",
-        "labels": {"k": "v"},
-        "models": [{"tag": "m:1"}],
-        "apis": [{"name": "predict", "route": "predict"}],
-        "python": {"version": "3.11", "lock_digest": "d", "hashed": True, "offline": False},
-        "docker": {"distro": "debian", "env": {"X": "1"}, "setup_script": "setup.sh"},
-        "envs": {},
-        "build": {"description": "first line\nsecond"},
-    }
+    info = {**INFO, "docker": dict(INFO["docker"])}
     docker, facts = render_inputs(info, tmp_path)
     assert docker["setup_script"] == "env/docker/setup_script"
     assert facts["apis"] == ["predict"] and facts["has_models"] and facts["description"] == "first line"
     stored = tmp_path / "env" / "docker" / "Dockerfile"
     stored.parent.mkdir(parents=True)
     stored.write_text(render_dockerfile(docker, facts))
-    assert "--mount=type=cache" in (cz._buildkit_dockerfile(tmp_path, info) or "")
+    assert "--mount=type=cache" in (cz._rerender(tmp_path, info, buildkit=True) or "")
     stored.write_text(stored.read_text() + "RUN echo hand-edited\n")
-    assert cz._buildkit_dockerfile(tmp_path, info) is None
+    assert cz._rerender(tmp_path, info, buildkit=True) is None
 
     # A user template is found where the bundle keeps it, so its bundle gets the BuildKit variant too.
     info["docker"]["dockerfile_template"] = "docker/custom.j2"
@@ -626,7 +692,7 @@ def test_render_inputs_reproduce_the_stored_dockerfile(
     docker, facts = render_inputs(info, tmp_path)
     assert docker["dockerfile_template"] == template
     stored.write_text(render_dockerfile(docker, facts))
-    variant = cz._buildkit_dockerfile(tmp_path, info) or ""
+    variant = cz._rerender(tmp_path, info, buildkit=True) or ""
     assert "--mount=type=cache" in variant and "RUN true" in variant
 
 
