@@ -324,7 +324,8 @@ def containerize(
     ):
         dockerfile = stored
         secret = None
-        variant = _rerender(bundle_dir, info, buildkit=engine.buildkit, ca_fetch=ca_bundle is not None)
+        fetch_ca = ca_bundle is not None and not engine.buildkit
+        variant = _rerender(bundle_dir, info, buildkit=engine.buildkit, ca_fetch=fetch_ca)
         if variant is None and ca_bundle is not None:
             raise ContainerizeError(
                 f"{stored} does not match its bundle.yaml (hand-edited?), so bundler cannot add the CA"
@@ -332,12 +333,12 @@ def containerize(
             )
         if variant is None and engine.buildkit:
             output(f"note: {stored} is not what bundle.yaml renders; building it as stored (no pip cache)")
-        if variant is not None and (engine.buildkit or ca_bundle is not None):
+        if variant is not None and (engine.buildkit or fetch_ca):
             dockerfile = Path(scratch) / "Dockerfile"
             dockerfile.write_text(variant, encoding="utf-8")
         if ca_bundle is not None and engine.buildkit:
             secret = ca_bundle
-        elif ca_bundle is not None:
+        elif fetch_ca and ca_bundle is not None:
             # No build secrets here: the pip step fetches the CA from this machine's loopback and deletes
             # it before its layer is committed. Reaching the loopback needs the host network.
             if network not in (None, "host"):
