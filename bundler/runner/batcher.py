@@ -353,8 +353,37 @@ class Batcher:
             error = exc
         seconds = time.perf_counter() - begin
         assert self._loop is not None
+        if isinstance(error, Exception) and len(batch) > 1:
+            # One request's values can fail the whole call (an index out of range): run each request alone,
+            # so that only the culprit gets the error and its batchmates get their results.
+            alone = [self._run_alone(request.feed) for request in batch]
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._finish_alone, alone, batch, slot)
+            return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting any more
             self._loop.call_soon_threadsafe(self._finish, outputs, error, seconds, batch, slot)
+
+    def _run_alone(self, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray] | None, Exception | None]:
+        try:
+            return self.run_batch(feed), None
+        except Exception as exc:
+            return None, exc
+
+    def _finish_alone(
+        self,
+        alone: list[tuple[list[np.ndarray] | None, Exception | None]],
+        batch: list[_Request],
+        slot: tuple[float, int],
+    ) -> None:
+        self._inflight.remove(slot)
+        for request, (outputs, error) in zip(batch, alone, strict=True):
+            if request.future.done():
+                continue
+            if error is not None:
+                request.future.set_exception(error)
+            else:
+                request.future.set_result(outputs)
+        self._pump()
 
     def _finish(
         self,
