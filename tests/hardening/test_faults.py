@@ -7,6 +7,7 @@ same command must succeed when run again (sweeping the dead process's staging di
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -269,3 +270,51 @@ def test_inference_error_fails_that_request_only_and_is_logged(
     assert after.status_code == 200 and np.asarray(after.json()).shape == (3, 4)
     logged = [rec for rec in caplog.records if rec.levelno >= logging.ERROR and "thirds" in rec.getMessage()]
     assert len(logged) >= 10, "inference errors were not logged"
+
+
+def _lookup() -> Any:
+    """x[batch, 1] -> Gather(table[3, 4], int(x)): onnxruntime refuses an index outside 0..2."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "t")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["t", "i"], ["y"], axis=0),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, 4])],
+        [table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_bad_request_does_not_fail_the_requests_batched_with_it(tally: Any) -> None:
+    runner = bundler.onnx.save_model("lookup", _lookup(), signatures={"run": {"batchable": True}}).to_runner()
+    svc = bundler.Service("lookup", runners=[runner])
+
+    @svc.api(input=NumpyNdarray(dtype="float32"), output=NumpyNdarray())
+    async def predict(x: np.ndarray) -> np.ndarray:
+        return await runner.run.async_run(x)
+
+    async def burst(url: str) -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as c:
+            return await asyncio.gather(
+                *(c.post("/predict", json=[[99.0]] if i % 8 == 0 else [[float(i % 3)]]) for i in range(64))
+            )
+
+    with running(build_app(svc)) as url:
+        wait_ready(url)
+        for _ in range(3):
+            responses = asyncio.run(burst(url))
+            for i, r in enumerate(responses):
+                tally("faults: poisoned batch", f"{r.status_code}")
+                if i % 8 == 0:
+                    assert r.status_code == 400 and "idx=99" in r.json()["error"], r.text
+                else:
+                    assert r.status_code == 200, r.text
+                    assert r.json() == [[np.arange(12).reshape(3, 4)[i % 3].tolist()]]
