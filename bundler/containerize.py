@@ -138,8 +138,14 @@ def detect_engine(backend: str | None = None) -> Engine:
         if engine is not None:
             return engine
     tried = backend or "/".join(KINDS)
-    detail = "; ".join(problems) if problems else f"no {tried} client found on PATH"
-    raise EngineUnavailable(f"no usable container engine ({tried}): {detail}. To fix: {_START_HINT}")
+    if not problems:
+        raise EngineUnavailable(
+            f"no usable container engine: no {tried} client found on PATH. To fix: install one"
+            f" (Debian/Ubuntu: `apt-get install docker.io`; or Docker Engine, Podman, Buildah), then {_START_HINT}"
+        )
+    raise EngineUnavailable(
+        f"no usable container engine ({tried}): {'; '.join(problems)}. To fix: {_START_HINT}"
+    )
 
 
 def _image_tags(info: Mapping[str, Any], tags: Iterable[str]) -> list[str]:
