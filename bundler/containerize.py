@@ -141,7 +141,8 @@ def detect_engine(backend: str | None = None) -> Engine:
     if not problems:
         raise EngineUnavailable(
             f"no usable container engine: no {tried} client found on PATH. To fix: install one"
-            f" (Debian/Ubuntu: `apt-get install docker.io`; or Docker Engine, Podman, Buildah), then {_START_HINT}"
+            " (Debian/Ubuntu: `apt-get install docker.io`; or Docker Engine, Podman, Buildah),"
+            f" then {_START_HINT}"
         )
     raise EngineUnavailable(
         f"no usable container engine ({tried}): {'; '.join(problems)}. To fix: {_START_HINT}"
