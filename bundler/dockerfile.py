@@ -1,7 +1,8 @@
 """Render a bundle's Dockerfile and entrypoint from plain settings: pure functions, no I/O but templates.
 
 Layers go from least to most often changed (base, system packages, user, env, locked Python deps,
-setup_script, models, source, metadata), so a source-only change rebuilds in seconds. Every value that
+bundler's own wheel, setup_script, models, source, metadata), so a source-only change rebuilds in seconds;
+a first stage drops bundler's wheel from the files the dependency layer sees. Every value that
 reaches the Dockerfile is validated and quoted here, never in the template: a bentofile cannot inject
 shell commands or Dockerfile instructions.
 
@@ -9,6 +10,8 @@ Python lives in a virtual environment at ``/opt/venv``: it works the same on ``p
 distro Python (CUDA, UBI, Amazon Linux) and on Ubuntu's externally-managed system Python.
 CUDA images start from ``nvidia/cuda:<ver>-<cudnn>-runtime-ubuntu22.04`` and get Python from apt: Ubuntu's
 own ``python3`` for 3.10, the deadsnakes PPA for other versions (the runtime images ship no Python).
+Alpine is refused (onnxruntime has no musl wheels); UBI 8 and Amazon Linux 2023 use dnf and their
+``python3.X`` packages (rendered and linted, not built here: no registry to pull those bases from).
 """
 
 from __future__ import annotations
