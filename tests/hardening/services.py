@@ -89,6 +89,10 @@ def hostile_service(home: Path) -> Any:
     def image(img: Any) -> Any:
         return img.convert("L").resize((8, 8))
 
+    @svc.api(input=Image(), output=JSON())
+    def image_default(img: Any) -> dict[str, int]:
+        return {"width": img.width, "height": img.height}
+
     @svc.api(input=Text(), output=Text())
     def text(s: str) -> str:
         return s.upper()
