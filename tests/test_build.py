@@ -136,3 +136,30 @@ def test_killed_build_leaves_no_partial_bundle(quickstart: Path) -> None:
             assert verify_manifest(entry.path) == []
     result = build(quickstart)
     assert [str(e.tag) for e in bundle_store().list()] == [str(result.tag)]
+
+
+def test_conda_setup_script_envs_and_ignores_reach_the_bundle(quickstart: Path) -> None:
+    (quickstart / "setup.sh").write_text("#!/bin/sh\necho set up\n")
+    (quickstart / "setup.sh").chmod(0o755)
+    (quickstart / "notes.txt").write_text("not shipped")
+    (quickstart / ".bentoignore").write_text("notes.txt\n")
+    (quickstart / "bentofile.yaml").write_text(
+        "service: 'service:svc'\n"
+        "include: ['*']\n"
+        "exclude: ['make_model.py']\n"
+        "envs:\n  - name: MODE\n    value: fast\n"
+        "docker:\n  setup_script: ./setup.sh\n  system_packages: [curl]\n"
+        "conda:\n  channels: [conda-forge]\n  dependencies: [onnx]\n  pip: [orjson]\n"
+    )
+    result = build(quickstart)
+    path = result.path
+    assert result.tag.name == "quickstart"  # from Service("quickstart", ...) when the file names none
+    src = sorted(p.name for p in (path / "src").iterdir())
+    assert src == [".bentoignore", "README.md", "bentofile.yaml", "service.py", "setup.sh"]
+    env = yaml.safe_load((path / "env/conda/environment.yml").read_text())
+    assert env["channels"] == ["conda-forge"] and env["dependencies"] == ["onnx", {"pip": ["orjson"]}]
+    assert os.access(path / "env/docker/setup_script", os.X_OK)
+    dockerfile = (path / "env/docker/Dockerfile").read_text()
+    assert "curl" in dockerfile and "MODE=" in dockerfile and "setup_script" in dockerfile
+    info = yaml.safe_load((path / "bundle.yaml").read_text())
+    assert info["envs"] == {"MODE": "fast"}
