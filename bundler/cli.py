@@ -340,6 +340,11 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     default=None,
     help="CA certificates for a TLS-inspecting proxy, used during the build only.",
 )
+@click.option(
+    "--network",
+    default=None,
+    help="Network for the build's RUN steps (default: the engine's; 'none' for offline bundles).",
+)
 @handle_errors
 def containerize(
     tag: str,
@@ -350,6 +355,7 @@ def containerize(
     no_cache: bool,
     progress: str,
     ca_bundle: Path | None,
+    network: str | None,
 ) -> None:
     """Build a container image from the bundle TAG with a real engine; print the image tag."""
     from . import bundles
@@ -367,6 +373,7 @@ def containerize(
         no_cache=no_cache,
         progress=progress,
         ca_bundle=ca_bundle,
+        network=network,
         output=(lambda _line: None) if quiet else _say,
     )
     for image in images:
