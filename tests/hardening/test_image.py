@@ -214,7 +214,7 @@ def test_kill_9_during_containerize_then_again(built: Built, tally: Any) -> None
             lines.append(line)
             if "RUN python3 -m venv" in line or "pip install" in line:
                 break
-        time.sleep(1.0)
+        time.sleep(0.3)
         assert proc.poll() is None, "containerize ended before the kill:\n" + "".join(lines[-20:])
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
