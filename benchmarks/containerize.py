@@ -118,7 +118,7 @@ def main() -> None:
             check=True,
         )
         image_mb = int(size.stdout) / 1e6
-        base = re.search(r"^FROM (\S+)$", (scratch / "home").joinpath(
+        base = re.search(r"^FROM (\S+)", (scratch / "home").joinpath(
             "bundles", *tag2.split(":"), "env", "docker", "Dockerfile").read_text(), re.M)  # fmt: skip
         base_mb = 0.0
         if base:

@@ -29,6 +29,7 @@ UID = 1000
 HOME = "/home/bundler"
 BUNDLE_PATH = f"{HOME}/bundle"
 VENV = "/opt/venv"
+BUNDLER_DIR = "/opt/bundler"  # bundler's own wheel, outside the venv; a .pth file in the venv points here
 PORT = 3000
 CA_SECRET = "/run/secrets/ca"
 CA_URL_ARG = "BUNDLER_CA_URL"
@@ -259,8 +260,27 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[st
         "pip_run": run,
         "pip_steps": steps,
         "bundler_run": bundler_run,
-        "bundler_install": f"{pip} {_quoted([*cache, '--no-deps'])} {wheels}/bundler-*.whl",
+        "bundler_install": f"{pip} {_quoted([*cache, '--no-deps', '--target', BUNDLER_DIR])}"
+        f" {wheels}/bundler-*.whl",
     }
+
+
+def _venv_finish(keep_pip: bool) -> list[str]:
+    """Return the commands that point the venv at bundler's directory and drop the venv's own pip."""
+    pth = (
+        f'import sysconfig; open(sysconfig.get_path("purelib") + "/bundler.pth", "w").write("{BUNDLER_DIR}")'
+    )
+    commands = [
+        f"{VENV}/bin/python -c {shlex.quote(pth)}",
+        f"ln -s {BUNDLER_DIR}/bin/bundler {VENV}/bin/bundler",
+    ]
+    if keep_pip:
+        return commands  # a setup_script may `pip install` into the venv
+    # `python -m venv` put pip (and setuptools before 3.12) there to install the lock; serving needs neither.
+    # pip removes exactly the files it recorded; a lock that pins either one keeps it.
+    lock = "env/python/requirements.lock.txt"
+    uninstall = f'grep -qi "^$p==" {lock} || {VENV}/bin/python -m pip uninstall -y -q "$p"'
+    return [*commands, f"for p in setuptools pip; do {uninstall}; done"]
 
 
 def template_context(
@@ -296,9 +316,16 @@ def template_context(
         "pip_setup": [f"{interpreter} -m venv {VENV}", *pip["pip_steps"]],
         "bundler_run": pip["bundler_run"],
         "bundler_install": pip["bundler_install"],
+        "bundler_dir": BUNDLER_DIR,
+        "venv_finish": _venv_finish(keep_pip=bool(setup_script)),
         "setup_script": setup_script,
         "venv": VENV,
         "import_check": shlex.quote(SERVE_IMPORTS),
+        # onnxruntime writes a device id and a session file under HOME and TMPDIR on import: point both at
+        # a directory deleted in the same RUN, so no image (and no container started from it) shares them.
+        "import_run": 'check="$(mktemp -d)"'
+        f' && HOME="$check" TMPDIR="$check" {VENV}/bin/python -c {shlex.quote(SERVE_IMPORTS)}'
+        ' && rm -rf "$check"',
         "has_models": bool(facts.get("has_models", True)),
         "label_lines": _labels(facts),
         "port": PORT,

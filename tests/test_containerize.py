@@ -17,6 +17,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -469,6 +470,59 @@ def test_other_commands_pass_through_the_entrypoint(engine: Engine, image: tuple
 
 
 @pytest.mark.docker
+def test_the_image_holds_no_pip_no_setuptools_and_no_wheels(engine: Engine, image: tuple[str, Path]) -> None:
+    tag, _ = image
+    probe = (
+        "import importlib.util as u, importlib.metadata as m, os, sys;"
+        " print([n for n in ('pip', 'setuptools', 'pkg_resources') if u.find_spec(n)]);"
+        " print(m.version('bundler'), sys.modules['bundler'].__file__ if __import__('bundler') else '');"
+        " print(sorted(os.listdir('env/python')))"
+    )
+    out = subprocess.run(
+        [engine.client, "run", "--rm", tag, "python", "-c", probe], capture_output=True, text=True, check=True
+    )
+    lines = out.stdout.splitlines()
+    assert lines[0] == "[]", out.stdout
+    assert lines[1].endswith("/opt/bundler/bundler/__init__.py"), out.stdout
+    assert lines[2] == "['requirements.lock.txt']", out.stdout  # no wheels, no pip cache
+    cli = subprocess.run(
+        [engine.client, "run", "--rm", tag, "bundler", "--help"], capture_output=True, text=True
+    )
+    assert cli.returncode == 0 and "Usage: bundler" in cli.stdout, cli.stderr
+    # The import check at build time left no onnxruntime device or session id for every container to share.
+    leftovers = subprocess.run(
+        [engine.client, "run", "--rm", "--user", "0", tag, "sh", "-c", "ls -A /tmp /root/.cache 2>&1"],
+        capture_output=True,
+        text=True,
+    )
+    assert ".ses" not in leftovers.stdout and "Microsoft" not in leftovers.stdout, leftovers.stdout
+
+
+@pytest.mark.docker
+def test_a_new_bundler_wheel_reuses_the_dependency_layers(
+    project: Project, image: tuple[str, Path], tmp_path: Path
+) -> None:
+    _, first_bundle = image
+    assert project.wheel is not None
+    frozen = project.wheel
+    changed = Path(shutil.copy2(frozen, tmp_path / frozen.name))
+    with zipfile.ZipFile(changed, "a") as wheel:
+        wheel.writestr("bundler/_release_marker.txt", secrets.token_hex(8))
+    project.wheel = changed
+    try:
+        bundle, info = project.build()
+        _, lines = project.containerize(bundle, info)
+    finally:
+        project.wheel = frozen
+    assert bundle != first_bundle
+    cache = step_cache(lines)
+    # numpy and onnxruntime are not reinstalled, nor copied again into the image.
+    for reused in ("RUN python3 -m venv", "COPY --from=venv /opt/venv"):
+        assert cached_step(cache, reused), f"{reused!r} was rebuilt:\n" + "\n".join(lines[-60:])
+    assert not cached_step(cache, "COPY --from=own /opt/bundler")
+
+
+@pytest.mark.docker
 def test_source_only_change_reuses_every_dependency_and_model_layer(
     project: Project, image: tuple[str, Path]
 ) -> None:
@@ -484,7 +538,12 @@ def test_source_only_change_reuses_every_dependency_and_model_layer(
     _, lines = project.containerize(bundle, info)
     cache = step_cache(lines)
     # bundler's own wheel may differ (it is built from the working tree); the dependency layer must not care.
-    for reused in ("COPY --from=locked /locked/", "RUN python3 -m venv", "COPY models/"):
+    for reused in (
+        "COPY --from=locked /locked/",
+        "RUN python3 -m venv",
+        "COPY --from=venv /opt/venv",
+        "COPY models/",
+    ):
         assert cached_step(cache, reused), f"{reused!r} was rebuilt:\n" + "\n".join(lines[-60:])
     assert not cached_step(cache, "COPY src/")
 
@@ -562,6 +621,21 @@ def test_offline_bundle_builds_with_no_network(engine: Engine, project: Project)
         text=True,
     )
     assert out.returncode == 0, out.stderr
+    # The bundled wheels were installed in a build stage; none of them reaches the image.
+    wheels = subprocess.run(
+        [
+            engine.client,
+            "run",
+            "--rm",
+            tag,
+            "sh",
+            "-c",
+            "find /opt /home/bundler -name '*.whl'; ls env/python",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert wheels.stdout.split() == ["requirements.lock.txt"], wheels.stdout + wheels.stderr
 
 
 OPTIONS_BENTOFILE = """\

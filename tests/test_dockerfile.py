@@ -124,7 +124,10 @@ def _instructions(text: str) -> list[str]:
 
 
 def _index(lines: list[str], prefix: str) -> int:
-    matches = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+    # An exact match wins, so "FROM base" finds the final stage, not "FROM base AS deps".
+    matches = [i for i, line in enumerate(lines) if line == prefix] or [
+        i for i, line in enumerate(lines) if line.startswith(prefix)
+    ]
     assert matches, f"no instruction starts with {prefix!r} in:\n" + "\n".join(lines)
     return matches[0]
 
@@ -138,15 +141,21 @@ def test_layers_go_from_least_to_most_often_changed() -> None:
         < _index(lines_pkgs, "RUN groupadd")
     )
     order = [
-        "FROM",
+        "FROM python:3.11-slim AS base",
         "RUN groupadd",
         "ENV",
+        "FROM base AS deps",
         "COPY --from=locked /locked/ ./env/python/",
         "RUN python3 -m venv",
+        "FROM deps AS own",
         "COPY env/python/wheels/bundler-*.whl",
-        "RUN /opt/venv/bin/python -m pip install --no-cache-dir --no-deps",
+        "RUN /opt/venv/bin/python -m pip install --no-cache-dir --no-deps --target /opt/bundler",
+        "FROM deps AS venv",
+        "FROM base",
+        "COPY --from=venv /opt/venv /opt/venv",
+        "COPY --from=own /opt/bundler /opt/bundler",
         "COPY env/docker/setup_script",
-        "RUN chmod +x ./env/docker/setup_script && ./env/docker/setup_script && /opt/venv/bin/python -c",
+        'RUN chmod +x ./env/docker/setup_script && ./env/docker/setup_script && check="$(mktemp -d)"',
         "COPY models/",
         "COPY src/",
         "COPY bundle.yaml",
@@ -165,16 +174,40 @@ def test_default_image_runs_as_numeric_non_root_user_and_serves_on_port_3000() -
     lines = _instructions(render_case("default"))
     assert [line for line in lines if line.startswith("FROM")] == [
         "FROM python:3.11-slim AS locked",
-        "FROM python:3.11-slim",
+        "FROM python:3.11-slim AS base",
+        "FROM base AS deps",
+        "FROM deps AS own",
+        "FROM deps AS venv",
+        "FROM base",
     ]
     assert "USER 1000:1000" in lines
     assert "EXPOSE 3000" in lines
     assert lines[-1] == 'ENTRYPOINT ["/bin/sh", "/home/bundler/bundle/env/docker/entrypoint.sh"]'
-    pip = next(line for line in lines if "requirements.lock.txt" in line)
+    pip = next(line for line in lines if "-r env/python/requirements.lock.txt" in line)
     assert "--require-hashes" in pip and "--no-cache-dir" in pip and "--no-index" not in pip
     assert "bundler-*.whl" not in pip  # bundler goes in its own layer, so upgrading it keeps the deps layer
-    own = next(line for line in lines if "--no-deps env/python/wheels/bundler-*.whl" in line)
-    assert own.endswith(f"&& /opt/venv/bin/python -c {shlex.quote(SERVE_IMPORTS)}")
+    # The import check runs in the final stage, on exactly what the image holds.
+    final = lines[_index(lines, "FROM base") :]
+    check = _index(final, 'RUN check="$(mktemp -d)" && HOME="$check" TMPDIR="$check" /opt/venv/bin/python -c')
+    assert check > final.index("COPY --from=own /opt/bundler /opt/bundler")
+    assert final[check].endswith(f'-c {shlex.quote(SERVE_IMPORTS)} && rm -rf "$check"')
+
+
+def test_only_the_venv_and_bundler_reach_the_final_stage_and_pip_is_dropped() -> None:
+    lines = _instructions(render_case("default"))
+    final = lines[_index(lines, "FROM base") :]
+    assert [line for line in final if "--from=" in line] == [
+        "COPY --from=venv /opt/venv /opt/venv",
+        "COPY --from=own /opt/bundler /opt/bundler",
+        "COPY --from=locked /locked/requirements.lock.txt ./env/python/",
+    ]
+    assert not any("wheels" in line or "pip install" in line for line in final), final
+    finish = lines[_index(lines, "FROM deps AS venv") + 1]
+    assert "bundler.pth" in finish and "/opt/bundler" in finish
+    assert 'for p in setuptools pip; do grep -qi "^$p==" env/python/requirements.lock.txt' in finish
+    # A setup_script may `pip install` into the venv, so with one the venv keeps its pip.
+    setup = _instructions(render_case("setup-script"))
+    assert "pip uninstall" not in setup[_index(setup, "FROM deps AS venv") + 1]
 
 
 def test_the_dependency_layer_never_sees_bundlers_own_wheel() -> None:
@@ -189,6 +222,7 @@ def test_the_dependency_layer_never_sees_bundlers_own_wheel() -> None:
     assert copies[1:] == [
         "COPY --from=locked /locked/ ./env/python/",
         "COPY env/python/wheels/bundler-*.whl ./env/python/wheels/",
+        "COPY --from=locked /locked/requirements.lock.txt ./env/python/",
     ]
 
 
