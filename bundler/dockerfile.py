@@ -1,10 +1,14 @@
 """Render a bundle's Dockerfile and entrypoint from plain settings: pure functions, no I/O but templates.
 
 Layers go from least to most often changed (base, system packages, user, env, locked Python deps,
-bundler's own wheel, setup_script, models, source, metadata), so a source-only change rebuilds in seconds;
-a first stage drops bundler's wheel from the files the dependency layer sees. Every value that
-reaches the Dockerfile is validated and quoted here, never in the template: a bentofile cannot inject
-shell commands or Dockerfile instructions.
+bundler's own wheel, setup_script, models, source, metadata), so a source-only change rebuilds in seconds.
+It is a multi-stage build: stage ``locked`` drops bundler's wheel from the files the dependency layer sees;
+``base`` holds system packages, the user and the environment; ``deps`` installs the lock into the venv (with
+the offline wheels, which stay in that stage); ``own`` installs bundler's wheel into ``/opt/bundler``, so a
+new bundler release reuses the dependency layers; ``venv`` drops pip and setuptools, which serving does not
+need. The final stage copies only ``/opt/venv`` and ``/opt/bundler`` onto ``base`` and runs the import
+check there. Every value that reaches the Dockerfile is validated and quoted here, never in the template:
+a bentofile cannot inject shell commands or Dockerfile instructions.
 
 Python lives in a virtual environment at ``/opt/venv``: it works the same on ``python:<X.Y>-slim``, on a
 distro Python (CUDA, UBI, Amazon Linux) and on Ubuntu's externally-managed system Python.
@@ -55,6 +59,8 @@ _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 _CUDA_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _SETUP_SCRIPT = "env/docker/setup_script"
 _DISTROS = ("debian", "alpine", "ubi8", "amazonlinux")
+_STAGES_FROM_BASE = re.compile(r"^FROM base AS deps$", re.M)
+_BASE_STAGE = re.compile(r"^FROM \S+ AS base$", re.M | re.I)
 
 
 def _fail(key: str, value: Any, rule: str) -> ConfigError:
@@ -371,7 +377,7 @@ def render_dockerfile(
         return _tidy(base.render(context))
     try:
         template = env.from_string(user_template)
-        return _tidy(template.render({**context, "bento_base_template": base}))
+        text = _tidy(template.render({**context, "bento_base_template": base}))
     except TemplateError as exc:
         line = getattr(exc, "lineno", None)
         where = f" line {line}" if line else ""
@@ -379,6 +385,14 @@ def render_dockerfile(
             f"bentofile.yaml: docker.dockerfile_template{where}: {exc}; the template must"
             " `{% extends bento_base_template %}` and override blocks such as SETUP_BENTO_COMPONENTS"
         ) from exc
+    # The later stages start `FROM base`: an overridden SETUP_BENTO_BASE_IMAGE must still name that stage.
+    if _STAGES_FROM_BASE.search(text) and not _BASE_STAGE.search(text):
+        raise ConfigError(
+            "bentofile.yaml: docker.dockerfile_template: block SETUP_BENTO_BASE_IMAGE must keep a stage named"
+            " 'base' (`FROM <image> AS base`), which the dependency stages build on; start the block with"
+            " `{{ super() }}` or end its FROM line with `AS base`"
+        )
+    return text
 
 
 def _tidy(text: str) -> str:

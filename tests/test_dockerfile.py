@@ -328,6 +328,19 @@ def test_user_template_errors_name_the_template(template: str, expect: str) -> N
     assert expect in str(info.value)
 
 
+def test_user_template_that_drops_the_base_stage_is_refused() -> None:
+    template = (
+        "{% extends bento_base_template %}"
+        "{% block SETUP_BENTO_BASE_IMAGE %}FROM python:3.11-slim-bookworm\n{% endblock %}"
+    )
+    with pytest.raises(ConfigError, match="must keep a stage named 'base'"):
+        render_dockerfile({**DOCKER, "dockerfile_template": template}, FACTS)
+    renamed = template.replace("bookworm\n", "bookworm AS base\n")
+    assert "FROM python:3.11-slim-bookworm AS base" in render_dockerfile(
+        {**DOCKER, "dockerfile_template": renamed}, FACTS
+    )
+
+
 def test_user_template_keeps_every_base_layer_and_adds_its_own() -> None:
     base = _instructions(render_case("default"))
     custom = _instructions(render_case("user-template"))
