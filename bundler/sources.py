@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pathspec
 
-from .exceptions import BuildError
+from .exceptions import BadInput, BuildError
 
 __all__ = ["IGNORE_FILES", "SourceFile", "select_sources"]
 
@@ -84,7 +84,7 @@ def select_sources(context: Path, include: list[str], exclude: list[str]) -> lis
                 target = Path(entry.path).resolve()
                 if not _inside(target, root):
                     if is_dir or includes.match_file(rel):
-                        raise BuildError(
+                        raise BadInput(
                             f"{context / rel}: refused: the symbolic link points outside the build context"
                             f" (to {target}); copy the file into the context or add it to 'exclude'"
                         )

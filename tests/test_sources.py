@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bundler import sources
-from bundler.exceptions import BuildError
+from bundler.exceptions import BadInput, BuildError
 from bundler.scan import scan_service
 from bundler.sources import select_sources
 
@@ -60,7 +60,7 @@ def test_symlink_outside_context_is_refused(tmp_path: Path) -> None:
     _tree(ctx, ["service.py"])
     (tmp_path / "secret.txt").write_text("secret")
     (ctx / "leak.txt").symlink_to(tmp_path / "secret.txt")
-    with pytest.raises(BuildError, match="points outside the build context"):
+    with pytest.raises(BadInput, match="points outside the build context"):
         select_sources(ctx, ["*"], [])
     # ... unless it is excluded anyway
     assert [s.rel for s in select_sources(ctx, ["*"], ["leak.txt"])] == ["service.py"]
