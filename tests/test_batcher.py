@@ -577,3 +577,28 @@ def test_busy_overhead_bound_traffic_waits_for_a_second_request_then_dispatches_
     assert [float(a[0][0, 0]) for a in answers] == [1.0, 2.0]
     # after the second arrival the wait ends by itself within (a - 2b)/3 = 20 ms (plus scheduling slack)
     assert elapsed < 0.005 + 0.020 + 0.050
+
+
+@pytest.mark.parametrize("call_seconds, on_loop", [(0.0, True), (0.003, False)])
+def test_only_calls_shorter_than_a_thread_hop_run_on_the_loop(call_seconds: float, on_loop: bool) -> None:
+    """A model call measured under INLINE_MAX_S runs on the loop; a longer one always in the executor."""
+    threads: list[str] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        threads.append(threading.current_thread().name)
+        if call_seconds:
+            time.sleep(call_seconds)
+        return [feed["x"] * 2]
+
+    async def main() -> list[np.ndarray]:
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
+            batcher = Batcher(run_batch, BatchingConfig(), executor=pool)
+            results = [await batcher.submit({"x": np.full((1, 2), float(i))}) for i in range(6)]
+            await batcher.close()
+            return [r[0] for r in results]
+
+    results = asyncio.run(main())
+    assert [float(r[0, 0]) for r in results] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert threads[0].startswith("worker")  # an untimed model never runs on the loop
+    assert all(t == "MainThread" for t in threads[1:]) is on_loop
+    assert all(t.startswith("worker") for t in threads[1:]) is not on_loop

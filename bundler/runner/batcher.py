@@ -39,6 +39,10 @@ RunBatch = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 # stall idled onnxruntime for a third of the time (docs/batching.md: 1,410 -> 1,920 req/s on the
 # compute-bound model).
 SWITCH_INTERVAL = 0.0005
+# A batch whose model call has been taking less than this runs on the event loop itself: handing it to a
+# worker thread and back costs more loop time (two wake-ups, GIL hand-offs) than the call, so the loop is
+# blocked for less, not more (docs/batching.md). Longer calls always go to the executor.
+INLINE_MAX_S = 100e-6
 
 
 class BatchObserver(Protocol):
@@ -211,6 +215,7 @@ class Batcher:
         self._closing = False
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._run_seconds = math.inf  # EWMA of the model call alone; unknown until a first call is timed
 
     @property
     def queued_rows(self) -> int:
@@ -336,6 +341,9 @@ class Batcher:
             feed = {name: np.concatenate([r.feed[name] for r in batch], axis=dim) for name in batch[0].feed}
         slot = (self.clock(), rows)
         self._inflight.append(slot)
+        if self._run_seconds < INLINE_MAX_S:
+            self._work(feed, batch, slot, inline=True)
+            return
         try:
             # A bare executor job that calls back into the loop once: no asyncio/concurrent future pair
             # per batch, and the results are handed out in the first loop iteration after the run.
@@ -343,7 +351,13 @@ class Batcher:
         except RuntimeError as exc:  # the executor is shut down
             self._finish(None, exc, 0.0, batch, slot)
 
-    def _work(self, feed: dict[str, np.ndarray], batch: list[_Request], slot: tuple[float, int]) -> None:
+    def _work(
+        self,
+        feed: dict[str, np.ndarray],
+        batch: list[_Request],
+        slot: tuple[float, int],
+        inline: bool = False,
+    ) -> None:
         begin = time.perf_counter()
         outputs: list[np.ndarray] | None = None
         error: BaseException | None = None
@@ -352,16 +366,20 @@ class Batcher:
         except BaseException as exc:  # every error goes to the batch's callers, none kills the worker
             error = exc
         seconds = time.perf_counter() - begin
+        last = self._run_seconds
+        self._run_seconds = seconds if last == math.inf else 0.8 * last + 0.2 * seconds
         assert self._loop is not None
+        # Inline (on the loop) the results are handed out on its next iteration, like a thread's would be.
+        call_soon = self._loop.call_soon if inline else self._loop.call_soon_threadsafe
         if isinstance(error, Exception) and len(batch) > 1:
             # One request's values can fail the whole call (an index out of range): run each request alone,
             # so that only the culprit gets the error and its batchmates get their results.
             alone = [self._run_alone(request.feed) for request in batch]
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._finish_alone, alone, batch, slot)
+                call_soon(self._finish_alone, alone, batch, slot)
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting any more
-            self._loop.call_soon_threadsafe(self._finish, outputs, error, seconds, batch, slot)
+            call_soon(self._finish, outputs, error, seconds, batch, slot)
 
     def _run_alone(self, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray] | None, Exception | None]:
         try:
