@@ -13,6 +13,8 @@ import click
 
 from .exceptions import BundlerError, ConfigError
 
+__all__ = ["main"]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

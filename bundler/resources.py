@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["data_dir"]
+
 _PKG = Path(__file__).resolve().parent
 
 
