@@ -323,14 +323,7 @@ def _run_uv(work: Path, options: LockOptions, extra: list[str], has_constraints:
         "--python-version", options.python_version, "--python-platform", platform.uv,
         "--output-file", "requirements.lock", *extra,
     ]  # fmt: skip
-    for host in options.trusted_host:
-        args += ["--allow-insecure-host", host]
-    if has_constraints:
-        args += ["--constraint", "constraints.txt"]
-    proc = run_tool(args, cwd=work, what="resolve requirements")
-    if proc.returncode != 0:
-        raise _ToolFailed(proc.stderr + proc.stdout)
-    return (work / "requirements.lock").read_text("utf-8")
+    return _compile(args, work, "--allow-insecure-host", options, has_constraints)
 
 
 def _run_pip_tools(work: Path, options: LockOptions, extra: list[str], has_constraints: bool) -> str:
@@ -347,9 +340,14 @@ def _run_pip_tools(work: Path, options: LockOptions, extra: list[str], has_const
         "--quiet", "--no-emit-index-url", "--no-emit-find-links", "--strip-extras", "--allow-unsafe",
         "--output-file", "requirements.lock", *extra,
     ]  # fmt: skip
-    for host_name in options.trusted_host:
-        args += ["--trusted-host", host_name]
-    if has_constraints:
+    return _compile(args, work, "--trusted-host", options, has_constraints)
+
+
+def _compile(args: list[str], work: Path, trusted_flag: str, options: LockOptions, constraints: bool) -> str:
+    """Run a resolver's compile command in ``work``; return the lock it wrote."""
+    for host in options.trusted_host:
+        args += [trusted_flag, host]
+    if constraints:
         args += ["--constraint", "constraints.txt"]
     proc = run_tool(args, cwd=work, what="resolve requirements")
     if proc.returncode != 0:
