@@ -9,9 +9,11 @@ over the pixel cap -> 413 (PayloadTooLarge).
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -31,16 +33,62 @@ _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 _THREAD_DECODE_BYTES = 256 * 1024
 
 
+def _header(request: Request, name: bytes) -> str:
+    """Return the first header ``name`` (lowercase bytes) of the request ('' when absent).
+
+    Reads the ASGI scope directly: building starlette's Headers object costs more than the lookup.
+    """
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
 def media_type(request: Request) -> str:
     """Return the request's media type, lowercased and without parameters ('' when absent)."""
-    ct = request.headers.get("content-type", "")
-    return ct.split(";", 1)[0].strip().lower()
+    return _parse_media(_header(request, b"content-type"))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_media(content_type: str) -> str:
+    # Clients send the same few Content-Types over and over: parse each once.
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def _response(body: bytes, media: str) -> Response:
+    return _body_response_class()(body, media)
+
+
+@functools.cache
+def _body_response_class() -> Callable[[bytes, str], Response]:
     from starlette.responses import Response
 
-    return Response(body, media_type=media)
+    class BodyResponse(Response):
+        """A 200 response with a complete body: starlette's Response, built without its header logic."""
+
+        def __init__(self, body: bytes, media: str) -> None:
+            self.status_code = 200
+            self.body = body
+            self.media_type = media
+            self.background = None
+            self.raw_headers = [
+                (b"content-length", str(len(body)).encode()),
+                (b"content-type", _ctype(media)),
+            ]
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.body})
+
+    return BodyResponse
+
+
+@functools.lru_cache(maxsize=64)
+def _ctype(media: str) -> bytes:
+    # What starlette's Response sends: text types get a charset unless they name one.
+    if media.startswith("text/") and "charset=" not in media.lower():
+        media += "; charset=utf-8"
+    return media.encode("latin-1")
 
 
 class IODescriptor:
@@ -150,9 +198,12 @@ class NumpyNdarray(IODescriptor):
             except orjson.JSONDecodeError as exc:
                 raise BadInput(f"NumpyNdarray input: the body is not valid JSON ({exc})") from exc
             try:
-                # A value past the dtype's range (1e300 as float32) is refused, not silently made inf.
-                with np.errstate(over="raise"):
-                    arr = np.asarray(data, dtype=self.dtype)
+                if self.dtype is None:
+                    arr = np.asarray(data)  # no cast, so nothing can overflow: no error-state change
+                else:
+                    # A value past the dtype's range (1e300 as float32) is refused, not silently made inf.
+                    with np.errstate(over="raise"):
+                        arr = np.asarray(data, dtype=self.dtype)
             except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
                 raise ValidationFailed(
                     f"NumpyNdarray input: the JSON is not a rectangular array of numbers"
@@ -276,7 +327,7 @@ def _load_npy(body: bytes) -> np.ndarray:
 
 
 def _wants_npy(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
+    accept = _header(request, b"accept")
     return "application/octet-stream" in accept or "application/x-npy" in accept
 
 

@@ -563,6 +563,37 @@ def _node_spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, None if dtype is None else np.dtype(dtype), dims)
 
 
+class _InputCheck:
+    """What checking one input needs, worked out once per session: rank, fixed dims, the message text."""
+
+    __slots__ = ("fixed", "name", "ndim", "spec", "want")
+
+    def __init__(self, spec: TensorSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.want = f"{spec.dtype.name if spec.dtype is not None else spec.type} {format_shape(spec.shape)}"
+        self.ndim = None if spec.shape is None else len(spec.shape)
+        shape = spec.shape or ()
+        self.fixed = tuple((axis, d) for axis, d in enumerate(shape) if isinstance(d, int))
+
+    def shape_ok(self, shape: tuple[int, ...]) -> bool:
+        """Return whether ``shape`` has the spec's rank and fixed dimensions (any shape without a spec)."""
+        if self.ndim is None:
+            return True
+        if len(shape) != self.ndim:
+            return False
+        for axis, size in self.fixed:
+            if shape[axis] != size:
+                return False
+        return True
+
+
+def _shared_dims(specs: Sequence[TensorSpec]) -> bool:
+    """Return whether a named dimension occurs more than once among the inputs (so sizes must agree)."""
+    names = [d for s in specs for d in (s.shape or ()) if isinstance(d, str)]
+    return len(names) != len(set(names))
+
+
 class OnnxSession:
     """A loaded model: its specs, input checking and casting, and the raw onnxruntime run."""
 
@@ -573,6 +604,10 @@ class OnnxSession:
         self.outputs = [_node_spec(a) for a in session.get_outputs()]
         self._by_name = {s.name: s for s in self.inputs}
         self._output_names = [s.name for s in self.outputs]
+        # Per-spec facts every request would otherwise recompute (dtype names cost microseconds in numpy).
+        self._names = [s.name for s in self.inputs]
+        self._checks = [_InputCheck(s) for s in self.inputs]
+        self._shared_dims = _shared_dims(self.inputs)
 
     @classmethod
     def load(
@@ -592,11 +627,19 @@ class OnnxSession:
 
     def prepare(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Map call arguments to a checked feed: positional in graph order, by name, or one dict."""
+        checks = self._checks
+        if len(args) == 1 and not kwargs and len(checks) == 1 and not isinstance(args[0], Mapping):
+            # The served case: one positional array for a one-input model.
+            check = checks[0]
+            feed = {check.name: self._cast(check.spec, args[0], check)}
+            if self._shared_dims:
+                self._check_shared_dims(feed)
+            return feed
         args = tuple(args)
         named = dict(kwargs)
         if len(args) == 1 and not named and isinstance(args[0], Mapping):
             named, args = dict(args[0]), ()
-        names = [s.name for s in self.inputs]
+        names = self._names
         if len(args) > len(names):
             raise self._error(
                 f"the model takes {len(names)} input(s) ({', '.join(names)}) but {len(args)} were given"
@@ -614,8 +657,9 @@ class OnnxSession:
         if missing:
             missing_text = ", ".join(map(repr, missing))
             raise self._error(f"missing input(s) {missing_text}; the inputs are {', '.join(names)}")
-        feed = {s.name: self._cast(s, given[s.name]) for s in self.inputs}
-        self._check_shared_dims(feed)
+        feed = {c.name: self._cast(c.spec, given[c.name], c) for c in checks}
+        if self._shared_dims:
+            self._check_shared_dims(feed)
         return feed
 
     def _check_shared_dims(self, feed: dict[str, np.ndarray]) -> None:
@@ -633,28 +677,30 @@ class OnnxSession:
                         f" has {first[0]} on axis {first[2]}; inputs that share {dim!r} need the same size"
                     )
 
-    def _cast(self, spec: TensorSpec, value: Any) -> np.ndarray:
-        want = f"{spec.dtype.name if spec.dtype is not None else spec.type} {format_shape(spec.shape)}"
+    def _cast(self, spec: TensorSpec, value: Any, check: _InputCheck | None = None) -> np.ndarray:
+        if check is None:
+            check = _InputCheck(spec)
+        target = spec.dtype
+        arr = value if type(value) is np.ndarray else None
+        if arr is not None and target is not None and arr.dtype == target and check.shape_ok(arr.shape):
+            # Already the model's dtype and shape: nothing to check or convert.
+            return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+        want = check.want
         try:
             arr = np.asarray(value)
         except (ValueError, TypeError) as exc:
             raise self._error(
                 f"input {spec.name!r} expects {want} but got a value that is not an array ({exc})"
             ) from exc
-        if spec.dtype is None:
+        if target is None:
             return arr
-        if arr.dtype == object and spec.dtype.kind not in "USO":
+        if arr.dtype == object and target.kind not in "USO":
             raise self._error(
                 f"input {spec.name!r} expects {want} but got a ragged or mixed-type value; give a rectangular"
                 " array of numbers"
             )
-        if spec.shape is not None:
-            fixed_ok = all(
-                not isinstance(d, int) or d == n for d, n in zip(spec.shape, arr.shape, strict=False)
-            )
-            if arr.ndim != len(spec.shape) or not fixed_ok:
-                raise self._error(f"input {spec.name!r} expects shape {want} but got shape {list(arr.shape)}")
-        target = spec.dtype
+        if not check.shape_ok(arr.shape):
+            raise self._error(f"input {spec.name!r} expects shape {want} but got shape {list(arr.shape)}")
         if arr.dtype == target:
             return np.ascontiguousarray(arr)
         src = arr.dtype.kind
@@ -681,6 +727,9 @@ class OnnxSession:
                     f"input {spec.name!r} expects {target.name}, whose range is {limits.min}..{limits.max},"
                     f" but got values from {arr.min()} to {arr.max()}"
                 )
+        if np.can_cast(arr.dtype, target):
+            # A safe (widening) cast cannot overflow: skip the floating-point error state's context manager.
+            return np.ascontiguousarray(arr.astype(target))
         try:
             with np.errstate(over="raise", invalid="raise"):
                 return np.ascontiguousarray(arr.astype(target))

@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_MAX_BODY_SIZE", "ServiceApp", "build_app", "error_response",
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 log = logging.getLogger("bundler.server")
 access_log = logging.getLogger("bundler.access")
+INFO = logging.INFO
 
 
 def max_body_size_from_env(default: int = DEFAULT_MAX_BODY_SIZE) -> int:
@@ -230,9 +231,15 @@ class ServiceApp(Starlette):
         The batcher would refuse the request anyway, but only after the input was decoded, which under
         several times the capacity takes the loop's whole CPU and starves the model (served rate collapses).
         """
-        batchers = [getattr(r, "batcher", None) for r in self.svc.runners]
-        if not batchers or any(b is None or b.queued_rows < b.config.max_queue for b in batchers):
+        runners = self.svc.runners
+        if not runners:
             return
+        batchers = []
+        for r in runners:
+            b = getattr(r, "batcher", None)
+            if b is None or b.queued_rows < b.config.max_queue:
+                return
+            batchers.append(b)
         raise Overloaded(
             f"service {self.svc.name!r} is at capacity: every runner queue is full"
             f" ({', '.join(str(b.queued_rows) for b in batchers)} rows waiting); retry later or add replicas",
@@ -242,7 +249,7 @@ class ServiceApp(Starlette):
     def _record(self, scope: Scope, status: int, start: float, known: bool = True) -> None:
         seconds = time.perf_counter() - start
         self.metrics.observe_request(scope["path"] if known else "unmatched", status, seconds)
-        if access_log.isEnabledFor(logging.INFO):
+        if access_log.isEnabledFor(INFO):
             access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status, seconds * 1000)
 
     def _route_endpoint(self, api: API) -> Any:
