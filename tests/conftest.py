@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def engine() -> Any:
+    """The machine's container engine; its absence skips a test, and fails it under CI=true."""
+    from bundler.containerize import detect_engine
+    from bundler.exceptions import EngineUnavailable
+
+    try:
+        return detect_engine()
+    except EngineUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but no container engine: {exc}")
+        pytest.skip(f"no container engine: {exc}")
 
 
 @pytest.fixture(autouse=True)

@@ -249,16 +249,6 @@ def test_not_a_bundle_is_a_clear_error(tmp_path: Path) -> None:
 # Real engine
 
 
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    try:
-        return detect_engine()
-    except EngineUnavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but no container engine: {exc}")
-        pytest.skip(f"no container engine: {exc}")
-
-
 def make_model() -> onnx.ModelProto:
     """Return ``y = x W + b`` for x[batch, 4] -> y[batch, 3] with fixed weights."""
     rng = np.random.default_rng(3)

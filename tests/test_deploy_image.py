@@ -29,18 +29,6 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-def _engine() -> Any:
-    from bundler.containerize import detect_engine
-    from bundler.exceptions import EngineUnavailable
-
-    try:
-        return detect_engine()
-    except EngineUnavailable as exc:
-        if IN_CI:
-            pytest.fail(f"CI needs a container engine: {exc}")
-        pytest.skip(str(exc))
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,8 +40,7 @@ def _container(manifests: list[dict]) -> dict:
     return deployment["spec"]["template"]["spec"]
 
 
-def test_image_honours_the_deployment_probes_security_and_drain(tmp_path: Path) -> None:
-    engine = _engine()
+def test_image_honours_the_deployment_probes_security_and_drain(tmp_path: Path, engine: Any) -> None:
     work = tmp_path / "quickstart"
     shutil.copytree(ROOT / "examples/quickstart", work, ignore=shutil.ignore_patterns("__pycache__"))
     runpy.run_path(str(work / "make_model.py"), run_name="__main__")

@@ -329,19 +329,6 @@ def test_docs_page_renders_the_api_in_chromium(
 
 
 @pytest.fixture(scope="module")
-def engine() -> Any:
-    from bundler.containerize import detect_engine
-    from bundler.exceptions import EngineUnavailable
-
-    try:
-        return detect_engine()
-    except EngineUnavailable as exc:
-        if IN_CI:
-            pytest.fail(f"CI=true but no container engine: {exc}")
-        pytest.skip(f"no container engine: {exc}")
-
-
-@pytest.fixture(scope="module")
 def images(engine: Any) -> Iterator[list[str]]:
     """Collect the tags of the images the tests build; remove them all at the end of the module."""
     tags: list[str] = []

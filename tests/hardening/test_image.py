@@ -26,8 +26,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from bundler.containerize import Engine, detect_engine
-from bundler.exceptions import EngineUnavailable
+from bundler.containerize import Engine
 from bundler.store import verify_manifest
 
 from .services import QUICKSTART, ROOT, home_env, load_file
@@ -66,16 +65,6 @@ def _bundler(*args: str, home: Path, timeout: float = 900) -> subprocess.Complet
 
 def _docker(engine: Engine, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([engine.client, *args], capture_output=True, text=True, check=check, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    try:
-        return detect_engine()
-    except EngineUnavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but no container engine: {exc}")
-        pytest.skip(f"no container engine: {exc}")
 
 
 @pytest.fixture(scope="module")
