@@ -142,6 +142,16 @@ class Scheduler:
             )
         if not (queued_rows or inflight):
             return  # an idle runner takes anything: refusing would not make it faster
+        cost = self.cost
+        if not cost.count:
+            return  # nothing timed yet: every prediction is 0, only max_queue bounds the queue
+        # Cheap upper bound first (every batch full and in flight ones just started): far under the
+        # budget, which is the usual case, the exact prediction cannot exceed it either.
+        a, b, size = cost.a, cost.b, self.max_batch
+        bound = (queued_rows + rows) // size + 1
+        bound_s = bound * (a + b * size) + sum(a + b * n for _, n in inflight)
+        if bound_s <= self.budget * config.max_concurrency:
+            return
         expected = self.backlog(now, queued_rows + rows, inflight)
         if expected > self.budget:
             raise Overloaded(
@@ -256,6 +266,12 @@ class Batcher:
 
     def _signature(self, feed: dict[str, np.ndarray]) -> tuple[tuple, int]:
         dim = self.batch_dim
+        if len(feed) == 1:
+            # The usual one-input model: no loop, no cross-input row check.
+            ((name, array),) = feed.items()
+            shape = array.shape
+            if len(shape) > dim:
+                return ((name, array.dtype, shape[:dim] + shape[dim + 1 :]),), shape[dim]
         key = []
         rows = -1
         for name, array in feed.items():

@@ -114,11 +114,14 @@ class BatchObserver:
     def __init__(self, metrics: Metrics, runner: str) -> None:
         self._batch = metrics.batch_size.labels(runner)
         self._time = metrics.inference.labels(runner)
-        self._queue = metrics.queue_depth.labels(runner)
+        self.depth = 0
+        # Read at scrape time: the batcher reports the depth twice per request, a Gauge.set (lock and
+        # float box) each time costs more than this attribute store.
+        metrics.queue_depth.labels(runner).set_function(lambda: self.depth)
 
     def on_batch(self, size: int, seconds: float) -> None:
         self._batch.observe(size)
         self._time.observe(seconds)
 
     def on_queue(self, depth: int) -> None:
-        self._queue.set(depth)
+        self.depth = depth
