@@ -254,7 +254,7 @@ class NumpyNdarray(IODescriptor):
         return arr
 
     def to_response(self, value: Any, request: Request | None = None) -> Response:
-        arr = np.asarray(value)
+        arr = value if type(value) is np.ndarray else np.asarray(value)
         if request is not None and _wants_npy(request):
             buf = io.BytesIO()
             np.save(buf, arr, allow_pickle=False)

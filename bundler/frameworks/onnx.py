@@ -631,7 +631,7 @@ class OnnxSession:
         if len(args) == 1 and not kwargs and len(checks) == 1 and not isinstance(args[0], Mapping):
             # The served case: one positional array for a one-input model.
             check = checks[0]
-            feed = {check.name: self._cast(check.spec, args[0], check)}
+            feed = {check.name: self._cast(check, args[0])}
             if self._shared_dims:
                 self._check_shared_dims(feed)
             return feed
@@ -657,7 +657,7 @@ class OnnxSession:
         if missing:
             missing_text = ", ".join(map(repr, missing))
             raise self._error(f"missing input(s) {missing_text}; the inputs are {', '.join(names)}")
-        feed = {c.name: self._cast(c.spec, given[c.name], c) for c in checks}
+        feed = {c.name: self._cast(c, given[c.name]) for c in checks}
         if self._shared_dims:
             self._check_shared_dims(feed)
         return feed
@@ -677,9 +677,8 @@ class OnnxSession:
                         f" has {first[0]} on axis {first[2]}; inputs that share {dim!r} need the same size"
                     )
 
-    def _cast(self, spec: TensorSpec, value: Any, check: _InputCheck | None = None) -> np.ndarray:
-        if check is None:
-            check = _InputCheck(spec)
+    def _cast(self, check: _InputCheck, value: Any) -> np.ndarray:
+        spec = check.spec
         target = spec.dtype
         arr = value if type(value) is np.ndarray else None
         if arr is not None and target is not None and arr.dtype == target and check.shape_ok(arr.shape):

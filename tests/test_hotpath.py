@@ -1,0 +1,106 @@
+"""The serving hot path's shortcuts give the same answers as the long ways they skip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bundler.exceptions import Overloaded
+from bundler.io import JSON, File, NumpyNdarray, Text
+from bundler.runner.batcher import Scheduler
+from bundler.runner.config import BatchingConfig
+
+
+def _request(headers: list[tuple[bytes, bytes]]) -> Request:
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""})
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "value"),
+    [
+        (NumpyNdarray(), np.arange(4.0)),
+        (JSON(), {"a": 1}),
+        (Text(), "hi"),
+        (File(mime_type="text/csv"), b"a,b"),
+        (File(mime_type="text/html; charset=latin-1"), b"<p>"),
+        (File(), b"\x00"),
+    ],
+)
+def test_lean_response_sends_what_starlette_response_sends(descriptor: Any, value: Any) -> None:
+    ours = descriptor.to_response(value)
+    theirs = Response(ours.body, media_type=ours.media_type)
+    assert isinstance(ours, Response)
+    assert ours.status_code == 200 and ours.raw_headers == theirs.raw_headers
+    assert ours.headers["content-type"] == theirs.headers["content-type"]
+
+
+def test_accept_and_content_type_come_from_the_first_header() -> None:
+    d = NumpyNdarray()
+    npy = _request([(b"accept", b"application/x-npy"), (b"accept", b"application/json")])
+    assert d.to_response(np.zeros(2), npy).media_type == "application/octet-stream"
+    assert d.to_response(np.zeros(2), _request([])).media_type == "application/json"
+    from bundler.io import media_type
+
+    assert (
+        media_type(_request([(b"content-type", b" Application/JSON ; charset=utf-8")])) == "application/json"
+    )
+    assert media_type(_request([])) == ""
+
+
+def _exact_admits(
+    s: Scheduler, now: float, rows: int, queued: int, inflight: list[tuple[float, int]]
+) -> bool:
+    # The rule without the shortcut: refuse when the exact predicted backlog exceeds the budget.
+    if queued and queued + rows > s.config.max_queue:
+        return False
+    if not (queued or inflight):
+        return True
+    return s.backlog(now, queued + rows, inflight) <= s.budget
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    a=st.floats(0, 0.05),
+    b=st.floats(0, 0.01),
+    sizes=st.lists(st.integers(1, 64), min_size=1, max_size=6),
+    latency_ms=st.floats(1, 2000),
+    max_batch=st.integers(1, 64),
+    concurrency=st.integers(1, 3),
+    rows=st.integers(1, 80),
+    queued=st.integers(0, 2000),
+    inflight=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 100)), max_size=3),
+    gap=st.floats(1e-6, 1.0),
+)
+def test_admit_shortcut_decides_like_the_exact_backlog(
+    a: float,
+    b: float,
+    sizes: list[int],
+    latency_ms: float,
+    max_batch: int,
+    concurrency: int,
+    rows: int,
+    queued: int,
+    inflight: list[tuple[float, int]],
+    gap: float,
+) -> None:
+    config = BatchingConfig(
+        max_batch_size=max_batch, max_latency_ms=latency_ms, max_queue=1024, max_concurrency=concurrency
+    )
+    s = Scheduler(config)
+    for n in sizes:
+        s.on_batch(n, a + b * n)
+    s.gap = gap
+    now = 1.0
+    want = _exact_admits(s, now, rows, queued, inflight)
+    try:
+        s.admit(now, rows, queued, inflight)
+        got = True
+    except Overloaded:
+        got = False
+    assert got == want
