@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,7 @@ from starlette.responses import Response
 
 from bundler.exceptions import Overloaded
 from bundler.io import JSON, File, NumpyNdarray, Text
-from bundler.runner.batcher import Scheduler
+from bundler.runner.batcher import Batcher, Scheduler
 from bundler.runner.config import BatchingConfig
 
 
@@ -104,3 +106,33 @@ def test_admit_shortcut_decides_like_the_exact_backlog(
     except Overloaded:
         got = False
     assert got == want
+
+
+def test_a_batch_run_on_the_loop_answers_its_caller_without_another_iteration() -> None:
+    """The caller whose submit ran the batch inline is answered at once; arrivals meanwhile still batch."""
+    sizes: list[int] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        sizes.append(len(feed["x"]))
+        return [feed["x"] * 2]
+
+    async def main() -> tuple[bool, list[list[np.ndarray]]]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run_batch, BatchingConfig(), executor=pool)
+            for _ in range(3):  # time the model: a call this short then runs on the loop
+                await batcher.submit({"x": np.zeros((1, 2))})
+            await asyncio.sleep(0.01)
+            task = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2))}))
+            await asyncio.sleep(0)  # one loop iteration: the task's first step runs, then this one
+            answered_at_once = task.done()
+            await task
+            del sizes[:]
+            together = await asyncio.gather(*(batcher.submit({"x": np.full((1, 2), i)}) for i in range(4)))
+            await batcher.close()
+            return answered_at_once, together
+
+    answered_at_once, together = asyncio.run(main())
+    assert answered_at_once
+    assert [float(r[0][0, 0]) for r in together] == [0.0, 2.0, 4.0, 6.0]
+    # The first runs alone on the loop; the three that arrived while its slot was held run as one batch.
+    assert sizes == [1, 3]

@@ -385,8 +385,14 @@ class Batcher:
         last = self._run_seconds
         self._run_seconds = seconds if last == math.inf else 0.8 * last + 0.2 * seconds
         assert self._loop is not None
-        # Inline (on the loop) the results are handed out on its next iteration, like a thread's would be.
         call_soon = self._loop.call_soon if inline else self._loop.call_soon_threadsafe
+        if inline and not (isinstance(error, Exception) and len(batch) > 1):
+            # On the loop the results are handed out at once: a caller that dispatched its own batch in
+            # submit() finds its future done and answers without another loop iteration. The slot stays
+            # busy until the next iteration, so requests arriving meanwhile still queue into one batch.
+            ok = self._settle(outputs, error, seconds, batch, slot[1])
+            call_soon(self._release, slot, ok)
+            return
         if isinstance(error, Exception) and len(batch) > 1:
             # One request's values can fail the whole call (an index out of range): run each request alone,
             # so that only the culprit gets the error and its batchmates get their results.
@@ -427,11 +433,20 @@ class Batcher:
         batch: list[_Request],
         slot: tuple[float, int],
     ) -> None:
-        self._inflight.remove(slot)
-        rows = slot[1]
-        if error is None and outputs is not None:
-            # Loop-side time includes the thread hop: that overhead is part of what batching amortizes.
-            self.scheduler.on_batch(rows, self.clock() - slot[0])
+        self._release(slot, self._settle(outputs, error, seconds, batch, slot[1]))
+
+    def _settle(
+        self,
+        outputs: list[np.ndarray] | None,
+        error: BaseException | None,
+        seconds: float,
+        batch: list[_Request],
+        rows: int,
+    ) -> bool:
+        """Answer the batch's callers; return whether the call succeeded (so its time is learned)."""
+        ok = error is None and outputs is not None
+        if ok:
+            assert outputs is not None
             if self.observer is not None:
                 self.observer.on_batch(rows, seconds)
             try:
@@ -442,6 +457,14 @@ class Batcher:
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(error)
+        return ok
+
+    def _release(self, slot: tuple[float, int], ok: bool) -> None:
+        """Free the call's slot, learn its loop-side time, and dispatch what queued meanwhile."""
+        self._inflight.remove(slot)
+        if ok:
+            # Loop-side time includes the thread hop: that overhead is part of what batching amortizes.
+            self.scheduler.on_batch(slot[1], self.clock() - slot[0])
         self._pump()
 
     def _deliver(self, outputs: list[np.ndarray], batch: list[_Request], rows: int) -> None:
