@@ -136,3 +136,35 @@ def test_a_batch_run_on_the_loop_answers_its_caller_without_another_iteration() 
     assert [float(r[0][0, 0]) for r in together] == [0.0, 2.0, 4.0, 6.0]
     # The first runs alone on the loop; the three that arrived while its slot was held run as one batch.
     assert sizes == [1, 3]
+
+
+def test_batch_metrics_render_like_prometheus_client_histograms() -> None:
+    """The plain-counter batch metrics expose exactly what prometheus-client's Histogram and Gauge did."""
+    from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+
+    from bundler.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Metrics
+
+    batches = [(1, 0.0001), (3, 0.002), (32, 0.0025), (64, 0.5), (2000, 20.0), (8, 0.0005)]
+    ours = Metrics("svc")
+    observer = ours.observer("mlp")
+    reference = CollectorRegistry()
+    size = Histogram("bundler_runner_batch_size", "Rows per model call", ["runner"], buckets=BATCH_BUCKETS,
+                     registry=reference)  # fmt: skip
+    seconds = Histogram("bundler_runner_inference_seconds", "Time of one model call (a whole batch)",
+                        ["runner"], buckets=LATENCY_BUCKETS, registry=reference)  # fmt: skip
+    depth = Gauge("bundler_runner_queue_depth", "Rows waiting for a batch", ["runner"], registry=reference)
+    for rows, secs in batches:
+        observer.on_batch(rows, secs)
+        size.labels("mlp").observe(rows)
+        seconds.labels("mlp").observe(secs)
+    observer.on_queue(7)
+    depth.labels("mlp").set(7)
+
+    def runner_lines(text: bytes) -> list[str]:
+        # Creation times differ by when each was made; everything else must match line for line.
+        return [x for x in text.decode().splitlines() if "bundler_runner" in x and "_created{" not in x]
+
+    text = ours.render()
+    assert runner_lines(text) == runner_lines(generate_latest(reference))
+    assert len(runner_lines(text)) > 40
+    assert 'bundler_runner_batch_size_created{runner="mlp"}' in text.decode()

@@ -66,11 +66,15 @@ class CostModel:
     def observe(self, n: int, seconds: float) -> None:
         """Fold one measured call of ``n`` rows into the fit."""
         keep = 1.0 - self.decay if self.count else 0.0
-        s = self._s
-        for i, value in enumerate((1.0, n, n * n, seconds, n * seconds)):
-            s[i] = s[i] * keep + value
+        w, sn, snn, st, snt = self._s
+        # Unrolled: this runs once per batch, which under light load is once per request.
+        w = w * keep + 1.0
+        sn = sn * keep + n
+        snn = snn * keep + n * n
+        st = st * keep + seconds
+        snt = snt * keep + n * seconds
+        self._s = [w, sn, snn, st, snt]
         self.count += 1
-        w, sn, snn, st, snt = s
         mean_n, mean_t = sn / w, st / w
         var = snn / w - mean_n * mean_n
         # Too little spread in batch sizes to separate a from b: call it all fixed cost, which is what
