@@ -303,9 +303,8 @@ class Batcher:
                 break
             if not self._closing:
                 now = self.clock()
-                decision = self.scheduler.decide(
-                    now, len(queue), sum(r.rows for r in queue), queue[0].arrival
-                )
+                rows = queue[0].rows if len(queue) == 1 else sum(r.rows for r in queue)
+                decision = self.scheduler.decide(now, len(queue), rows, queue[0].arrival)
                 if not decision.dispatch:
                     self._arm(decision.wake_at, now)
                     return
