@@ -213,7 +213,7 @@ class NumpyNdarray(IODescriptor):
         else:
             try:
                 arr = _load_npy(body)
-            except (ValueError, OSError, EOFError) as exc:
+            except (ValueError, OSError, EOFError, MemoryError) as exc:
                 raise BadInput(f"NumpyNdarray input: the {mt} body is not a .npy array ({exc})") from exc
             if self.dtype is not None and arr.dtype != self.dtype:
                 if self.enforce_dtype:
@@ -313,15 +313,17 @@ def _load_npy(body: bytes) -> np.ndarray:
     f = io.BytesIO(body)
     version = npy_format.read_magic(f)
     readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
-    if version in readers:
-        shape, _, dtype = readers[version](f)
-        claimed = math.prod(shape) * dtype.itemsize
-        # np.load allocates the claimed size before reading: a 10-byte body must not ask for 40 GB.
-        if claimed > len(body) - f.tell():
-            raise ValueError(
-                f"its header claims shape {shape} of {dtype} ({claimed} bytes) but only"
-                f" {len(body) - f.tell()} bytes of data follow"
-            )
+    if version not in readers:
+        # np.save writes 1.0 (2.0 for huge headers); other versions would skip the size check below.
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not accepted (send 1.0 or 2.0)")
+    shape, _, dtype = readers[version](f)
+    claimed = math.prod(shape) * dtype.itemsize
+    # np.load allocates the claimed size before reading: a 10-byte body must not ask for 40 GB.
+    if claimed > len(body) - f.tell():
+        raise ValueError(
+            f"its header claims shape {shape} of {dtype} ({claimed} bytes) but only"
+            f" {len(body) - f.tell()} bytes of data follow"
+        )
     f.seek(0)
     return np.load(f, allow_pickle=False)
 

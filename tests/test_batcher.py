@@ -602,3 +602,15 @@ def test_only_calls_shorter_than_a_thread_hop_run_on_the_loop(call_seconds: floa
     assert threads[0].startswith("worker")  # an untimed model never runs on the loop
     assert all(t == "MainThread" for t in threads[1:]) is on_loop
     assert all(t.startswith("worker") for t in threads[1:]) is not on_loop
+
+
+def test_a_request_with_zero_rows_is_answered_not_left_waiting() -> None:
+    async def main() -> list[np.ndarray]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(lambda feed: [feed["x"] * 2], BatchingConfig(), executor=pool)
+            out = await asyncio.wait_for(batcher.submit({"x": np.ones((0, 4))}), timeout=5)
+            await asyncio.wait_for(batcher.close(), timeout=5)
+            return out
+
+    (out,) = asyncio.run(main())
+    assert out.shape == (0, 4)

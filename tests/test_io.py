@@ -151,6 +151,8 @@ def forged_npy(shape: tuple[int, ...], descr: str = "<f8", data: bytes = b"\0" *
         (forged_npy((10**12,)), "claims shape"),  # np.load would try a 7 TiB allocation
         (forged_npy((4,), data=b"\0" * 31), "claims shape"),
         (forged_npy((2,), descr="|O", data=b"\0" * 16), r"not a \.npy array"),
+        # Version 3.0 headers read like 2.0 but were not size-checked: a 14 TiB claim was a 500.
+        (b"\x93NUMPY\x03\x00" + forged_npy((10**12, 4))[10:], "version 3.0 is not accepted"),
     ],
 )
 def test_ndarray_refuses_forged_npy_headers(body: bytes, match: str) -> None:

@@ -241,6 +241,9 @@ class Batcher:
         if self._closing:
             raise Overloaded("runner is shutting down; retry on another replica", retry_after=1.0)
         key, rows = self._signature(feed)
+        if rows == 0:
+            # Nothing to batch (and the queue counts rows, so it would never be sent): run it on its own.
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, feed)
         now = self.clock()
         self.scheduler.admit(now, rows, self._queued_rows, self._inflight)
         loop = self._loop or asyncio.get_running_loop()
