@@ -14,6 +14,7 @@
     │   └── ProviderError        exit 1, execution providers not available on this machine
     ├── InferenceInputError      exit 2, runner inputs of the wrong name, rank or shape (HTTP 400)
     ├── Overloaded               exit 1, a runner queue is full or a deadline cannot be met (HTTP 503)
+    ├── ServiceUnavailable       exit 1, a runner failed to load: retrying will not help (HTTP 503)
     ├── LockError                exit 1, requirements that cannot be resolved or downloaded
     ├── BuildError               exit 1, a bundle cannot be assembled
     ├── ContainerizeError        exit 1, the container engine failed
@@ -41,6 +42,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "ProviderError",
+    "ServiceUnavailable",
     "StoreError",
     "UnsafeArchive",
     "UnsupportedMediaType",
@@ -128,6 +130,10 @@ class Overloaded(BundlerError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ServiceUnavailable(BundlerError):
+    http_status = 503
 
 
 class LockError(BundlerError):

@@ -274,6 +274,10 @@ def test_readyz_reports_a_runner_that_failed_to_load() -> None:
         assert r.status_code == 503
         assert "runner 'gated' failed to load: RuntimeError: weights file is corrupt" in r.json()["error"]
         assert c.get("/livez").status_code == 200
+        # The APIs say why they cannot serve, without inviting clients to retry a load that failed.
+        api = c.post("/double", json=[1])
+        assert api.status_code == 503 and "Retry-After" not in api.headers
+        assert "cannot serve: runner 'gated' failed to load" in api.json()["error"]
 
 
 def test_metrics_count_requests_by_route_and_status(server: httpx.Client) -> None:

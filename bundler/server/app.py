@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from ..exceptions import BadInput, BundlerError, Overloaded, PayloadTooLarge
+from ..exceptions import BadInput, BundlerError, Overloaded, PayloadTooLarge, ServiceUnavailable
 from ..service import API, Service
 from .docs import docs_routes
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -204,6 +204,8 @@ class ServiceApp(Starlette):
         request = None
         try:
             if not self.ready:
+                if self.load_error:
+                    raise ServiceUnavailable(f"service {self.svc.name!r} cannot serve: {self.load_error}")
                 raise Overloaded(
                     f"service {self.svc.name!r} is starting: its runners are still loading (see /readyz)",
                     retry_after=1,
