@@ -29,7 +29,7 @@ from . import __version__
 from .exceptions import BuildError, BundlerError, NotFound
 from .scan import ServiceInfo, scan_service
 from .sources import select_sources
-from .store import Tag, atomic_write_text, bundle_store, model_store, sha256_file
+from .store import Tag, atomic_write_text, bundle_store, model_store, sha256_file, verify_manifest
 
 __all__ = ["BuildResult", "build"]
 
@@ -257,10 +257,11 @@ def _openapi(staged: Path, service: str, say: Say) -> dict[str, Any] | None:
         "svc = load_service(sys.argv[1], working_dir=sys.argv[2])\n"
         "print(json.dumps(svc.openapi(), sort_keys=True))\n"
     )
-    env = dict(os.environ, BUNDLER_BUNDLE_DIR=str(staged))
+    # No bytecode: __pycache__ written into the staged src/ would enter the manifest.
+    env = dict(os.environ, BUNDLER_BUNDLE_DIR=str(staged), PYTHONDONTWRITEBYTECODE="1")
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", code, service, str(staged / "src")],
+            [sys.executable, "-B", "-c", code, service, str(staged / "src")],
             capture_output=True,
             text=True,
             timeout=120,
@@ -318,7 +319,7 @@ def _render_docker(cfg: Any, plan: Plan, tag: Tag) -> tuple[str, str]:
         "envs": plan.info["envs"],
         "labels": plan.info["labels"],
         "bundler_version": __version__,
-        "description": (cfg.description or "").strip().splitlines()[0] if cfg.description else "",
+        "description": next(iter((cfg.description or "").strip().splitlines()), ""),
     }
     return render_dockerfile(docker, facts), render_entrypoint(facts)
 
@@ -344,6 +345,14 @@ def write_bundle(cfg: Any, plan: Plan, say: Say) -> tuple[Path, bool]:
     """Stage the planned files plus the generated ones and commit them to the bundle store."""
     store = bundle_store()
     tag = Tag(plan.name, plan.version)
+    for model in plan.info["models"]:
+        # The version covers each model's manifest, not its bytes: check them before linking them in.
+        damaged = verify_manifest(model_store().path(model["tag"]))
+        if damaged:
+            raise BuildError(
+                f"model {model['tag']} fails its manifest check ({'; '.join(damaged)});"
+                " save or import it again"
+            )
     with store.staging() as staged:
         for f in plan.files:
             _place(f, staged / f.rel)
@@ -353,6 +362,10 @@ def write_bundle(cfg: Any, plan: Plan, say: Say) -> tuple[Path, bool]:
         dockerfile, entrypoint = _render_docker(cfg, plan, tag)
         (staged / "env/docker").mkdir(parents=True, exist_ok=True)
         (staged / "env/docker/Dockerfile").write_text(dockerfile, encoding="utf-8")
+        if cfg.docker.dockerfile_template:
+            # containerize re-renders the BuildKit variant from it (bundler.containerize.TEMPLATE_COPY).
+            template = (cfg.context / cfg.docker.dockerfile_template).read_bytes()
+            (staged / "env/docker/Dockerfile.template").write_bytes(template)
         ep = staged / "env/docker/entrypoint.sh"
         ep.write_text(entrypoint, encoding="utf-8")
         ep.chmod(0o755)

@@ -163,3 +163,34 @@ def test_conda_setup_script_envs_and_ignores_reach_the_bundle(quickstart: Path) 
     assert "curl" in dockerfile and "MODE=" in dockerfile and "setup_script" in dockerfile
     info = yaml.safe_load((path / "bundle.yaml").read_text())
     assert info["envs"] == {"MODE": "fast"}
+
+
+def test_a_damaged_model_or_blank_description_is_a_clear_error_or_handled(quickstart: Path) -> None:
+    from bundler.exceptions import BuildError
+    from bundler.store import model_store
+
+    (quickstart / "README.md").write_text("\n\n")  # description: "file: ./README.md" that is blank
+    assert build(quickstart).created
+    model = model_store().list("quickstart")[0]
+    (model.path / "saved_model.onnx").write_bytes(b"corrupted")
+    (quickstart / "service.py").write_text((quickstart / "service.py").read_text() + "\n# new\n")
+    with pytest.raises(BuildError, match=r"fails its manifest check \(saved_model.onnx: sha256 differs"):
+        build(quickstart)
+
+
+def test_the_bundle_carries_no_bytecode_and_keeps_the_dockerfile_template(
+    quickstart: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    (quickstart / "docker.j2").write_text(
+        "{% extends bento_base_template %}\n"
+        "{% block SETUP_BENTO_ENVARS %}{{ super() }}\nENV EXTRA=1\n{% endblock %}\n"
+    )
+    bentofile = (quickstart / "bentofile.yaml").read_text()
+    (quickstart / "bentofile.yaml").write_text(
+        bentofile.replace("docker:\n", "docker:\n  dockerfile_template: ./docker.j2\n")
+    )
+    path = build(quickstart).path
+    assert not [p for p in path.rglob("*") if p.name == "__pycache__" or p.suffix == ".pyc"]
+    assert (path / "env/docker/Dockerfile.template").read_text() == (quickstart / "docker.j2").read_text()
+    assert "ENV EXTRA=1" in (path / "env/docker/Dockerfile").read_text()
