@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from . import __version__
 from .exceptions import LockError
-from .store import home, sha256_file
+from .store import atomic_write_text, home, sha256_file
 from .wheels import (
     PLATFORMS,
     build_bundler_wheel,
@@ -378,14 +378,6 @@ def _cache_key(
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _header(options: LockOptions, key: str, hashed: bool) -> list[str]:
     platform = platform_for(options.platform)
     resolver = options.resolver if hashed else "no resolver"
@@ -467,7 +459,7 @@ def lock(
         # uv annotates with the temporary input's name; keep the text free of anything machine-specific.
         body = body.replace(str(wheels_dir.resolve()), "wheels").replace(str(wheels_dir), "wheels")
     text = "\n".join(head) + "\n" + body
-    _write_atomic(cached, text)
+    atomic_write_text(cached, text)
     return LockResult(
         text, hashlib.sha256(text.encode()).hexdigest(), False, options.lock_packages, requirements_txt
     )

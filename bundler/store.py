@@ -12,7 +12,6 @@ import builtins
 import contextlib
 import gzip
 import hashlib
-import io
 import os
 import re
 import secrets
@@ -146,10 +145,14 @@ def verify_manifest(root: Path) -> list[str]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path through a temporary file and ``os.replace``."""
+    """Write text to path through a temporary file and ``os.replace`` (creating its directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ class Store:
         if t.version is not None:
             if (self.root / t.name / t.version / self.meta_file).is_file():
                 return t
-            raise NotFound(f"{self.kind} {t} not found in {self.root} (see `bundler {self._cli} list`)")
+            raise NotFound(f"{self.kind} {t} not found in {self.root} (see `bundler {self._cli}list`)")
         pointer = self.root / t.name / "latest"
         with contextlib.suppress(OSError):
             version = pointer.read_text(encoding="utf-8").strip()
@@ -218,13 +221,13 @@ class Store:
         newest = self._newest(t.name)
         if newest is None:
             raise NotFound(
-                f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli} list`)"
+                f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli}list`)"
             )
         return Tag(t.name, newest.name)
 
     @property
     def _cli(self) -> str:
-        return "models" if self.kind == "model" else ""
+        return "models " if self.kind == "model" else ""
 
     def path(self, tag: str | Tag) -> Path:
         """Return the directory of a stored entry."""
@@ -328,22 +331,27 @@ class Store:
         if dest.is_dir():
             dest = dest / f"{t.name}-{t.version}.tar.gz"
         mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
-        buf = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=mtime) as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for rel in [*_files(src), MANIFEST]:
-                    p = src / rel
-                    info = tarfile.TarInfo(rel)
-                    info.size = p.stat().st_size
-                    info.mtime = mtime
-                    info.mode = 0o755 if os.access(p, os.X_OK) else 0o644
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    with open(p, "rb") as f:
-                        tar.addfile(info, f)
+        # Streamed to a temporary file beside the destination, renamed into place when complete.
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, dest)
+        try:
+            with open(tmp, "wb") as out:
+                with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=mtime) as gz:
+                    with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                        for rel in [*_files(src), MANIFEST]:
+                            p = src / rel
+                            info = tarfile.TarInfo(rel)
+                            info.size = p.stat().st_size
+                            info.mtime = mtime
+                            info.mode = 0o755 if os.access(p, os.X_OK) else 0o644
+                            info.uid = info.gid = 0
+                            info.uname = info.gname = ""
+                            with open(p, "rb") as f:
+                                tar.addfile(info, f)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise BadInput(f"cannot write the archive {dest}: {exc.strerror or exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
         return dest
 
     def import_(self, archive: str | Path) -> tuple[Tag, bool]:

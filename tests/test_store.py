@@ -167,3 +167,15 @@ def test_import_refuses_tampered_archive(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"src/a.py: sha256 differs"):
         other.import_(tampered)
     assert other.list() == []
+
+
+def test_export_to_an_unwritable_place_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    from bundler.exceptions import BadInput
+
+    store = _store(tmp_path)
+    _add(store, "svc", "v1")
+    with pytest.raises(BadInput, match=r"cannot write the archive .*missing/x\.tar\.gz"):
+        store.export("svc:v1", tmp_path / "missing" / "x.tar.gz")
+    with pytest.raises(NotFound, match=r"\(see `bundler list`\)"):
+        store.resolve("nothing")
+    assert not list(tmp_path.glob("**/*.part"))
