@@ -204,7 +204,11 @@ class Store:
         versions = self._versions(name)
         if not versions:
             return None
-        return max(versions, key=lambda p: (str(self._read_info(p).get("creation_time", "")), p.name))
+        # Same creation time (a fixed SOURCE_DATE_EPOCH): the one stored last, i.e. renamed into place last.
+        return max(
+            versions,
+            key=lambda p: (str(self._read_info(p).get("creation_time", "")), p.stat().st_mtime_ns, p.name),
+        )
 
     def resolve(self, tag: str | Tag) -> Tag:
         """Return the full tag (``latest`` resolved); raise NotFound when there is no such entry."""
