@@ -224,9 +224,7 @@ class Store:
                 return Tag(t.name, version)
         newest = self._newest(t.name)
         if newest is None:
-            raise NotFound(
-                f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli}list`)"
-            )
+            raise NotFound(f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli}list`)")
         return Tag(t.name, newest.name)
 
     @property
