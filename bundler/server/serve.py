@@ -75,16 +75,22 @@ def _import_service(module: str, attr: str, base: Path, where: str) -> Service:
     return obj
 
 
+def _read_service(path: Path, fix: str) -> tuple[dict, str]:
+    """Read a bundle.yaml or bentofile.yaml; return its mapping and its ``service`` value."""
+    try:
+        info = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadInput(f"{path}: cannot be read as YAML ({exc})") from exc
+    service = info.get("service") if isinstance(info, dict) else None
+    if not isinstance(service, str) or not service:
+        raise BadInput(f"{path}: 'service' is missing; {fix}")
+    return info, service
+
+
 def _load_bundle(bundle: Path) -> Service:
     bundle = bundle.resolve()
     meta = bundle / BUNDLE_META
-    try:
-        info = yaml.safe_load(meta.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise BadInput(f"{meta}: cannot be read as YAML ({exc})") from exc
-    service = info.get("service") if isinstance(info, dict) else None
-    if not isinstance(service, str) or not service:
-        raise BadInput(f"{meta}: 'service' is missing; it should name the service as 'module:svc'")
+    info, service = _read_service(meta, "it should name the service as 'module:svc'")
     # Model tags resolve inside the bundle first (see bundler.models).
     os.environ["BUNDLER_BUNDLE_DIR"] = str(bundle)
     module, attr = _split(service)
@@ -99,15 +105,7 @@ def _load_bundle(bundle: Path) -> Service:
 
 def _load_project(bentofile: Path) -> Service:
     """Import the service a project's bentofile names (its ``service`` key), from the project directory."""
-    try:
-        info = yaml.safe_load(bentofile.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise BadInput(f"{bentofile}: cannot be read as YAML ({exc})") from exc
-    service = info.get("service") if isinstance(info, dict) else None
-    if not isinstance(service, str) or not service:
-        raise BadInput(
-            f"{bentofile}: 'service' is missing; set it to 'module:svc' (e.g. service: \"service:svc\")"
-        )
+    _, service = _read_service(bentofile, "set it to 'module:svc' (e.g. service: \"service:svc\")")
     module, attr = _split(service)
     return _import_service(module, attr, bentofile.parent, f"{bentofile}: service")
 
