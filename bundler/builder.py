@@ -27,7 +27,7 @@ import yaml
 
 from . import __version__
 from .exceptions import BuildError, BundlerError, NotFound
-from .scan import ServiceInfo, scan_service
+from .scan import ServiceInfo, scan_service, uses_images
 from .sources import select_sources
 from .store import Tag, atomic_write_text, bundle_store, model_store, sha256_file, verify_manifest
 
@@ -136,7 +136,7 @@ def _conda_yaml(cfg: Any) -> bytes | None:
 
 
 def _lock(
-    cfg: Any, wheels_dir: Path, platform: str, resolver: str, offline: bool, say: Say
+    cfg: Any, wheels_dir: Path, platform: str, resolver: str, offline: bool, images: bool, say: Say
 ) -> tuple[Any, Any]:
     from . import lock as lockmod
 
@@ -157,6 +157,8 @@ def _lock(
     )
     req_txt = cfg.context / py.requirements_txt if py.requirements_txt else None
     requirements = lockmod.collect_requirements(list(py.packages), req_txt, cfg.context)
+    if images:
+        requirements += [f"{r}  # {lockmod.IMAGE_ORIGIN}" for r in lockmod.IMAGE_REQUIREMENTS]
     lockmod.build_bundler_wheel(wheels_dir)
     local = []
     for w in py.wheels:
@@ -182,14 +184,16 @@ def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels
     svc = scan_service(module_path, attribute)
     plan = Plan(_bundle_name(cfg, svc))
 
-    for src in select_sources(cfg.context, list(cfg.include), list(cfg.exclude)):
+    sources = select_sources(cfg.context, list(cfg.include), list(cfg.exclude))
+    for src in sources:
         plan.files.append(PlannedFile(f"src/{src.rel}", source=src.path, executable=src.executable))
+    images = uses_images([module_path, *(s.path for s in sources if s.rel.endswith(".py"))])
 
     tags = list(dict.fromkeys([m.tag for m in cfg.models] + svc.model_tags))
     model_files, model_infos = _model_files(tags)
     plan.files += model_files
 
-    options, lock = _lock(cfg, wheels_dir, platform, resolver, offline, say)
+    options, lock = _lock(cfg, wheels_dir, platform, resolver, offline, images, say)
     plan.lock_reused = bool(lock.reused)
     plan.files.append(PlannedFile("env/python/requirements.txt", data=lock.requirements_txt.encode()))
     plan.files.append(PlannedFile("env/python/requirements.lock.txt", data=lock.text.encode()))

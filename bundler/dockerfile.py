@@ -44,8 +44,17 @@ _FETCH = (
     'open(sys.argv[2], "wb").write(u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=30).read())'
 )
 # What `bundler serve` needs at start-up; importing it at build time turns a broken image into a failed build.
+# Packages install with --no-compile; this import, run as root in the final stage, writes the bytecode of
+# exactly the modules a server loads at start-up (a third of what compiling every module would store).
 SERVE_IMPORTS = (
-    "import bundler.cli, bundler.server.app, bundler.server.serve, bundler.frameworks.onnx, onnxruntime"
+    "import bundler.cli, bundler.server.app, bundler.server.serve, bundler.frameworks.onnx, onnxruntime,"
+    " uvicorn.main, uvicorn.loops.auto, uvicorn.protocols.http.auto, uvicorn.lifespan.on"
+)
+# Files of installed packages that serving never reads: test suites inside packages, type stubs and
+# browser source maps. Removed in the venv stage, so they never reach a layer of the image.
+PRUNE = (
+    r"\( -type d -name tests -path '*/site-packages/*/tests' \)"
+    r" -o -name '*.pyi' -o -name '*.js.map' -o -name '*.css.map'"
 )
 CUDA_UBUNTU = "ubuntu22.04"
 SUPPORTED_PYTHON = ("3.10", "3.11", "3.12", "3.13")  # bundler itself needs >= 3.10
@@ -243,6 +252,7 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[st
     options = ["--require-hashes"] if facts.get("hashed", True) else []
     options += ["--no-index", "--find-links", wheels] if facts.get("offline") else ["--find-links", wheels]
     cache = [] if buildkit else ["--no-cache-dir"]
+    cache.append("--no-compile")
     pip = f"{VENV}/bin/python -m pip install"
     steps = []
     run = bundler_run = "RUN"
@@ -272,21 +282,29 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[st
 
 
 def _venv_finish(keep_pip: bool) -> list[str]:
-    """Return the commands that point the venv at bundler's directory and drop the venv's own pip."""
+    """Return the commands that point the venv at bundler's directory, drop pip and prune unread files."""
     pth = (
         f'import sysconfig; open(sysconfig.get_path("purelib") + "/bundler.pth", "w").write("{BUNDLER_DIR}")'
     )
+    lock = "env/python/requirements.lock.txt"
     commands = [
         f"{VENV}/bin/python -c {shlex.quote(pth)}",
         f"ln -s {BUNDLER_DIR}/bin/bundler {VENV}/bin/bundler",
     ]
-    if keep_pip:
-        return commands  # a setup_script may `pip install` into the venv
-    # `python -m venv` put pip (and setuptools before 3.12) there to install the lock; serving needs neither.
-    # pip removes exactly the files it recorded; a lock that pins either one keeps it.
-    lock = "env/python/requirements.lock.txt"
-    uninstall = f'grep -qi "^$p==" {lock} || {VENV}/bin/python -m pip uninstall -y -q "$p"'
-    return [*commands, f"for p in setuptools pip; do {uninstall}; done"]
+    if not keep_pip:  # a setup_script may `pip install` into the venv
+        # `python -m venv` put pip (and setuptools before 3.12) there to install the lock; serving needs
+        # neither. pip removes exactly the files it recorded; a lock that pins either one keeps it.
+        uninstall = f'grep -qi "^$p==" {lock} || {VENV}/bin/python -m pip uninstall -y -q "$p"'
+        commands.append(f"for p in setuptools pip; do {uninstall}; done")
+    # onnxruntime's wheel also carries its C library for C-API users (onnxruntime-genai loads it from
+    # there); onnxruntime's Python module does not load it. Kept when the lock has any other onnxruntime*.
+    c_api = f"{VENV}/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*"
+    only_ort = f"[ \"$(grep -ci '^onnxruntime[a-z0-9._-]*==' {lock})\" = 1 ]"
+    return [
+        *commands,
+        f"find {VENV}/lib -depth \\( {PRUNE} \\) -exec rm -rf {{}} +",
+        f"if {only_ort}; then rm -f {c_api}; fi",
+    ]
 
 
 def template_context(

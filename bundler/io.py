@@ -10,6 +10,7 @@ over the pixel cap -> 413 (PayloadTooLarge).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
 import math
 import warnings
@@ -469,6 +470,12 @@ class Image(IODescriptor):
         max_pixels: int | None = None,
         output_format: str = "PNG",
     ) -> None:
+        if importlib.util.find_spec("PIL") is None:
+            raise ImportError(
+                "bundler.io.Image needs Pillow, which is not installed here: add `pillow` to python.packages"
+                " in bentofile.yaml (`bundler build` adds it by itself when the bundle's code uses"
+                " bundler.io.Image or imports PIL)"
+            )
         self.formats = {_PIL_FORMATS.get(f.lower(), f.upper()) for f in formats} if formats else None
         self.pilmode = pilmode
         self.max_pixels = max_pixels

@@ -37,6 +37,8 @@ from .wheels import (
 )
 
 __all__ = [
+    "IMAGE_ORIGIN",
+    "IMAGE_REQUIREMENTS",
     "PLATFORMS",
     "SERVE_REQUIREMENTS",
     "LockOptions",
@@ -55,16 +57,21 @@ SERVE_REQUIREMENTS: tuple[str, ...] = (
     "numpy>=1.24",
     "onnxruntime>=1.16",
     "starlette>=0.37",
-    "uvicorn[standard]>=0.29",
+    "uvicorn>=0.29",
+    "uvloop>=0.19; sys_platform != 'win32'",
+    "httptools>=0.6",
     "orjson>=3.9",
     "prometheus-client>=0.20",
-    "pillow>=10",
     "python-multipart>=0.0.9",
     "swagger-ui-bundle>=1.1",
     "pyyaml>=6",
     "click>=8.1",
     "httpx>=0.27",
 )
+# Pillow decodes and encodes bundler.io.Image bodies: a bundle gets it only when its code uses images
+# (bundler.scan.uses_images), as BentoML's `io-image` extra does. pyproject lists it with the block above.
+IMAGE_REQUIREMENTS: tuple[str, ...] = ("pillow>=10",)
+IMAGE_ORIGIN = "required by bundler.io.Image"
 BUNDLER_ORIGIN = "required by bundler"
 PACKAGES_ORIGIN = "from bentofile python.packages"
 # Bump when the lock text format changes, so old cache entries are not reused.

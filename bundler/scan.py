@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .exceptions import BuildError
 
-__all__ = ["ApiInfo", "ServiceInfo", "scan_service"]
+__all__ = ["ApiInfo", "ServiceInfo", "scan_service", "uses_images"]
 
 # Calls whose first string argument is a model tag: bundler.onnx.get("x"), bundler.models.get("x"), ...
 _MODEL_GETTERS = {("onnx", "get"), ("models", "get"), ("onnx", "load_model")}
@@ -96,3 +96,30 @@ def scan_service(module_path: Path, attribute: str) -> ServiceInfo:
     info.model_tags = sorted(set(tags))
     info.apis.sort(key=lambda a: a.route)
     return info
+
+
+def _image_node(node: ast.AST) -> bool:
+    if isinstance(node, ast.Import):
+        return any(a.name == "PIL" or a.name.startswith("PIL.") for a in node.names)
+    if isinstance(node, ast.ImportFrom):
+        module = node.module or ""
+        if module == "PIL" or module.startswith("PIL."):
+            return True
+        return module.split(".")[-1] == "io" and any(a.name == "Image" for a in node.names)
+    # bundler.io.Image(...), io.Image, bentoml.io.Image
+    return isinstance(node, ast.Attribute) and node.attr == "Image" and _descriptor(node.value) == "io"
+
+
+def uses_images(paths: list[Path]) -> bool:
+    """Whether any of these Python files uses ``bundler.io.Image`` or imports PIL (so the image needs Pillow).
+
+    A file that does not parse counts as using images: adding Pillow is the safe side of the guess.
+    """
+    for path in paths:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        except (SyntaxError, ValueError, OSError, UnicodeDecodeError):
+            return True
+        if any(_image_node(node) for node in ast.walk(tree)):
+            return True
+    return False

@@ -16,6 +16,7 @@ import yaml
 
 from bundler import bundles
 from bundler.builder import build
+from bundler.scan import uses_images
 from bundler.store import bundle_store, verify_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,7 @@ def test_quickstart_bundle_layout(quickstart: Path) -> None:
     assert len(list(model_dir.iterdir())) == 1
     lock = (path / "env/python/requirements.lock.txt").read_text()
     assert "--hash=sha256:" in lock and "onnxruntime==" in lock
+    assert "pillow==" not in lock  # the quickstart uses no images, so its image carries no Pillow
     assert list((path / "env/python/wheels").glob("bundler-*.whl"))
     assert "FROM " in (path / "env/docker/Dockerfile").read_text()
     assert os.access(path / "env/docker/entrypoint.sh", os.X_OK)
@@ -136,6 +138,33 @@ def test_killed_build_leaves_no_partial_bundle(quickstart: Path) -> None:
             assert verify_manifest(entry.path) == []
     result = build(quickstart)
     assert [str(e.tag) for e in bundle_store().list()] == [str(result.tag)]
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("from bundler.io import Image\n", True),
+        ("import bundler\nx = bundler.io.Image(formats=['png'])\n", True),
+        ("from bentoml import io\nx = io.Image()\n", True),
+        ("import PIL.Image\n", True),
+        ("from PIL import ImageOps\n", True),
+        ("def broken(:\n", True),  # unreadable: assume images, the safe side
+        ("from bundler.io import NumpyNdarray\nImage = 1\n", False),
+        ("import numpy as np\nnp.Image = None\n", False),
+        ("from mylib.images import Image\n", False),
+    ],
+)
+def test_uses_images_reads_the_syntax_tree(tmp_path: Path, code: str, expected: bool) -> None:
+    (tmp_path / "m.py").write_text(code)
+    assert uses_images([tmp_path / "m.py"]) is expected
+
+
+def test_a_bundle_whose_code_uses_images_gets_pillow_in_its_lock(quickstart: Path) -> None:
+    (quickstart / "pictures.py").write_text("from bundler.io import Image\n\nPICTURE = Image()\n")
+    path = build(quickstart).path
+    lock = (path / "env/python/requirements.lock.txt").read_text()
+    assert "pillow==" in lock
+    assert "pillow>=10  # required by bundler.io.Image" in (path / "env/python/requirements.txt").read_text()
 
 
 def test_conda_setup_script_envs_and_ignores_reach_the_bundle(quickstart: Path) -> None:

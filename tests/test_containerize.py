@@ -489,6 +489,33 @@ def test_the_image_holds_no_pip_no_setuptools_and_no_wheels(engine: Engine, imag
 
 
 @pytest.mark.docker
+def test_the_image_drops_what_serving_never_reads_and_keeps_start_up_bytecode(
+    engine: Engine, image: tuple[str, Path]
+) -> None:
+    tag, _ = image
+    probe = """
+import glob, importlib.util as u, os
+sp = glob.glob("/opt/venv/lib/python3*/site-packages")[0]
+def count(pattern):
+    return len(glob.glob(f"{sp}/{pattern}", recursive=True))
+c_api = count("onnxruntime/capi/libonnxruntime.so*")
+print(count("*/**/tests/"), count("**/*.pyi"), count("**/*.js.map"), c_api)
+print(bool(u.find_spec("PIL")), bool(u.find_spec("watchfiles")), bool(u.find_spec("uvloop")))
+started = ("uvicorn.main", "onnxruntime", "numpy", "starlette.applications", "bundler.server.app")
+print([m for m in started if not os.path.exists(u.find_spec(m).cached)])
+print(count("onnxruntime/transformers/__pycache__/*.pyc"))
+"""
+    out = subprocess.run(
+        [engine.client, "run", "--rm", tag, "python", "-c", probe], capture_output=True, text=True, check=True
+    )
+    lines = out.stdout.splitlines()
+    assert lines[0] == "0 0 0 0", out.stdout  # no test suites, stubs, source maps, nor the C-API library
+    assert lines[1] == "False False True", out.stdout  # the quickstart takes no images; uvloop serves
+    assert lines[2] == "[]", out.stdout  # the modules a server imports at start-up have their bytecode
+    assert lines[3] == "0", out.stdout  # and modules it does not import have none
+
+
+@pytest.mark.docker
 def test_a_new_bundler_wheel_reuses_the_dependency_layers(
     project: Project, image: tuple[str, Path], tmp_path: Path
 ) -> None:

@@ -149,7 +149,7 @@ def test_layers_go_from_least_to_most_often_changed() -> None:
         "RUN python3 -m venv",
         "FROM deps AS own",
         "COPY env/python/wheels/bundler-*.whl",
-        "RUN /opt/venv/bin/python -m pip install --no-cache-dir --no-deps --target /opt/bundler",
+        "RUN /opt/venv/bin/python -m pip install --no-cache-dir --no-compile --no-deps --target /opt/bundler",
         "FROM deps AS venv",
         "FROM base",
         "COPY --from=venv /opt/venv /opt/venv",

@@ -363,3 +363,12 @@ def test_ndarray_json_round_trip_keeps_values(arr: np.ndarray) -> None:
     out = decode(d, body, "application/json")
     assert out.shape == arr.shape
     np.testing.assert_array_equal(out, arr)
+
+
+def test_image_without_pillow_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "PIL" else real(n, *a))
+    with pytest.raises(ImportError, match=r"add `pillow` to python\.packages"):
+        Image()

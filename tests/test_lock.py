@@ -17,6 +17,7 @@ from bundler import lock as lock_mod
 from bundler import wheels as wheels_mod
 from bundler.exceptions import BundlerError, LockError
 from bundler.lock import (
+    IMAGE_REQUIREMENTS,
     SERVE_REQUIREMENTS,
     LockOptions,
     build_bundler_wheel,
@@ -76,7 +77,7 @@ def test_serve_requirements_match_pyproject_serving_block() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     block = text.split("# serving runtime", 1)[1].split("# build side", 1)[0]
     declared = re.findall(r'"([^"]+)"', block)
-    assert sorted(declared) == sorted(SERVE_REQUIREMENTS)
+    assert sorted(declared) == sorted(SERVE_REQUIREMENTS + IMAGE_REQUIREMENTS)
     assert not {"onnx", "jsonschema", "jinja2", "rich", "uv", "pip-tools"} & {
         re.split(r"[<>=\[]", r)[0] for r in SERVE_REQUIREMENTS
     }
