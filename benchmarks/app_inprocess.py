@@ -1,7 +1,7 @@
 """Drive the ASGI app in-process (no HTTP, no sockets): requests/s of bundler's own request path.
 
 The quickstart-sized MLP (64 -> 256 -> 256 -> 10, batchable) behind a NumpyNdarray JSON API, 64 concurrent
-callers; `--profile` adds cProfile's top functions. What this measures is everything the server does per
+callers (`--callers`); `--profile` adds cProfile's top functions. What this measures is everything the server does per
 request beyond uvicorn's HTTP parsing, which a minimal starlette app pays too.
 Usage: python benchmarks/app_inprocess.py [--requests 200] [--profile]
 """
@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=200, help="per caller (64 callers)")
+    parser.add_argument("--requests", type=int, default=200, help="per caller")
+    parser.add_argument("--callers", type=int, default=64, help="concurrent callers (1: no batching)")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     os.environ["BUNDLER_HOME"] = tempfile.mkdtemp(prefix="bundler-bench-")
@@ -78,17 +79,17 @@ def main() -> None:
         async with app.router.lifespan_context(app):
             while not app.ready:
                 await asyncio.sleep(0.01)
-            await asyncio.gather(*[caller(50) for _ in range(64)])  # warm-up: the batcher learns its costs
+            await asyncio.gather(*[caller(50) for _ in range(args.callers)])  # warm-up: the batcher learns its costs
             statuses.clear()
             profiler = cProfile.Profile() if args.profile else None
             start = time.perf_counter()
             if profiler:
                 profiler.enable()
-            await asyncio.gather(*[caller(args.requests) for _ in range(64)])
+            await asyncio.gather(*[caller(args.requests) for _ in range(args.callers)])
             if profiler:
                 profiler.disable()
             elapsed = time.perf_counter() - start
-            print(f"{64 * args.requests / elapsed:,.0f} req/s in-process, statuses {statuses}")
+            print(f"{args.callers * args.requests / elapsed:,.0f} req/s in-process, statuses {statuses}")
             if profiler:
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
 

@@ -307,26 +307,61 @@ class NumpyNdarray(IODescriptor):
         return f"NumpyNdarray(dtype={self.dtype}, shape={self.shape})"
 
 
-def _load_npy(body: bytes) -> np.ndarray:
-    """Load an ``.npy`` body, first checking that its header claims no more data than the body holds."""
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_CACHED_HEADER = 1024  # np.save writes 128-byte headers; longer ones are parsed every time
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Parse an ``.npy`` header (magic included): (shape, fortran_order, dtype); ValueError if malformed.
+
+    numpy parses the header's dict with ``ast.literal_eval`` (tens of microseconds); clients send the
+    same few headers over and over, so their parse is cached.
+    """
     from numpy.lib import format as npy_format
 
-    f = io.BytesIO(body)
+    f = io.BytesIO(header)
     version = npy_format.read_magic(f)
     readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
     if version not in readers:
         # np.save writes 1.0 (2.0 for huge headers); other versions would skip the size check below.
         raise ValueError(f".npy format version {version[0]}.{version[1]} is not accepted (send 1.0 or 2.0)")
-    shape, _, dtype = readers[version](f)
-    claimed = math.prod(shape) * dtype.itemsize
-    # np.load allocates the claimed size before reading: a 10-byte body must not ask for 40 GB.
-    if claimed > len(body) - f.tell():
+    shape, fortran, dtype = readers[version](f)
+    if f.tell() != len(header):
+        raise ValueError("the .npy header length does not match its contents")
+    return shape, fortran, dtype
+
+
+def _load_npy(body: bytes) -> np.ndarray:
+    """Load an ``.npy`` body, first checking that its header claims no more data than the body holds."""
+    if len(body) < 10 or not body.startswith(_NPY_MAGIC):
+        raise ValueError("the body does not start with the .npy magic string \\x93NUMPY")
+    width = {1: 2, 2: 4}.get(body[6])
+    if width is None or body[7] != 0:
+        raise ValueError(f".npy format version {body[6]}.{body[7]} is not accepted (send 1.0 or 2.0)")
+    start = 8 + width + int.from_bytes(body[8 : 8 + width], "little")
+    if start > len(body):
+        raise ValueError(f"its header claims {start} bytes but the body has {len(body)}")
+    header = body[:start]
+    if start <= _NPY_CACHED_HEADER:
+        shape, fortran, dtype = _npy_header(header)
+    else:
+        shape, fortran, dtype = _npy_header.__wrapped__(header)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not accepted (they would need pickle)")
+    count = math.prod(shape)
+    claimed = count * dtype.itemsize
+    # Nothing is allocated before this check: a 10-byte body must not ask for 40 GB.
+    if claimed > len(body) - start:
         raise ValueError(
             f"its header claims shape {shape} of {dtype} ({claimed} bytes) but only"
-            f" {len(body) - f.tell()} bytes of data follow"
+            f" {len(body) - start} bytes of data follow"
         )
-    f.seek(0)
-    return np.load(f, allow_pickle=False)
+    flat = np.frombuffer(body, dtype=dtype, count=count, offset=start)
+    # A writable copy of its own, as np.load returns (the body's bytes are immutable).
+    if fortran:
+        return flat.reshape(shape[::-1]).transpose().copy(order="F")
+    return flat.reshape(shape).copy()
 
 
 def _wants_npy(request: Request) -> bool:

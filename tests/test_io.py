@@ -372,3 +372,29 @@ def test_image_without_pillow_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "PIL" else real(n, *a))
     with pytest.raises(ImportError, match=r"add `pillow` to python\.packages"):
         Image()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        np.array([1, -2, 3], dtype=">i4"),
+        np.zeros((0, 3), dtype=np.float16),
+        np.array(3.5),
+        np.array([True, False]),
+    ],
+)
+def test_npy_bodies_load_as_numpy_loads_them_writable_and_twice_alike(array: np.ndarray) -> None:
+    from bundler.io import _load_npy
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    expected = np.load(io.BytesIO(buf.getvalue()))
+    for _ in range(2):  # the second load takes the cached header
+        got = _load_npy(buf.getvalue())
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(got, expected)
+        assert got.flags.writeable and got.flags.f_contiguous == expected.flags.f_contiguous
+        got[...] = 0  # the caller's own copy, not a view of the request body
+    assert np.array_equal(_load_npy(buf.getvalue()), expected)
