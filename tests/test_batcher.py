@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -19,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bundler.exceptions import BadInput, InferenceInputError, ModelError, Overloaded
-from bundler.runner.batcher import SWITCH_INTERVAL, Batcher, CostModel, Scheduler
+from bundler.runner.batcher import MIN_TIMER_S, SWITCH_INTERVAL, Batcher, CostModel, Decision, Scheduler
 from bundler.runner.config import DEFAULTS, BatchingConfig, env_names, resolve_batching
 
 # ---------------------------------------------------------------- config
@@ -614,3 +615,47 @@ def test_a_request_with_zero_rows_is_answered_not_left_waiting() -> None:
 
     (out,) = asyncio.run(main())
     assert out.shape == (0, 4)
+
+
+@pytest.mark.parametrize("wait_s, timers", [(MIN_TIMER_S / 20, 0), (MIN_TIMER_S * 5, 1)])
+def test_a_wait_shorter_than_the_loops_sleep_looks_again_next_iteration_instead(
+    wait_s: float, timers: int
+) -> None:
+    """Sub-millisecond waits never become timers (a loop sleeps whole milliseconds); longer ones do."""
+    calls: list[int] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        calls.append(len(feed["x"]))
+        return [feed["x"]]
+
+    async def main() -> tuple[list[float], list[float]]:
+        loop = asyncio.get_running_loop()
+        armed: list[float] = []
+        call_later = loop.call_later
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run_batch, BatchingConfig(), executor=pool)
+
+            def spy(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+                if callback == batcher._on_timer:
+                    armed.append(delay)
+                return call_later(delay, callback, *args)
+
+            loop.call_later = spy  # type: ignore[method-assign,assignment]
+            deadline: list[float] = []
+
+            def decide(now: float, *_: object) -> Decision:
+                # The policy: wait wait_s after the first look, then go.
+                deadline.append(deadline[0] if deadline else now + wait_s)
+                return Decision(now >= deadline[0], deadline[0])
+
+            batcher.scheduler.decide = decide  # type: ignore[method-assign,assignment]
+            outs = await asyncio.wait_for(
+                asyncio.gather(*(batcher.submit({"x": np.full((1, 1), float(i))}) for i in range(3))), 2
+            )
+            await batcher.close()
+        return [float(o[0][0, 0]) for o in outs], armed
+
+    answers, armed = asyncio.run(main())
+    assert answers == [0.0, 1.0, 2.0]
+    assert calls == [3]  # the three submits of one loop iteration form one batch
+    assert len(armed) == timers

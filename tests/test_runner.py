@@ -107,6 +107,37 @@ def test_with_options_reach_the_runner() -> None:
     assert not runner.ready
 
 
+def _intra_threads(runner: Runner) -> int:
+    return int(runner.session.session.get_session_options().intra_op_num_threads)
+
+
+def test_a_model_too_small_to_share_gets_one_intra_op_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    from bundler.frameworks import onnx as fw
+
+    model = bundler.onnx.save_model("mlp", MLP, signatures={"run": {"batchable": True}})
+    monkeypatch.setattr(fw, "usable_cpus", lambda: 4)
+    small = model.to_runner()
+    small.init_local()
+    assert _intra_threads(small) == 1  # a batch-1 run of this MLP takes microseconds
+    np.testing.assert_allclose(small.run.run(np.ones((2, 64))), _expected(np.ones((2, 64))), rtol=1e-5)
+
+    monkeypatch.setattr(fw, "SMALL_RUN_S", 0.0)  # now every model counts as big enough
+    big = model.to_runner()
+    big.init_local()
+    assert _intra_threads(big) == 4
+
+    monkeypatch.setattr(fw, "SMALL_RUN_S", 1.0)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 3
+    given = model.with_options(session_options=options).to_runner()
+    given.init_local()
+    assert _intra_threads(given) == 3  # the user's SessionOptions are used as given
+    # bundler.onnx.load_model, the guide's API, never probes.
+    assert bundler.onnx.load_model(model).get_session_options().intra_op_num_threads == 4
+
+
 def test_served_batchable_runner_coalesces_concurrent_calls(batchable: Runner) -> None:
     rng = np.random.default_rng(2)
     xs = [rng.standard_normal((1 + i % 3, 64)) for i in range(40)]

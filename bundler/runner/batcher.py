@@ -43,6 +43,12 @@ SWITCH_INTERVAL = 0.0005
 # worker thread and back costs more loop time (two wake-ups, GIL hand-offs) than the call, so the loop is
 # blocked for less, not more (docs/batching.md). Longer calls always go to the executor.
 INLINE_MAX_S = 100e-6
+# Event loops sleep in whole milliseconds (epoll's timeout, libuv's timers), so a shorter timer can idle the
+# loop for up to 1 ms while the requests it waits for sit in the sockets already. A wait shorter than this
+# looks again once the loop has polled its sockets (the next iteration) instead, and dispatches then unless
+# that brought new requests. With 16 closed-loop callers in-process, 30% of batches waited ~10 us on a timer
+# that slept 1 ms: 24,700 req/s; 64 callers, which fill batches and never wait: 55,000.
+MIN_TIMER_S = 0.001
 
 
 class BatchObserver(Protocol):
@@ -224,8 +230,10 @@ class Batcher:
         self._queues: dict[tuple, deque[_Request]] = {}
         self._queued_rows = 0
         self._inflight: list[tuple[float, int]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._timer_at = math.inf
+        self._arrivals = 0  # requests submitted so far
+        self._looked_again_at = -1  # self._arrivals when a short wait last looked again
         self._closing = False
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -255,6 +263,7 @@ class Batcher:
         queue.append(request)
         self._queued_rows += rows
         self.scheduler.on_arrival(now)
+        self._arrivals += 1
         if self.observer is not None:
             self.observer.on_queue(self._queued_rows)
         self._pump()
@@ -308,8 +317,7 @@ class Batcher:
                 now = self.clock()
                 rows = queue[0].rows if len(queue) == 1 else sum(r.rows for r in queue)
                 decision = self.scheduler.decide(now, len(queue), rows, queue[0].arrival)
-                if not decision.dispatch:
-                    self._arm(decision.wake_at, now)
+                if not decision.dispatch and self._wait(decision.wake_at, now):
                     return
             self._dispatch(key, queue)
         if self._idle is not None and not (self._inflight or self._queued_rows):
@@ -327,14 +335,24 @@ class Batcher:
                 best_key, best, best_at = key, queue, queue[0].arrival
         return best_key, best
 
-    def _arm(self, wake_at: float | None, now: float) -> None:
+    def _wait(self, wake_at: float | None, now: float) -> bool:
+        """Arrange to pump again at ``wake_at``; return False when waiting cannot pay off (dispatch now)."""
         if wake_at is None or (self._timer is not None and self._timer_at <= wake_at):
-            return
+            return True
+        assert self._loop is not None  # set by submit before any pump can wait
+        short = wake_at - now < MIN_TIMER_S
+        if short and self._looked_again_at == self._arrivals:
+            return False  # looked again already, and nothing arrived meanwhile
         if self._timer is not None:
             self._timer.cancel()
-        assert self._loop is not None  # set by submit before any pump can wait
-        self._timer_at = wake_at
-        self._timer = self._loop.call_later(max(wake_at - now, 0.0), self._on_timer)
+        if short:
+            self._looked_again_at = self._arrivals
+            self._timer_at = now
+            self._timer = self._loop.call_soon(self._on_timer)
+        else:
+            self._timer_at = wake_at
+            self._timer = self._loop.call_later(wake_at - now, self._on_timer)
+        return True
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, math.inf

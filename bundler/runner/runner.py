@@ -149,7 +149,7 @@ class Runner:
     def _load(self) -> OnnxSession:
         from ..frameworks.onnx import OnnxSession
 
-        return OnnxSession.load(self.model)
+        return OnnxSession.load(self.model, fit_threads=True)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def init_local(self) -> None:
