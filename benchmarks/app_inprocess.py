@@ -1,9 +1,9 @@
 """Drive the ASGI app in-process (no HTTP, no sockets): requests/s of bundler's own request path.
 
 The quickstart-sized MLP (64 -> 256 -> 256 -> 10, batchable) behind a NumpyNdarray JSON API, 64 concurrent
-callers (`--callers`); `--profile` adds cProfile's top functions. What this measures is everything the server does per
-request beyond uvicorn's HTTP parsing, which a minimal starlette app pays too.
-Usage: python benchmarks/app_inprocess.py [--requests 200] [--profile]
+callers (`--callers N`); `--profile` adds cProfile's top functions. What this measures is everything the
+server does per request beyond uvicorn's HTTP parsing, which a minimal starlette app pays too.
+Usage: python benchmarks/app_inprocess.py [--callers 64] [--requests 200] [--profile]
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def main() -> None:
         async with app.router.lifespan_context(app):
             while not app.ready:
                 await asyncio.sleep(0.01)
-            await asyncio.gather(*[caller(50) for _ in range(args.callers)])  # warm-up: the batcher learns its costs
+            # Warm-up: the batcher learns its costs.
+            await asyncio.gather(*[caller(50) for _ in range(args.callers)])
             statuses.clear()
             profiler = cProfile.Profile() if args.profile else None
             start = time.perf_counter()
