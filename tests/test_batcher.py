@@ -580,9 +580,9 @@ def test_busy_overhead_bound_traffic_waits_for_a_second_request_then_dispatches_
     assert elapsed < 0.005 + 0.020 + 0.050
 
 
-@pytest.mark.parametrize("call_seconds, on_loop", [(0.0, True), (0.003, False)])
+@pytest.mark.parametrize("call_seconds, on_loop", [(0.0, True), (0.002, True), (0.008, False)])
 def test_only_calls_shorter_than_a_thread_hop_run_on_the_loop(call_seconds: float, on_loop: bool) -> None:
-    """A model call measured under INLINE_MAX_S runs on the loop; a longer one always in the executor."""
+    """One request at a time: a call measured under INLINE_ALONE_MAX_S runs on the loop, longer ones not."""
     threads: list[str] = []
 
     def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -659,3 +659,28 @@ def test_a_wait_shorter_than_the_loops_sleep_looks_again_next_iteration_instead(
     assert answers == [0.0, 1.0, 2.0]
     assert calls == [3]  # the three submits of one loop iteration form one batch
     assert len(armed) == timers
+
+
+def test_a_call_longer_than_a_thread_hop_leaves_the_loop_when_others_wait() -> None:
+    """2 ms calls: alone they run on the loop; with requests queued behind them, in the executor."""
+    threads: list[tuple[str, int]] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        threads.append((threading.current_thread().name, len(feed["x"])))
+        time.sleep(0.002)
+        return [feed["x"] * 2]
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
+            batcher = Batcher(run_batch, BatchingConfig(max_batch_size=1), executor=pool)
+            await batcher.submit({"x": np.zeros((1, 2))})  # timed: in the executor
+            await batcher.submit({"x": np.zeros((1, 2))})  # alone: on the loop
+            await asyncio.gather(*(batcher.submit({"x": np.zeros((1, 2))}) for _ in range(3)))
+            await batcher.close()
+
+    asyncio.run(main())
+    names = [name for name, _ in threads]
+    assert names[0].startswith("worker") and names[1] == "MainThread"
+    # Three at once, one row per call: the first submit finds nothing queued (the others have not run
+    # yet) and runs on the loop; the second has the third queued behind it, so it goes to the executor.
+    assert names[2:] == ["MainThread", "worker_0", "MainThread"], names
