@@ -388,9 +388,7 @@ def write_bundle(cfg: Any, plan: Plan, say: Say) -> tuple[Path, bool]:
 
 @contextlib.contextmanager
 def _scratch() -> Iterator[Path]:
-    root = bundle_store().root / ".tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    d = Path(tempfile.mkdtemp(prefix=f"wheels-{os.getpid()}-", dir=root))
+    d = Path(tempfile.mkdtemp(prefix=f"wheels-{os.getpid()}-", dir=bundle_store().tmp_root()))
     try:
         yield d
     finally:

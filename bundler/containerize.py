@@ -25,6 +25,7 @@ from typing import Any
 
 from .dockerfile import CA_URL_ARG
 from .exceptions import BadInput, ContainerizeError, EngineUnavailable
+from .store import bundle_store
 
 __all__ = ["Engine", "build_command", "containerize", "detect_engine", "render_inputs"]
 
@@ -326,7 +327,11 @@ def containerize(
         ca_bundle = None
     args = dict(build_args or {})
     with (
-        tempfile.TemporaryDirectory(prefix="bundler-containerize-") as scratch,
+        # In the store's scratch directory, named by this process: a kill -9 leaves it for the next
+        # command to remove, not in /tmp for good.
+        tempfile.TemporaryDirectory(
+            prefix=f"containerize-{os.getpid()}-", dir=bundle_store().tmp_root()
+        ) as scratch,
         contextlib.ExitStack() as stack,
     ):
         dockerfile = stored

@@ -259,7 +259,12 @@ class Store:
         return verify_manifest(self.path(tag))
 
     # -- writing -------------------------------------------------------------------------------
-    def _tmp_root(self) -> Path:
+    def tmp_root(self) -> Path:
+        """Return the store's scratch directory (on its file system), first removing what dead processes left.
+
+        Scratch entries are named ``<what>-<pid>-<random>``, so a process killed mid-way (kill -9) leaves
+        nothing behind for longer than the next command's start.
+        """
         tmp = self.root / ".tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         # Leftovers of killed processes: remove those whose owner is gone.
@@ -272,7 +277,7 @@ class Store:
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """Yield an empty directory on the store's file system; it is removed unless committed."""
-        d = self._tmp_root() / f"stage-{os.getpid()}-{secrets.token_hex(6)}"
+        d = self.tmp_root() / f"stage-{os.getpid()}-{secrets.token_hex(6)}"
         d.mkdir()
         try:
             yield d
@@ -307,7 +312,7 @@ class Store:
         """Delete one entry (atomically: renamed away first); return its full tag."""
         t = self.resolve(tag)
         src = self.root / t.name / str(t.version)
-        trash = self._tmp_root() / f"trash-{os.getpid()}-{secrets.token_hex(6)}"
+        trash = self.tmp_root() / f"trash-{os.getpid()}-{secrets.token_hex(6)}"
         os.rename(src, trash)
         shutil.rmtree(trash, ignore_errors=True)
         pointer = self.root / t.name / "latest"

@@ -216,6 +216,29 @@ def test_ca_bundle_on_a_hand_edited_dockerfile_or_without_host_network_is_refuse
         containerize(bundle, INFO, ca_bundle=ca, network="bridge", output=lambda _: None)
 
 
+def test_containerize_scratch_lives_in_the_store_and_a_killed_ones_is_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bundler.store import bundle_store
+
+    bundle = fake_bundle(tmp_path / "bundle", INFO)
+    client = tmp_path / "docker"
+    log = tmp_path / "argv.txt"
+    client.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {log}\nexit 0\n')
+    client.chmod(0o755)
+    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), "buildkit"))
+    # What a containerize killed with SIGKILL left: its process is gone (no such pid).
+    left = bundle_store().tmp_root() / "containerize-999999999-abc"
+    left.mkdir()
+    (left / "Dockerfile").write_text("FROM scratch\n")
+    assert containerize(bundle, INFO, output=lambda _: None) == ["a:v1"]
+    argv = log.read_text().splitlines()
+    dockerfile = Path(argv[argv.index("-f") + 1])  # the BuildKit variant, written to scratch
+    assert dockerfile.parent.parent == bundle_store().root / ".tmp"
+    assert dockerfile.parent.name.startswith(f"containerize-{os.getpid()}-")
+    assert not left.exists() and not dockerfile.exists()
+
+
 def test_legacy_ca_variant_fetches_and_deletes_the_ca_in_the_pip_step(tmp_path: Path) -> None:
     from bundler.dockerfile import render_dockerfile
 

@@ -223,6 +223,9 @@ def test_kill_9_during_containerize_then_again(built: Built, tally: Any) -> None
         assert r.returncode == 0, r.stderr[-4000:]
         assert _docker(built.engine, "image", "inspect", image, check=False).returncode == 0
         tally("image: kill containerize", "rerun succeeded")
+        # The killed one's scratch directory (its rendered Dockerfile) went with the rerun's start.
+        assert not list((built.home / "bundles" / ".tmp").glob(f"containerize-{proc.pid}-*"))
+        tally("image: kill containerize", "scratch of the killed one removed")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
