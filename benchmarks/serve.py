@@ -34,6 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 16, 64)
 SERVICE = """\
+import numpy as np
+
 import bundler
 from bundler.io import NumpyNdarray
 
@@ -46,6 +48,15 @@ svc = bundler.Service("bench-{model}", runners=[runner])
 @svc.api(input=NumpyNdarray(), output=NumpyNdarray())
 async def predict(x):
     return await runner.run.async_run(x)
+
+
+REPLY = np.zeros({reply}, np.float32)
+
+
+@svc.api(input=NumpyNdarray(), output=NumpyNdarray())
+async def no_model(x):
+    # predict's request and reply path with the model call left out: the server's own overhead.
+    return REPLY
 """
 OPTIONS = """\
 import sys
@@ -394,8 +405,10 @@ def run_benchmark(args: argparse.Namespace) -> None:
 
         for model in models:
             bundler.onnx.save_model(model, MODELS[model][0](), signatures={"run": {"batchable": True}})
-            Path(workdir, f"service_{model}.py").write_text(SERVICE.format(model=model))
+            reply = (1, 10) if model == "mlp" else (1, 1, 192, 192)
+            Path(workdir, f"service_{model}.py").write_text(SERVICE.format(model=model, reply=reply))
             Path(workdir, f"{model}.http").write_bytes(request_bytes(model))
+            Path(workdir, f"{model}-no-model.http").write_bytes(request_bytes(model, "/no_model"))
         Path(workdir, "options.py").write_text(
             OPTIONS.format(threads=args.threads, spin=not args.no_spin, switch=args.switch_interval)
         )
@@ -422,6 +435,12 @@ def run_benchmark(args: argparse.Namespace) -> None:
                         print(
                             f"  bundler {model} batching={batching} c={n}: {r['rps']:,.0f} req/s", flush=True
                         )
+                    if model == "mlp" and batching == "on":
+                        # The same server without the model call, to tell its own overhead from the model's.
+                        for n in connections:
+                            r = measure(server, str(Path(workdir, "mlp-no-model.http")), n, warmup, seconds)
+                            entry["served"][f"no model call/{n}"] = r
+                            print(f"  bundler mlp without its model call c={n}: {r['rps']:,.0f} req/s")
                 finally:
                     server.stop()
         if "mlp" in models:
@@ -457,7 +476,8 @@ def report(results: dict, connections: list[int]) -> None:
     for model, entry in results["models"].items():
         for key, r in entry["served"].items():
             batching, n = key.split("/")
-            rows.append((f"{model} batching={batching}", n, r))
+            label = f"{model} {batching}" if batching == "no model call" else f"{model} batching={batching}"
+            rows.append((label, n, r))
     for n, r in results.get("baseline", {}).items():
         rows.append(("baseline starlette", n, r))
     for name, n, r in rows:
@@ -502,6 +522,13 @@ def report(results: dict, connections: list[int]) -> None:
                     f"mlp vs minimal app at {n} connections: {ratio:.2f}x"
                     f" (target >= 0.7x: {'ok' if ratio >= 0.7 else 'missed'})"
                 )
+                bare = results["models"]["mlp"]["served"].get(f"no model call/{n}")
+                if bare:
+                    print(
+                        f"  without its model call: {bare['rps'] / base['rps']:.2f}x (the server's own"
+                        f" overhead; the model call adds {(1 / mine['rps'] - 1 / bare['rps']) * 1e6:.0f} us"
+                        " a request)"
+                    )
         one = results["baseline"].get("1")
         if one:
             print(f"minimal app p50 at 1 connection: {one['p50']:.3f} ms (the HTTP floor on this machine)")
