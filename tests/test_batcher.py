@@ -684,3 +684,31 @@ def test_a_call_longer_than_a_thread_hop_leaves_the_loop_when_others_wait() -> N
     # Three at once, one row per call: the first submit finds nothing queued (the others have not run
     # yet) and runs on the loop; the second has the third queued behind it, so it goes to the executor.
     assert names[2:] == ["MainThread", "worker_0", "MainThread"], names
+
+
+def test_under_load_the_requests_of_one_loop_iteration_share_one_call() -> None:
+    """After a batch with company, dispatch waits for the iteration's other submits instead of going alone."""
+    calls: list[int] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        calls.append(len(feed["x"]))
+        return [feed["x"] * 2]
+
+    async def main() -> list[list[float]]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run_batch, BatchingConfig(), executor=pool)
+            await batcher.submit({"x": np.zeros((1, 1))})  # timed: from now on the calls run on the loop
+            waves = []
+            for _ in range(3):
+                outs = await asyncio.gather(
+                    *(batcher.submit({"x": np.full((1, 1), float(i))}) for i in range(4))
+                )
+                waves.append([float(o[0][0, 0]) for o in outs])
+            await batcher.close()
+            return waves
+
+    waves = asyncio.run(main())
+    assert waves == [[0.0, 2.0, 4.0, 6.0]] * 3
+    # The first wave follows a lone request: its first submit goes at once, the other three together.
+    # After that batch had company, each wave of four is one call.
+    assert calls == [1, 1, 3, 4, 4], calls

@@ -239,6 +239,7 @@ class Batcher:
         self._timer_at = math.inf
         self._arrivals = 0  # requests submitted so far
         self._looked_again_at = -1  # self._arrivals when a short wait last looked again
+        self._company = False  # whether the last batch held more than one request
         self._closing = False
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -324,6 +325,10 @@ class Batcher:
                 decision = self.scheduler.decide(now, len(queue), rows, queue[0].arrival)
                 if not decision.dispatch and self._wait(decision.wake_at, now):
                     return
+                # Under load (the last batch had company) the requests of this loop iteration have not all
+                # submitted yet: look again once they have, rather than split them over two calls.
+                if decision.dispatch and self._company and self._wait(now, now):
+                    return
             self._dispatch(key, queue)
         if self._idle is not None and not (self._inflight or self._queued_rows):
             self._idle.set()
@@ -376,6 +381,7 @@ class Batcher:
             rows += request.rows
         if not queue:
             del self._queues[key]
+        self._company = len(batch) > 1
         self._queued_rows -= rows
         if self.observer is not None:
             self.observer.on_queue(self._queued_rows)
