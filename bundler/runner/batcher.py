@@ -272,7 +272,8 @@ class Batcher:
         self._arrivals += 1
         if self.observer is not None:
             self.observer.on_queue(self._queued_rows)
-        self._pump()
+        if self._timer is None or self._timer_at > now:
+            self._pump()  # (a look-again due by now pumps in the loop's next iteration anyway)
         return await request.future
 
     async def close(self) -> None:
@@ -520,6 +521,9 @@ class Batcher:
         for request in batch:
             stop = start + request.rows
             if not request.future.done():
-                index = (*lead, slice(start, stop))
-                request.future.set_result([out[index] for out in outputs])
+                if dim:
+                    index = (*lead, slice(start, stop))
+                    request.future.set_result([out[index] for out in outputs])
+                else:
+                    request.future.set_result([out[start:stop] for out in outputs])
             start = stop
