@@ -240,6 +240,7 @@ class Batcher:
         self._arrivals = 0  # requests submitted so far
         self._looked_again_at = -1  # self._arrivals when a short wait last looked again
         self._company = False  # whether the last batch held more than one request
+        self._gathered = False  # whether the next batch has looked again for company already
         self._closing = False
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -327,8 +328,12 @@ class Batcher:
                 if not decision.dispatch and self._wait(decision.wake_at, now):
                     return
                 # Under load (the last batch had company) the requests of this loop iteration have not all
-                # submitted yet: look again once they have, rather than split them over two calls.
-                if decision.dispatch and self._company and self._wait(now, now):
+                # submitted yet: look again once they have, rather than split them over two calls. Once
+                # per batch, and never for a full one.
+                if self._company and not self._gathered and rows < self.scheduler.max_batch:
+                    self._gathered = True
+                    if self._timer is None or self._timer_at > now:
+                        self._look_again(now)
                     return
             self._dispatch(key, queue)
         if self._idle is not None and not (self._inflight or self._queued_rows):
@@ -354,16 +359,23 @@ class Batcher:
         short = wake_at - now < MIN_TIMER_S
         if short and self._looked_again_at == self._arrivals:
             return False  # looked again already, and nothing arrived meanwhile
+        if short:
+            self._look_again(now)
+            return True
         if self._timer is not None:
             self._timer.cancel()
-        if short:
-            self._looked_again_at = self._arrivals
-            self._timer_at = now
-            self._timer = self._loop.call_soon(self._on_timer)
-        else:
-            self._timer_at = wake_at
-            self._timer = self._loop.call_later(wake_at - now, self._on_timer)
+        self._timer_at = wake_at
+        self._timer = self._loop.call_later(wake_at - now, self._on_timer)
         return True
+
+    def _look_again(self, now: float) -> None:
+        """Pump again in the loop's next iteration, after it has polled its sockets."""
+        assert self._loop is not None  # set by submit before any pump can wait
+        if self._timer is not None:
+            self._timer.cancel()
+        self._looked_again_at = self._arrivals
+        self._timer_at = now
+        self._timer = self._loop.call_soon(self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, math.inf
@@ -382,7 +394,7 @@ class Batcher:
             rows += request.rows
         if not queue:
             del self._queues[key]
-        self._company = len(batch) > 1
+        self._company, self._gathered = len(batch) > 1, False
         self._queued_rows -= rows
         if self.observer is not None:
             self.observer.on_queue(self._queued_rows)
