@@ -744,9 +744,19 @@ class OnnxSession:
         spec = check.spec
         target = spec.dtype
         arr = value if type(value) is np.ndarray else None
-        if arr is not None and target is not None and arr.dtype == target and check.shape_ok(arr.shape):
-            # Already the model's dtype and shape: nothing to check or convert.
-            return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+        if arr is not None and target is not None and check.shape_ok(arr.shape):
+            src = arr.dtype
+            if src == target:
+                # Already the model's dtype and shape: nothing to check or convert.
+                return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+            if src.kind == "f" and target.kind == "f":
+                # Float to float, the served case (JSON numbers arrive as float64): widening is exact;
+                # narrowing must not turn a finite value past the target's range into inf (the general
+                # path below words that error).
+                if src.itemsize < target.itemsize:
+                    return arr.astype(target, order="C")
+                with contextlib.suppress(FloatingPointError), np.errstate(over="raise", invalid="raise"):
+                    return arr.astype(target, order="C")
         want = check.want
         try:
             arr = np.asarray(value)

@@ -164,7 +164,9 @@ class Scheduler:
         # budget, which is the usual case, the exact prediction cannot exceed it either.
         a, b, size = cost.a, cost.b, self.max_batch
         bound = (queued_rows + rows) // size + 1
-        bound_s = bound * (a + b * size) + sum(a + b * n for _, n in inflight)
+        bound_s = bound * (a + b * size)
+        for _, n in inflight:
+            bound_s += a + b * n
         if bound_s <= self.budget * config.max_concurrency:
             return
         expected = self.backlog(now, queued_rows + rows, inflight)
@@ -323,7 +325,12 @@ class Batcher:
                 break
             if not self._closing:
                 now = self.clock()
-                rows = queue[0].rows if len(queue) == 1 else sum(r.rows for r in queue)
+                if len(queue) == 1:
+                    rows = queue[0].rows
+                elif len(self._queues) == 1:
+                    rows = self._queued_rows  # the one queue holds every queued row
+                else:
+                    rows = sum(r.rows for r in queue)
                 decision = self.scheduler.decide(now, len(queue), rows, queue[0].arrival)
                 if not decision.dispatch and self._wait(decision.wake_at, now):
                     return
