@@ -10,6 +10,9 @@ Everything stays on 127.0.0.1 and stops by itself. Two models are built here wit
 baseline is a starlette app on the same uvicorn stack that parses the MLP's JSON body and returns a constant.
 The load generator is another subprocess: raw asyncio sockets, keep-alive HTTP/1.1, prebuilt request bytes,
 N connections in a closed loop. Server CPU is read from /proc (all threads) over the measured window.
+The MLP server, the same server without its model call and the minimal app are measured in turn,
+``--rounds`` times per connection count (the machine's speed drifts between minutes); each keeps its
+median round and the ratios are medians of the per-round ratios.
 """
 
 from __future__ import annotations
