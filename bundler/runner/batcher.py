@@ -362,13 +362,12 @@ class Batcher:
         """Arrange to pump again at ``wake_at``; return False when waiting cannot pay off (dispatch now)."""
         if wake_at is None or (self._timer is not None and self._timer_at <= wake_at):
             return True
-        assert self._loop is not None  # set by submit before any pump can wait
-        short = wake_at - now < MIN_TIMER_S
-        if short and self._looked_again_at == self._arrivals:
-            return False  # looked again already, and nothing arrived meanwhile
-        if short:
+        if wake_at - now < MIN_TIMER_S:
+            if self._looked_again_at == self._arrivals:
+                return False  # looked again already, and nothing arrived meanwhile
             self._look_again(now)
             return True
+        assert self._loop is not None  # set by submit before any pump can wait
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = wake_at
