@@ -186,6 +186,7 @@ def serve(
     import uvicorn
 
     from .app import build_app, max_body_size_from_env
+    from .http import http_protocol
 
     if workers < 1:
         raise BadInput(f"serve: workers={workers}: expected 1 or more")
@@ -204,6 +205,7 @@ def serve(
         "access_log": False,  # bundler.access logs one line per request with its duration
         "timeout_graceful_shutdown": timeout_graceful_shutdown,
         "server_header": False,
+        "http": http_protocol(),  # uvicorn's httptools protocol, one write per response
     }
     if workers == 1 and not reload:
         app = build_app(svc, max_body_size=limit)

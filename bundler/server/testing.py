@@ -17,11 +17,18 @@ def running(app: Any, *, host: str = "127.0.0.1", timeout: float = 20.0, **confi
     """Serve ``app`` on a free port of ``host``; yield its base URL; shut it down (gracefully) on exit."""
     import uvicorn
 
+    from .http import http_protocol
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    options: dict[str, Any] = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 5}
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+        "http": http_protocol(),  # what `bundler serve` runs
+    }
     options.update(config)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
     errors: list[BaseException] = []

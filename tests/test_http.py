@@ -1,0 +1,246 @@
+"""The server's HTTP protocol: a response's head and body leave in one write, and nothing is held back."""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+
+import bundler
+from bundler.io import JSON, NumpyNdarray
+from bundler.server import http
+from bundler.server.app import build_app
+from bundler.server.http import HEAD_HELD_MAX, HeadHoldingTransport, http_protocol
+from bundler.server.testing import running
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\n"
+
+
+class RecordingTransport:
+    """What the wrapper hands on: every write, writelines and close, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", bytes(data)))
+
+    def writelines(self, parts: Any) -> None:
+        self.calls.append(("writelines", [bytes(p) for p in parts]))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 4321)}.get(name, default)
+
+
+@pytest.fixture
+def wrapped() -> tuple[HeadHoldingTransport, RecordingTransport]:
+    inner = RecordingTransport()
+    return HeadHoldingTransport(inner), inner  # type: ignore[arg-type]
+
+
+def test_head_and_small_body_are_one_write(wrapped: tuple[HeadHoldingTransport, RecordingTransport]) -> None:
+    outer, inner = wrapped
+    outer.write(HEAD)
+    assert inner.calls == []
+    outer.write(b"hello")
+    assert inner.calls == [("write", HEAD + b"hello")]
+    outer.write(b"HTTP/1.1 200 OK\r\n\r\n" + b"x")  # not a head (no blank line at the end): passes through
+    assert inner.calls[-1] == ("write", b"HTTP/1.1 200 OK\r\n\r\nx")
+
+
+def test_a_large_body_goes_with_the_head_as_two_buffers(
+    wrapped: tuple[HeadHoldingTransport, RecordingTransport],
+) -> None:
+    outer, inner = wrapped
+    body = b"b" * HEAD_HELD_MAX
+    outer.write(HEAD)
+    outer.write(body)
+    assert inner.calls == [("writelines", [HEAD, body])]
+
+
+def test_interim_and_whole_responses_pass_straight_through(
+    wrapped: tuple[HeadHoldingTransport, RecordingTransport],
+) -> None:
+    outer, inner = wrapped
+    outer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    whole = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\n\r\nbad"
+    outer.write(whole)
+    outer.write(b"5\r\nchunk\r\n")
+    assert [data for _, data in inner.calls] == [b"HTTP/1.1 100 Continue\r\n\r\n", whole, b"5\r\nchunk\r\n"]
+
+
+def test_flush_and_close_send_a_held_head(wrapped: tuple[HeadHoldingTransport, RecordingTransport]) -> None:
+    outer, inner = wrapped
+    outer.flush()
+    assert inner.calls == []
+    outer.write(HEAD)
+    outer.flush()
+    assert inner.calls == [("write", HEAD)]
+    outer.write(HEAD)
+    outer.close()
+    assert inner.calls[1:] == [("write", HEAD), ("close", None)]
+    outer.write(HEAD)
+    outer.close()  # the connection is closing already: the head is dropped, not written to a dead socket
+    assert inner.calls[3:] == [("close", None)]
+
+
+def test_other_attributes_are_the_real_transports(
+    wrapped: tuple[HeadHoldingTransport, RecordingTransport],
+) -> None:
+    outer, inner = wrapped
+    assert outer.get_extra_info("peername") == ("127.0.0.1", 4321)
+    assert outer.transport is inner
+
+
+# -- on a real server --------------------------------------------------------------------------------------
+def make_service() -> bundler.Service:
+    svc = bundler.Service("wire")
+
+    @svc.api(input=NumpyNdarray(dtype="float32"), output=NumpyNdarray())
+    def double(x: np.ndarray) -> np.ndarray:
+        return x * 2
+
+    @svc.api(input=JSON(), output=JSON())
+    def echo(obj: Any) -> Any:
+        return obj
+
+    return svc
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    assert http_protocol() != "auto", "httptools is a dependency: the server must run bundler's protocol"
+    with running(build_app(make_service())) as base:
+        yield base
+
+
+def _connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    assert parts.hostname and parts.port
+    return socket.create_connection((parts.hostname, parts.port), timeout=5)
+
+
+def _read_response(sock: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """Read one response with a Content-Length; return (head, body, bytes after it)."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length:"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside the body"
+        rest += chunk
+    return head, rest[:length], rest[length:]
+
+
+def test_each_response_is_one_write_to_the_socket(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[bytes] = []
+
+    class Counting:
+        """Stands between the head-holding wrapper and the real transport, counting what reaches it."""
+
+        def __init__(self, transport: Any) -> None:
+            self.inner = transport
+
+        def write(self, data: bytes) -> None:
+            writes.append(bytes(data))
+            self.inner.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    class Recorded(http.HeadHoldingTransport):
+        def __init__(self, transport: Any) -> None:
+            super().__init__(Counting(transport))
+
+    monkeypatch.setattr(http, "HeadHoldingTransport", Recorded)  # read at each new connection
+    body = b"[[1.0, 2.0]]"
+    request = (
+        b"POST /double HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with _connect(url) as sock:
+        for n in range(1, 4):  # keep-alive: every response on the connection, not only the first
+            sock.sendall(request)
+            head, answer, _ = _read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200") and answer == b"[[2.0,4.0]]"
+            assert len(writes) == n, writes  # uvicorn alone writes the head and the body separately
+            assert writes[-1].startswith(b"HTTP/1.1 200") and writes[-1].endswith(answer)
+
+
+def test_head_requests_get_their_head_without_a_body(url: str) -> None:
+    with _connect(url) as sock:
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:  # a head held back forever would time out here
+            chunk = sock.recv(65536)
+            assert chunk
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection still serves
+        head, body, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and body
+
+
+def test_expect_100_continue_is_answered_before_the_body(url: str) -> None:
+    body = b'{"a": 1}'
+    with _connect(url) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        interim = sock.recv(65536)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        head, answer, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and answer == b'{"a":1}'
+
+
+def test_pipelined_requests_and_connection_close(url: str) -> None:
+    one = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1\r\n\r\n1"
+    last = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: 1\r\n\r\n2"
+    )
+    with _connect(url) as sock:
+        sock.sendall(one + last)
+        head, body, rest = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"1"
+        head, body, rest = _read_response(sock, rest)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"2" and b"connection: close" in head.lower()
+        assert rest == b"" and sock.recv(65536) == b""  # then the server closes
+
+
+def test_large_responses_and_clients_still_work(url: str) -> None:
+    x = np.arange(40_000, dtype=np.float32).reshape(200, 200)  # a 160 kB .npy reply: the writelines path
+    with httpx.Client(base_url=url) as client:
+        buf = io.BytesIO()
+        np.save(buf, x)
+        r = client.post(
+            "/double",
+            content=buf.getvalue(),
+            headers={"content-type": "application/octet-stream", "accept": "application/octet-stream"},
+        )
+        assert r.status_code == 200
+        np.testing.assert_array_equal(np.load(io.BytesIO(r.content)), x * 2)
+        assert client.get("/livez").status_code == 200
+        bad = client.post("/echo", content=b"{", headers={"content-type": "application/json"})
+        assert bad.status_code == 400
