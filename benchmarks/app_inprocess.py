@@ -3,7 +3,7 @@
 The quickstart-sized MLP (64 -> 256 -> 256 -> 10, batchable) behind a NumpyNdarray JSON API, 64 concurrent
 callers (`--callers N`); `--profile` adds cProfile's top functions. What this measures is everything the
 server does per request beyond uvicorn's HTTP parsing, which a minimal starlette app pays too.
-Usage: python benchmarks/app_inprocess.py [--callers 64] [--requests 200] [--profile]
+Usage: python benchmarks/app_inprocess.py [--callers 64] [--requests 200] [--profile] [--no-model]
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="per caller")
     parser.add_argument("--callers", type=int, default=64, help="concurrent callers (1: no batching)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--no-model", action="store_true", help="call an API with the same input and output but no model call"
+    )
     args = parser.parse_args()
     os.environ["BUNDLER_HOME"] = tempfile.mkdtemp(prefix="bundler-bench-")
 
@@ -46,10 +49,17 @@ def main() -> None:
     async def predict(x: np.ndarray) -> np.ndarray:
         return await runner.run.async_run(x)
 
+    reply = np.zeros((1, 10), np.float32)
+
+    @svc.api(input=NumpyNdarray(), output=NumpyNdarray())
+    async def no_model(x: np.ndarray) -> np.ndarray:
+        return reply
+
     app = build_app(svc)
     body = orjson.dumps(np.random.default_rng(0).normal(size=(1, 64)).tolist())
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers, "query_string": b"",
+    path = "/no_model" if args.no_model else "/predict"
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "query_string": b"",
              "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 1), "client": ("127.0.0.1", 2),
              "root_path": "", "app": app}  # fmt: skip
     statuses: dict[int, int] = {}
