@@ -473,6 +473,19 @@ def test_run_translates_onnxruntime_errors(multi: fonnx.OnnxSession) -> None:
         )
 
 
+def test_cpu_sessions_run_through_the_bare_call_with_the_same_results(multi: fonnx.OnnxSession) -> None:
+    # A CPU-only session skips onnxruntime's per-call Python checks (prepare() has done them).
+    assert multi.providers == ["CPUExecutionProvider"] and multi._bare_run is not None
+    rng = np.random.default_rng(0)
+    feed = multi.prepare((rng.random((3, 4)), rng.random((3, 4)), np.ones((3, 1), int)), {})
+    wrapped = multi.session.run(None, feed)
+    for ours, theirs in zip(multi.run(feed), wrapped, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    # A feed missing an input takes the checked path: a clear message, not a failure inside a kernel.
+    with pytest.raises(ModelError, match=r"multi:.*missing from input feed"):
+        multi.run({"a": feed["a"], "b": feed["b"]})
+
+
 def test_public_alias_module_matches_framework_module() -> None:
     import bundler.frameworks.onnx as impl
 
