@@ -712,3 +712,48 @@ def test_under_load_the_requests_of_one_loop_iteration_share_one_call() -> None:
     # The first wave follows a lone request: its first submit goes at once, the other three together.
     # After that batch had company, each wave of four is one call.
     assert calls == [1, 1, 3, 4, 4], calls
+
+
+def test_a_lone_request_on_an_idle_runner_runs_at_once_without_the_queue() -> None:
+    """No future, queue or hand-over for it; its slot stays busy until the loop's next iteration, so a
+    request right behind it still queues, and a failure reaches its caller and frees the slot."""
+    calls: list[int] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        calls.append(len(feed["x"]))
+        if feed["x"][0, 0] < 0:
+            raise ValueError("negative input")
+        return [feed["x"] * 2]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future] = []
+        create_future = loop.create_future
+
+        def spy() -> asyncio.Future:
+            futures.append(create_future())
+            return futures[-1]
+
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run_batch, BatchingConfig(), executor=pool)
+            await batcher.submit({"x": np.zeros((1, 1))})  # timed: from now on the calls run on the loop
+            await asyncio.sleep(0)
+            batcher.scheduler.decide = lambda *_: Decision(True)  # type: ignore[method-assign]
+            loop.create_future = spy  # type: ignore[method-assign]
+            (out,) = await batcher.submit({"x": np.ones((1, 1))})
+            assert float(out[0, 0]) == 2.0 and futures == [] and not batcher._queues
+            assert len(batcher._inflight) == 1  # busy until the next iteration
+            await asyncio.sleep(0)
+            assert batcher._inflight == []
+            learned = batcher.scheduler.cost.count
+            both = await asyncio.gather(*(batcher.submit({"x": np.full((1, 1), v)}) for v in (3.0, 4.0)))
+            assert [float(o[0][0, 0]) for o in both] == [6.0, 8.0]
+            assert len(futures) == 1  # the first ran at once, the one right behind it waited in the queue
+            with pytest.raises(ValueError, match="negative input"):
+                await batcher.submit({"x": np.full((1, 1), -1.0)})
+            await asyncio.sleep(0)
+            assert batcher._inflight == [] and batcher.scheduler.cost.count == learned + 2  # not the failure
+            await batcher.close()
+
+    asyncio.run(main())
+    assert calls == [1, 1, 1, 1, 1]

@@ -3,7 +3,8 @@
 Two parts. ``Scheduler`` is pure: it learns the model's cost per call ``t(n) = a + b*n`` and the arrival
 rate from what it is told, and answers "dispatch now or wait until when" and "admit or refuse" given the
 time; tests drive it with a fake clock. ``Batcher`` is the asyncio shell around it: one loop future per
-request, per-shape queues, one ``np.concatenate`` and one executor call per batch, result slices as views.
+queued request, per-shape queues, one ``np.concatenate`` and one executor call per batch, result slices as
+views; a request alone on an idle runner that the policy would not hold runs at once, without the queue.
 
 The rule (docs/batching.md derives it): with the executor free and ``k`` requests queued, waiting ``dt``
 for one more arrival costs the queued requests ``k*dt`` plus ``k*b`` of longer run, and saves the newcomer
@@ -110,6 +111,10 @@ class Decision:
     wake_at: float | None = None
 
 
+# The usual answer, made once (a frozen dataclass costs a microsecond to build).
+DISPATCH = Decision(True)
+
+
 class Scheduler:
     """Pure batching policy: state and the current time in, decisions out."""
 
@@ -180,7 +185,7 @@ class Scheduler:
     def decide(self, now: float, queued: int, queued_rows: int, oldest: float) -> Decision:
         """Decide for the oldest group: ``queued`` requests, ``queued_rows`` rows, the first at ``oldest``."""
         if queued_rows >= self.max_batch or not self.cost.count:
-            return Decision(True)
+            return DISPATCH
         a, b = self.cost.a, self.cost.b
         # Latest moment that still leaves the oldest request time to run with one more row.
         deadline = oldest + self.budget - self.cost.predict(queued_rows + 1)
@@ -188,11 +193,11 @@ class Scheduler:
         # Expected gap to the next arrival, never less than the silence so far (the rate may have dropped).
         dt = max(self.gap, now - last)
         if (queued + 1) * dt + queued * b >= a or deadline <= now:
-            return Decision(True)
+            return DISPATCH
         # The rule flips when the silence reaches (a - k*b)/(k+1) after the last arrival.
         flip = last + (a - queued * b) / (queued + 1)
         wake = min(flip, deadline)
-        return Decision(True) if wake <= now else Decision(False, wake)
+        return DISPATCH if wake <= now else Decision(False, wake)
 
 
 def _retry(seconds: float) -> float:
@@ -262,22 +267,52 @@ class Batcher:
             # Nothing to batch (and the queue counts rows, so it would never be sent): run it on its own.
             return await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, feed)
         now = self.clock()
-        self.scheduler.admit(now, rows, self._queued_rows, self._inflight)
+        scheduler = self.scheduler
+        scheduler.admit(now, rows, self._queued_rows, self._inflight)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
+        scheduler.on_arrival(now)
+        self._arrivals += 1
+        if (
+            not (self._queued_rows or self._inflight or self._company)
+            and self._run_seconds < INLINE_ALONE_MAX_S
+            and scheduler.decide(now, 1, rows, now).dispatch
+        ):
+            # Alone on an idle runner, and the policy would not wait for company: what the queue would do
+            # (run it on the loop at once, see _dispatch) without the queue, future and hand-over.
+            return self._run_now(feed, rows, now)
         request = _Request(feed, rows, now, loop.create_future())
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
         queue.append(request)
         self._queued_rows += rows
-        self.scheduler.on_arrival(now)
-        self._arrivals += 1
         if self.observer is not None:
             self.observer.on_queue(self._queued_rows)
         if self._timer is None or self._timer_at > now:
             self._pump()  # (a look-again due by now pumps in the loop's next iteration anyway)
         return await request.future
+
+    def _run_now(self, feed: dict[str, np.ndarray], rows: int, now: float) -> list[np.ndarray]:
+        """Run one request on the loop now; like a batch of one, its slot is busy until the next iteration."""
+        slot = (now, rows)
+        self._inflight.append(slot)
+        self._company = self._gathered = False
+        assert self._loop is not None
+        begin = time.perf_counter()
+        try:
+            outputs = self.run_batch(feed)
+        except BaseException:
+            self._loop.call_soon(self._release, slot, False)
+            raise
+        finally:
+            seconds = time.perf_counter() - begin
+            last = self._run_seconds
+            self._run_seconds = seconds if last == math.inf else 0.8 * last + 0.2 * seconds
+        if self.observer is not None:
+            self.observer.on_batch(rows, seconds)
+        self._loop.call_soon(self._release, slot, True)
+        return outputs
 
     async def close(self) -> None:
         """Refuse new requests, run everything queued without waiting, and return when all are answered."""
