@@ -580,6 +580,13 @@ def test_busy_overhead_bound_traffic_waits_for_a_second_request_then_dispatches_
     assert elapsed < 0.005 + 0.020 + 0.050
 
 
+def _busy(seconds: float) -> None:
+    """Compute for ``seconds`` of CPU time, as a model call does (a sleep would cost none)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 @pytest.mark.parametrize("call_seconds, on_loop", [(0.0, True), (0.002, True), (0.008, False)])
 def test_only_calls_shorter_than_a_thread_hop_run_on_the_loop(call_seconds: float, on_loop: bool) -> None:
     """One request at a time: a call measured under INLINE_ALONE_MAX_S runs on the loop, longer ones not."""
@@ -587,8 +594,7 @@ def test_only_calls_shorter_than_a_thread_hop_run_on_the_loop(call_seconds: floa
 
     def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         threads.append(threading.current_thread().name)
-        if call_seconds:
-            time.sleep(call_seconds)
+        _busy(call_seconds)
         return [feed["x"] * 2]
 
     async def main() -> list[np.ndarray]:
@@ -667,7 +673,7 @@ def test_a_call_longer_than_a_thread_hop_leaves_the_loop_when_others_wait() -> N
 
     def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         threads.append((threading.current_thread().name, len(feed["x"])))
-        time.sleep(0.002)
+        _busy(0.002)
         return [feed["x"] * 2]
 
     async def main() -> None:
@@ -757,3 +763,26 @@ def test_a_lone_request_on_an_idle_runner_runs_at_once_without_the_queue() -> No
 
     asyncio.run(main())
     assert calls == [1, 1, 1, 1, 1]
+
+
+def test_time_a_worker_waits_for_a_core_does_not_keep_short_calls_off_the_loop() -> None:
+    """In a worker the call's CPU time decides, not its wall time (which counts waiting for the loop's core)."""
+    threads: list[str] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        threads.append(threading.current_thread().name)
+        if threads[-1] != "MainThread":
+            time.sleep(0.003)  # off the loop: descheduled, as when the busy loop holds the only free core
+        return [feed["x"] * 2]
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
+            batcher = Batcher(run_batch, BatchingConfig(), executor=pool)
+            for _ in range(4):
+                await asyncio.gather(*(batcher.submit({"x": np.zeros((1, 2))}) for _ in range(3)))
+            await batcher.close()
+
+    asyncio.run(main())
+    assert threads[0].startswith("worker")  # untimed: the executor
+    # 3 ms of wall time but almost no CPU: later calls, with others queued behind them, run on the loop.
+    assert threads[1:] and all(t == "MainThread" for t in threads[1:]), threads
