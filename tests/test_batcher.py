@@ -766,7 +766,7 @@ def test_a_lone_request_on_an_idle_runner_runs_at_once_without_the_queue() -> No
 
 
 def test_time_a_worker_waits_for_a_core_does_not_keep_short_calls_off_the_loop() -> None:
-    """In a worker the call's CPU time decides, not its wall time (which counts waiting for the loop's core)."""
+    """In a worker the call's CPU time decides, not its wall time (which counts waiting for a core)."""
     threads: list[str] = []
 
     def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
