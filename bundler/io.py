@@ -257,9 +257,7 @@ class NumpyNdarray(IODescriptor):
     def to_response(self, value: Any, request: Request | None = None) -> Response:
         arr = value if type(value) is np.ndarray else np.asarray(value)
         if request is not None and _wants_npy(request):
-            buf = io.BytesIO()
-            np.save(buf, arr, allow_pickle=False)
-            return _response(buf.getvalue(), "application/octet-stream")
+            return _response(_npy_bytes(arr), "application/octet-stream")
         try:
             body = orjson.dumps(arr, option=_JSON_OPTS)
         except TypeError:
@@ -362,6 +360,28 @@ def _load_npy(body: bytes) -> np.ndarray:
     if fortran:
         return flat.reshape(shape[::-1]).transpose().copy(order="F")
     return flat.reshape(shape).copy()
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    """Return what ``np.save`` writes for ``arr``, with the header made once per dtype, order and shape."""
+    fortran = arr.flags.f_contiguous and not arr.flags.c_contiguous
+    if arr.dtype.kind not in "biuf" or arr.dtype.names is not None or arr.ndim > 32:
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        return buf.getvalue()
+    # np.save writes the raw memory in the order its header names (C unless the array is Fortran-ordered).
+    header = _npy_out_header(arr.dtype, fortran, arr.shape)
+    return b"".join((header, arr.tobytes(order="F" if fortran else "C")))
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_out_header(dtype: np.dtype, fortran: bool, shape: tuple[int, ...]) -> bytes:
+    from numpy.lib import format as npy_format
+
+    buf = io.BytesIO()
+    header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": fortran, "shape": shape}
+    npy_format.write_array_header_1_0(buf, header)  # np.save's choice for headers this short
+    return buf.getvalue()
 
 
 def _wants_npy(request: Request) -> bool:

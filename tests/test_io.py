@@ -398,3 +398,28 @@ def test_npy_bodies_load_as_numpy_loads_them_writable_and_twice_alike(array: np.
         assert got.flags.writeable and got.flags.f_contiguous == expected.flags.f_contiguous
         got[...] = 0  # the caller's own copy, not a view of the request body
     assert np.array_equal(_load_npy(buf.getvalue()), expected)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        np.arange(24.0).reshape(4, 6)[:, ::2],  # neither C nor Fortran contiguous
+        np.array([1, -2, 3], dtype=">i4"),
+        np.zeros((0, 3), dtype=np.float16),
+        np.array(3.5),
+        np.array([True, False]),
+        np.zeros((1,) * 32),
+        np.array(["a", "bc"]),  # and the kinds np.save writes itself
+        np.zeros(2, dtype=[("a", "<i4")]),
+        np.array([1 + 2j]),
+    ],
+)
+def test_npy_replies_are_byte_for_byte_what_np_save_writes(array: np.ndarray) -> None:
+    from bundler.io import _npy_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    for _ in range(2):  # the second reply takes the cached header
+        assert _npy_bytes(array) == buf.getvalue()
