@@ -31,8 +31,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 16, 64)
@@ -89,7 +93,7 @@ def apply(model):
 # ---------------------------------------------------------------- models
 
 
-def build_mlp() -> object:
+def build_mlp() -> onnx.ModelProto:
     """Return the overhead-bound model: a 64->256->256->10 ReLU MLP with a dynamic batch axis."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -112,7 +116,7 @@ def build_mlp() -> object:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
-def build_sr() -> object:
+def build_sr() -> onnx.ModelProto:
     """Return the guide's SuperResolutionNet (upscale 3) as ONNX: 4 convolutions and a pixel shuffle."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -241,8 +245,7 @@ class Server:
         raise SystemExit(f"{kind} server for {model} was not ready within 60 s")
 
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -251,6 +254,12 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def process_cpu(pid: int) -> float:
+    """Return a process's user+system CPU seconds so far, all its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _get(port: int, path: str) -> int:
@@ -278,28 +287,82 @@ def request_bytes(model: str, path: str = "/predict") -> bytes:
     return head.encode() + body
 
 
-async def _connection(port: int, request: bytes, warm_at: float, stop_at: float, out: dict) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    latencies, statuses = out["latencies"], out["statuses"]
-    try:
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= stop_at:
+class _Connection(asyncio.BufferedProtocol):
+    """One keep-alive connection in a closed loop: send the request, read the whole answer, repeat.
+
+    Reads land in one preallocated buffer and a body is only counted, never copied or kept: the load
+    generator shares the server's cores, so every microsecond it spends is one the server lacks.
+    """
+
+    def __init__(self, request: bytes, warm_at: float, stop_at: float, out: dict) -> None:
+        self.request, self.warm_at, self.stop_at, self.out = request, warm_at, stop_at, out
+        self.data = bytearray(1 << 18)
+        self.buffer = memoryview(self.data)
+        self.filled = 0  # bytes of the current answer's head read so far
+        self.left = -1  # body bytes still to come once the head is read
+        self.status = 0
+        self.sent_at = 0.0
+        self.pending = False  # a request is out and its answer not complete
+        self.transport: asyncio.Transport | None = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._send()
+
+    def _send(self) -> None:
+        assert self.transport is not None
+        self.sent_at = time.perf_counter()
+        if self.sent_at >= self.stop_at:
+            self.transport.close()
+            return
+        self.filled, self.left, self.pending = 0, -1, True
+        self.transport.write(self.request)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer if self.left >= 0 else self.buffer[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.left < 0:
+            self.filled += nbytes
+            data = self.data
+            end = data.find(b"\r\n\r\n", 0, self.filled)
+            if end < 0:
                 return
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            at = head.lower().find(b"content-length:")
-            length = int(head[at + 15 : head.index(b"\r\n", at)]) if at >= 0 else 0
-            if length:
-                await reader.readexactly(length)
-            t1 = time.perf_counter()
-            if t0 >= warm_at:
-                status = int(head[9:12])
-                statuses[status] = statuses.get(status, 0) + 1
-                if status == 200:
-                    latencies.append(t1 - t0)
-    finally:
-        writer.close()
+            head = bytes(data[:end]).lower()
+            at, length = head.find(b"content-length:"), 0
+            if at >= 0:
+                stop = head.find(b"\r\n", at)  # the head ends before its last CRLF
+                length = int(head[at + 15 : stop if stop >= 0 else len(head)])
+            self.status = int(head[9:12])
+            self.left = length - (self.filled - end - 4)
+        else:
+            self.left -= nbytes
+        if self.left > 0:
+            return
+        now = time.perf_counter()
+        self.pending = False
+        if self.sent_at >= self.warm_at:
+            statuses = self.out["statuses"]
+            statuses[self.status] = statuses.get(self.status, 0) + 1
+            if self.status == 200:
+                self.out["latencies"].append(now - self.sent_at)
+        self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.pending:  # the server closed the connection on an unanswered request: counted as status 0
+            statuses = self.out["statuses"]
+            statuses[0] = statuses.get(0, 0) + 1
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _connection(port: int, request: bytes, warm_at: float, stop_at: float, out: dict) -> None:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(
+        lambda: _Connection(request, warm_at, stop_at, out), "127.0.0.1", port
+    )
+    await protocol.done
 
 
 async def _load(port: int, request: bytes, connections: int, warmup: float, seconds: float) -> dict:
@@ -337,13 +400,14 @@ def measure(server: Server, request_file: str, connections: int, warmup: float, 
     client = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert client.stdout is not None
     line = client.stdout.readline()
-    cpu0, t0 = server.cpu(), time.perf_counter()
+    cpu0, load0, t0 = server.cpu(), process_cpu(client.pid), time.perf_counter()
     if line.strip() != "WARM":
         raise SystemExit(f"load generator failed: {line!r}")
     result = json.loads(client.stdout.readline())
-    cpu1 = server.cpu()
+    cpu1, load1 = server.cpu(), process_cpu(client.pid)
     client.wait(10)
     result["cpu_per_1k"] = (cpu1 - cpu0) / max(result["ok"], 1) * 1000
+    result["client_cpu_per_1k"] = (load1 - load0) / max(result["ok"], 1) * 1000
     result["window"] = time.perf_counter() - t0
     return result
 
@@ -522,7 +586,10 @@ def compare_with_baseline(
 def report(results: dict, connections: list[int]) -> None:
     """Print the table and the three targets."""
     print()
-    print(f"{'server':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-200':>9}{'CPU s/1k':>10}")
+    print(
+        f"{'server':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-200':>9}{'CPU s/1k':>10}"
+        f"{'client':>8}"
+    )
     rows = []
     for model, entry in results["models"].items():
         for key, r in entry["served"].items():
@@ -531,18 +598,16 @@ def report(results: dict, connections: list[int]) -> None:
             rows.append((label, n, r))
     for n, r in results.get("baseline", {}).items():
         rows.append(("baseline starlette", n, r))
+    for model, entry in results["models"].items():
+        for size, r in entry.get("sweep", {}).items():
+            rows.append((f"{model} max_batch_size={size}", str(max(connections)), r))
     for name, n, r in rows:
         bad = sum(v for k, v in r["statuses"].items() if str(k) != "200")
         print(
             f"{name:<22}{n:>6}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{bad:>9}{r['cpu_per_1k']:>10.2f}"
+            f"{r['client_cpu_per_1k']:>8.2f}"
         )
-    for model, entry in results["models"].items():
-        for size, r in entry.get("sweep", {}).items():
-            print(
-                f"{model} max_batch_size={size:<7}{max(connections):>6}{r['rps']:>10,.0f}{r['p50']:>9.2f}"
-                f"{r['p99']:>9.2f}{sum(v for k, v in r['statuses'].items() if str(k) != '200'):>9}"
-                f"{r['cpu_per_1k']:>10.2f}"
-            )
+    print("(CPU s/1k: the server's CPU seconds per 1,000 answers, all threads; client: the load generator's)")
     print()
     for model, entry in results["models"].items():
         raw = entry["raw"]
