@@ -369,9 +369,11 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
         buf = io.BytesIO()
         np.save(buf, arr, allow_pickle=False)
         return buf.getvalue()
-    # np.save writes the raw memory in the order its header names (C unless the array is Fortran-ordered).
+    # np.save writes the raw memory in the order its header names (C unless the array is Fortran-ordered);
+    # a contiguous array's own buffer is joined to the header in one copy.
     header = _npy_out_header(arr.dtype, fortran, arr.shape)
-    return b"".join((header, arr.tobytes(order="F" if fortran else "C")))
+    data = arr.T if fortran else arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    return b"".join((header, memoryview(data).cast("B"))) if data.size else header
 
 
 @functools.lru_cache(maxsize=256)

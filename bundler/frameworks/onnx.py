@@ -769,8 +769,11 @@ class OnnxSession:
                 # path below words that error).
                 if src.itemsize < target.itemsize:
                     return arr.astype(target, order="C")
-                with contextlib.suppress(FloatingPointError), np.errstate(over="raise", invalid="raise"):
-                    return arr.astype(target, order="C")
+                try:
+                    with np.errstate(over="raise", invalid="raise"):
+                        return arr.astype(target, order="C")
+                except FloatingPointError:
+                    pass
         want = check.want
         try:
             arr = np.asarray(value)
