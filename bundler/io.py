@@ -373,7 +373,7 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     # a contiguous array's own buffer is joined to the header in one copy.
     header = _npy_out_header(arr.dtype, fortran, arr.shape)
     data = arr.T if fortran else arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
-    return b"".join((header, memoryview(data).cast("B"))) if data.size else header
+    return b"".join((header, data.data.cast("B"))) if data.size else header
 
 
 @functools.lru_cache(maxsize=256)
