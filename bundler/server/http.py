@@ -61,6 +61,9 @@ class HeadHoldingTransport:
         self.flush()
         self._transport.close()
 
+    def is_closing(self) -> bool:  # asked once per response: spared the __getattr__ detour
+        return self._transport.is_closing()
+
     @property
     def transport(self) -> asyncio.Transport:
         """Return the wrapped transport."""
