@@ -156,7 +156,10 @@ def test_served_batchable_runner_coalesces_concurrent_calls(batchable: Runner) -
         np.testing.assert_allclose(out, _expected(x), rtol=1e-5, atol=1e-6)
     assert sum(rows for _, rows in calls) == sum(len(x) for x in xs)
     assert len(calls) < len(xs), calls  # coalesced
-    assert all(name.startswith("runner-mlp") for name, _ in calls)  # never on the event loop thread
+    # The first call, untimed, runs in the runner's pool; later ones too unless they proved shorter than a
+    # thread hop (the batcher's inline rule, tested in test_batcher.py), which then run on the loop.
+    assert calls[0][0].startswith("runner-mlp"), calls
+    assert all(name.startswith("runner-mlp") or name == "MainThread" for name, _ in calls), calls
     assert not batchable.ready
 
 
