@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,25 @@ def apply(model):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return model.with_options(session_options=options)
 """
+
+
+# CPU sets from --server-cpus / --client-cpus (None: every CPU). Servers (bundler's and the minimal app)
+# and the raw onnxruntime measurement get the same set, the load generator its own.
+CPUS: dict[str, set[int] | None] = {"server": None, "client": None}
+
+
+def parse_cpus(text: str) -> set[int] | None:
+    """Parse a CPU list like ``0``, ``0-1`` or ``0,2-3``; '' means no pinning."""
+    cpus: set[int] = set()
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus or None
+
+
+def _pinned(role: str) -> Callable[[], None] | None:
+    cpus = CPUS[role]
+    return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
 
 
 # ---------------------------------------------------------------- models
@@ -232,7 +252,7 @@ class Server:
         self.port = free_port()
         args = [sys.executable, __file__, "--_server", kind, "--port", str(self.port), "--workdir", workdir]
         args += ["--model", model]
-        self.proc = subprocess.Popen(args, env=env, cwd=ROOT)
+        self.proc = subprocess.Popen(args, env=env, cwd=ROOT, preexec_fn=_pinned("server"))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -397,7 +417,7 @@ def measure(server: Server, request_file: str, connections: int, warmup: float, 
     """Run the load generator against ``server``; add the server's CPU seconds per 1,000 answers."""
     args = [sys.executable, __file__, "--_client", "--port", str(server.port), "--request", request_file]
     args += ["--connections", str(connections), "--warmup", str(warmup), "--seconds", str(seconds)]
-    client = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    client = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=_pinned("client"))
     assert client.stdout is not None
     line = client.stdout.readline()
     cpu0, load0, t0 = server.cpu(), process_cpu(client.pid), time.perf_counter()
@@ -440,6 +460,14 @@ def main() -> None:
         default="",
         help="also serve each model at the most connections with these max_batch_size values, e.g. 8,16,64",
     )
+    parser.add_argument(
+        "--server-cpus",
+        default="",
+        help="pin the servers and the raw onnxruntime runs to these CPUs, e.g. 0 or 0-1 (default: all)",
+    )
+    parser.add_argument(
+        "--client-cpus", default="", help="pin the load generator to these CPUs, e.g. 1 (default: all)"
+    )
     parser.add_argument("--_server", help=argparse.SUPPRESS)
     parser.add_argument("--_client", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--port", "--workdir", "--model", "--request", "--warmup", "--seconds"):
@@ -458,12 +486,15 @@ def main() -> None:
 
 def run_benchmark(args: argparse.Namespace) -> None:
     warmup, seconds, raw_seconds = (0.5, 1.5, 0.3) if args.quick else (1.0, 3.0, 1.0)
+    CPUS["server"], CPUS["client"] = parse_cpus(args.server_cpus), parse_cpus(args.client_cpus)
     args.rounds = args.rounds or (1 if args.quick else 3)
     models = [m for m in args.models.split(",") if m]
     connections = [int(c) for c in args.connections.split(",")]
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "options": {
+            "server_cpus": sorted(CPUS["server"] or []) or "all",
+            "client_cpus": sorted(CPUS["client"] or []) or "all",
             "threads": args.threads or "bundler default",
             "spin": not args.no_spin,
             "switch_interval": args.switch_interval or sys.getswitchinterval(),
@@ -488,7 +519,13 @@ def run_benchmark(args: argparse.Namespace) -> None:
         )
         sys.path.insert(0, workdir)
         for model in models:
-            rates, batch1 = raw_onnxruntime(model, MODELS[model][3], raw_seconds)
+            everywhere = os.sched_getaffinity(0)
+            if CPUS["server"] is not None:
+                os.sched_setaffinity(0, CPUS["server"])  # the session's threads start inside the server's set
+            try:
+                rates, batch1 = raw_onnxruntime(model, MODELS[model][3], raw_seconds)
+            finally:
+                os.sched_setaffinity(0, everywhere)
             best = max(rates, key=rates.__getitem__)
             entry = results["models"][model] = {
                 "raw": {"items_per_s": rates, "best_batch": best, "batch1_ms": batch1 * 1000},
@@ -585,7 +622,12 @@ def compare_with_baseline(
 
 def report(results: dict, connections: list[int]) -> None:
     """Print the table and the three targets."""
+    options = results["options"]
     print()
+    print(
+        f"{results['machine']['cpus']} CPUs; servers and raw onnxruntime on CPUs {options['server_cpus']},"
+        f" load generator on CPUs {options['client_cpus']}"
+    )
     print(
         f"{'server':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-200':>9}{'CPU s/1k':>10}"
         f"{'client':>8}"
