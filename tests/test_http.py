@@ -244,3 +244,9 @@ def test_large_responses_and_clients_still_work(url: str) -> None:
         assert client.get("/livez").status_code == 200
         bad = client.post("/echo", content=b"{", headers={"content-type": "application/json"})
         assert bad.status_code == 400
+
+
+def test_without_httptools_uvicorn_picks_its_own_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert http.http_protocol() is http.HttpProtocol
+    monkeypatch.setattr(http, "_Base", None)  # as when httptools is not installed
+    assert http.http_protocol() == "auto"
