@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -250,3 +251,40 @@ def test_without_httptools_uvicorn_picks_its_own_protocol(monkeypatch: pytest.Mo
     assert http.http_protocol() is http.HttpProtocol
     monkeypatch.setattr(http, "_Base", None)  # as when httptools is not installed
     assert http.http_protocol() == "auto"
+
+
+@pytest.fixture(scope="module")
+def short_keepalive() -> Iterator[str]:
+    with running(build_app(make_service()), timeout_keep_alive=1) as base:
+        yield base
+
+
+def _echo(sock: socket.socket, value: bytes) -> None:
+    sock.sendall(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(value), value)
+    )
+    head, body, _ = _read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200") and body == value
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(short_keepalive: str) -> None:
+    with _connect(short_keepalive) as sock:
+        _echo(sock, b"1")
+        sock.settimeout(3)
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server, not by our 3 s timeout
+        assert 0.9 < time.monotonic() - started < 2.5
+
+
+def test_a_connection_in_use_is_not_closed(short_keepalive: str) -> None:
+    with _connect(short_keepalive) as sock:
+        for i in range(5):  # 2 s of requests 0.4 s apart: each response restarts the idle clock
+            _echo(sock, b"%d" % i)
+            time.sleep(0.4)
+        # Half a request, then a pause past the timeout: arriving bytes stop the idle clock.
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(1.5)
+        sock.sendall(b"Content-Type: application/json\r\nContent-Length: 1\r\n\r\n7")
+        head, body, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"7"
