@@ -307,8 +307,7 @@ class Batcher:
             raise
         finally:
             seconds = time.perf_counter() - begin
-            last = self._run_seconds
-            self._run_seconds = seconds if last == math.inf else 0.8 * last + 0.2 * seconds
+            self._time_call(seconds)
         if self.observer is not None:
             self.observer.on_batch(rows, seconds)
         self._loop.call_soon(self._release, slot, True)
@@ -476,9 +475,7 @@ class Batcher:
         # Whether calls run on the loop goes by their own time. In a worker that is the thread's CPU time:
         # its wall time also counts waiting for the core the busy loop holds, and would keep a short call
         # off the loop for good (MLP, 64 connections: 22-row calls took 163 us there, 39 us on the loop).
-        took = seconds if inline else time.thread_time() - cpu
-        last = self._run_seconds
-        self._run_seconds = took if last == math.inf else 0.8 * last + 0.2 * took
+        self._time_call(seconds if inline else time.thread_time() - cpu)
         assert self._loop is not None
         call_soon = self._loop.call_soon if inline else self._loop.call_soon_threadsafe
         if inline and not (isinstance(error, Exception) and len(batch) > 1):
@@ -497,6 +494,11 @@ class Batcher:
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting any more
             call_soon(self._finish, outputs, error, seconds, batch, slot)
+
+    def _time_call(self, seconds: float) -> None:
+        """Fold one model call's own time into the EWMA that decides which calls run on the loop."""
+        last = self._run_seconds
+        self._run_seconds = seconds if last == math.inf else 0.8 * last + 0.2 * seconds
 
     def _run_alone(self, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray] | None, Exception | None]:
         try:
