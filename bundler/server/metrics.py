@@ -25,14 +25,29 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class _Series:
-    """Count, sum and per-bucket counts of one (route, status) pair."""
+    """Count, sum and per-bucket counts of one histogram series (a route and status, or a runner)."""
 
-    __slots__ = ("buckets", "count", "total")
+    __slots__ = ("bounds", "buckets", "count", "total")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
         self.count = 0
         self.total = 0.0
-        self.buckets = [0] * (n + 1)  # the last slot is +Inf
+        self.buckets = [0] * (len(bounds) + 1)  # the last slot is +Inf
+
+    def observe(self, value: float) -> None:
+        """Count one value (callers are on the event loop only, so no lock)."""
+        self.count += 1
+        self.total += value
+        self.buckets[bisect_left(self.bounds, value)] += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Return the (upper bound, count at or below it) pairs a Prometheus histogram sample lists."""
+        pairs, running = [], 0
+        for bound, n in zip((*map(_fmt, self.bounds), "+Inf"), self.buckets, strict=True):
+            running += n
+            pairs.append((bound, running))
+        return pairs
 
 
 class RequestCollector(Collector):
@@ -47,10 +62,8 @@ class RequestCollector(Collector):
         """Count one request and its latency (called on the event loop only, so no lock)."""
         s = self.series.get((route, status))
         if s is None:
-            s = self.series[(route, status)] = _Series(len(self.bounds))
-        s.count += 1
-        s.total += seconds
-        s.buckets[bisect_left(self.bounds, seconds)] += 1
+            s = self.series[(route, status)] = _Series(self.bounds)
+        s.observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
         labels = ["service", "route", "status"]
@@ -61,11 +74,7 @@ class RequestCollector(Collector):
         for (route, status), s in sorted(self.series.items()):
             values = [self.service, route, str(status)]
             requests.add_metric(values, s.count)
-            cumulative, running = [], 0
-            for bound, n in zip((*map(_fmt, self.bounds), "+Inf"), s.buckets, strict=True):
-                running += n
-                cumulative.append((bound, running))
-            latency.add_metric(values, cumulative, s.total)
+            latency.add_metric(values, s.cumulative(), s.total)
         yield requests
         yield latency
 
@@ -91,33 +100,24 @@ class BatchCollector(Collector):
     def add(self, runner: str) -> tuple[_Series, _Series]:
         """Return the (batch size, inference seconds) series of ``runner``, created on first use."""
         now = time.time()
-        size = self.sizes.setdefault(runner, (now, _Series(len(BATCH_BUCKETS))))[1]
-        seconds = self.times.setdefault(runner, (now, _Series(len(LATENCY_BUCKETS))))[1]
+        size = self.sizes.setdefault(runner, (now, _Series(BATCH_BUCKETS)))[1]
+        seconds = self.times.setdefault(runner, (now, _Series(LATENCY_BUCKETS)))[1]
         return size, seconds
 
     def collect(self) -> Iterator[Metric]:
-        yield _histogram("bundler_runner_batch_size", "Rows per model call", BATCH_BUCKETS, self.sizes)
+        yield _histogram("bundler_runner_batch_size", "Rows per model call", self.sizes)
         yield _histogram(
-            "bundler_runner_inference_seconds",
-            "Time of one model call (a whole batch)",
-            LATENCY_BUCKETS,
-            self.times,
+            "bundler_runner_inference_seconds", "Time of one model call (a whole batch)", self.times
         )
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
 
-def _histogram(
-    name: str, documentation: str, bounds: tuple[float, ...], series: dict[str, tuple[float, _Series]]
-) -> Metric:
+def _histogram(name: str, documentation: str, series: dict[str, tuple[float, _Series]]) -> Metric:
     family = HistogramMetricFamily(name, documentation, labels=["runner"])
     for runner, (created, s) in sorted(series.items()):
-        cumulative, running = [], 0
-        for bound, n in zip((*map(_fmt, bounds), "+Inf"), s.buckets, strict=True):
-            running += n
-            cumulative.append((bound, running))
-        family.add_metric([runner], cumulative, s.total)
+        family.add_metric([runner], s.cumulative(), s.total)
         # What prometheus-client's Histogram also reports: when the series started.
         family.samples.append(Sample(f"{name}_created", {"runner": runner}, created))
     return family
@@ -159,10 +159,8 @@ class BatchObserver:
         metrics.queue_depth.labels(runner).set_function(lambda: self.depth)
 
     def on_batch(self, size: int, seconds: float) -> None:
-        for s, value, bounds in ((self._sizes, size, BATCH_BUCKETS), (self._times, seconds, LATENCY_BUCKETS)):
-            s.count += 1
-            s.total += value
-            s.buckets[bisect_left(bounds, value)] += 1
+        self._sizes.observe(size)
+        self._times.observe(seconds)
 
     def on_queue(self, depth: int) -> None:
         self.depth = depth
