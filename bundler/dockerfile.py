@@ -344,7 +344,6 @@ def template_context(
         "venv_finish": _venv_finish(keep_pip=bool(setup_script)),
         "setup_script": setup_script,
         "venv": VENV,
-        "import_check": shlex.quote(SERVE_IMPORTS),
         # onnxruntime writes a device id and a session file under HOME and TMPDIR on import: point both at
         # a directory deleted in the same RUN, so no image (and no container started from it) shares them.
         "import_run": 'check="$(mktemp -d)"'
