@@ -187,7 +187,9 @@ def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels
     sources = select_sources(cfg.context, list(cfg.include), list(cfg.exclude))
     for src in sources:
         plan.files.append(PlannedFile(f"src/{src.rel}", source=src.path, executable=src.executable))
-    images = uses_images([module_path, *(s.path for s in sources if s.rel.endswith(".py"))])
+    python = [module_path, *(s.path for s in sources if s.rel.endswith(".py"))]
+    # The service module is usually among the sources too: read each file once.
+    images = uses_images(list(dict.fromkeys(path.resolve() for path in python)))
 
     tags = list(dict.fromkeys([m.tag for m in cfg.models] + svc.model_tags))
     model_files, model_infos = _model_files(tags)
