@@ -171,3 +171,18 @@ def reference_run(model: onnx.ModelProto | str | Path, feed: dict[str, np.ndarra
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     return session.run(None, feed)
+
+
+def missing_provider() -> str:
+    """Return a real execution provider's name that this onnxruntime does not offer.
+
+    onnxruntime-gpu lists TensorRT even where the TensorRT libraries are absent, so no one name is
+    missing everywhere.
+    """
+    import onnxruntime
+
+    available = set(onnxruntime.get_available_providers())
+    for name in ("OpenVINOExecutionProvider", "CoreMLExecutionProvider", "TensorrtExecutionProvider"):
+        if name not in available:
+            return name
+    raise AssertionError(f"every candidate provider is available: {sorted(available)}")

@@ -202,7 +202,10 @@ def test_with_options_providers_snippet(exported: dict[str, Any]) -> None:
     available = onnxruntime.get_available_providers()
     if all(p in available for p in providers):
         runner.init_local()
-        assert runner.session.providers[0] == "TensorrtExecutionProvider"
+        # onnxruntime-gpu lists TensorRT even without its libraries; then onnxruntime itself falls back
+        # to the next provider asked for (and says so), which bundler leaves to it.
+        assert runner.session.providers[0] in providers[:2]
+        assert runner.session.providers == [p for p in providers if p in runner.session.providers]
     else:
         # bundler is strict where BentoML let onnxruntime silently fall back: a clear error instead.
         with pytest.raises(
@@ -225,6 +228,7 @@ def test_load_model_snippet(exported: dict[str, Any]) -> None:
     np.testing.assert_allclose(out[0], exported["torch_run"](test_input), rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.machine_providers
 def test_default_execution_providers(exported: dict[str, Any]) -> None:
     save_sr(exported)
     runner = bundler.onnx.get("onnx_super_resolution").to_runner()

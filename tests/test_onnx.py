@@ -15,7 +15,15 @@ from bundler.exceptions import InferenceInputError, InvalidTag, ModelError, NotF
 from bundler.frameworks import onnx as fonnx
 from bundler.models import Model
 from bundler.store import verify_manifest
-from tests.models import make_big, make_classifier, make_mlp, make_multi_io, make_static_batch, reference_run
+from tests.models import (
+    make_big,
+    make_classifier,
+    make_mlp,
+    make_multi_io,
+    make_static_batch,
+    missing_provider,
+    reference_run,
+)
 
 
 # -- save_model -------------------------------------------------------------------------------------
@@ -272,10 +280,9 @@ def test_default_providers_pure_function() -> None:
 
 def test_unavailable_provider_is_a_provider_error() -> None:
     bundler.onnx.save_model("mlp", make_mlp())
-    with pytest.raises(
-        ProviderError, match=r"TensorrtExecutionProvider not available.*available: .*CPUExecution"
-    ):
-        bundler.onnx.load_model("mlp", providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    missing = missing_provider()
+    with pytest.raises(ProviderError, match=rf"{missing} not available.*available: .*CPUExecution"):
+        bundler.onnx.load_model("mlp", providers=[missing, "CPUExecutionProvider"])
     model = bundler.onnx.get("mlp").with_options(providers=["NoSuchExecutionProvider"])
     with pytest.raises(ProviderError, match=r"NoSuchExecutionProvider"):
         bundler.onnx.load_model(model)

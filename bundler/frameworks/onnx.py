@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import difflib
 import functools
-import importlib.metadata
 import logging
 import math
 import os
@@ -312,13 +311,9 @@ def _write_proto(proto: onnx.ModelProto, staged: Path, name: str) -> list[str]:
 
 
 def _framework_versions(proto: onnx.ModelProto) -> dict[str, Any]:
-    ort_version = None
-    for dist in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            ort_version = importlib.metadata.version(dist)
-            break
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    # The onnxruntime that import finds (with both onnxruntime and onnxruntime-gpu installed, one of them
+    # shadows the other, and their distributions' metadata says nothing of which).
+    ort_version = _ort().__version__
     opsets = {(o.domain or "ai.onnx"): int(o.version) for o in proto.opset_import}
     return {
         "onnx": onnx.__version__,
