@@ -91,6 +91,7 @@ def _model_files(tags: list[str]) -> tuple[list[PlannedFile], list[dict[str, Any
     store = model_store()
     files: list[PlannedFile] = []
     infos: list[dict[str, Any]] = []
+    seen = set()
     for text in tags:
         try:
             entry = store.get(text)
@@ -98,6 +99,9 @@ def _model_files(tags: list[str]) -> tuple[list[PlannedFile], list[dict[str, Any
             raise BuildError(
                 f"{exc}; save it first (bundler.onnx.save_model) or fix 'models' in the build file"
             ) from exc
+        if entry.tag in seen:  # the same version named twice ("m" in the build file, "m:latest" in code)
+            continue
+        seen.add(entry.tag)
         base = f"models/{entry.tag.name}/{entry.tag.version}"
         size = 0
         for dirpath, _, filenames in os.walk(entry.path):
@@ -173,6 +177,20 @@ def _lock(
     return options, result
 
 
+def _check_service_included(cfg: Any, module_path: Path, sources: list[Any]) -> None:
+    """Refuse a build whose include/exclude leave the service module out: the image could not import it."""
+    try:
+        rel = module_path.resolve().relative_to(cfg.context.resolve()).as_posix()
+    except ValueError:
+        return  # outside the context: scan_service has said so already
+    if rel not in {s.rel for s in sources}:
+        raise BuildError(
+            f"{cfg.path}: the service module {rel} is not among the bundle's sources: 'include'"
+            f" ({list(cfg.include) or ['*']}) and 'exclude' ({list(cfg.exclude)}) leave it out, and the"
+            " image could not import it; include it"
+        )
+
+
 def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels_dir: Path, say: Say) -> Plan:
     """Compute every file of the bundle and its content-derived version; touch nothing in the store."""
     module, _, attribute = cfg.service.partition(":")
@@ -185,6 +203,7 @@ def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels
     plan = Plan(_bundle_name(cfg, svc))
 
     sources = select_sources(cfg.context, list(cfg.include), list(cfg.exclude))
+    _check_service_included(cfg, module_path, sources)
     for src in sources:
         plan.files.append(PlannedFile(f"src/{src.rel}", source=src.path, executable=src.executable))
     python = [module_path, *(s.path for s in sources if s.rel.endswith(".py"))]

@@ -58,6 +58,10 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+# Characters a bundle's manifest (one "digest  path" line per file) cannot carry in a path.
+_UNLISTABLE = frozenset(map(chr, [*range(32), 127]))
+
+
 def select_sources(context: Path, include: list[str], exclude: list[str]) -> list[SourceFile]:
     """Return the files of the build context that go into ``src/``, sorted by path."""
     root = context.resolve()
@@ -92,6 +96,12 @@ def select_sources(context: Path, include: list[str], exclude: list[str]) -> lis
             if is_dir:
                 walk(Path(entry.path), rel, ancestors)
             elif entry.is_file(follow_symlinks=True) and includes.match_file(rel):
+                if any(ch in rel for ch in _UNLISTABLE):
+                    # The manifest lists one "digest  path" per line: such a name could not be verified.
+                    raise BadInput(
+                        f"{str(context / rel)!r}: refused: a control character (newline, tab, ...) in a"
+                        " source file's name; rename the file or add it to 'exclude'"
+                    )
                 real_file = Path(entry.path).resolve()
                 out[rel] = SourceFile(rel, real_file, os.access(real_file, os.X_OK))
 

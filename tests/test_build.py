@@ -223,3 +223,25 @@ def test_the_bundle_carries_no_bytecode_and_keeps_the_dockerfile_template(
     assert not [p for p in path.rglob("*") if p.name == "__pycache__" or p.suffix == ".pyc"]
     assert (path / "env/docker/Dockerfile.template").read_text() == (quickstart / "docker.j2").read_text()
     assert "ENV EXTRA=1" in (path / "env/docker/Dockerfile").read_text()
+
+
+def test_a_model_named_in_the_build_file_and_loaded_by_the_service_goes_in_once(quickstart: Path) -> None:
+    # The build file says "quickstart", the service "quickstart:latest": the same stored version.
+    with (quickstart / "bentofile.yaml").open("a") as f:
+        f.write("models:\n  - quickstart\n")
+    from bundler.store import model_store
+
+    result = build(quickstart)
+    info = yaml.safe_load((result.path / "bundle.yaml").read_text())
+    assert [m["tag"] for m in info["models"]] == [str(model_store().get("quickstart:latest").tag)]
+    assert verify_manifest(result.path) == []
+
+
+def test_include_that_leaves_out_the_service_module_fails_the_build(quickstart: Path) -> None:
+    from bundler.exceptions import BuildError
+
+    text = (quickstart / "bentofile.yaml").read_text()
+    (quickstart / "bentofile.yaml").write_text(text.replace('  - "*.py"', '  - "make_model.py"'))
+    with pytest.raises(BuildError, match=r"the service module service.py is not among the bundle's sources"):
+        build(quickstart)
+    assert bundle_store().list() == []

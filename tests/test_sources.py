@@ -66,6 +66,14 @@ def test_symlink_outside_context_is_refused(tmp_path: Path) -> None:
     assert [s.rel for s in select_sources(ctx, ["*"], ["leak.txt"])] == ["service.py"]
 
 
+def test_a_control_character_in_a_source_name_is_refused(tmp_path: Path) -> None:
+    # The manifest lists one "digest  path" line per file: such a name would fail the bundle's own check.
+    _tree(tmp_path, ["service.py", "new\nline.txt"])
+    with pytest.raises(BadInput, match=r"'.*new\\nline.txt': refused: a control character"):
+        _rels(tmp_path)
+    assert _rels(tmp_path, ["*"], ["new*"]) == ["service.py"]
+
+
 def test_symlink_inside_context_is_followed(tmp_path: Path) -> None:
     _tree(tmp_path, ["service.py", "real/data.txt"])
     (tmp_path / "alias").symlink_to(tmp_path / "real")
