@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..exceptions import BadInput, ModelError
+from ..exceptions import BadInput, ModelError, Overloaded
 from ..store import NAME_RE
 
 if TYPE_CHECKING:
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
     from .config import BatchingConfig
 
 __all__ = ["Runner", "RunnerMethod"]
+
+
+def _timed(run: Any, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
+    begin = time.perf_counter()
+    outputs = run(feed)
+    return outputs, time.perf_counter() - begin
 
 
 class RunnerMethod:
@@ -68,6 +75,8 @@ class RunnerMethod:
         feed = session.prepare(args, kwargs)
         if served and r.batcher is not None:
             outputs = await r.batcher.submit(feed)
+        elif served:
+            outputs = await r._call_unbatched(session, feed)
         else:
             # Not served (init_local, or the serving loop has ended): a thread of the pool runs it.
             outputs = await current.run_in_executor(r._executor, session.run, feed)
@@ -102,7 +111,10 @@ class Runner:
         self.batchable = bool(signature.get("batchable", False))
         self.batch_dim = int(signature.get("batch_dim", 0))
         explicit = {"max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms, **batching}
-        given = sorted(k for k, v in explicit.items() if v is not None)
+        # max_queue and max_concurrency bound every served runner's calls, batched or not.
+        given = sorted(
+            k for k, v in explicit.items() if v is not None and k not in ("max_queue", "max_concurrency")
+        )
         if given and not self.batchable:
             raise BadInput(
                 f"runner {self.name!r}: {', '.join(given)} given, but model {model.tag} was saved with"
@@ -116,6 +128,10 @@ class Runner:
         self._session: OnnxSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Served without a batcher (batching off, or a model saved batchable=False): calls started and not
+        # finished, and an average of their time (for Retry-After).
+        self._calls = 0
+        self._call_seconds = 0.0
 
     # -- state ----------------------------------------------------------------------------------------
     @property
@@ -150,6 +166,27 @@ class Runner:
         from ..frameworks.onnx import OnnxSession
 
         return OnnxSession.load(self.model, fit_threads=True)
+
+    async def _call_unbatched(self, session: OnnxSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one call in the thread pool, refusing it (503) once max_queue calls wait for a thread."""
+        config = self.config
+        waiting = self._calls - config.max_concurrency
+        if waiting >= config.max_queue:
+            ahead = (waiting + 1) * self._call_seconds / config.max_concurrency
+            raise Overloaded(
+                f"runner queue is full ({waiting} of max_queue={config.max_queue} calls waiting);"
+                " retry later or raise max_queue",
+                retry_after=max(round(ahead, 3), 0.001),
+            )
+        assert self._loop is not None
+        self._calls += 1
+        try:
+            outputs, seconds = await self._loop.run_in_executor(self._executor, _timed, session.run, feed)
+            last = self._call_seconds
+            self._call_seconds = seconds if not last else 0.8 * last + 0.2 * seconds
+            return outputs
+        finally:
+            self._calls -= 1
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def init_local(self) -> None:
