@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import io
 import math
+import re
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -214,8 +215,10 @@ class NumpyNdarray(IODescriptor):
         else:
             try:
                 arr = _load_npy(body)
-            except (ValueError, OSError, EOFError, MemoryError) as exc:
-                raise BadInput(f"NumpyNdarray input: the {mt} body is not a .npy array ({exc})") from exc
+            except (ValueError, TypeError, OSError, EOFError, MemoryError) as exc:
+                raise BadInput(
+                    f"NumpyNdarray input: the {mt} body is not a .npy array ({_reason(exc)})"
+                ) from exc
             if self.dtype is not None and arr.dtype != self.dtype:
                 if self.enforce_dtype:
                     raise ValidationFailed(
@@ -225,6 +228,7 @@ class NumpyNdarray(IODescriptor):
                 if arr.dtype.kind not in "biuf":
                     return self._validate(arr)  # strings, objects, complex: refused there, not cast
                 try:
+                    _check_int_range(arr, self.dtype)
                     with np.errstate(over="raise", invalid="raise"):
                         arr = arr.astype(self.dtype)
                 except (ValueError, TypeError, FloatingPointError) as exc:
@@ -327,7 +331,29 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     shape, fortran, dtype = readers[version](f)
     if f.tell() != len(header):
         raise ValueError("the .npy header length does not match its contents")
+    # numpy checks only that each dimension is an int: True passes, and so does -1 (np.load then fails).
+    if any(type(d) is not int or d < 0 for d in shape):
+        raise ValueError(f"its header's shape {shape!r} is not a tuple of non-negative integers")
     return shape, fortran, dtype
+
+
+def _reason(exc: BaseException) -> str:
+    """Return an exception's message without the object reprs libraries put in it (``<... at 0x7f...>``)."""
+    return _OBJECT_REPR.sub("", str(exc)).rstrip(":")
+
+
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>")
+
+
+def _check_int_range(arr: np.ndarray, dtype: np.dtype) -> None:
+    """Raise ValueError if an integer array holds values ``dtype`` (an integer type) cannot: casts wrap."""
+    if arr.dtype.kind in "iu" and dtype.kind in "iu" and arr.size and not np.can_cast(arr.dtype, dtype):
+        limits = np.iinfo(dtype)
+        low, high = arr.min(), arr.max()
+        if low < limits.min or high > limits.max:
+            raise ValueError(
+                f"values from {low} to {high} are outside {dtype}'s range {limits.min}..{limits.max}"
+            )
 
 
 def _load_npy(body: bytes) -> np.ndarray:
@@ -505,7 +531,7 @@ async def _upload(request: Request, what: str) -> tuple[bytes, str]:
     try:
         form = await request.form(max_files=1, max_fields=16)
     except Exception as exc:  # python-multipart raises several types; all mean a malformed form
-        raise BadInput(f"{what} input: the multipart body does not parse ({exc})") from exc
+        raise BadInput(f"{what} input: the multipart body does not parse ({_reason(exc)})") from exc
     try:
         for _, value in form.multi_items():
             if isinstance(value, UploadFile):
@@ -567,7 +593,7 @@ class Image(IODescriptor):
         except PILImage.DecompressionBombError as exc:
             raise PayloadTooLarge(f"Image input: refused a decompression bomb ({exc})") from exc
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise BadInput(f"Image input: the body is not a readable image ({exc})") from exc
+            raise BadInput(f"Image input: the body is not a readable image ({_reason(exc)})") from exc
         w, h = img.size
         if limit and w * h > limit:
             raise PayloadTooLarge(
@@ -583,7 +609,7 @@ class Image(IODescriptor):
             if self.pilmode is not None and img.mode != self.pilmode:
                 img = img.convert(self.pilmode)
         except (OSError, ValueError, SyntaxError) as exc:
-            raise BadInput(f"Image input: the image data is truncated or corrupt ({exc})") from exc
+            raise BadInput(f"Image input: the image data is truncated or corrupt ({_reason(exc)})") from exc
         return img
 
     def to_response(self, value: Any, request: Request | None = None) -> Response:
@@ -592,7 +618,14 @@ class Image(IODescriptor):
         if isinstance(value, np.ndarray):
             value = PILImage.fromarray(value)
         buf = io.BytesIO()
-        value.save(buf, format=self.output_format)
+        try:
+            value.save(buf, format=self.output_format)
+        except OSError:
+            # A mode the format cannot hold (CMYK or float as PNG, RGBA as JPEG): shown as a viewer would,
+            # in RGB, keeping transparency where the format has it.
+            buf = io.BytesIO()
+            alpha = "A" in value.getbands() and self.output_format not in ("JPEG", "BMP")
+            value.convert("RGBA" if alpha else "RGB").save(buf, format=self.output_format)
         return _response(buf.getvalue(), self.output_media)
 
     def openapi_request_body(self) -> dict[str, Any]:

@@ -153,11 +153,27 @@ def forged_npy(shape: tuple[int, ...], descr: str = "<f8", data: bytes = b"\0" *
         (forged_npy((2,), descr="|O", data=b"\0" * 16), r"not a \.npy array"),
         # Version 3.0 headers read like 2.0 but were not size-checked: a 14 TiB claim was a 500.
         (b"\x93NUMPY\x03\x00" + forged_npy((10**12, 4))[10:], "version 3.0 is not accepted"),
+        # numpy's header check takes any int: True was a 500 (TypeError), -1 took its rows from the data.
+        (forged_npy((True, 4)), "is not a tuple of non-negative integers"),
+        (forged_npy((-1, 4)), "is not a tuple of non-negative integers"),
     ],
 )
 def test_ndarray_refuses_forged_npy_headers(body: bytes, match: str) -> None:
     with pytest.raises(BadInput, match=match):
         decode(NumpyNdarray(), body, "application/octet-stream")
+
+
+def test_ndarray_npy_integer_cast_refuses_values_out_of_range() -> None:
+    # astype wraps integers silently: 2**64-1 would become -1 (an index from the end).
+    big = npy(np.array([2**64 - 1, 3], np.uint64))
+    with pytest.raises(
+        ValidationFailed, match=r"cannot be cast to int64: values from 3 to 18446744073709551615"
+    ):
+        decode(NumpyNdarray(dtype="int64"), big, "application/octet-stream")
+    small = decode(
+        NumpyNdarray(dtype="int64"), npy(np.array([2**40, 3], np.uint64)), "application/octet-stream"
+    )
+    assert small.dtype == np.int64 and small.tolist() == [2**40, 3]
 
 
 def test_ndarray_rejects_nan_and_inf_unless_allowed() -> None:
@@ -264,6 +280,26 @@ def test_json_pydantic_schema_is_openapi_30() -> None:
 def test_image_raw_body_and_pilmode() -> None:
     img = decode(Image(pilmode="L"), png(), "image/png")
     assert img.size == (8, 6) and img.mode == "L"
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "fmt", "want"),
+    [
+        ("CMYK", (0, 255, 0, 0), "PNG", "RGB"),  # was a 500: "cannot write mode CMYK as PNG"
+        ("F", 1.5, "PNG", "RGB"),
+        ("LA", (3, 4), "PNG", "LA"),  # held as it is
+        ("LA", (3, 4), "JPEG", "RGB"),  # JPEG has no alpha
+    ],
+)
+def test_image_output_in_a_mode_the_format_cannot_hold_is_converted(
+    mode: str, value: Any, fmt: str, want: str
+) -> None:
+    from PIL import Image as PILImage
+
+    response = Image(output_format=fmt).to_response(PILImage.new(mode, (4, 4), value))
+    got = PILImage.open(io.BytesIO(response.body))
+    assert (got.format, got.mode, got.size) == (fmt, want, (4, 4))
+    assert response.media_type == f"image/{fmt.lower()}"
 
 
 def test_image_multipart_upload() -> None:
@@ -423,3 +459,17 @@ def test_npy_replies_are_byte_for_byte_what_np_save_writes(array: np.ndarray) ->
     np.save(buf, array, allow_pickle=False)
     for _ in range(2):  # the second reply takes the cached header
         assert _npy_bytes(array) == buf.getvalue()
+
+
+def test_error_messages_carry_no_object_reprs() -> None:
+    # PIL names the BytesIO it read and numpy's header parser an ast node: "<... object at 0x7f...>".
+    with pytest.raises(BadInput) as image:
+        Image().decode(b"garbage")
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (a, 4), }"
+    header += b" " * (118 - len(header)) + b"\n"
+    body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 64
+    with pytest.raises(BadInput) as array:
+        decode(NumpyNdarray(), body, "application/octet-stream")
+    for message in (str(image.value), str(array.value)):
+        assert "object at" not in message and "0x" not in message, message
+    assert "cannot identify image file" in str(image.value)
