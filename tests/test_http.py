@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -288,3 +289,70 @@ def test_a_connection_in_use_is_not_closed(short_keepalive: str) -> None:
         sock.sendall(b"Content-Type: application/json\r\nContent-Length: 1\r\n\r\n7")
         head, body, _ = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 200") and body == b"7"
+
+
+def test_a_connection_that_never_sends_is_closed_after_the_keep_alive_timeout(short_keepalive: str) -> None:
+    with _connect(short_keepalive) as sock:
+        sock.settimeout(4)
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # uvicorn alone arms its idle timer only after a first response
+        assert time.monotonic() - started < 3
+
+
+@pytest.fixture
+def slow_service() -> Iterator[str]:
+    import asyncio
+
+    svc = make_service()
+
+    @svc.api(input=JSON(), output=JSON())
+    async def slow(obj: Any) -> Any:
+        await asyncio.sleep(2.5)  # the app's own time is not the client's: never a 408
+        return obj
+
+    with running(build_app(svc)) as base:
+        yield base
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        # slowloris: a byte of the head at a time, never finishing it
+        [
+            b"POST /echo HTTP/1.1\r\n",
+            b"Host: x\r\n",
+            b"X-a: 1\r\n",
+            b"X-b: 2\r\n",
+            b"X-c: 3\r\n",
+            b"X-d: 4\r\n",
+        ],
+        # a body that stops short of its Content-Length
+        [b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n[1"],
+    ],
+    ids=["head", "body"],
+)
+def test_a_request_that_is_not_sent_whole_in_time_gets_408(
+    slow_service: str, parts: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "REQUEST_READ_TIMEOUT", 1.5)
+    with _connect(slow_service) as sock:
+        sock.settimeout(6)
+        started = time.monotonic()
+        for part in parts:  # the head's parts keep bytes coming, 0.5 s apart, past the timeout
+            if select.select([sock], [], [], 0)[0]:
+                break  # answered: more bytes now could only reset the connection
+            sock.sendall(part)
+            time.sleep(0.5 if len(parts) > 1 else 0)
+        head, body, rest = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
+        assert b"not received within 1.5 s" in body
+        assert rest == b"" and sock.recv(1) == b""
+        assert 1.5 < time.monotonic() - started < 4.5
+    # A request sent whole takes as long as the app does (2.5 s), past the timeout.
+    with _connect(slow_service) as sock:
+        sock.settimeout(6)
+        sock.sendall(
+            b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1\r\n\r\n5"
+        )
+        head, body, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"5"
