@@ -158,6 +158,12 @@ def decode(spec: APISpec, response: httpx.Response) -> Any:
 
 
 def _spec(apis: dict[str, APISpec], name: str, url: str) -> APISpec:
+    if not isinstance(name, str):
+        # client.call(value) where an API is itself named "call": the client's own method won the name.
+        raise BadInput(
+            f"call() takes the API's name first, then its input (got {type(name).__name__});"
+            " an API named like a client method (call, close, aclose) is called as client.call('call', value)"
+        )
     try:
         return apis[name]
     except KeyError:

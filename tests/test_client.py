@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 import bundler
 from bundler.client import AsyncClient, Client
-from bundler.exceptions import HTTPError, NotFound
+from bundler.exceptions import BadInput, HTTPError, NotFound
 from bundler.io import JSON, File, Image, NumpyNdarray, Text
 from bundler.server.app import build_app
 from bundler.server.testing import running
@@ -51,6 +51,10 @@ def make_service() -> bundler.Service:
     def zeros(obj: dict) -> np.ndarray:
         return np.zeros(obj["n"], dtype=np.int32)
 
+    @svc.api(input=JSON(), output=JSON())
+    def call(obj: Any) -> Any:  # named like the client's own method
+        return {"called": obj}
+
     return svc
 
 
@@ -62,7 +66,7 @@ def url() -> Iterator[str]:
 
 def test_client_calls_every_descriptor(url: str) -> None:
     with Client(url) as c:
-        assert set(c.apis) == {"square", "norm", "flip", "upper", "rev", "zeros"}
+        assert set(c.apis) == {"square", "norm", "flip", "upper", "rev", "zeros", "call"}
         arr = np.arange(6, dtype=np.float32).reshape(2, 3)
         out = c.square(arr)  # .npy both ways: the dtype survives
         assert out.dtype == np.float32 and out.tolist() == (arr * arr).tolist()
@@ -94,6 +98,10 @@ def test_client_errors_carry_status_and_body(url: str) -> None:
             c.call("nope", 1)
         with pytest.raises(AttributeError):
             _ = c.nope
+        # An API named like a client method: call() by name; called as the method, a clear message.
+        assert c.call("call", {"a": 1}) == {"called": {"a": 1}}
+        with pytest.raises(BadInput, match=r"takes the API's name first.*client.call\('call', value\)"):
+            c.call({"a": 1})
 
 
 def test_client_for_a_server_that_is_not_there() -> None:
