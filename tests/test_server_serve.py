@@ -152,7 +152,8 @@ def start(
     raise AssertionError("serve did not become ready in 30s")
 
 
-# After a graceful shutdown uvicorn re-raises the signal, so a clean SIGTERM exit reads -15 (143 in a shell).
+# A single-worker serve() exits 0 after a SIGTERM drain. With --workers or --reload, uvicorn's supervisor
+# re-raises the signal once it has shut down, so a clean exit there reads -15 (143 in a shell).
 CLEAN_EXIT = (0, -signal.SIGTERM)
 
 
@@ -202,7 +203,7 @@ def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
             httpx.get(f"{url}/livez", timeout=1)  # no new connections while draining
         thread.join(10)
         assert result == {"status": 200, "body": {"slept": 1.5}}
-        assert proc.wait(10) in CLEAN_EXIT
+        assert proc.wait(10) == 0  # drained: a clean exit, not a death by SIGTERM (uvicorn's 143)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -243,7 +244,7 @@ def test_serve_a_bundle_directory_with_its_own_model(tmp_path: Path, bundler_hom
         )
         assert httpx.get(f"{url}/docs.json").json()["info"]["version"] == model.tag.version
     finally:
-        assert stop(proc) in CLEAN_EXIT
+        assert stop(proc) == 0
 
 
 @pytest.mark.slow

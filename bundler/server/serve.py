@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +173,27 @@ def app_factory() -> Any:
     return build_app(load_service(target, working_dir=os.environ.get(_ENV_WORKDIR) or None))
 
 
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):  # type: ignore[misc]
+        """uvicorn's Server, exiting 0 after a SIGTERM drain.
+
+        uvicorn re-raises the signal once it has shut down, so a clean, drained stop read as a death by
+        SIGTERM (exit 143). SIGINT is still re-raised (Ctrl-C ends in KeyboardInterrupt, as usual).
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                captured = getattr(self, "_captured_signals", None)
+                if captured is not None:
+                    captured[:] = [s for s in captured if s != signal.SIGTERM]
+
+    return Server
+
+
 def serve(
     target: str,
     *,
@@ -210,7 +234,7 @@ def serve(
     if workers == 1 and not reload:
         app = build_app(svc, max_body_size=limit)
         log.info("serving %s on http://%s:%d (docs at /docs)", svc.name, host, port)
-        uvicorn.Server(uvicorn.Config(app, **common)).run()
+        _server_class()(uvicorn.Config(app, **common)).run()
         return
     os.environ[_ENV_TARGET] = target
     os.environ[_ENV_WORKDIR] = str(base)
