@@ -414,7 +414,21 @@ def _npy_out_header(dtype: np.dtype, fortran: bool, shape: tuple[int, ...]) -> b
 
 def _wants_npy(request: Request) -> bool:
     accept = _header(request, b"accept")
-    return "application/octet-stream" in accept or "application/x-npy" in accept
+    if "application/octet-stream" not in accept and "application/x-npy" not in accept:
+        return False
+    if ";" not in accept:
+        return True
+    # Parameters: "application/octet-stream;q=0" means "not that".
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        if media.lower() in ("application/octet-stream", "application/x-npy"):
+            q = next((v for k, _, v in (p.partition("=") for p in params) if k.strip().lower() == "q"), "1")
+            try:
+                if float(q) > 0:
+                    return True
+            except ValueError:
+                continue
+    return False
 
 
 # -- JSON ----------------------------------------------------------------------------------------------

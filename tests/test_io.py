@@ -192,6 +192,12 @@ def test_ndarray_to_response_json_and_npy_by_accept() -> None:
     r = d.to_response(arr, make_request(b"", accept="application/octet-stream"))
     assert r.media_type == "application/octet-stream"
     np.testing.assert_array_equal(np.load(io.BytesIO(r.body)), arr)
+    for accept, media in [
+        ("application/json, application/octet-stream;q=0", "application/json"),  # q=0: "not that"
+        ("application/octet-stream;q=0.5, application/json;q=1", "application/octet-stream"),
+        ("application/x-npy; q=bad", "application/json"),
+    ]:
+        assert d.to_response(arr, make_request(b"", accept=accept)).media_type == media, accept
     # Non-contiguous views and dtypes orjson does not know fall back to tolist().
     r = d.to_response(arr.T.astype(np.float16))
     assert orjson.loads(r.body) == arr.T.tolist()
