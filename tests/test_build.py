@@ -77,6 +77,20 @@ def test_rebuild_is_the_same_tag_and_bytes(quickstart: Path, monkeypatch: pytest
     assert build(quickstart).tag != first.tag
 
 
+def test_a_relative_bundler_home_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The resolver and the service probe run in other working directories: the home must be absolute there.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUNDLER_HOME", "relhome")
+    work = tmp_path / "quickstart"
+    shutil.copytree(ROOT / "examples/quickstart", work, ignore=shutil.ignore_patterns("__pycache__"))
+    runpy.run_path(str(work / "make_model.py"), run_name="__main__")
+    said: list[str] = []
+    result = build(work, say=said.append)
+    assert result.path.is_absolute() and result.path.is_relative_to(tmp_path / "relhome" / "bundles")
+    assert not [line for line in said if line.startswith("note:")]  # the service imported in its probe
+    assert verify_manifest(result.path) == []
+
+
 def test_build_does_not_import_the_service(quickstart: Path) -> None:
     (quickstart / "service.py").write_text(
         "import a_package_that_is_not_installed_here\n" + (quickstart / "service.py").read_text()
