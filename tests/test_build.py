@@ -91,6 +91,18 @@ def test_a_relative_bundler_home_builds(tmp_path: Path, monkeypatch: pytest.Monk
     assert verify_manifest(result.path) == []
 
 
+def test_tag_does_not_follow_source_date_epoch(
+    quickstart: Path, bundler_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The epoch only dates the bundle; the cached bundler wheel, part of the version, must not follow it.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    first = build(quickstart)
+    bundles.delete(first.tag)
+    shutil.rmtree(bundler_home / "cache")  # as in a fresh home
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert build(quickstart).tag == first.tag
+
+
 def test_build_does_not_import_the_service(quickstart: Path) -> None:
     (quickstart / "service.py").write_text(
         "import a_package_that_is_not_installed_here\n" + (quickstart / "service.py").read_text()

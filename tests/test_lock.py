@@ -422,6 +422,43 @@ def test_bundler_wheel_is_reproducible_and_cached(tmp_path: Path, monkeypatch: p
     assert sha256_file(rebuilt) == sha256_file(first)
 
 
+def _stamps(wheel: Path) -> set[tuple[int, ...]]:
+    with zipfile.ZipFile(wheel) as zf:
+        return {info.date_time for info in zf.infolist()}
+
+
+def test_bundler_wheel_ignores_source_date_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SOURCE_DATE_EPOCH is for the bundle's creation time; the wheel (part of the version) keeps fixed stamps.
+    for attempt in range(5):
+        key = wheels_mod._source_key(ROOT)
+        monkeypatch.setenv("BUNDLER_HOME", str(tmp_path / f"sde{attempt}"))
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+        pinned = build_bundler_wheel(tmp_path / f"a{attempt}")
+        monkeypatch.setenv("BUNDLER_HOME", str(tmp_path / f"plain{attempt}"))
+        monkeypatch.delenv("SOURCE_DATE_EPOCH")
+        plain = build_bundler_wheel(tmp_path / f"b{attempt}")
+        if wheels_mod._source_key(ROOT) == key:
+            break
+    assert _stamps(pinned) == {(1980, 1, 2, 0, 0, 0)}
+    assert pinned.read_bytes() == plain.read_bytes()
+
+
+def test_a_stale_cached_bundler_wheel_is_rebuilt(tmp_path: Path, bundler_home: Path) -> None:
+    # A wheel cached with other stamps (an older bundler let SOURCE_DATE_EPOCH through) must not be reused:
+    # its bytes would keep this home's bundle tags apart from a fresh home's.
+    first = build_bundler_wheel(tmp_path / "first")
+    (cached,) = (bundler_home / "cache" / "bundler-wheel").glob("*/bundler-*.whl")
+    stale = tmp_path / "stale.whl"
+    with zipfile.ZipFile(cached) as src, zipfile.ZipFile(stale, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            info.date_time = (2023, 11, 14, 22, 13, 20)
+            dst.writestr(info, src.read(info.filename))
+    cached.write_bytes(stale.read_bytes())
+    again = build_bundler_wheel(tmp_path / "again")
+    assert _stamps(again) == {(1980, 1, 2, 0, 0, 0)}
+    assert again.read_bytes() == first.read_bytes()
+
+
 def test_bundler_wheel_key_follows_sources(tmp_path: Path) -> None:
     tree = tmp_path / "src"
     for rel in ("bundler/__init__.py", "templates/Dockerfile.j2", "pyproject.toml"):
