@@ -137,6 +137,19 @@ def test_cli_build_list_get_export_import(
     assert _cli("verify", "quickstart").returncode == 0
 
 
+def test_cli_reports_a_bad_requirement_with_exit_2(quickstart: Path) -> None:
+    bentofile = quickstart / "bentofile.yaml"
+    text = bentofile.read_text()
+    assert "    - onnxruntime\n" in text
+    bentofile.write_text(text.replace("    - onnxruntime\n", '    - onnxruntime\n    - "foo bar baz"\n', 1))
+    for command in ("validate", "build"):
+        proc = _cli(command, str(bentofile))
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert "python.packages[" in proc.stderr and "'foo bar baz' is not a valid requirement" in proc.stderr
+        assert "conflict" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(bundle_store().root.glob("quickstart/*/bundle.yaml"))
+
+
 def test_cli_reports_bad_build_file_with_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bentofile.yaml"
     bad.write_text("service: 'service:svc'\npyhton:\n  packages: [numpy]\n")

@@ -15,7 +15,7 @@ import pytest
 
 from bundler import lock as lock_mod
 from bundler import wheels as wheels_mod
-from bundler.exceptions import BundlerError, LockError
+from bundler.exceptions import BundlerError, ConfigError, LockError
 from bundler.lock import (
     IMAGE_REQUIREMENTS,
     SERVE_REQUIREMENTS,
@@ -186,6 +186,23 @@ def test_nested_requirements_constraints_and_find_links(tmp_path: Path) -> None:
 def test_bad_requirements_files(tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "requirements.txt").write_text(content)
     with pytest.raises(LockError, match=message):
+        collect_requirements([], Path("requirements.txt"), tmp_path)
+
+
+def test_bad_requirement_lines_are_bad_input_before_any_resolver(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("six\nfoo bar baz\n")
+    with pytest.raises(ConfigError) as err:
+        collect_requirements(["numpy==", "six"], Path("requirements.txt"), tmp_path)
+    assert err.value.exit_code == 2
+    first, second = err.value.problems
+    assert first.startswith("bentofile python.packages[0]: 'numpy==' is not a valid requirement (")
+    assert second.startswith("requirements.txt:2: 'foo bar baz' is not a valid requirement (")
+    assert "conflict" not in str(err.value)
+
+
+def test_unreadable_requirements_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_bytes(b"six\n\xff\n")
+    with pytest.raises(LockError, match=r"cannot read the requirements file requirements\.txt \(not UTF-8"):
         collect_requirements([], Path("requirements.txt"), tmp_path)
 
 
