@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .exceptions import ConfigError
+from .exceptions import BundlerError, ConfigError
 
 __all__ = [
     "BentoConfig",
@@ -375,6 +375,23 @@ def _explain(error: Any, where: _Located, file: str) -> Iterator[Problem]:
         yield at(f"{error.message}{suffix}")
 
 
+def _requirement_problems(data: dict[str, Any], where: _Located, file: str) -> list[Problem]:
+    """Report python.packages entries that are not requirements, before a resolver calls them conflicts."""
+    python = data.get("python")
+    packages = python.get("packages") if isinstance(python, dict) else None
+    if not isinstance(packages, list):
+        return []
+    from .lock import requirement_problem
+
+    out = []
+    for i, entry in enumerate(packages):
+        message = requirement_problem(entry) if isinstance(entry, str) else None
+        if message:
+            line, column = where.value_mark(("python", "packages", i))
+            out.append(Problem(file, line, column, f"python.packages[{i}]", message))
+    return out
+
+
 # -- checks against the build context -------------------------------------------------------------------
 
 
@@ -452,7 +469,18 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
                 f"run 'chmod +x {docker['setup_script']}'",
             )
     if isinstance(python.get("requirements_txt"), str):
-        need_file(("python", "requirements_txt"), python["requirements_txt"], "requirements file")
+        reqs_file = need_file(("python", "requirements_txt"), python["requirements_txt"], "requirements file")
+        if reqs_file is not None:
+            from .lock import collect_requirements
+
+            # Read it as the build will (nested -r/-c too), so validate reports what build would refuse.
+            try:
+                collect_requirements([], reqs_file, context)
+            except ConfigError as exc:
+                for message in exc.problems:
+                    problem(("python", "requirements_txt"), message)
+            except BundlerError as exc:
+                problem(("python", "requirements_txt"), str(exc))
     if isinstance(python.get("wheels"), list):
         for i, wheel in enumerate(python["wheels"]):
             if isinstance(wheel, str):
@@ -498,6 +526,7 @@ def _check(path: Path, schema_only: bool) -> tuple[Any, list[Problem]]:
         )
         return None, sorted(problems)
     problems += _schema_problems(data, where, file)
+    problems += _requirement_problems(data, where, file)
     if not schema_only:
         problems += _context_problems(data, where, file, path.parent)
     return data, sorted(set(problems))

@@ -23,12 +23,13 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from . import __version__
-from .exceptions import LockError
+from .exceptions import ConfigError, LockError
 from .store import atomic_write_text, home, sha256_file
 from .wheels import (
     PLATFORMS,
     build_bundler_wheel,
     build_direct_wheels,
+    direct_reference,
     download_wheels,
     parse_lock,
     platform_for,
@@ -49,6 +50,7 @@ __all__ = [
     "host_platform",
     "lock",
     "locked_names",
+    "requirement_problem",
 ]
 
 # What an image needs to run `bundler serve`: the first block of pyproject's dependencies (a test keeps the
@@ -86,6 +88,9 @@ _INDEX_OPTIONS = (
     "--no-index",
 )
 _CONSTRAINT = "-c "
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.I)
+_ARCHIVE = (".whl", ".tar.gz", ".zip", ".tar.bz2", ".tgz")
+_EXAMPLES = "e.g. 'numpy>=1.24,<2', 'numpy[extra]==1.26.4' or 'name @ git+https://...'"
 
 
 @dataclass(frozen=True)
@@ -129,11 +134,34 @@ def host_platform() -> str | None:
 # -- collecting the input ------------------------------------------------------------------------------------
 
 
-def _logical_lines(path: Path) -> list[tuple[int, str]]:
+def requirement_problem(line: str) -> str | None:
+    """Return why one python.packages entry or requirements line is not a requirement pip reads, else None."""
+    text = line.split(" #", 1)[0].strip()
+    # Options, URLs, local paths and archives are pip's to read (or the lock's to refuse), not PEP 508 text.
+    if not text or text.startswith("-") or _URL.match(text) or direct_reference(text) is not None:
+        return None
+    if "/" in text.split(";", 1)[0] or text.endswith(_ARCHIVE):
+        return None
+    # pip's per-requirement options (--hash=..., --config-settings ...) follow the requirement itself.
+    spec = re.split(r"\s+--", text, maxsplit=1)[0]
+    try:
+        Requirement(spec)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "invalid"
+        return f"{text!r} is not a valid requirement ({reason}); write it as pip would, {_EXAMPLES}"
+    return None
+
+
+def _logical_lines(path: Path, shown: str) -> list[tuple[int, str]]:
     """Return (line number, text) of a requirements file with continuations joined and comments dropped."""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text: {exc.reason}"
+        raise LockError(f"cannot read the requirements file {shown} ({reason}); fix or replace it") from exc
     out: list[tuple[int, str]] = []
     pending, start = "", 0
-    for number, raw in enumerate(path.read_text("utf-8").splitlines(), 1):
+    for number, raw in enumerate(text.splitlines(), 1):
         text = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
         if not pending:
             start = number
@@ -154,7 +182,9 @@ def _absolute(value: str, base: Path) -> str:
     return value
 
 
-def _read_file(path: Path, context: Path, seen: tuple[Path, ...], out: list[str], constraint: bool) -> None:
+def _read_file(
+    path: Path, context: Path, seen: tuple[Path, ...], out: list[str], constraint: bool, bad: list[str]
+) -> None:
     shown = os.path.relpath(path, context) if path.is_relative_to(context) else str(path)
     if path in seen:
         raise LockError(
@@ -163,7 +193,7 @@ def _read_file(path: Path, context: Path, seen: tuple[Path, ...], out: list[str]
     if not path.is_file():
         parent = f" (included from {seen[-1]})" if seen else ""
         raise LockError(f"requirements file {shown} not found{parent}: fix the path, relative to {context}")
-    for number, text in _logical_lines(path):
+    for number, text in _logical_lines(path, shown):
         origin = f"from {shown}:{number}"
         option, _, value = text.partition(" ")
         if "=" in option and option.startswith("--"):
@@ -171,7 +201,8 @@ def _read_file(path: Path, context: Path, seen: tuple[Path, ...], out: list[str]
         value = value.strip()
         if option in ("-r", "--requirement", "-c", "--constraint"):
             nested = (path.parent / value).resolve()
-            _read_file(nested, context, (*seen, path), out, constraint or option in ("-c", "--constraint"))
+            nested_constraint = constraint or option in ("-c", "--constraint")
+            _read_file(nested, context, (*seen, path), out, nested_constraint, bad)
         elif option in _INDEX_OPTIONS:
             if option in ("--find-links", "-f"):
                 value = _absolute(value, path.parent)
@@ -185,6 +216,9 @@ def _read_file(path: Path, context: Path, seen: tuple[Path, ...], out: list[str]
                 " --find-links, --trusted-host, --no-index), and put pip flags in bentofile python.pip_args"
             )
         else:
+            problem = requirement_problem(text)
+            if problem:
+                bad.append(f"{shown}:{number}: {problem}")
             line = f"{_absolute(text, path.parent)}  # {origin}"
             out.append(_CONSTRAINT + line if constraint else line)
 
@@ -194,11 +228,19 @@ def collect_requirements(packages: list[str], requirements_txt: Path | None, con
 
     Requirement lines end with ``  # from <where>``; index options (``--index-url URL`` ...) are kept as
     lines; constraints from ``-c`` files are lines starting with ``-c `` followed by the constraint.
+    Raise ConfigError naming every line that is not a requirement (before any resolver sees it).
     """
+    bad = [
+        f"bentofile python.packages[{i}]: {problem}"
+        for i, p in enumerate(packages)
+        if (problem := requirement_problem(p))
+    ]
     out = [f"{_absolute(p.strip(), context)}  # {PACKAGES_ORIGIN}" for p in packages if p.strip()]
     if requirements_txt is not None:
         path = requirements_txt if requirements_txt.is_absolute() else context / requirements_txt
-        _read_file(path.resolve(), context.resolve(), (), out, False)
+        _read_file(path.resolve(), context.resolve(), (), out, False, bad)
+    if bad:
+        raise ConfigError("\n".join(bad), problems=bad)
     return out
 
 

@@ -49,8 +49,10 @@ _CHUNK = 1 << 20
 
 
 def home() -> Path:
-    """Return the bundler home directory (``$BUNDLER_HOME``, default ``~/bundler``)."""
-    return Path(os.environ.get("BUNDLER_HOME") or Path.home() / "bundler").expanduser()
+    """Return the bundler home directory (``$BUNDLER_HOME``, default ``~/bundler``) as an absolute path."""
+    # Absolute: resolvers and the service probe run in other working directories, where a relative
+    # BUNDLER_HOME would name another (missing) directory.
+    return Path(os.path.abspath(Path(os.environ.get("BUNDLER_HOME") or Path.home() / "bundler").expanduser()))
 
 
 def _check_part(value: str, what: str, text: str) -> None:

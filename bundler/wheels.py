@@ -42,8 +42,10 @@ __all__ = [
     "uv_command",
 ]
 
-# A fixed mtime for every archive member (1980-01-02, the earliest a zip can hold) unless the caller set one.
+# A fixed mtime for every archive member (1980-01-02, the earliest a zip can hold), whatever SOURCE_DATE_EPOCH
+# the caller set: built wheels are part of the bundle's version, and a tag must not follow the clock.
 _EPOCH = "315619200"
+_STAMP = (1980, 1, 2, 0, 0, 0)
 _VCS = ("git+", "hg+", "svn+", "bzr+")
 _COMMIT = re.compile(r"@[0-9a-f]{40}(?:#|$)")
 
@@ -113,7 +115,9 @@ def uv_command() -> list[str]:
 def tool_env() -> dict[str, str]:
     """Return the environment for uv and pip: reproducible archives, and the system's trusted CAs."""
     env = dict(os.environ)
-    env.setdefault("SOURCE_DATE_EPOCH", _EPOCH)
+    # Forced, not defaulted: a caller's SOURCE_DATE_EPOCH (meant for the bundle's creation time) would
+    # otherwise stamp the wheels built here and change the bundle's tag with it.
+    env["SOURCE_DATE_EPOCH"] = _EPOCH
     # Corporate TLS-inspecting proxies put their CA in the system store; uv ignores it without this.
     if "SSL_CERT_FILE" not in env:
         env.setdefault("UV_NATIVE_TLS", "1")
@@ -196,7 +200,7 @@ def _repack_installed(out_dir: Path) -> Path:
     )
     info = f"bundler-{dist.version}.dist-info"
     record: list[str] = []
-    stamp = (1980, 1, 2, 0, 0, 0)
+    stamp = _STAMP
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
 
         def add(name: str, data: bytes) -> None:
@@ -223,6 +227,17 @@ def _repack_installed(out_dir: Path) -> Path:
     return wheel
 
 
+def _stamped(wheel: Path) -> bool:
+    """Tell whether every member of ``wheel`` carries the fixed timestamp (a wheel this code built)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            return all(info.date_time == _STAMP for info in zf.infolist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def build_bundler_wheel(dest_dir: Path) -> Path:
     """Put a wheel of the running bundler into ``dest_dir``; build it only when its sources changed."""
     root = _source_root()
@@ -231,6 +246,11 @@ def build_bundler_wheel(dest_dir: Path) -> Path:
             return _copy_into(_repack_installed(Path(tmp)), dest_dir)
     cache_dir = home() / "cache" / "bundler-wheel" / _source_key(root)
     cached = sorted(cache_dir.glob("bundler-*.whl")) if cache_dir.is_dir() else []
+    if cached and not _stamped(cached[0]):
+        # Not stamped as run_tool builds (built under a caller's SOURCE_DATE_EPOCH, as bundler once let
+        # through, or damaged): its bytes would set this home's tags apart from a fresh home's. Rebuild.
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        cached = []
     if not cached:
         (home() / "cache").mkdir(parents=True, exist_ok=True)
         build_dir = Path(tempfile.mkdtemp(prefix=".tmp-bundler-wheel-", dir=home() / "cache"))

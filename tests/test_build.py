@@ -77,6 +77,32 @@ def test_rebuild_is_the_same_tag_and_bytes(quickstart: Path, monkeypatch: pytest
     assert build(quickstart).tag != first.tag
 
 
+def test_a_relative_bundler_home_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The resolver and the service probe run in other working directories: the home must be absolute there.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BUNDLER_HOME", "relhome")
+    work = tmp_path / "quickstart"
+    shutil.copytree(ROOT / "examples/quickstart", work, ignore=shutil.ignore_patterns("__pycache__"))
+    runpy.run_path(str(work / "make_model.py"), run_name="__main__")
+    said: list[str] = []
+    result = build(work, say=said.append)
+    assert result.path.is_absolute() and result.path.is_relative_to(tmp_path / "relhome" / "bundles")
+    assert not [line for line in said if line.startswith("note:")]  # the service imported in its probe
+    assert verify_manifest(result.path) == []
+
+
+def test_tag_does_not_follow_source_date_epoch(
+    quickstart: Path, bundler_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The epoch only dates the bundle; the cached bundler wheel, part of the version, must not follow it.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    first = build(quickstart)
+    bundles.delete(first.tag)
+    shutil.rmtree(bundler_home / "cache")  # as in a fresh home
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert build(quickstart).tag == first.tag
+
+
 def test_build_does_not_import_the_service(quickstart: Path) -> None:
     (quickstart / "service.py").write_text(
         "import a_package_that_is_not_installed_here\n" + (quickstart / "service.py").read_text()
@@ -109,6 +135,19 @@ def test_cli_build_list_get_export_import(
     imported = _cli("import", str(archive))
     assert imported.returncode == 0 and "quickstart:" in imported.stdout
     assert _cli("verify", "quickstart").returncode == 0
+
+
+def test_cli_reports_a_bad_requirement_with_exit_2(quickstart: Path) -> None:
+    bentofile = quickstart / "bentofile.yaml"
+    text = bentofile.read_text()
+    assert "    - onnxruntime\n" in text
+    bentofile.write_text(text.replace("    - onnxruntime\n", '    - onnxruntime\n    - "foo bar baz"\n', 1))
+    for command in ("validate", "build"):
+        proc = _cli(command, str(bentofile))
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert "python.packages[" in proc.stderr and "'foo bar baz' is not a valid requirement" in proc.stderr
+        assert "conflict" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(bundle_store().root.glob("quickstart/*/bundle.yaml"))
 
 
 def test_cli_reports_bad_build_file_with_exit_2(tmp_path: Path) -> None:

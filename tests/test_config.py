@@ -255,6 +255,68 @@ def test_missing_or_escaping_files_are_problems(
     assert validate_file(f, schema_only=True) == []  # the schema alone is satisfied
 
 
+GOOD_REQUIREMENTS = [
+    "numpy",
+    "numpy>=1.24,<2",
+    "torch==1.10.2+cpu",
+    "dask[complete]==2024.1.0",
+    "uvloop; sys_platform != 'win32'",
+    "six==1.16.0 --hash=sha256:" + "0" * 64,
+    "numpy  # a comment",
+    "-f https://download.pytorch.org/whl/cpu/torch_stable.html",
+    "git+https://github.com/huggingface/transformers",
+    "name @ https://example.com/name-1.0-py3-none-any.whl",
+    "https://example.com/name-1.0.tar.gz",
+    "./local/project",
+    "wheels/name-1.0-py3-none-any.whl",
+]
+
+
+@pytest.mark.parametrize("entry", ["foo bar baz", "numpy==", "numpy>=1,<", "foo[bar", "==1.0", "a;"])
+def test_a_bad_requirement_in_packages_is_a_problem(tmp_path: Path, entry: str) -> None:
+    packages = "".join(f"    - {json.dumps(p)}\n" for p in [*GOOD_REQUIREMENTS, entry])
+    f = project(tmp_path, f"service: service:svc\npython:\n  packages:\n{packages}")
+    for schema_only in (True, False):
+        [problem] = validate_file(f, schema_only=schema_only)
+        assert problem.key_path == f"python.packages[{len(GOOD_REQUIREMENTS)}]"
+        assert problem.line == 4 + len(GOOD_REQUIREMENTS)
+        assert f"{entry!r} is not a valid requirement" in problem.message
+    with pytest.raises(ConfigError) as info:
+        load_bentofile(f)
+    assert info.value.exit_code == 2
+
+
+def test_bad_lines_of_requirements_files_are_problems(tmp_path: Path) -> None:
+    good = "".join(f"{p}\n" for p in GOOD_REQUIREMENTS)
+    f = project(
+        tmp_path,
+        "service: service:svc\npython:\n  requirements_txt: requirements.txt\n",
+        {"requirements.txt": f"{good}foo bar baz\n-r sub/more.txt\n", "sub/more.txt": "six\nnumpy==\n"},
+    )
+    problems = validate_file(f)
+    assert [(p.key_path, p.line) for p in problems] == [("python.requirements_txt", 3)] * 2
+    assert (
+        f"requirements.txt:{len(GOOD_REQUIREMENTS) + 1}: 'foo bar baz' is not a valid" in problems[0].message
+    )
+    assert "sub/more.txt:2: 'numpy==' is not a valid requirement" in problems[1].message
+    assert validate_file(f, schema_only=True) == []  # the file it names is not read then
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("-r missing.txt\n", "requirements file missing.txt not found"),
+        ("-r requirements.txt\n", "in a loop"),
+        ("six\n\xff\n", "not UTF-8 text"),
+    ],
+)
+def test_unreadable_requirements_files_are_problems(tmp_path: Path, content: str, expected: str) -> None:
+    f = project(tmp_path, "service: service:svc\npython:\n  requirements_txt: requirements.txt\n")
+    (tmp_path / "requirements.txt").write_bytes(content.encode("latin-1"))
+    [problem] = validate_file(f)
+    assert problem.key_path == "python.requirements_txt" and expected in problem.message
+
+
 def test_setup_script_must_be_executable(tmp_path: Path) -> None:
     f = project(
         tmp_path, "service: service:svc\ndocker:\n  setup_script: setup.sh\n", {"setup.sh": "#!/bin/sh\n"}

@@ -15,7 +15,7 @@ import pytest
 
 from bundler import lock as lock_mod
 from bundler import wheels as wheels_mod
-from bundler.exceptions import BundlerError, LockError
+from bundler.exceptions import BundlerError, ConfigError, LockError
 from bundler.lock import (
     IMAGE_REQUIREMENTS,
     SERVE_REQUIREMENTS,
@@ -186,6 +186,23 @@ def test_nested_requirements_constraints_and_find_links(tmp_path: Path) -> None:
 def test_bad_requirements_files(tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "requirements.txt").write_text(content)
     with pytest.raises(LockError, match=message):
+        collect_requirements([], Path("requirements.txt"), tmp_path)
+
+
+def test_bad_requirement_lines_are_bad_input_before_any_resolver(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("six\nfoo bar baz\n")
+    with pytest.raises(ConfigError) as err:
+        collect_requirements(["numpy==", "six"], Path("requirements.txt"), tmp_path)
+    assert err.value.exit_code == 2
+    first, second = err.value.problems
+    assert first.startswith("bentofile python.packages[0]: 'numpy==' is not a valid requirement (")
+    assert second.startswith("requirements.txt:2: 'foo bar baz' is not a valid requirement (")
+    assert "conflict" not in str(err.value)
+
+
+def test_unreadable_requirements_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_bytes(b"six\n\xff\n")
+    with pytest.raises(LockError, match=r"cannot read the requirements file requirements\.txt \(not UTF-8"):
         collect_requirements([], Path("requirements.txt"), tmp_path)
 
 
@@ -420,6 +437,43 @@ def test_bundler_wheel_is_reproducible_and_cached(tmp_path: Path, monkeypatch: p
     # Unchanged sources: the cached wheel was copied; a fresh home built it again, byte for byte the same.
     assert again.read_bytes() == first.read_bytes()
     assert sha256_file(rebuilt) == sha256_file(first)
+
+
+def _stamps(wheel: Path) -> set[tuple[int, ...]]:
+    with zipfile.ZipFile(wheel) as zf:
+        return {info.date_time for info in zf.infolist()}
+
+
+def test_bundler_wheel_ignores_source_date_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SOURCE_DATE_EPOCH is for the bundle's creation time; the wheel (part of the version) keeps fixed stamps.
+    for attempt in range(5):
+        key = wheels_mod._source_key(ROOT)
+        monkeypatch.setenv("BUNDLER_HOME", str(tmp_path / f"sde{attempt}"))
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+        pinned = build_bundler_wheel(tmp_path / f"a{attempt}")
+        monkeypatch.setenv("BUNDLER_HOME", str(tmp_path / f"plain{attempt}"))
+        monkeypatch.delenv("SOURCE_DATE_EPOCH")
+        plain = build_bundler_wheel(tmp_path / f"b{attempt}")
+        if wheels_mod._source_key(ROOT) == key:
+            break
+    assert _stamps(pinned) == {(1980, 1, 2, 0, 0, 0)}
+    assert pinned.read_bytes() == plain.read_bytes()
+
+
+def test_a_stale_cached_bundler_wheel_is_rebuilt(tmp_path: Path, bundler_home: Path) -> None:
+    # A wheel cached with other stamps (an older bundler let SOURCE_DATE_EPOCH through) must not be reused:
+    # its bytes would keep this home's bundle tags apart from a fresh home's.
+    first = build_bundler_wheel(tmp_path / "first")
+    (cached,) = (bundler_home / "cache" / "bundler-wheel").glob("*/bundler-*.whl")
+    stale = tmp_path / "stale.whl"
+    with zipfile.ZipFile(cached) as src, zipfile.ZipFile(stale, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            info.date_time = (2023, 11, 14, 22, 13, 20)
+            dst.writestr(info, src.read(info.filename))
+    cached.write_bytes(stale.read_bytes())
+    again = build_bundler_wheel(tmp_path / "again")
+    assert _stamps(again) == {(1980, 1, 2, 0, 0, 0)}
+    assert again.read_bytes() == first.read_bytes()
 
 
 def test_bundler_wheel_key_follows_sources(tmp_path: Path) -> None:
