@@ -152,7 +152,8 @@ def _lock(
         resolver=resolver,
         index_url=py.index_url,
         extra_index_url=tuple(py.extra_index_url),
-        find_links=tuple(py.find_links),
+        # Local directories are relative to the build file, not to where the resolver runs.
+        find_links=tuple(f if "://" in f else str((cfg.context / f).resolve()) for f in py.find_links),
         trusted_host=tuple(py.trusted_host),
         no_index=py.no_index,
         pip_args=py.pip_args,

@@ -481,6 +481,14 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
                     problem(("python", "requirements_txt"), message)
             except BundlerError as exc:
                 problem(("python", "requirements_txt"), str(exc))
+    if isinstance(python.get("find_links"), list):
+        for i, link in enumerate(python["find_links"]):
+            if isinstance(link, str) and "://" not in link and not (context / link).is_dir():
+                problem(
+                    ("python", "find_links", i),
+                    f"find-links directory {link!r} not found (relative paths start at the build file's"
+                    f" directory, {context}); create it or fix the path",
+                )
     if isinstance(python.get("wheels"), list):
         for i, wheel in enumerate(python["wheels"]):
             if isinstance(wheel, str):

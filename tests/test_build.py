@@ -284,3 +284,19 @@ def test_include_that_leaves_out_the_service_module_fails_the_build(quickstart: 
     with pytest.raises(BuildError, match=r"the service module service.py is not among the bundle's sources"):
         build(quickstart)
     assert bundle_store().list() == []
+
+
+def test_relative_find_links_are_relative_to_the_build_file(
+    quickstart: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_lock import _make_wheel
+
+    _make_wheel(quickstart / "wheelhouse", "localpkg", "2.0.0")
+    text = (quickstart / "bentofile.yaml").read_text()
+    extra = "    - localpkg==2.0.0\n  find_links:\n    - wheelhouse\n"
+    text = text.replace("    - onnxruntime\n", "    - onnxruntime\n" + extra)
+    (quickstart / "bentofile.yaml").write_text(text)
+    monkeypatch.chdir(quickstart.parent)  # not the build file's directory
+    result = build(quickstart)
+    lock_text = (result.path / "env/python/requirements.lock.txt").read_text()
+    assert "localpkg==2.0.0" in lock_text

@@ -360,6 +360,15 @@ def test_service_module_must_exist(tmp_path: Path, service: str, files: dict[str
         assert "not found in the build context" in problem.message
 
 
+def test_a_missing_find_links_directory_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "wheelhouse").mkdir()
+    links = "    - wheelhouse\n    - https://x.test/w/\n    - nowhere\n"
+    text = f"service: service:svc\npython:\n  find_links:\n{links}"
+    [problem] = validate_file(project(tmp_path, text))
+    assert (problem.key_path, problem.line) == ("python.find_links[2]", 6)
+    assert "find-links directory 'nowhere' not found" in problem.message
+
+
 # -- loading and defaults ---------------------------------------------------------------------------
 
 
