@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .exceptions import BuildError, BundlerError, NotFound
+from .exceptions import BadInput, BuildError, BundlerError, NotFound
 from .scan import ServiceInfo, scan_service, uses_images
 from .sources import select_sources
 from .store import Tag, atomic_write_text, bundle_store, model_store, sha256_file, verify_manifest
@@ -432,7 +432,7 @@ def build(
     say = say or (lambda _msg: None)
     cfg = load_bentofile(Path(bentofile))
     if platform not in ("linux/amd64", "linux/arm64"):
-        raise BuildError(f"--platform {platform!r} is not supported (choose linux/amd64 or linux/arm64)")
+        raise BadInput(f"--platform {platform!r} is not supported (choose linux/amd64 or linux/arm64)")
     want_offline = cfg.python.offline if offline is None else offline
     store = bundle_store()
     with _scratch() as wheels:

@@ -160,6 +160,12 @@ def test_cli_reports_bad_build_file_with_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_cli_unsupported_platform_is_exit_2(quickstart: Path) -> None:
+    proc = _cli("build", str(quickstart), "--platform", "linux/386")
+    assert proc.returncode == 2, proc.stderr
+    assert "--platform 'linux/386' is not supported (choose linux/amd64 or linux/arm64)" in proc.stderr
+
+
 def test_cli_unknown_tag_is_a_clear_error() -> None:
     proc = _cli("get", "nothing:here")
     assert proc.returncode == 1
