@@ -29,7 +29,7 @@ from . import __version__
 from .exceptions import BuildError, BundlerError, NotFound
 from .scan import ServiceInfo, scan_service, uses_images
 from .sources import select_sources
-from .store import Tag, atomic_write_text, bundle_store, model_store, sha256_file, verify_manifest
+from .store import Tag, bundle_store, model_store, sha256_file, verify_manifest
 
 __all__ = ["BuildResult", "build"]
 
@@ -422,7 +422,6 @@ def build(
         tag = Tag(plan.name, plan.version)
         existing = store.root / plan.name / plan.version
         if (existing / "bundle.yaml").is_file():
-            atomic_write_text(existing.parent / "latest", plan.version + "\n")
             path, created = existing, False
         else:
             path, created = write_bundle(cfg, plan, say)

@@ -3,7 +3,12 @@
 Layout: ``$BUNDLER_HOME/{models,bundles}/<name>/<version>/`` with a metadata file (``model.yaml`` or
 ``bundle.yaml``) and ``manifest.sha256`` (``sha256sum -c`` format) listing every other file. Entries are
 assembled in ``<root>/.tmp/`` and moved into place with one ``os.rename``, so a crash never leaves a
-half-written entry; ``<name>/latest`` names the newest version.
+half-written entry.
+
+``name`` and ``name:latest`` resolve to the newest entry of that name, derived from the entries themselves
+every time (no pointer file to go stale after a crash, a concurrent delete or an import): newest means the
+latest ``creation_time`` in the metadata file, then, for equal times (a fixed ``SOURCE_DATE_EPOCH``), the one
+stored last (the entry directory's mtime), then the greater version. ``list`` orders by the same key.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -168,6 +174,24 @@ class Entry:
         return str(self.info.get("creation_time", ""))
 
 
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _when(created: object) -> datetime:
+    """Return a creation time as an aware datetime; an unreadable or missing one sorts as the oldest."""
+    if isinstance(created, datetime):
+        when = created
+    else:
+        text = str(created or "").strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return _NEVER
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -188,27 +212,30 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------------
     def _versions(self, name: str) -> list[Path]:
-        d = self.root / name
-        if not d.is_dir():
-            return []
-        return [
-            p for p in d.iterdir() if p.is_dir() and (p / self.meta_file).is_file() and NAME_RE.match(p.name)
-        ]
+        try:
+            children = builtins.list((self.root / name).iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # no such name, or its last entry was deleted meanwhile
+        return [p for p in children if NAME_RE.match(p.name) and (p / self.meta_file).is_file()]
 
     def _read_info(self, path: Path) -> dict:
         with open(path / self.meta_file, encoding="utf-8") as f:
             info = yaml.safe_load(f)
         return info if isinstance(info, dict) else {}
 
-    def _newest(self, name: str) -> Path | None:
-        versions = self._versions(name)
-        if not versions:
-            return None
-        # Same creation time (a fixed SOURCE_DATE_EPOCH): the one stored last, i.e. renamed into place last.
-        return max(
-            versions,
-            key=lambda p: (str(self._read_info(p).get("creation_time", "")), p.stat().st_mtime_ns, p.name),
-        )
+    def _entries(self, name: str) -> builtins.list[Entry]:
+        """Return the entries of one name, newest first (see the module docstring for "newest")."""
+        keyed = []
+        for p in self._versions(name):
+            try:
+                info = self._read_info(p)
+                stored = p.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue  # deleted meanwhile by another process
+            key = (_when(info.get("creation_time")), stored, p.name)
+            keyed.append((key, Entry(Tag(name, p.name), p, info)))
+        keyed.sort(key=lambda pair: pair[0], reverse=True)
+        return [entry for _, entry in keyed]
 
     def resolve(self, tag: str | Tag) -> Tag:
         """Return the full tag (``latest`` resolved); raise NotFound when there is no such entry."""
@@ -217,15 +244,10 @@ class Store:
             if (self.root / t.name / t.version / self.meta_file).is_file():
                 return t
             raise NotFound(f"{self.kind} {t} not found in {self.root} (see `bundler {self._cli}list`)")
-        pointer = self.root / t.name / "latest"
-        with contextlib.suppress(OSError):
-            version = pointer.read_text(encoding="utf-8").strip()
-            if version and (self.root / t.name / version / self.meta_file).is_file():
-                return Tag(t.name, version)
-        newest = self._newest(t.name)
-        if newest is None:
+        entries = self._entries(t.name)
+        if not entries:
             raise NotFound(f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli}list`)")
-        return Tag(t.name, newest.name)
+        return entries[0].tag
 
     @property
     def _cli(self) -> str:
@@ -249,9 +271,7 @@ class Store:
         names = [name] if name else sorted(p.name for p in self.root.iterdir() if NAME_RE.match(p.name))
         out: list[Entry] = []
         for n in names:
-            entries = [Entry(Tag(n, p.name), p, self._read_info(p)) for p in self._versions(n)]
-            entries.sort(key=lambda e: (e.created, e.tag.version or ""), reverse=True)
-            out += entries
+            out += self._entries(n)
         return out
 
     def verify(self, tag: str | Tag) -> builtins.list[str]:
@@ -305,7 +325,7 @@ class Store:
                 raise StoreError(f"{self.kind} {tag} already exists at {final}") from exc
             shutil.rmtree(staged, ignore_errors=True)
             created = False
-        atomic_write_text(final.parent / "latest", tag.version + "\n")
+        self._drop_pointer(tag.name)
         return final, created
 
     def delete(self, tag: str | Tag) -> Tag:
@@ -315,16 +335,16 @@ class Store:
         trash = self.tmp_root() / f"trash-{os.getpid()}-{secrets.token_hex(6)}"
         os.rename(src, trash)
         shutil.rmtree(trash, ignore_errors=True)
-        pointer = self.root / t.name / "latest"
-        newest = self._newest(t.name)
-        if newest is None:
-            with contextlib.suppress(OSError):
-                pointer.unlink()
-            with contextlib.suppress(OSError):
-                (self.root / t.name).rmdir()
-        else:
-            atomic_write_text(pointer, newest.name + "\n")
+        self._drop_pointer(t.name)
+        with contextlib.suppress(OSError):
+            (self.root / t.name).rmdir()  # only when that was the name's last entry
         return t
+
+    def _drop_pointer(self, name: str) -> None:
+        # Stores written before latest was derived from the entries hold a `<name>/latest` pointer file;
+        # nothing reads it any more, so remove it rather than leave a stale-looking file behind.
+        with contextlib.suppress(OSError):
+            (self.root / name / "latest").unlink()
 
     # -- archives ------------------------------------------------------------------------------
     def export(self, tag: str | Tag, dest: str | Path) -> Path:

@@ -77,6 +77,23 @@ def test_rebuild_is_the_same_tag_and_bytes(quickstart: Path, monkeypatch: pytest
     assert build(quickstart).tag != first.tag
 
 
+def test_rebuilding_an_older_unchanged_source_does_not_move_latest(
+    quickstart: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = quickstart / "service.py"
+    original = service.read_text()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    old = build(quickstart)
+    service.write_text(original + "\n# changed\n")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000100")
+    new = build(quickstart)
+    service.write_text(original)
+    again = build(quickstart)
+    assert (again.tag, again.created) == (old.tag, False)
+    assert bundles.get("quickstart").tag == new.tag
+    assert [b.tag for b in bundles.list("quickstart")] == [new.tag, old.tag]
+
+
 def test_build_does_not_import_the_service(quickstart: Path) -> None:
     (quickstart / "service.py").write_text(
         "import a_package_that_is_not_installed_here\n" + (quickstart / "service.py").read_text()

@@ -74,6 +74,16 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
     assert len(bundler.models.list()) == 1
 
 
+def test_importing_an_older_model_keeps_latest_on_the_newest(tmp_path: Path) -> None:
+    old = bundler.onnx.save_model("mlp", make_mlp(seed=1))
+    archive = bundler.models.export_model(str(old.tag), tmp_path)
+    new = bundler.onnx.save_model("mlp", make_mlp(seed=2))
+    bundler.models.delete(str(old.tag))
+    assert bundler.models.import_model(archive).tag == old.tag
+    assert bundler.models.get("mlp").tag == bundler.onnx.get("mlp:latest").tag == new.tag
+    assert [m.tag for m in bundler.models.list("mlp")] == [new.tag, old.tag]
+
+
 def _archive(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for info, data in members:

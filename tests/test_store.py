@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -67,6 +68,35 @@ def test_commit_latest_list_delete(tmp_path: Path) -> None:
     assert store.list() == []
     with pytest.raises(NotFound, match="svc"):
         store.resolve("svc")
+
+
+def test_latest_is_the_newest_creation_time_not_the_last_commit(tmp_path: Path) -> None:
+    # An older entry stored last (an import of an old archive) does not become latest; list agrees.
+    store = _store(tmp_path)
+    _add(store, "svc", "v2", created="2026-01-02T00:00:00Z")
+    _add(store, "svc", "v1", created="2026-01-01T00:00:00Z")
+    assert store.resolve("svc") == store.resolve("svc:latest") == Tag("svc", "v2")
+    assert [str(e.tag) for e in store.list()] == ["svc:v2", "svc:v1"]
+    # A pointer file left by an older bundler (or a crash, or a concurrent delete) is not believed.
+    (store.root / "svc" / "latest").write_text("v1\n")
+    assert store.resolve("svc") == Tag("svc", "v2")
+    assert store.get("svc").tag == store.list()[0].tag
+    store.delete("svc:v1")
+    assert not (store.root / "svc" / "latest").exists()
+    assert store.resolve("svc") == Tag("svc", "v2")
+
+
+def test_equal_creation_times_the_one_stored_last_is_latest_and_listed_first(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    a = _add(store, "svc", "zzz", created="2026-01-01T00:00:00Z")
+    b = _add(store, "svc", "aaa", created="2026-01-01T00:00:00Z")
+    os.utime(a, ns=(1, 1_000_000_000))
+    os.utime(b, ns=(1, 2_000_000_000))
+    assert store.resolve("svc") == Tag("svc", "aaa")
+    assert [str(e.tag) for e in store.list()] == ["svc:aaa", "svc:zzz"]
+    # Creation times compare as times, whatever their spelling.
+    _add(store, "svc", "mid", created="2026-01-01T01:00:00.5+01:00")  # 00:00:00.5Z: newer by half a second
+    assert store.resolve("svc") == Tag("svc", "mid")
 
 
 def test_staging_leaves_nothing_on_failure(tmp_path: Path) -> None:
