@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,14 +124,17 @@ def get(tag: str | Tag) -> Model:
     return Model.from_entry(store.get(full))
 
 
-def list(name: str | None = None) -> builtins.list[Model]:
-    """Return every stored model (or those of one name), newest first within a name."""
+def list(name: str | None = None, *, on_damaged: Callable[[str], None] | None = None) -> builtins.list[Model]:
+    """Return every stored model (or those of one name), newest first within a name.
+
+    Damaged entries are left out and reported to ``on_damaged`` (default: a warning each).
+    """
     if name is not None:
         Tag.parse(name)
     seen: set[Tag] = set()
     out: builtins.list[Model] = []
     for store in _stores():
-        for entry in store.list(name):
+        for entry in store.list(name, on_damaged=on_damaged):
             if entry.tag not in seen:
                 seen.add(entry.tag)
                 out.append(Model.from_entry(entry))

@@ -24,7 +24,8 @@ import shutil
 import stat
 import tarfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -192,6 +193,10 @@ def _when(created: object) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
+class _Unreadable(Exception):
+    """An entry's metadata file exists but cannot be read or parsed (the message says why)."""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -219,23 +224,52 @@ class Store:
         return [p for p in children if NAME_RE.match(p.name) and (p / self.meta_file).is_file()]
 
     def _read_info(self, path: Path) -> dict:
-        with open(path / self.meta_file, encoding="utf-8") as f:
-            info = yaml.safe_load(f)
-        return info if isinstance(info, dict) else {}
+        """Return an entry's metadata; FileNotFoundError when it is gone, _Unreadable when it is damaged."""
+        try:
+            with open(path / self.meta_file, encoding="utf-8") as f:
+                info = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise
+        except yaml.MarkedYAMLError as exc:
+            line = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+            raise _Unreadable(f"not valid YAML: {exc.problem or exc.context}{line}") from exc
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise _Unreadable(f"not valid YAML: {exc}") from exc
+        except OSError as exc:
+            raise _Unreadable(exc.strerror or str(exc)) from exc
+        if not isinstance(info, dict):
+            raise _Unreadable(f"expected a mapping, found {type(info).__name__}")
+        return info
 
-    def _entries(self, name: str) -> builtins.list[Entry]:
-        """Return the entries of one name, newest first (see the module docstring for "newest")."""
+    def _damaged(self, tag: Tag, reason: str) -> str:
+        verify = "verify --model" if self.kind == "model" else "verify"
+        return (
+            f"{self.kind} {tag} is damaged: its {self.meta_file} cannot be read ({reason}); check it with"
+            f" `bundler {verify} {tag}`, delete it with `bundler {self._cli}delete {tag}` and store it again"
+        )
+
+    def _scan(self, name: str) -> tuple[builtins.list[Entry], builtins.list[str]]:
+        """Return the readable entries of one name, newest first, and one message per damaged entry.
+
+        "Newest" is described in the module docstring; a damaged entry has no readable creation time, so it
+        takes no part in it (and ``latest`` never resolves to it).
+        """
         keyed = []
+        damaged = []
         for p in self._versions(name):
+            tag = Tag(name, p.name)
             try:
                 info = self._read_info(p)
                 stored = p.stat().st_mtime_ns
             except FileNotFoundError:
                 continue  # deleted meanwhile by another process
+            except _Unreadable as exc:
+                damaged.append(self._damaged(tag, str(exc)))
+                continue
             key = (_when(info.get("creation_time")), stored, p.name)
-            keyed.append((key, Entry(Tag(name, p.name), p, info)))
+            keyed.append((key, Entry(tag, p, info)))
         keyed.sort(key=lambda pair: pair[0], reverse=True)
-        return [entry for _, entry in keyed]
+        return [entry for _, entry in keyed], sorted(damaged)
 
     def resolve(self, tag: str | Tag) -> Tag:
         """Return the full tag (``latest`` resolved); raise NotFound when there is no such entry."""
@@ -244,10 +278,12 @@ class Store:
             if (self.root / t.name / t.version / self.meta_file).is_file():
                 return t
             raise NotFound(f"{self.kind} {t} not found in {self.root} (see `bundler {self._cli}list`)")
-        entries = self._entries(t.name)
-        if not entries:
-            raise NotFound(f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli}list`)")
-        return entries[0].tag
+        entries, damaged = self._scan(t.name)
+        if entries:
+            return entries[0].tag
+        if damaged:
+            raise StoreError(f"{self.kind} {t.name!r} has no readable entry: " + "; ".join(damaged))
+        raise NotFound(f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli}list`)")
 
     @property
     def _cli(self) -> str:
@@ -262,16 +298,31 @@ class Store:
         """Return the stored entry for a tag."""
         t = self.resolve(tag)
         p = self.root / t.name / str(t.version)
-        return Entry(t, p, self._read_info(p))
+        try:
+            return Entry(t, p, self._read_info(p))
+        except FileNotFoundError as exc:
+            raise NotFound(f"{self.kind} {t} not found in {self.root} (deleted meanwhile)") from exc
+        except _Unreadable as exc:
+            raise StoreError(self._damaged(t, str(exc))) from exc
 
-    def list(self, name: str | None = None) -> list[Entry]:
-        """Return every complete entry (optionally of one name), newest first within a name."""
+    def list(
+        self, name: str | None = None, *, on_damaged: Callable[[str], None] | None = None
+    ) -> list[Entry]:
+        """Return every readable entry (optionally of one name), newest first within a name.
+
+        A damaged entry (its metadata file cannot be read) is left out and reported, one message each, to
+        ``on_damaged`` (default: a warning), so that one bad entry does not hide the others.
+        """
         if not self.root.is_dir():
             return []
         names = [name] if name else sorted(p.name for p in self.root.iterdir() if NAME_RE.match(p.name))
+        report = on_damaged or (lambda msg: warnings.warn(msg, stacklevel=3))
         out: list[Entry] = []
         for n in names:
-            out += self._entries(n)
+            entries, damaged = self._scan(n)
+            out += entries
+            for msg in damaged:
+                report(msg)
         return out
 
     def verify(self, tag: str | Tag) -> builtins.list[str]:

@@ -84,6 +84,29 @@ def test_importing_an_older_model_keeps_latest_on_the_newest(tmp_path: Path) -> 
     assert [m.tag for m in bundler.models.list("mlp")] == [new.tag, old.tag]
 
 
+def test_cli_lists_the_rest_and_warns_about_a_damaged_entry(bundler_home: Path) -> None:
+    from click.testing import CliRunner
+
+    from bundler import cli
+
+    good = bundler.onnx.save_model("mlp", make_mlp(seed=1))
+    bad = bundler.onnx.save_model("mlp", make_mlp(seed=2))
+    (bad.path / "model.yaml").write_text("name: [unclosed\n")
+    for args in (["models", "list"], ["models", "list", "-o", "json"]):
+        r = CliRunner().invoke(cli.main, args)
+        assert r.exit_code == 0, r.output
+        assert str(good.tag) in r.stdout and str(bad.tag) not in r.stdout
+        assert f"warning: model {bad.tag} is damaged: its model.yaml cannot be read" in r.stderr
+        assert f"`bundler verify --model {bad.tag}`" in r.stderr
+    r = CliRunner().invoke(cli.main, ["models", "get", "mlp:latest"])
+    assert r.exit_code == 0 and f"version: {good.tag.version}" in r.stdout
+    r = CliRunner().invoke(cli.main, ["models", "get", str(bad.tag)])
+    assert r.exit_code == 1 and f"error: model {bad.tag} is damaged" in r.stderr
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    r = CliRunner().invoke(cli.main, ["models", "delete", str(bad.tag)])
+    assert r.exit_code == 0 and not bad.path.exists()
+
+
 def _archive(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for info, data in members:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.exceptions import InvalidTag, NotFound, UnsafeArchive
+from bundler.exceptions import InvalidTag, NotFound, StoreError, UnsafeArchive
 from bundler.store import Store, Tag, new_version, verify_manifest
 
 
@@ -97,6 +97,57 @@ def test_equal_creation_times_the_one_stored_last_is_latest_and_listed_first(tmp
     # Creation times compare as times, whatever their spelling.
     _add(store, "svc", "mid", created="2026-01-01T01:00:00.5+01:00")  # 00:00:00.5Z: newer by half a second
     assert store.resolve("svc") == Tag("svc", "mid")
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (b"name: [unclosed\n", "not valid YAML"),
+        (b"- just\n- a list\n", "expected a mapping, found list"),
+        (b"\xff\xfe\x00bad", "not valid YAML"),
+    ],
+)
+def test_a_damaged_entry_is_reported_and_skipped_not_fatal(
+    tmp_path: Path, damage: bytes, reason: str
+) -> None:
+    store = _store(tmp_path)
+    _add(store, "svc", "v1", created="2026-01-01T00:00:00Z")
+    bad = _add(store, "svc", "v2", created="2026-01-02T00:00:00Z")
+    _add(store, "other", "v1")
+    (bad / "bundle.yaml").write_bytes(damage)
+    reported: list[str] = []
+    assert [str(e.tag) for e in store.list(on_damaged=reported.append)] == ["other:v1", "svc:v1"]
+    assert len(reported) == 1
+    assert reported[0].startswith(f"bundle svc:v2 is damaged: its bundle.yaml cannot be read ({reason}")
+    assert "`bundler verify svc:v2`" in reported[0] and "`bundler delete svc:v2`" in reported[0]
+    with pytest.warns(UserWarning, match="bundle svc:v2 is damaged"):
+        assert len(store.list("svc")) == 1
+    # Its creation time is unreadable, so latest is the newest readable entry.
+    assert store.resolve("svc") == Tag("svc", "v1")
+    assert store.get("svc").tag == Tag("svc", "v1")
+    with pytest.raises(StoreError, match="bundle svc:v2 is damaged"):
+        store.get("svc:v2")
+    assert store.verify("svc:v2") == ["bundle.yaml: sha256 differs from the manifest"]
+    store.delete("svc:v1")
+    with pytest.raises(StoreError, match="bundle 'svc' has no readable entry: bundle svc:v2 is damaged"):
+        store.resolve("svc")
+    assert store.delete("svc:v2") == Tag("svc", "v2")
+    assert [str(e.tag) for e in store.list()] == ["other:v1"]
+
+
+def test_cli_list_shows_the_rest_of_the_bundles(bundler_home: Path) -> None:
+    from click.testing import CliRunner
+
+    from bundler import cli
+
+    store = Store(bundler_home / "bundles", "bundle", "bundle.yaml")
+    (_add(store, "svc", "v1") / "bundle.yaml").write_text("name: [unclosed\n")
+    (_add(store, "odd", "v1") / "bundle.yaml").write_text("name: odd\napis: [{path: /x}, 3]\n")
+    _add(store, "good", "v1")
+    r = CliRunner().invoke(cli.main, ["list"])
+    assert r.exit_code == 0, r.output
+    assert "good:v1" in r.stdout and "odd:v1" in r.stdout and "svc:v1" not in r.stdout
+    assert "warning: bundle svc:v1 is damaged" in r.stderr
 
 
 def test_staging_leaves_nothing_on_failure(tmp_path: Path) -> None:
