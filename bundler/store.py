@@ -362,7 +362,8 @@ class Store:
         With ``exist_ok``, an entry already stored under the same tag is kept as it is (content-derived
         versions: same tag means same content) and ``created`` is False.
         """
-        assert tag.version is not None
+        if tag.version is None or tag.version == "latest":
+            raise BadInput(f"cannot store {self.kind} {tag.name!r} without a version ('latest' is reserved)")
         write_manifest(staged)
         final = self.root / tag.name / tag.version
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -432,8 +433,15 @@ class Store:
             tmp.unlink(missing_ok=True)
         return dest
 
-    def import_(self, archive: str | Path) -> tuple[Tag, bool]:
-        """Import an archive made by ``export``; return (tag, created). Unsafe archives are refused."""
+    def import_(
+        self, archive: str | Path, *, check: Callable[[Path, Tag, dict], None] | None = None
+    ) -> tuple[Tag, bool]:
+        """Import an archive made by ``export``; return (tag, created). Unsafe archives are refused.
+
+        Everything is checked in the staging directory before the one rename that stores it (``check``,
+        given the staged directory, the tag and the metadata, adds the checks of one kind of entry), so a
+        refused or interrupted import stores nothing.
+        """
         archive = Path(archive)
         if not archive.is_file():
             raise BadInput(f"{archive}: no such archive file")
@@ -462,15 +470,31 @@ class Store:
             problems = verify_manifest(staged)
             if problems:
                 raise StoreError(f"{archive}: fails its sha256 manifest check: " + "; ".join(problems))
-            info = self._read_info(staged)
             try:
-                tag = Tag.parse(f"{info.get('name')}:{info.get('version')}")
-            except InvalidTag as exc:
-                raise BadInput(f"{archive}: {self.meta_file} has no valid name and version ({exc})") from exc
+                info = self._read_info(staged)
+            except _Unreadable as exc:
+                raise BadInput(f"{archive}: {self.meta_file} cannot be read ({exc})") from exc
+            tag = self._archive_tag(archive, info)
+            if check is not None:
+                check(staged, tag, info)
             if (self.root / tag.name / str(tag.version)).exists():
                 return tag, False
             _, created = self.commit(staged, tag, exist_ok=True)
             return tag, created
+
+    def _archive_tag(self, archive: Path, info: dict) -> Tag:
+        name, version = info.get("name"), info.get("version")
+        where = f"{archive}: {self.meta_file}"
+        if version == "latest":
+            raise BadInput(
+                f"{where}: version 'latest' is reserved (it names the newest entry of {name!r}), so nothing"
+                f" can be stored under it; export the {self.kind} again from the store that holds it"
+            )
+        try:
+            tag = Tag.parse(f"{name}:{version}")
+        except InvalidTag as exc:
+            raise BadInput(f"{where} has no valid name and version ({exc})") from exc
+        return tag
 
 
 def _check_member(archive: Path, m: tarfile.TarInfo) -> None:

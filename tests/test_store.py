@@ -231,6 +231,25 @@ def test_import_refuses_unsafe_archives_and_leaves_store_unchanged(
     assert not (tmp_path / "escape.txt").exists()
 
 
+def test_import_refuses_version_latest_and_commit_needs_a_version(tmp_path: Path) -> None:
+    from bundler.exceptions import BadInput
+
+    store = _store(tmp_path)
+    path = _add(store, "svc", "v1")
+    (path / "bundle.yaml").write_text("name: svc\nversion: latest\n")
+    from bundler.store import write_manifest
+
+    write_manifest(path)
+    archive = store.export("svc:v1", tmp_path / "svc.tar.gz")
+    other = Store(tmp_path / "other", "bundle", "bundle.yaml")
+    with pytest.raises(BadInput, match="version 'latest' is reserved"):
+        other.import_(archive)
+    assert other.list() == []
+    for version in (None, "latest"):
+        with pytest.raises(BadInput, match="without a version"), other.staging() as staged:
+            other.commit(staged, Tag("svc", version))
+
+
 def test_import_refuses_tampered_archive(tmp_path: Path) -> None:
     store = _store(tmp_path)
     _add(store, "svc", "v1", body="original")
