@@ -366,26 +366,42 @@ class Store:
             raise BadInput(f"cannot store {self.kind} {tag.name!r} without a version ('latest' is reserved)")
         write_manifest(staged)
         final = self.root / tag.name / tag.version
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(staged, final)
-            created = True
-        except OSError as exc:
-            if not final.exists():
-                raise StoreError(f"cannot store {self.kind} {tag} at {final}: {exc}") from exc
-            if not exist_ok:
-                raise StoreError(f"{self.kind} {tag} already exists at {final}") from exc
-            shutil.rmtree(staged, ignore_errors=True)
-            created = False
+        created = self._move_into_place(staged, final, tag, exist_ok)
         self._drop_pointer(tag.name)
         return final, created
+
+    def _move_into_place(self, staged: Path, final: Path, tag: Tag, exist_ok: bool) -> bool:
+        """Rename staged to final; return True, or False when an equal entry is there and exist_ok."""
+        for _ in range(3):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(staged, final)
+                return True
+            except FileNotFoundError as exc:
+                if staged.is_dir():
+                    continue  # a concurrent delete of the name's last entry removed <name>/ after mkdir
+                raise StoreError(f"cannot store {self.kind} {tag} at {final}: {exc}") from exc
+            except OSError as exc:
+                if not final.exists():
+                    raise StoreError(f"cannot store {self.kind} {tag} at {final}: {exc}") from exc
+                if not exist_ok:
+                    raise StoreError(f"{self.kind} {tag} already exists at {final}") from exc
+                shutil.rmtree(staged, ignore_errors=True)
+                return False
+        raise StoreError(f"cannot store {self.kind} {tag}: {final.parent} was removed each time it was made")
 
     def delete(self, tag: str | Tag) -> Tag:
         """Delete one entry (atomically: renamed away first); return its full tag."""
         t = self.resolve(tag)
         src = self.root / t.name / str(t.version)
         trash = self.tmp_root() / f"trash-{os.getpid()}-{secrets.token_hex(6)}"
-        os.rename(src, trash)
+        try:
+            os.rename(src, trash)
+        except FileNotFoundError as exc:
+            # Resolved, then deleted by a concurrent command before this one got to it.
+            raise NotFound(f"{self.kind} {t} not found in {self.root} (deleted meanwhile)") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot delete {self.kind} {t} at {src}: {exc.strerror or exc}") from exc
         shutil.rmtree(trash, ignore_errors=True)
         self._drop_pointer(t.name)
         with contextlib.suppress(OSError):

@@ -150,6 +150,45 @@ def test_cli_list_shows_the_rest_of_the_bundles(bundler_home: Path) -> None:
     assert "warning: bundle svc:v1 is damaged" in r.stderr
 
 
+def test_delete_racing_another_delete_is_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+    _add(store, "svc", "v1")
+    _add(store, "svc", "v2", created="2026-01-02T00:00:00Z")
+    other = _store(tmp_path)  # another process: it deletes the entry between resolve and rename
+    real_resolve = Store.resolve
+
+    def resolve_then_lose_the_race(self: Store, tag: str | Tag) -> Tag:
+        full = real_resolve(self, tag)
+        if self is store:
+            other.delete(full)
+        return full
+
+    monkeypatch.setattr(Store, "resolve", resolve_then_lose_the_race)
+    for tag in ("svc:v1", "svc"):
+        with pytest.raises(NotFound, match=r"bundle svc:v\d not found .*deleted meanwhile"):
+            store.delete(tag)
+    assert store.list() == []
+
+
+def test_commit_racing_a_delete_of_the_names_last_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path)
+    real_rename = os.rename
+    raced: list[Path] = []
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        dst = Path(dst)
+        if dst.parent.name == "svc" and not raced:  # a delete removes the empty <name>/ just made
+            raced.append(dst.parent)
+            dst.parent.rmdir()
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    path = _add(store, "svc", "v1")
+    assert raced and path.is_dir() and store.resolve("svc") == Tag("svc", "v1")
+
+
 def test_staging_leaves_nothing_on_failure(tmp_path: Path) -> None:
     store = _store(tmp_path)
     with pytest.raises(RuntimeError), store.staging() as staged:
