@@ -190,10 +190,10 @@ def delete_bundle(tags: tuple[str, ...]) -> None:
 
 @main.command("export")
 @click.argument("tag")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path(path_type=str))  # a str: keep the trailing slash of a directory
 @handle_errors
-def export_bundle(tag: str, path: Path) -> None:
-    """Write a bundle to a deterministic .tar.gz archive."""
+def export_bundle(tag: str, path: str) -> None:
+    """Write a bundle to a deterministic .tar.gz: PATH is the file, or a directory (existing or ending /)."""
     from . import bundles
 
     click.echo(str(bundles.export_bundle(tag, path)))
@@ -285,10 +285,10 @@ def delete_model(tags: tuple[str, ...]) -> None:
 
 @models.command("export")
 @click.argument("tag")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path(path_type=str))  # a str: keep the trailing slash of a directory
 @handle_errors
-def export_model(tag: str, path: Path) -> None:
-    """Write a model to a deterministic .tar.gz archive."""
+def export_model(tag: str, path: str) -> None:
+    """Write a model to a deterministic .tar.gz: PATH is the file, or a directory (existing or ending /)."""
     from . import models as m
 
     click.echo(str(m.export_model(tag, path)))

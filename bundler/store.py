@@ -416,13 +416,25 @@ class Store:
 
     # -- archives ------------------------------------------------------------------------------
     def export(self, tag: str | Tag, dest: str | Path) -> Path:
-        """Write a deterministic ``.tar.gz`` of one entry; return its path."""
+        """Write a deterministic ``.tar.gz`` of one entry; return its path.
+
+        ``dest`` is the archive's path, or a directory to write ``<name>-<version>.tar.gz`` into: one that
+        exists, or one named with a trailing slash (``out/``), which is made when missing.
+        """
         t = self.resolve(tag)
         src = self.root / t.name / str(t.version)
         problems = verify_manifest(src)
         if problems:
             raise StoreError(f"{self.kind} {t} fails its manifest check: " + "; ".join(problems))
+        as_dir = isinstance(dest, str) and dest.endswith(("/", os.sep))
         dest = Path(dest)
+        if as_dir:
+            try:
+                dest.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BadInput(
+                    f"cannot make the directory {dest} for the archive: {exc.strerror or exc}"
+                ) from exc
         if dest.is_dir():
             dest = dest / f"{t.name}-{t.version}.tar.gz"
         mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)

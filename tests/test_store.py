@@ -318,3 +318,31 @@ def test_export_to_an_unwritable_place_is_a_clear_error_and_leaves_nothing(tmp_p
     with pytest.raises(NotFound, match=r"\(see `bundler list`\)"):
         store.resolve("nothing")
     assert not list(tmp_path.glob("**/*.part"))
+
+
+def test_export_to_a_directory_with_a_trailing_slash_makes_it(tmp_path: Path) -> None:
+    from bundler.exceptions import BadInput
+
+    store = _store(tmp_path)
+    _add(store, "svc", "v1")
+    existing = store.export("svc:v1", tmp_path)
+    assert existing == tmp_path / "svc-v1.tar.gz"
+    made = store.export("svc:v1", f"{tmp_path}/out/new dir/")
+    assert made == tmp_path / "out" / "new dir" / "svc-v1.tar.gz"
+    assert made.read_bytes() == existing.read_bytes()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(BadInput, match=r"cannot make the directory .*a-file for the archive"):
+        store.export("svc:v1", f"{tmp_path}/a-file/")
+    assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_cli_export_to_a_new_directory(bundler_home: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bundler import cli
+
+    _add(Store(bundler_home / "bundles", "bundle", "bundle.yaml"), "svc", "v1")
+    r = CliRunner().invoke(cli.main, ["export", "svc", f"{tmp_path}/out/new dir/"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "new dir" / "svc-v1.tar.gz").is_file()
+    assert r.stdout.strip() == str(tmp_path / "out" / "new dir" / "svc-v1.tar.gz")
