@@ -136,8 +136,12 @@ def verify_manifest(root: Path) -> list[str]:
     mpath = root / MANIFEST
     if not mpath.is_file():
         return [f"{root}: {MANIFEST} is missing"]
+    try:
+        text = mpath.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{MANIFEST}: cannot be read ({exc})"]
     expected: dict[str, str] = {}
-    for line in mpath.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         digest, _, rel = line.partition("  ")
         expected[rel] = digest
     problems = []
@@ -356,16 +360,22 @@ class Store:
             if d.exists():
                 shutil.rmtree(d, ignore_errors=True)
 
-    def commit(self, staged: Path, tag: Tag, *, exist_ok: bool = False) -> tuple[Path, bool]:
+    def commit(
+        self, staged: Path, tag: Tag, *, exist_ok: bool = False, replace: bool = False
+    ) -> tuple[Path, bool]:
         """Write the manifest into ``staged`` and move it to ``<name>/<version>``; return (path, created).
 
         With ``exist_ok``, an entry already stored under the same tag is kept as it is (content-derived
-        versions: same tag means same content) and ``created`` is False.
+        versions: same tag means same content) and ``created`` is False. With ``replace``, one already
+        stored is removed first (a damaged copy of the same content); a crash in between leaves the tag
+        absent, never half-written.
         """
         if tag.version is None or tag.version == "latest":
             raise BadInput(f"cannot store {self.kind} {tag.name!r} without a version ('latest' is reserved)")
         write_manifest(staged)
         final = self.root / tag.name / tag.version
+        if replace:
+            self._discard(final)
         created = self._move_into_place(staged, final, tag, exist_ok)
         self._drop_pointer(tag.name)
         return final, created
@@ -394,19 +404,23 @@ class Store:
         """Delete one entry (atomically: renamed away first); return its full tag."""
         t = self.resolve(tag)
         src = self.root / t.name / str(t.version)
-        trash = self.tmp_root() / f"trash-{os.getpid()}-{secrets.token_hex(6)}"
         try:
-            os.rename(src, trash)
+            self._discard(src)
         except FileNotFoundError as exc:
             # Resolved, then deleted by a concurrent command before this one got to it.
             raise NotFound(f"{self.kind} {t} not found in {self.root} (deleted meanwhile)") from exc
         except OSError as exc:
             raise StoreError(f"cannot delete {self.kind} {t} at {src}: {exc.strerror or exc}") from exc
-        shutil.rmtree(trash, ignore_errors=True)
         self._drop_pointer(t.name)
         with contextlib.suppress(OSError):
             (self.root / t.name).rmdir()  # only when that was the name's last entry
         return t
+
+    def _discard(self, entry: Path) -> None:
+        """Remove an entry atomically (renamed into the scratch directory, then deleted); OSError if not."""
+        trash = self.tmp_root() / f"trash-{os.getpid()}-{secrets.token_hex(6)}"
+        os.rename(entry, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def _drop_pointer(self, name: str) -> None:
         # Stores written before latest was derived from the entries hold a `<name>/latest` pointer file;

@@ -94,6 +94,26 @@ def test_rebuilding_an_older_unchanged_source_does_not_move_latest(
     assert [b.tag for b in bundles.list("quickstart")] == [new.tag, old.tag]
 
 
+@pytest.mark.parametrize("damage", ["change a file", "remove bundle.yaml", "garble the manifest"])
+def test_rebuild_replaces_a_damaged_stored_copy(quickstart: Path, damage: str) -> None:
+    first = build(quickstart)
+    before = _files(first.path)
+    if damage == "change a file":
+        (first.path / "src" / "service.py").write_text("print('changed')\n")
+    elif damage == "remove bundle.yaml":
+        (first.path / "bundle.yaml").unlink()
+    else:
+        (first.path / "manifest.sha256").write_bytes(b"\xff\xfe garbage")
+    said: list[str] = []
+    again = build(quickstart, say=said.append)
+    assert (again.tag, again.created) == (first.tag, True)
+    assert any(f"the stored bundle {first.tag} fails its manifest check" in m for m in said), said
+    assert verify_manifest(again.path) == []
+    assert _files(again.path) == before
+    assert [b.tag for b in bundles.list()] == [first.tag]
+    assert build(quickstart).created is False  # intact now: unchanged, already stored
+
+
 def test_build_does_not_import_the_service(quickstart: Path) -> None:
     (quickstart / "service.py").write_text(
         "import a_package_that_is_not_installed_here\n" + (quickstart / "service.py").read_text()
