@@ -29,7 +29,7 @@ from . import __version__
 from .exceptions import BadInput, BuildError, BundlerError, NotFound
 from .scan import ServiceInfo, scan_service, uses_images
 from .sources import select_sources
-from .store import Tag, atomic_write_text, bundle_store, model_store, sha256_file, verify_manifest
+from .store import Tag, bundle_store, model_store, sha256_file, verify_manifest
 
 __all__ = ["BuildResult", "build"]
 
@@ -367,8 +367,11 @@ def _place(f: PlannedFile, dest: Path) -> None:
         dest.chmod(0o755 if f.executable else 0o644)
 
 
-def write_bundle(cfg: Any, plan: Plan, say: Say) -> tuple[Path, bool]:
-    """Stage the planned files plus the generated ones and commit them to the bundle store."""
+def write_bundle(cfg: Any, plan: Plan, say: Say, *, replace: bool = False) -> tuple[Path, bool]:
+    """Stage the planned files plus the generated ones and commit them to the bundle store.
+
+    With ``replace``, a bundle stored under the same tag (a damaged copy) is replaced.
+    """
     store = bundle_store()
     tag = Tag(plan.name, plan.version)
     for model in plan.info["models"]:
@@ -405,7 +408,7 @@ def write_bundle(cfg: Any, plan: Plan, say: Say) -> tuple[Path, bool]:
         (staged / "apis").mkdir(exist_ok=True)
         (staged / "apis/openapi.yaml").write_text(yaml.safe_dump(doc, sort_keys=True), encoding="utf-8")
         (staged / "bundle.yaml").write_text(yaml.safe_dump(info, sort_keys=False), encoding="utf-8")
-        return store.commit(staged, tag, exist_ok=True)
+        return store.commit(staged, tag, exist_ok=True, replace=replace)
 
 
 @contextlib.contextmanager
@@ -441,9 +444,12 @@ def build(
         )
         tag = Tag(plan.name, plan.version)
         existing = store.root / plan.name / plan.version
-        if (existing / "bundle.yaml").is_file():
-            atomic_write_text(existing.parent / "latest", plan.version + "\n")
+        damaged = verify_manifest(existing) if existing.exists() else []
+        if existing.exists() and not damaged:
             path, created = existing, False
         else:
-            path, created = write_bundle(cfg, plan, say)
+            if damaged:
+                problems = "; ".join(damaged[:3]) + ("; ..." if len(damaged) > 3 else "")
+                say(f"the stored bundle {tag} fails its manifest check ({problems}); replacing it")
+            path, created = write_bundle(cfg, plan, say, replace=bool(damaged))
     return BuildResult(tag, path, created, time.perf_counter() - started, plan.lock_reused)

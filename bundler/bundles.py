@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ class Bundle:
         return f'Bundle(tag="{self.tag}", path="{self.path}/")'
 
 
-def list(name: str | None = None) -> builtins.list[Bundle]:
-    """Return the stored bundles, newest first within each name."""
-    return [Bundle(e.tag, e.path, e.info) for e in bundle_store().list(name)]
+def list(
+    name: str | None = None, *, on_damaged: Callable[[str], None] | None = None
+) -> builtins.list[Bundle]:
+    """Return the stored bundles, newest first within each name; damaged ones go to ``on_damaged``."""
+    return [Bundle(e.tag, e.path, e.info) for e in bundle_store().list(name, on_damaged=on_damaged)]
 
 
 def get(tag: str | Tag) -> Bundle:

@@ -129,21 +129,35 @@ def list_bundles(name: str | None, output: str) -> None:
     """List stored bundles."""
     from . import bundles
 
-    items = bundles.list(name)
+    damaged: list[str] = []
+    items = bundles.list(name, on_damaged=damaged.append)
     if output == "json":
         _print_json(
             [{"tag": str(b.tag), "path": str(b.path), "created": b.info.get("creation_time")} for b in items]
         )
-        return
-    rows = [
-        [
-            str(b.tag),
-            str(b.info.get("creation_time", "")),
-            ", ".join(a["route"] for a in b.info.get("apis", [])),
+    else:
+        rows = [
+            [
+                str(b.tag),
+                str(b.info.get("creation_time", "")),
+                ", ".join(_routes(b.info.get("apis"))),
+            ]
+            for b in items
         ]
-        for b in items
-    ]
-    _table("Bundles", ["Tag", "Created", "APIs"], rows)
+        _table("Bundles", ["Tag", "Created", "APIs"], rows)
+    _warn_damaged(damaged)
+
+
+def _routes(apis: object) -> list[str]:
+    # bundle.yaml is read as written; a hand-edited one must not crash the whole listing.
+    if not isinstance(apis, list):
+        return []
+    return [str(a.get("route", "")) for a in apis if isinstance(a, dict)]
+
+
+def _warn_damaged(messages: list[str]) -> None:
+    for msg in messages:
+        _err(f"warning: {msg}")
 
 
 @main.command("get")
@@ -176,10 +190,10 @@ def delete_bundle(tags: tuple[str, ...]) -> None:
 
 @main.command("export")
 @click.argument("tag")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path(path_type=str))  # a str: keep the trailing slash of a directory
 @handle_errors
-def export_bundle(tag: str, path: Path) -> None:
-    """Write a bundle to a deterministic .tar.gz archive."""
+def export_bundle(tag: str, path: str) -> None:
+    """Write a bundle to a deterministic .tar.gz: PATH is the file, or a directory (existing or ending /)."""
     from . import bundles
 
     click.echo(str(bundles.export_bundle(tag, path)))
@@ -227,14 +241,18 @@ def list_models(name: str | None, output: str) -> None:
     """List stored models."""
     from . import models as m
 
-    items = m.list(name)
+    damaged: list[str] = []
+    items = m.list(name, on_damaged=damaged.append)
     if output == "json":
         _print_json(
             [{"tag": str(x.tag), "path": str(x.path), "created": x.info.get("creation_time")} for x in items]
         )
-        return
-    rows = [[str(x.tag), str(x.info.get("module", "")), str(x.info.get("creation_time", ""))] for x in items]
-    _table("Models", ["Tag", "Module", "Created"], rows)
+    else:
+        rows = [
+            [str(x.tag), str(x.info.get("module", "")), str(x.info.get("creation_time", ""))] for x in items
+        ]
+        _table("Models", ["Tag", "Module", "Created"], rows)
+    _warn_damaged(damaged)
 
 
 @models.command("get")
@@ -267,10 +285,10 @@ def delete_model(tags: tuple[str, ...]) -> None:
 
 @models.command("export")
 @click.argument("tag")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path(path_type=str))  # a str: keep the trailing slash of a directory
 @handle_errors
-def export_model(tag: str, path: Path) -> None:
-    """Write a model to a deterministic .tar.gz archive."""
+def export_model(tag: str, path: str) -> None:
+    """Write a model to a deterministic .tar.gz: PATH is the file, or a directory (existing or ending /)."""
     from . import models as m
 
     click.echo(str(m.export_model(tag, path)))

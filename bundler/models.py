@@ -8,11 +8,13 @@ a served bundle uses the models it ships even when the home store has newer ones
 from __future__ import annotations
 
 import builtins
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import NotFound, StoreError
+from .exceptions import BadInput, NotFound, StoreError
 from .store import Entry, Store, Tag, model_store, sha256_file
 
 if TYPE_CHECKING:
@@ -123,14 +125,17 @@ def get(tag: str | Tag) -> Model:
     return Model.from_entry(store.get(full))
 
 
-def list(name: str | None = None) -> builtins.list[Model]:
-    """Return every stored model (or those of one name), newest first within a name."""
+def list(name: str | None = None, *, on_damaged: Callable[[str], None] | None = None) -> builtins.list[Model]:
+    """Return every stored model (or those of one name), newest first within a name.
+
+    Damaged entries are left out and reported to ``on_damaged`` (default: a warning each).
+    """
     if name is not None:
         Tag.parse(name)
     seen: set[Tag] = set()
     out: builtins.list[Model] = []
     for store in _stores():
-        for entry in store.list(name):
+        for entry in store.list(name, on_damaged=on_damaged):
             if entry.tag not in seen:
                 seen.add(entry.tag)
                 out.append(Model.from_entry(entry))
@@ -151,7 +156,13 @@ def export_model(tag: str | Tag, path: str | Path) -> Path:
 def verify_model_file(model: Model) -> None:
     """Check the model file against the sha256 in ``model.yaml``; raise StoreError when they differ."""
     expected = model.info.get("sha256")
-    actual = sha256_file(model.model_file)
+    try:
+        actual = sha256_file(model.model_file)
+    except OSError as exc:
+        raise StoreError(
+            f"model {model.tag}: {model.model_file.name} cannot be read ({exc.strerror or exc}); the entry is"
+            f" damaged: delete it (`bundler models delete {model.tag}`), then save or import it"
+        ) from exc
     if expected != actual:
         raise StoreError(
             f"model {model.tag}: {model.model_file.name} has sha256 {actual} but model.yaml says {expected};"
@@ -159,15 +170,30 @@ def verify_model_file(model: Model) -> None:
         )
 
 
+def _check_archived_model(archive: Path, staged: Path, tag: Tag, info: dict) -> None:
+    """Refuse an archived model whose model.yaml names a model file it lacks, or one with another sha256."""
+    rel = info.get("model_file", "saved_model.onnx")
+    where = f"{archive}: model {tag}"
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise BadInput(f"{where}: model.yaml: model_file {rel!r} is not the name of a file in the archive")
+    if not (staged / rel).is_file():
+        raise BadInput(
+            f"{where}: model.yaml names the model file {rel!r}, which is not in the archive;"
+            " export the model again from a store that holds it"
+        )
+    expected, actual = info.get("sha256"), sha256_file(staged / rel)
+    if expected != actual:
+        raise StoreError(
+            f"{where}: {rel} has sha256 {actual} but model.yaml says {expected}; the archive is damaged"
+            " or was edited: export the model again"
+        )
+
+
 def import_model(path: str | Path) -> Model:
-    """Import a model archive made by ``export_model`` into the home store; return it."""
+    """Import a model archive made by ``export_model`` into the home store (all checks first); return it."""
     store = model_store()
-    tag, created = store.import_(path)
+    tag, created = store.import_(path, check=functools.partial(_check_archived_model, Path(path)))
     model = Model.from_entry(store.get(tag))
-    try:
-        verify_model_file(model)
-    except StoreError:
-        if created:
-            store.delete(tag)
-        raise
+    if not created:
+        verify_model_file(model)  # the copy already stored: say so when it is damaged
     return model

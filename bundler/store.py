@@ -3,7 +3,12 @@
 Layout: ``$BUNDLER_HOME/{models,bundles}/<name>/<version>/`` with a metadata file (``model.yaml`` or
 ``bundle.yaml``) and ``manifest.sha256`` (``sha256sum -c`` format) listing every other file. Entries are
 assembled in ``<root>/.tmp/`` and moved into place with one ``os.rename``, so a crash never leaves a
-half-written entry; ``<name>/latest`` names the newest version.
+half-written entry.
+
+``name`` and ``name:latest`` resolve to the newest entry of that name, derived from the entries themselves
+every time (no pointer file to go stale after a crash, a concurrent delete or an import): newest means the
+latest ``creation_time`` in the metadata file, then, for equal times (a fixed ``SOURCE_DATE_EPOCH``), the one
+stored last (the entry directory's mtime), then the greater version. ``list`` orders by the same key.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import shutil
 import stat
 import tarfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -131,8 +138,12 @@ def verify_manifest(root: Path) -> list[str]:
     mpath = root / MANIFEST
     if not mpath.is_file():
         return [f"{root}: {MANIFEST} is missing"]
+    try:
+        text = mpath.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{MANIFEST}: cannot be read ({exc})"]
     expected: dict[str, str] = {}
-    for line in mpath.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         digest, _, rel = line.partition("  ")
         expected[rel] = digest
     problems = []
@@ -170,6 +181,28 @@ class Entry:
         return str(self.info.get("creation_time", ""))
 
 
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _when(created: object) -> datetime:
+    """Return a creation time as an aware datetime; an unreadable or missing one sorts as the oldest."""
+    if isinstance(created, datetime):
+        when = created
+    else:
+        text = str(created or "").strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return _NEVER
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+class _Unreadable(Exception):
+    """An entry's metadata file exists but cannot be read or parsed (the message says why)."""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -190,27 +223,59 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------------
     def _versions(self, name: str) -> list[Path]:
-        d = self.root / name
-        if not d.is_dir():
-            return []
-        return [
-            p for p in d.iterdir() if p.is_dir() and (p / self.meta_file).is_file() and NAME_RE.match(p.name)
-        ]
+        try:
+            children = builtins.list((self.root / name).iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # no such name, or its last entry was deleted meanwhile
+        return [p for p in children if NAME_RE.match(p.name) and (p / self.meta_file).is_file()]
 
     def _read_info(self, path: Path) -> dict:
-        with open(path / self.meta_file, encoding="utf-8") as f:
-            info = yaml.safe_load(f)
-        return info if isinstance(info, dict) else {}
+        """Return an entry's metadata; FileNotFoundError when it is gone, _Unreadable when it is damaged."""
+        try:
+            with open(path / self.meta_file, encoding="utf-8") as f:
+                info = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise
+        except yaml.MarkedYAMLError as exc:
+            line = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+            raise _Unreadable(f"not valid YAML: {exc.problem or exc.context}{line}") from exc
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise _Unreadable(f"not valid YAML: {exc}") from exc
+        except OSError as exc:
+            raise _Unreadable(exc.strerror or str(exc)) from exc
+        if not isinstance(info, dict):
+            raise _Unreadable(f"expected a mapping, found {type(info).__name__}")
+        return info
 
-    def _newest(self, name: str) -> Path | None:
-        versions = self._versions(name)
-        if not versions:
-            return None
-        # Same creation time (a fixed SOURCE_DATE_EPOCH): the one stored last, i.e. renamed into place last.
-        return max(
-            versions,
-            key=lambda p: (str(self._read_info(p).get("creation_time", "")), p.stat().st_mtime_ns, p.name),
+    def _damaged(self, tag: Tag, reason: str) -> str:
+        verify = "verify --model" if self.kind == "model" else "verify"
+        return (
+            f"{self.kind} {tag} is damaged: its {self.meta_file} cannot be read ({reason}); check it with"
+            f" `bundler {verify} {tag}`, delete it with `bundler {self._cli}delete {tag}` and store it again"
         )
+
+    def _scan(self, name: str) -> tuple[builtins.list[Entry], builtins.list[str]]:
+        """Return the readable entries of one name, newest first, and one message per damaged entry.
+
+        "Newest" is described in the module docstring; a damaged entry has no readable creation time, so it
+        takes no part in it (and ``latest`` never resolves to it).
+        """
+        keyed = []
+        damaged = []
+        for p in self._versions(name):
+            tag = Tag(name, p.name)
+            try:
+                info = self._read_info(p)
+                stored = p.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue  # deleted meanwhile by another process
+            except _Unreadable as exc:
+                damaged.append(self._damaged(tag, str(exc)))
+                continue
+            key = (_when(info.get("creation_time")), stored, p.name)
+            keyed.append((key, Entry(tag, p, info)))
+        keyed.sort(key=lambda pair: pair[0], reverse=True)
+        return [entry for _, entry in keyed], sorted(damaged)
 
     def resolve(self, tag: str | Tag) -> Tag:
         """Return the full tag (``latest`` resolved); raise NotFound when there is no such entry."""
@@ -219,15 +284,12 @@ class Store:
             if (self.root / t.name / t.version / self.meta_file).is_file():
                 return t
             raise NotFound(f"{self.kind} {t} not found in {self.root} (see `bundler {self._cli}list`)")
-        pointer = self.root / t.name / "latest"
-        with contextlib.suppress(OSError):
-            version = pointer.read_text(encoding="utf-8").strip()
-            if version and (self.root / t.name / version / self.meta_file).is_file():
-                return Tag(t.name, version)
-        newest = self._newest(t.name)
-        if newest is None:
-            raise NotFound(f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli}list`)")
-        return Tag(t.name, newest.name)
+        entries, damaged = self._scan(t.name)
+        if entries:
+            return entries[0].tag
+        if damaged:
+            raise StoreError(f"{self.kind} {t.name!r} has no readable entry: " + "; ".join(damaged))
+        raise NotFound(f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli}list`)")
 
     @property
     def _cli(self) -> str:
@@ -242,18 +304,31 @@ class Store:
         """Return the stored entry for a tag."""
         t = self.resolve(tag)
         p = self.root / t.name / str(t.version)
-        return Entry(t, p, self._read_info(p))
+        try:
+            return Entry(t, p, self._read_info(p))
+        except FileNotFoundError as exc:
+            raise NotFound(f"{self.kind} {t} not found in {self.root} (deleted meanwhile)") from exc
+        except _Unreadable as exc:
+            raise StoreError(self._damaged(t, str(exc))) from exc
 
-    def list(self, name: str | None = None) -> list[Entry]:
-        """Return every complete entry (optionally of one name), newest first within a name."""
+    def list(
+        self, name: str | None = None, *, on_damaged: Callable[[str], None] | None = None
+    ) -> list[Entry]:
+        """Return every readable entry (optionally of one name), newest first within a name.
+
+        A damaged entry (its metadata file cannot be read) is left out and reported, one message each, to
+        ``on_damaged`` (default: a warning), so that one bad entry does not hide the others.
+        """
         if not self.root.is_dir():
             return []
         names = [name] if name else sorted(p.name for p in self.root.iterdir() if NAME_RE.match(p.name))
+        report = on_damaged or (lambda msg: warnings.warn(msg, stacklevel=3))
         out: list[Entry] = []
         for n in names:
-            entries = [Entry(Tag(n, p.name), p, self._read_info(p)) for p in self._versions(n)]
-            entries.sort(key=lambda e: (e.created, e.tag.version or ""), reverse=True)
+            entries, damaged = self._scan(n)
             out += entries
+            for msg in damaged:
+                report(msg)
         return out
 
     def verify(self, tag: str | Tag) -> builtins.list[str]:
@@ -287,56 +362,95 @@ class Store:
             if d.exists():
                 shutil.rmtree(d, ignore_errors=True)
 
-    def commit(self, staged: Path, tag: Tag, *, exist_ok: bool = False) -> tuple[Path, bool]:
+    def commit(
+        self, staged: Path, tag: Tag, *, exist_ok: bool = False, replace: bool = False
+    ) -> tuple[Path, bool]:
         """Write the manifest into ``staged`` and move it to ``<name>/<version>``; return (path, created).
 
         With ``exist_ok``, an entry already stored under the same tag is kept as it is (content-derived
-        versions: same tag means same content) and ``created`` is False.
+        versions: same tag means same content) and ``created`` is False. With ``replace``, one already
+        stored is removed first (a damaged copy of the same content); a crash in between leaves the tag
+        absent, never half-written.
         """
-        assert tag.version is not None
+        if tag.version is None or tag.version == "latest":
+            raise BadInput(f"cannot store {self.kind} {tag.name!r} without a version ('latest' is reserved)")
         write_manifest(staged)
         final = self.root / tag.name / tag.version
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(staged, final)
-            created = True
-        except OSError as exc:
-            if not final.exists():
-                raise StoreError(f"cannot store {self.kind} {tag} at {final}: {exc}") from exc
-            if not exist_ok:
-                raise StoreError(f"{self.kind} {tag} already exists at {final}") from exc
-            shutil.rmtree(staged, ignore_errors=True)
-            created = False
-        atomic_write_text(final.parent / "latest", tag.version + "\n")
+        if replace:
+            self._discard(final)
+        created = self._move_into_place(staged, final, tag, exist_ok)
+        self._drop_pointer(tag.name)
         return final, created
+
+    def _move_into_place(self, staged: Path, final: Path, tag: Tag, exist_ok: bool) -> bool:
+        """Rename staged to final; return True, or False when an equal entry is there and exist_ok."""
+        for _ in range(3):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(staged, final)
+                return True
+            except FileNotFoundError as exc:
+                if staged.is_dir():
+                    continue  # a concurrent delete of the name's last entry removed <name>/ after mkdir
+                raise StoreError(f"cannot store {self.kind} {tag} at {final}: {exc}") from exc
+            except OSError as exc:
+                if not final.exists():
+                    raise StoreError(f"cannot store {self.kind} {tag} at {final}: {exc}") from exc
+                if not exist_ok:
+                    raise StoreError(f"{self.kind} {tag} already exists at {final}") from exc
+                shutil.rmtree(staged, ignore_errors=True)
+                return False
+        raise StoreError(f"cannot store {self.kind} {tag}: {final.parent} was removed each time it was made")
 
     def delete(self, tag: str | Tag) -> Tag:
         """Delete one entry (atomically: renamed away first); return its full tag."""
         t = self.resolve(tag)
         src = self.root / t.name / str(t.version)
-        trash = self.tmp_root() / f"trash-{os.getpid()}-{secrets.token_hex(6)}"
-        os.rename(src, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-        pointer = self.root / t.name / "latest"
-        newest = self._newest(t.name)
-        if newest is None:
-            with contextlib.suppress(OSError):
-                pointer.unlink()
-            with contextlib.suppress(OSError):
-                (self.root / t.name).rmdir()
-        else:
-            atomic_write_text(pointer, newest.name + "\n")
+        try:
+            self._discard(src)
+        except FileNotFoundError as exc:
+            # Resolved, then deleted by a concurrent command before this one got to it.
+            raise NotFound(f"{self.kind} {t} not found in {self.root} (deleted meanwhile)") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot delete {self.kind} {t} at {src}: {exc.strerror or exc}") from exc
+        self._drop_pointer(t.name)
+        with contextlib.suppress(OSError):
+            (self.root / t.name).rmdir()  # only when that was the name's last entry
         return t
+
+    def _discard(self, entry: Path) -> None:
+        """Remove an entry atomically (renamed into the scratch directory, then deleted); OSError if not."""
+        trash = self.tmp_root() / f"trash-{os.getpid()}-{secrets.token_hex(6)}"
+        os.rename(entry, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _drop_pointer(self, name: str) -> None:
+        # Stores written before latest was derived from the entries hold a `<name>/latest` pointer file;
+        # nothing reads it any more, so remove it rather than leave a stale-looking file behind.
+        with contextlib.suppress(OSError):
+            (self.root / name / "latest").unlink()
 
     # -- archives ------------------------------------------------------------------------------
     def export(self, tag: str | Tag, dest: str | Path) -> Path:
-        """Write a deterministic ``.tar.gz`` of one entry; return its path."""
+        """Write a deterministic ``.tar.gz`` of one entry; return its path.
+
+        ``dest`` is the archive's path, or a directory to write ``<name>-<version>.tar.gz`` into: one that
+        exists, or one named with a trailing slash (``out/``), which is made when missing.
+        """
         t = self.resolve(tag)
         src = self.root / t.name / str(t.version)
         problems = verify_manifest(src)
         if problems:
             raise StoreError(f"{self.kind} {t} fails its manifest check: " + "; ".join(problems))
+        as_dir = isinstance(dest, str) and dest.endswith(("/", os.sep))
         dest = Path(dest)
+        if as_dir:
+            try:
+                dest.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BadInput(
+                    f"cannot make the directory {dest} for the archive: {exc.strerror or exc}"
+                ) from exc
         if dest.is_dir():
             dest = dest / f"{t.name}-{t.version}.tar.gz"
         mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
@@ -363,8 +477,15 @@ class Store:
             tmp.unlink(missing_ok=True)
         return dest
 
-    def import_(self, archive: str | Path) -> tuple[Tag, bool]:
-        """Import an archive made by ``export``; return (tag, created). Unsafe archives are refused."""
+    def import_(
+        self, archive: str | Path, *, check: Callable[[Path, Tag, dict], None] | None = None
+    ) -> tuple[Tag, bool]:
+        """Import an archive made by ``export``; return (tag, created). Unsafe archives are refused.
+
+        Everything is checked in the staging directory before the one rename that stores it (``check``,
+        given the staged directory, the tag and the metadata, adds the checks of one kind of entry), so a
+        refused or interrupted import stores nothing.
+        """
         archive = Path(archive)
         if not archive.is_file():
             raise BadInput(f"{archive}: no such archive file")
@@ -393,15 +514,31 @@ class Store:
             problems = verify_manifest(staged)
             if problems:
                 raise StoreError(f"{archive}: fails its sha256 manifest check: " + "; ".join(problems))
-            info = self._read_info(staged)
             try:
-                tag = Tag.parse(f"{info.get('name')}:{info.get('version')}")
-            except InvalidTag as exc:
-                raise BadInput(f"{archive}: {self.meta_file} has no valid name and version ({exc})") from exc
+                info = self._read_info(staged)
+            except _Unreadable as exc:
+                raise BadInput(f"{archive}: {self.meta_file} cannot be read ({exc})") from exc
+            tag = self._archive_tag(archive, info)
+            if check is not None:
+                check(staged, tag, info)
             if (self.root / tag.name / str(tag.version)).exists():
                 return tag, False
             _, created = self.commit(staged, tag, exist_ok=True)
             return tag, created
+
+    def _archive_tag(self, archive: Path, info: dict) -> Tag:
+        name, version = info.get("name"), info.get("version")
+        where = f"{archive}: {self.meta_file}"
+        if version == "latest":
+            raise BadInput(
+                f"{where}: version 'latest' is reserved (it names the newest entry of {name!r}), so nothing"
+                f" can be stored under it; export the {self.kind} again from the store that holds it"
+            )
+        try:
+            tag = Tag.parse(f"{name}:{version}")
+        except InvalidTag as exc:
+            raise BadInput(f"{where} has no valid name and version ({exc})") from exc
+        return tag
 
 
 def _check_member(archive: Path, m: tarfile.TarInfo) -> None:

@@ -103,6 +103,46 @@ def test_tag_does_not_follow_source_date_epoch(
     assert build(quickstart).tag == first.tag
 
 
+def test_rebuilding_an_older_unchanged_source_does_not_move_latest(
+    quickstart: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = quickstart / "service.py"
+    original = service.read_text()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    old = build(quickstart)
+    service.write_text(original + "\n# changed\n")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000100")
+    new = build(quickstart)
+    service.write_text(original)
+    again = build(quickstart)
+    assert (again.tag, again.created) == (old.tag, False)
+    assert bundles.get("quickstart").tag == new.tag
+    assert [b.tag for b in bundles.list("quickstart")] == [new.tag, old.tag]
+
+
+@pytest.mark.parametrize("damage", ["change a file", "remove bundle.yaml", "garble the manifest"])
+def test_rebuild_replaces_a_damaged_stored_copy(
+    quickstart: Path, damage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # the same bytes, even a second later
+    first = build(quickstart)
+    before = _files(first.path)
+    if damage == "change a file":
+        (first.path / "src" / "service.py").write_text("print('changed')\n")
+    elif damage == "remove bundle.yaml":
+        (first.path / "bundle.yaml").unlink()
+    else:
+        (first.path / "manifest.sha256").write_bytes(b"\xff\xfe garbage")
+    said: list[str] = []
+    again = build(quickstart, say=said.append)
+    assert (again.tag, again.created) == (first.tag, True)
+    assert any(f"the stored bundle {first.tag} fails its manifest check" in m for m in said), said
+    assert verify_manifest(again.path) == []
+    assert _files(again.path) == before
+    assert [b.tag for b in bundles.list()] == [first.tag]
+    assert build(quickstart).created is False  # intact now: unchanged, already stored
+
+
 def test_build_does_not_import_the_service(quickstart: Path) -> None:
     (quickstart / "service.py").write_text(
         "import a_package_that_is_not_installed_here\n" + (quickstart / "service.py").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -72,6 +73,39 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
     # Importing what is already there keeps it and returns it.
     assert bundler.models.import_model(archive).tag == model.tag
     assert len(bundler.models.list()) == 1
+
+
+def test_importing_an_older_model_keeps_latest_on_the_newest(tmp_path: Path) -> None:
+    old = bundler.onnx.save_model("mlp", make_mlp(seed=1))
+    archive = bundler.models.export_model(str(old.tag), tmp_path)
+    new = bundler.onnx.save_model("mlp", make_mlp(seed=2))
+    bundler.models.delete(str(old.tag))
+    assert bundler.models.import_model(archive).tag == old.tag
+    assert bundler.models.get("mlp").tag == bundler.onnx.get("mlp:latest").tag == new.tag
+    assert [m.tag for m in bundler.models.list("mlp")] == [new.tag, old.tag]
+
+
+def test_cli_lists_the_rest_and_warns_about_a_damaged_entry(bundler_home: Path) -> None:
+    from click.testing import CliRunner
+
+    from bundler import cli
+
+    good = bundler.onnx.save_model("mlp", make_mlp(seed=1))
+    bad = bundler.onnx.save_model("mlp", make_mlp(seed=2))
+    (bad.path / "model.yaml").write_text("name: [unclosed\n")
+    for args in (["models", "list"], ["models", "list", "-o", "json"]):
+        r = CliRunner().invoke(cli.main, args)
+        assert r.exit_code == 0, r.output
+        assert str(good.tag) in r.stdout and str(bad.tag) not in r.stdout
+        assert f"warning: model {bad.tag} is damaged: its model.yaml cannot be read" in r.stderr
+        assert f"`bundler verify --model {bad.tag}`" in r.stderr
+    r = CliRunner().invoke(cli.main, ["models", "get", "mlp:latest"])
+    assert r.exit_code == 0 and f"version: {good.tag.version}" in r.stdout
+    r = CliRunner().invoke(cli.main, ["models", "get", str(bad.tag)])
+    assert r.exit_code == 1 and f"error: model {bad.tag} is damaged" in r.stderr
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    r = CliRunner().invoke(cli.main, ["models", "delete", str(bad.tag)])
+    assert r.exit_code == 0 and not bad.path.exists()
 
 
 def _archive(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
@@ -145,6 +179,52 @@ def test_import_refuses_tampered_archives(tmp_path: Path) -> None:
     ):
         bundler.models.import_model(bad2)
     assert bundler.models.list() == []
+
+
+def _consistent_archive(path: Path, files: dict[str, bytes]) -> Path:
+    """An archive whose manifest matches its files, whatever they say."""
+    manifest = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())
+    )
+    return _archive(path, [_file(k, v) for k, v in {**files, "manifest.sha256": manifest.encode()}.items()])
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"model.yaml": b"name: broken\nversion: v1\nmodel_file: saved_model.onnx\nsha256: abc\n"},
+            "model.yaml names the model file 'saved_model.onnx', which is not in the archive",
+        ),
+        (
+            {"model.yaml": b"name: broken\nversion: v1\nmodel_file: ../../etc/passwd\n"},
+            "model_file '../../etc/passwd' is not the name of a file in the archive",
+        ),
+        (
+            {"model.yaml": b"name: broken\nversion: latest\n", "saved_model.onnx": b"junk"},
+            "version 'latest' is reserved",
+        ),
+        ({"model.yaml": b"name: [unclosed\n"}, "model.yaml cannot be read"),
+    ],
+)
+def test_cli_import_refuses_an_inconsistent_archive_with_exit_2_and_stores_nothing(
+    tmp_path: Path, bundler_home: Path, files: dict[str, bytes], message: str
+) -> None:
+    kept = bundler.onnx.save_model("broken", make_mlp())
+    before = sorted(p for p in (bundler_home / "models").rglob("*") if ".tmp" not in p.parts)
+    archive = _consistent_archive(tmp_path / "a.tar.gz", files)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bundler", "models", "import", str(archive)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(p for p in (bundler_home / "models").rglob("*") if ".tmp" not in p.parts) == before
+    assert [m.tag for m in bundler.models.list()] == [kept.tag]
+    assert list((bundler_home / "models" / ".tmp").iterdir()) == []
 
 
 def test_bundle_models_resolve_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

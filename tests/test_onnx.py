@@ -55,7 +55,7 @@ def test_save_proto_writes_layout_and_model_yaml(bundler_home: Path) -> None:
     import hashlib
 
     assert info["sha256"] == hashlib.sha256((model.path / "saved_model.onnx").read_bytes()).hexdigest()
-    assert (bundler_home / "models" / "mlp" / "latest").read_text().strip() == version
+    assert bundler.onnx.get("mlp:latest").tag.version == version
 
 
 def test_save_records_unknown_dims_as_none() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from bundler.exceptions import InvalidTag, NotFound, UnsafeArchive
+from bundler.exceptions import InvalidTag, NotFound, StoreError, UnsafeArchive
 from bundler.store import Store, Tag, new_version, verify_manifest
 
 
@@ -67,6 +68,125 @@ def test_commit_latest_list_delete(tmp_path: Path) -> None:
     assert store.list() == []
     with pytest.raises(NotFound, match="svc"):
         store.resolve("svc")
+
+
+def test_latest_is_the_newest_creation_time_not_the_last_commit(tmp_path: Path) -> None:
+    # An older entry stored last (an import of an old archive) does not become latest; list agrees.
+    store = _store(tmp_path)
+    _add(store, "svc", "v2", created="2026-01-02T00:00:00Z")
+    _add(store, "svc", "v1", created="2026-01-01T00:00:00Z")
+    assert store.resolve("svc") == store.resolve("svc:latest") == Tag("svc", "v2")
+    assert [str(e.tag) for e in store.list()] == ["svc:v2", "svc:v1"]
+    # A pointer file left by an older bundler (or a crash, or a concurrent delete) is not believed.
+    (store.root / "svc" / "latest").write_text("v1\n")
+    assert store.resolve("svc") == Tag("svc", "v2")
+    assert store.get("svc").tag == store.list()[0].tag
+    store.delete("svc:v1")
+    assert not (store.root / "svc" / "latest").exists()
+    assert store.resolve("svc") == Tag("svc", "v2")
+
+
+def test_equal_creation_times_the_one_stored_last_is_latest_and_listed_first(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    a = _add(store, "svc", "zzz", created="2026-01-01T00:00:00Z")
+    b = _add(store, "svc", "aaa", created="2026-01-01T00:00:00Z")
+    os.utime(a, ns=(1, 1_000_000_000))
+    os.utime(b, ns=(1, 2_000_000_000))
+    assert store.resolve("svc") == Tag("svc", "aaa")
+    assert [str(e.tag) for e in store.list()] == ["svc:aaa", "svc:zzz"]
+    # Creation times compare as times, whatever their spelling.
+    _add(store, "svc", "mid", created="2026-01-01T01:00:00.5+01:00")  # 00:00:00.5Z: newer by half a second
+    assert store.resolve("svc") == Tag("svc", "mid")
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (b"name: [unclosed\n", "not valid YAML"),
+        (b"- just\n- a list\n", "expected a mapping, found list"),
+        (b"\xff\xfe\x00bad", "not valid YAML"),
+    ],
+)
+def test_a_damaged_entry_is_reported_and_skipped_not_fatal(
+    tmp_path: Path, damage: bytes, reason: str
+) -> None:
+    store = _store(tmp_path)
+    _add(store, "svc", "v1", created="2026-01-01T00:00:00Z")
+    bad = _add(store, "svc", "v2", created="2026-01-02T00:00:00Z")
+    _add(store, "other", "v1")
+    (bad / "bundle.yaml").write_bytes(damage)
+    reported: list[str] = []
+    assert [str(e.tag) for e in store.list(on_damaged=reported.append)] == ["other:v1", "svc:v1"]
+    assert len(reported) == 1
+    assert reported[0].startswith(f"bundle svc:v2 is damaged: its bundle.yaml cannot be read ({reason}")
+    assert "`bundler verify svc:v2`" in reported[0] and "`bundler delete svc:v2`" in reported[0]
+    with pytest.warns(UserWarning, match="bundle svc:v2 is damaged"):
+        assert len(store.list("svc")) == 1
+    # Its creation time is unreadable, so latest is the newest readable entry.
+    assert store.resolve("svc") == Tag("svc", "v1")
+    assert store.get("svc").tag == Tag("svc", "v1")
+    with pytest.raises(StoreError, match="bundle svc:v2 is damaged"):
+        store.get("svc:v2")
+    assert store.verify("svc:v2") == ["bundle.yaml: sha256 differs from the manifest"]
+    store.delete("svc:v1")
+    with pytest.raises(StoreError, match="bundle 'svc' has no readable entry: bundle svc:v2 is damaged"):
+        store.resolve("svc")
+    assert store.delete("svc:v2") == Tag("svc", "v2")
+    assert [str(e.tag) for e in store.list()] == ["other:v1"]
+
+
+def test_cli_list_shows_the_rest_of_the_bundles(bundler_home: Path) -> None:
+    from click.testing import CliRunner
+
+    from bundler import cli
+
+    store = Store(bundler_home / "bundles", "bundle", "bundle.yaml")
+    (_add(store, "svc", "v1") / "bundle.yaml").write_text("name: [unclosed\n")
+    (_add(store, "odd", "v1") / "bundle.yaml").write_text("name: odd\napis: [{path: /x}, 3]\n")
+    _add(store, "good", "v1")
+    r = CliRunner().invoke(cli.main, ["list"])
+    assert r.exit_code == 0, r.output
+    assert "good:v1" in r.stdout and "odd:v1" in r.stdout and "svc:v1" not in r.stdout
+    assert "warning: bundle svc:v1 is damaged" in r.stderr
+
+
+def test_delete_racing_another_delete_is_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+    _add(store, "svc", "v1")
+    _add(store, "svc", "v2", created="2026-01-02T00:00:00Z")
+    other = _store(tmp_path)  # another process: it deletes the entry between resolve and rename
+    real_resolve = Store.resolve
+
+    def resolve_then_lose_the_race(self: Store, tag: str | Tag) -> Tag:
+        full = real_resolve(self, tag)
+        if self is store:
+            other.delete(full)
+        return full
+
+    monkeypatch.setattr(Store, "resolve", resolve_then_lose_the_race)
+    for tag in ("svc:v1", "svc"):
+        with pytest.raises(NotFound, match=r"bundle svc:v\d not found .*deleted meanwhile"):
+            store.delete(tag)
+    assert store.list() == []
+
+
+def test_commit_racing_a_delete_of_the_names_last_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path)
+    real_rename = os.rename
+    raced: list[Path] = []
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        dst = Path(dst)
+        if dst.parent.name == "svc" and not raced:  # a delete removes the empty <name>/ just made
+            raced.append(dst.parent)
+            dst.parent.rmdir()
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    path = _add(store, "svc", "v1")
+    assert raced and path.is_dir() and store.resolve("svc") == Tag("svc", "v1")
 
 
 def test_staging_leaves_nothing_on_failure(tmp_path: Path) -> None:
@@ -150,6 +270,25 @@ def test_import_refuses_unsafe_archives_and_leaves_store_unchanged(
     assert not (tmp_path / "escape.txt").exists()
 
 
+def test_import_refuses_version_latest_and_commit_needs_a_version(tmp_path: Path) -> None:
+    from bundler.exceptions import BadInput
+
+    store = _store(tmp_path)
+    path = _add(store, "svc", "v1")
+    (path / "bundle.yaml").write_text("name: svc\nversion: latest\n")
+    from bundler.store import write_manifest
+
+    write_manifest(path)
+    archive = store.export("svc:v1", tmp_path / "svc.tar.gz")
+    other = Store(tmp_path / "other", "bundle", "bundle.yaml")
+    with pytest.raises(BadInput, match="version 'latest' is reserved"):
+        other.import_(archive)
+    assert other.list() == []
+    for version in (None, "latest"):
+        with pytest.raises(BadInput, match="without a version"), other.staging() as staged:
+            other.commit(staged, Tag("svc", version))
+
+
 def test_import_refuses_tampered_archive(tmp_path: Path) -> None:
     store = _store(tmp_path)
     _add(store, "svc", "v1", body="original")
@@ -179,3 +318,31 @@ def test_export_to_an_unwritable_place_is_a_clear_error_and_leaves_nothing(tmp_p
     with pytest.raises(NotFound, match=r"\(see `bundler list`\)"):
         store.resolve("nothing")
     assert not list(tmp_path.glob("**/*.part"))
+
+
+def test_export_to_a_directory_with_a_trailing_slash_makes_it(tmp_path: Path) -> None:
+    from bundler.exceptions import BadInput
+
+    store = _store(tmp_path)
+    _add(store, "svc", "v1")
+    existing = store.export("svc:v1", tmp_path)
+    assert existing == tmp_path / "svc-v1.tar.gz"
+    made = store.export("svc:v1", f"{tmp_path}/out/new dir/")
+    assert made == tmp_path / "out" / "new dir" / "svc-v1.tar.gz"
+    assert made.read_bytes() == existing.read_bytes()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(BadInput, match=r"cannot make the directory .*a-file for the archive"):
+        store.export("svc:v1", f"{tmp_path}/a-file/")
+    assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_cli_export_to_a_new_directory(bundler_home: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bundler import cli
+
+    _add(Store(bundler_home / "bundles", "bundle", "bundle.yaml"), "svc", "v1")
+    r = CliRunner().invoke(cli.main, ["export", "svc", f"{tmp_path}/out/new dir/"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "new dir" / "svc-v1.tar.gz").is_file()
+    assert r.stdout.strip() == str(tmp_path / "out" / "new dir" / "svc-v1.tar.gz")
