@@ -319,6 +319,11 @@ class Store:
         A damaged entry (its metadata file cannot be read) is left out and reported, one message each, to
         ``on_damaged`` (default: a warning), so that one bad entry does not hide the others.
         """
+        if name is not None:
+            tag = Tag.parse(name)  # InvalidTag (exit 2) for a name that cannot be stored: "Bad Name", "../x"
+            if tag.version is not None:
+                raise BadInput(f"list takes a name, not a tag: {name!r}; to see that one, get {name}")
+            name = tag.name
         if not self.root.is_dir():
             return []
         names = [name] if name else sorted(p.name for p in self.root.iterdir() if NAME_RE.match(p.name))

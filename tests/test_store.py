@@ -150,6 +150,30 @@ def test_cli_list_shows_the_rest_of_the_bundles(bundler_home: Path) -> None:
     assert "warning: bundle svc:v1 is damaged" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "code", "message"),
+    [
+        ("Bad Name", 2, "invalid tag 'Bad Name'"),
+        ("../bundles/good", 2, "invalid tag '../bundles/good'"),  # was listed as '../bundles/good:v1'
+        ("good:v1", 2, "list takes a name, not a tag"),
+        ("good", 0, "good:v1"),
+        ("good:latest", 0, "good:v1"),
+    ],
+)
+def test_cli_list_takes_a_name(bundler_home: Path, name: str, code: int, message: str) -> None:
+    from click.testing import CliRunner
+
+    from bundler import cli
+
+    _add(Store(bundler_home / "bundles", "bundle", "bundle.yaml"), "good", "v1")
+    r = CliRunner().invoke(cli.main, ["list", name])
+    assert r.exit_code == code, r.output
+    assert message in (r.stdout if code == 0 else r.stderr)
+    if code:  # the model store says the same
+        r = CliRunner().invoke(cli.main, ["models", "list", name])
+        assert r.exit_code == code and message in r.stderr, r.output
+
+
 def test_delete_racing_another_delete_is_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store(tmp_path)
     _add(store, "svc", "v1")
