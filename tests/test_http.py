@@ -356,3 +356,23 @@ def test_a_request_that_is_not_sent_whole_in_time_gets_408(
         )
         head, body, _ = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 200") and body == b"5"
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    ],
+    ids=["garbage", "length-and-chunked", "negative-length"],
+)
+def test_a_request_that_is_not_http_gets_a_json_400(url: str, request_bytes: bytes) -> None:
+    import json
+
+    with _connect(url) as sock:
+        sock.sendall(request_bytes)
+        head, body, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
+        assert json.loads(body)["error"].startswith("the request is not valid HTTP/1.1")
+        assert sock.recv(1) == b""

@@ -126,6 +126,18 @@ if _Base is not None:
             self._head_cycle = self.cycle
             super().on_message_begin()
 
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's own 400 (a request that does not parse as HTTP) in the server's JSON error shape.
+            self._send_and_close(400, "Bad Request", f"the request is not valid HTTP/1.1: {msg}")
+
+        def _send_and_close(self, status: int, reason: str, message: str) -> None:
+            body = orjson.dumps({"error": message})
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
+            )
+            self.transport.close()
+
         def read_timed_out(self, now: float) -> bool:
             """Return whether the request being read has outrun REQUEST_READ_TIMEOUT (False: none is)."""
             if not self._began:
@@ -146,12 +158,9 @@ if _Base is not None:
             cycle = self.cycle
             if cycle is self._head_cycle or not cycle.response_started:
                 message = f"the request was not received within {REQUEST_READ_TIMEOUT:g} s; send it whole"
-                body = orjson.dumps({"error": message})
-                self.transport.write(
-                    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-                )
-            self.transport.close()
+                self._send_and_close(408, "Request Timeout", message)
+            else:
+                self.transport.close()
 
         def on_response_complete(self) -> None:
             # A bodiless response (HEAD, 204, 304) has written only its head.
