@@ -314,7 +314,14 @@ def import_model(path: Path) -> None:
 @click.option(
     "--max-body-size", type=int, default=None, help="Largest request body in bytes (default 32 MiB)."
 )
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    envvar="BUNDLER_LOG_LEVEL",
+    type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"], case_sensitive=False),
+    help="Also from $BUNDLER_LOG_LEVEL (bentofile docker.env).",
+)
 @handle_errors
 def serve(
     target: str, host: str, port: int, workers: int, reload: bool, max_body_size: int | None, log_level: str

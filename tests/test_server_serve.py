@@ -281,3 +281,19 @@ def test_reload_picks_up_a_source_change(tmp_path: Path) -> None:
         assert seen == "after"
     finally:
         assert stop(proc) in CLEAN_EXIT
+
+
+def test_cli_log_level_comes_from_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import bundler.server.serve as serve_module
+    from bundler import cli
+
+    got: list[str] = []
+    monkeypatch.setattr(serve_module, "serve", lambda target, **kw: got.append(kw["log_level"]))
+    monkeypatch.setenv("BUNDLER_LOG_LEVEL", "WARNING")  # the examples set it in docker.env
+    assert CliRunner().invoke(cli.main, ["serve", "x:svc"]).exit_code == 0
+    assert CliRunner().invoke(cli.main, ["serve", "x:svc", "--log-level", "debug"]).exit_code == 0
+    assert got == ["warning", "debug"]  # the option wins over the variable
+    bad = CliRunner().invoke(cli.main, ["serve", "x:svc", "--log-level", "verbose"])
+    assert bad.exit_code == 2 and "'verbose' is not one of" in bad.output  # was uvicorn's KeyError
