@@ -355,7 +355,9 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
 @click.argument("tag")
 @click.option("-t", "--tag", "image_tags", multiple=True, help="Image name[:tag] (repeatable).")
 @click.option("--backend", type=click.Choice(["docker", "podman", "buildah"]), default=None)
-@click.option("--platform", default=None, help="Target platform, e.g. linux/amd64.")
+@click.option(
+    "--platform", default=None, help="Target platform (default: the one the bundle was built and locked for)."
+)
 @click.option("--build-arg", multiple=True, help="KEY=VALUE passed to the build (repeatable).")
 @click.option("--no-cache", is_flag=True)
 @click.option(

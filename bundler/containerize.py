@@ -25,7 +25,7 @@ from typing import Any
 
 from .dockerfile import CA_URL_ARG
 from .exceptions import BadInput, ContainerizeError, EngineUnavailable
-from .store import bundle_store
+from .store import bundle_store, verify_manifest
 
 __all__ = ["Engine", "build_command", "containerize", "detect_engine", "render_inputs"]
 
@@ -148,6 +148,45 @@ def detect_engine(backend: str | None = None) -> Engine:
     raise EngineUnavailable(
         f"no usable container engine ({tried}): {'; '.join(problems)}. To fix: {_START_HINT}"
     )
+
+
+def _check_intact(bundle_dir: Path, info: Mapping[str, Any]) -> None:
+    """Refuse a bundle that fails its manifest: the image would carry files its version does not cover."""
+    problems = verify_manifest(bundle_dir)
+    if problems:
+        tag = f"{info.get('name')}:{info.get('version')}"
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise ContainerizeError(
+            f"bundle {tag} fails its manifest check ({shown}); it was changed after `bundler build`:"
+            " build it again (a changed source gets a new version)"
+        )
+
+
+def _platform(info: Mapping[str, Any], asked: str | None, output: Callable[[str], Any]) -> str | None:
+    """Return the --platform to build for: the one the bundle was locked for (its wheels are for it)."""
+    locked = (info.get("python") or {}).get("platform")
+    if asked and locked and asked != locked:
+        raise BadInput(
+            f"--platform {asked}: the bundle was locked for {locked}, and its wheels are for that platform;"
+            f" build it for {asked} (`bundler build --platform {asked}`) or leave --platform out"
+        )
+    platform = asked or locked
+    host = HOST_PLATFORMS.get(os.uname().machine)
+    if platform and platform == host and not asked:
+        return None  # the engine's default: not named, as before (older engines take no --platform)
+    if platform and platform != host:
+        machine = host or os.uname().machine
+        output(f"note: building for {platform} on a {machine} host needs emulation (binfmt/QEMU)")
+    return platform
+
+
+# `uname -m` -> the image platform an engine builds by default there.
+HOST_PLATFORMS = {
+    "x86_64": "linux/amd64",
+    "amd64": "linux/amd64",
+    "aarch64": "linux/arm64",
+    "arm64": "linux/arm64",
+}
 
 
 def _image_tags(info: Mapping[str, Any], tags: Iterable[str]) -> list[str]:
@@ -315,6 +354,8 @@ def containerize(
         raise ContainerizeError(
             f"{bundle_dir} is not a bundle: {stored} is missing; run `bundler build` first"
         )
+    _check_intact(bundle_dir, info)
+    platform = _platform(info, platform, output)
     if ca_bundle is not None and not Path(ca_bundle).is_file():
         raise BadInput(f"--ca-bundle {ca_bundle}: no such file")
     image_tags = _image_tags(info, tags)

@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 import bundler.containerize as cz
 from bundler.containerize import Engine, build_command, containerize, detect_engine, render_inputs
 from bundler.exceptions import BadInput, ContainerizeError, EngineUnavailable
+from bundler.store import write_manifest
 
 SERVICE = '''\
 """A test service: an affine model behind /predict, and a slow JSON API to test draining."""
@@ -191,6 +192,7 @@ def fake_bundle(root: Path, info: dict[str, Any]) -> Path:
     stored = root / "env" / "docker" / "Dockerfile"
     stored.parent.mkdir(parents=True)
     stored.write_text(render_dockerfile(*render_inputs(info, root)))
+    write_manifest(root)
     return root
 
 
@@ -207,9 +209,13 @@ def test_ca_bundle_on_a_hand_edited_dockerfile_or_without_host_network_is_refuse
         stored = bundle / "env" / "docker" / "Dockerfile"
         original = stored.read_text()
         stored.write_text(original + "RUN echo edited\n")
+        with pytest.raises(ContainerizeError, match=r"fails its manifest check \(env/docker/Dockerfile"):
+            containerize(bundle, INFO, ca_bundle=ca, output=lambda _: None)
+        write_manifest(bundle)  # intact, but not what bundle.yaml renders (another bundler's template)
         with pytest.raises(ContainerizeError, match="hand-edited"):
             containerize(bundle, INFO, ca_bundle=ca, output=lambda _: None)
         stored.write_text(original)
+        write_manifest(bundle)
     # The legacy builder fetches the CA over the host's loopback, which another network cannot reach.
     monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", "/nonexistent", "legacy"))
     with pytest.raises(ContainerizeError, match=r"needs the host network .* not --network bridge"):
@@ -832,3 +838,46 @@ def test_a_hand_edited_dockerfile_is_built_as_stored(
         check=True,
     )
     assert label.stdout.strip() == "by hand"
+
+
+def _logging_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    client = tmp_path / "docker"
+    log = tmp_path / "argv.txt"
+    client.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {log}\nexit 0\n')
+    client.chmod(0o755)
+    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), "buildkit"))
+    return log
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="host platform assumed linux/amd64")
+def test_the_image_is_built_for_the_platform_the_bundle_was_locked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _logging_client(tmp_path, monkeypatch)
+    notes: list[str] = []
+    for platform, expected in (("linux/amd64", None), ("linux/arm64", "linux/arm64")):
+        info = {**INFO, "python": {**INFO["python"], "platform": platform}}
+        bundle = fake_bundle(tmp_path / platform.replace("/", "-"), info)
+        containerize(bundle, info, output=notes.append)
+        argv = log.read_text().splitlines()
+        got = argv[argv.index("--platform") + 1] if "--platform" in argv else None
+        assert got == expected  # the host's own platform is left to the engine, as before
+        with pytest.raises(BadInput, match=rf"--platform linux/386: the bundle was locked for {platform}"):
+            containerize(bundle, info, platform="linux/386", output=notes.append)
+    assert any("building for linux/arm64 on a linux/amd64 host needs emulation" in n for n in notes)
+
+
+def test_a_bundle_changed_after_its_build_is_not_containerized(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _logging_client(tmp_path, monkeypatch)
+    bundle = tmp_path / "bundle"
+    (bundle / "src").mkdir(parents=True)
+    (bundle / "src" / "service.py").write_text("svc = 1\n")
+    fake_bundle(bundle, INFO)
+    (bundle / "src" / "service.py").write_text("svc = 2\n")
+    with pytest.raises(
+        ContainerizeError, match=r"a:v1 fails its manifest check \(src/service.py: sha256 differs"
+    ):
+        containerize(bundle, INFO, output=lambda _: None)
+    assert not log.exists()  # the engine was never called
