@@ -324,6 +324,7 @@ def _fallback_openapi(plan: Plan) -> dict[str, Any]:
 
 def _render_docker(cfg: Any, plan: Plan, tag: Tag) -> tuple[str, str]:
     from .docker import render_dockerfile, render_entrypoint
+    from .dockerfile import summary
 
     docker = dict(plan.info["docker"])
     docker["setup_script"] = "env/docker/setup_script" if cfg.docker.setup_script else None
@@ -345,7 +346,7 @@ def _render_docker(cfg: Any, plan: Plan, tag: Tag) -> tuple[str, str]:
         "envs": plan.info["envs"],
         "labels": plan.info["labels"],
         "bundler_version": __version__,
-        "description": next(iter((cfg.description or "").strip().splitlines()), ""),
+        "description": summary(cfg.description),
     }
     return render_dockerfile(docker, facts), render_entrypoint(facts)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .dockerfile import CA_URL_ARG
+from .dockerfile import CA_URL_ARG, summary
 from .exceptions import BadInput, ContainerizeError, EngineUnavailable
 from .store import bundle_store, verify_manifest
 
@@ -228,7 +228,7 @@ def render_inputs(info: Mapping[str, Any], bundle_dir: Path) -> tuple[dict[str, 
         "envs": info.get("envs") or {},
         "labels": info.get("labels") or {},
         "bundler_version": info.get("bundler_version") or __version__,
-        "description": description.splitlines()[0] if description else "",
+        "description": summary(description),
     }
     return docker, facts
 

@@ -307,6 +307,31 @@ def _venv_finish(keep_pip: bool) -> list[str]:
     ]
 
 
+def _exposed_port(docker: dict[str, Any], facts: dict[str, Any]) -> int:
+    """Return the port the server listens on in the image: $PORT, which docker.env or envs may set."""
+    port: Any = PORT
+    for source, values in (("docker.env", docker.get("env")), ("envs", facts.get("envs"))):
+        if values and "PORT" in dict(values):
+            port = dict(values)["PORT"]
+            key = f"{source}.PORT"
+    if port is PORT:
+        return PORT
+    try:
+        number = int(str(port).strip())
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise _fail(key, port, "is not a TCP port number (1-65535); the server listens on $PORT")
+    return number
+
+
+def summary(description: str | None) -> str:
+    """Return the one line an image label shows of a description: its first line, Markdown heading marks
+    removed (a README's "# quickstart" -> "quickstart")."""
+    first = next(iter((description or "").strip().splitlines()), "")
+    return first.lstrip("#").strip() if first.startswith("#") else first.strip()
+
+
 def template_context(
     docker: dict[str, Any], facts: dict[str, Any], *, buildkit: bool = False, ca_fetch: bool = False
 ) -> dict[str, Any]:
@@ -351,7 +376,7 @@ def template_context(
         ' && rm -rf "$check"',
         "has_models": bool(facts.get("has_models", True)),
         "label_lines": _labels(facts),
-        "port": PORT,
+        "port": _exposed_port(docker, facts),
         # BentoML's names, for user templates that extend ours.
         "bento__user": USER,
         "bento__uid_gid": UID,

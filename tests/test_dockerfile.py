@@ -193,6 +193,22 @@ def test_default_image_runs_as_numeric_non_root_user_and_serves_on_port_3000() -
     assert final[check].endswith(f'-c {shlex.quote(SERVE_IMPORTS)} && rm -rf "$check"')
 
 
+def test_expose_follows_a_port_set_in_docker_env_or_envs() -> None:
+    # The server listens on $PORT: an image exposing 3000 while serving on 8080 misleads `docker run -P`.
+    assert "EXPOSE 8080" in _instructions(render_dockerfile({**DOCKER, "env": {"PORT": "8080"}}, FACTS))
+    assert "EXPOSE 9000" in _instructions(render_dockerfile(DOCKER, {**FACTS, "envs": {"PORT": "9000"}}))
+
+
+def test_the_description_label_is_one_line_without_markdown_heading_marks() -> None:
+    from bundler.dockerfile import summary
+
+    assert summary("# quickstart\n\nServes a model.\n") == "quickstart"  # a README's title
+    assert summary("  first line\nsecond") == "first line"
+    assert summary(None) == summary("") == ""
+    text = render_dockerfile(DOCKER, {**FACTS, "description": summary("## My model\n")})
+    assert 'org.opencontainers.image.description="My model"' in text
+
+
 def test_only_the_venv_and_bundler_reach_the_final_stage_and_pip_is_dropped() -> None:
     lines = _instructions(render_case("default"))
     final = lines[_index(lines, "FROM base") :]
@@ -290,6 +306,7 @@ def test_env_values_are_escaped_so_they_cannot_expand_or_break_out() -> None:
         ({"env": {"A": "line1\nRUN id"}}, "contains a line break"),
         ({"distro": "alpine"}, "onnxruntime publishes no musl"),
         ({"distro": "gentoo"}, "docker.distro: 'gentoo' is not one of debian, alpine, ubi8, amazonlinux"),
+        ({"env": {"PORT": "http"}}, "docker.env.PORT: 'http' is not a TCP port number"),
     ],
 )
 def test_unsafe_or_unsupported_settings_are_refused(docker: dict[str, Any], expect: str) -> None:
