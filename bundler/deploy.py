@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .exceptions import BadInput
+from .imageref import default_image, parse_image_ref
 from .store import atomic_write_text, bundle_store, sha256_file
 
 __all__ = [
@@ -78,7 +79,6 @@ _SUFFIX = {
     "Ei": Decimal(2) ** 60,
 }
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-._A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")
-_IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$", re.IGNORECASE)
 
 
 def parse_quantity(value: str, what: str) -> Decimal:
@@ -242,11 +242,11 @@ def kubernetes_manifests(
             "digits and '-', starting and ending with a letter or digit)"
         )
     if image is None:
-        image = f"{bundle_name}:{version}"
-    if not _IMAGE_RE.match(image) or len(image) > 255:
-        raise BadInput(
-            f"--image: {image!r} is not an image reference (e.g. registry.example.com/team/sr:1.0)"
-        )
+        # What `bundler containerize` tags the image with by default.
+        image = default_image(bundle_name, version)
+        if image is None:
+            raise BadInput(f"bundle {tag} gives no valid image name; pass --image REGISTRY/NAME:TAG")
+    parse_image_ref(image, "--image")
     size = model_bytes(bundle_info, bundle_dir)
     if size and parse_quantity(memory, "--memory") < size:
         raise BadInput(

@@ -20,6 +20,7 @@ import yaml
 from kubernetes_validate.utils import all_versions
 from onnx import TensorProto, helper, numpy_helper
 
+import bundler.containerize as cz
 from bundler.deploy import (
     CUDA_PROVIDERS,
     STARTUP_BASE_S,
@@ -230,12 +231,30 @@ def test_gpu_sets_limit_providers_and_scheduling_hints(tmp_path: Path) -> None:
         ({"gpu": -1}, r"--gpu: -1 must be a whole number"),
         ({"namespace": "ML_Prod"}, r"--namespace: 'ML_Prod' is not a Kubernetes namespace name"),
         ({"image": "my image"}, r"--image: 'my image' is not an image reference"),
+        ({"image": "UPPER/x:1"}, r"--image: 'UPPER/x:1' is not an image reference: 'UPPER' has uppercase"),
+        ({"image": "x:"}, r"--image: 'x:' is not an image reference: the tag after ':' is empty"),
+        ({"image": "x:1:2"}, r"--image: 'x:1:2' is not an image reference: tag '1:2'"),
+        ({"image": "a@b"}, r"--image: 'a@b' is not an image reference: digest 'b'"),
+        ({"image": "repo/x:-bad"}, r"--image: 'repo/x:-bad' is not an image reference: tag '-bad'"),
+        ({"image": "x@sha256:zz"}, r"--image: 'x@sha256:zz' is not an image reference: digest 'sha256:zz'"),
         ({"port": 70000}, r"port: 70000 must be between 1 and 65535"),
     ],
 )
 def test_bad_options_are_bad_input(tmp_path: Path, options: dict, message: str) -> None:
     with pytest.raises(BadInput, match=message):
         kubernetes_manifests(INFO, tmp_path, **options)
+
+
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [("sr", "sr:0ab1cd2ef3gh4jkm"), ("9lives_super.res", "9lives_super.res:0ab1cd2ef3gh4jkm"),
+     ("my..model", "my.model:0ab1cd2ef3gh4jkm"), ("a___b", "a_b:0ab1cd2ef3gh4jkm")],
+)  # fmt: skip
+def test_default_image_is_what_containerize_tags(tmp_path: Path, name: str, image: str) -> None:
+    """A bundle name Docker refuses ('my..model') still gives a valid default image, the containerize one."""
+    info = {**INFO, "name": name, "tag": f"{name}:{INFO['version']}"}
+    assert _container(kubernetes_manifests(info, tmp_path))["image"] == image
+    assert cz._image_tags(info, ()) == [image]
 
 
 @pytest.mark.parametrize(
