@@ -333,6 +333,41 @@ def test_write_manifests_refuses_a_file_as_directory(tmp_path: Path) -> None:
         write_manifests(kubernetes_manifests(INFO, tmp_path), target)
 
 
+def test_write_manifests_where_no_directory_can_be(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below a regular file, or where nothing can be created: one message naming -o, exit 2, no traceback."""
+    manifests = kubernetes_manifests(INFO, tmp_path)
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "k8s" / "deployment.yaml").write_text("x")
+    below_a_file = tmp_path / "k8s" / "deployment.yaml" / "sub"
+    with pytest.raises(
+        BadInput, match=r"^-o .*/sub: cannot write the manifests there \(.*/k8s/deployment.yaml is a file"
+    ):
+        write_manifests(manifests, below_a_file)
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # as /proc, or a directory of another user, would
+    with pytest.raises(BadInput, match=r"^-o .*/new: cannot write the manifests there \(Permission denied\)"):
+        write_manifests(manifests, tmp_path / "new")
+
+
+def test_cli_output_dir_errors_are_one_line(tmp_path: Path) -> None:
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    store = bundle_store()
+    with store.staging() as staged:
+        (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": "sr", "version": "v1", "models": []}))
+        store.commit(staged, Tag("sr", "v1"))
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file" / "sub", Path("/proc/nope")):
+        result = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:v1", "-o", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: -o {out}: cannot write the manifests there")
+        assert len(result.output.splitlines()) == 1
+
+
 def test_deploy_kubernetes_from_the_store(tmp_path: Path) -> None:
     """Without lock_digest in bundle.yaml, the digest is the sha256 of the bundle's lock file."""
     store = bundle_store()
