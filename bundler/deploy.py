@@ -78,6 +78,7 @@ _SUFFIX = {
     "Pi": Decimal(2) ** 50,
     "Ei": Decimal(2) ** 60,
 }
+_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*==", re.MULTILINE)
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-._A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")
 
 
@@ -195,6 +196,30 @@ def _label_value(value: str, key: str) -> str:
     return value
 
 
+def _cuda_gaps(bundle_info: dict, bundle_dir: Path) -> list[str]:
+    """Return what the bundle's image lacks to run the CUDA provider, as far as the bundle records it."""
+    gaps = []
+    lock = Path(bundle_dir) / "env" / "python" / "requirements.lock.txt"
+    pinned: set[str] = set()
+    if lock.is_file():
+        text = lock.read_text(encoding="utf-8", errors="replace")
+        pinned = {re.sub(r"[-_.]+", "-", m.lower()) for m in _PIN_RE.findall(text)}
+        if "onnxruntime-gpu" not in pinned:
+            # The CPU onnxruntime has no CUDAExecutionProvider: the server refuses the provider list.
+            gaps.append("its requirements.lock.txt has no onnxruntime-gpu")
+    docker = bundle_info.get("docker")
+    if isinstance(docker, dict) and not any(
+        docker.get(key) for key in ("cuda_version", "base_image", "dockerfile_template")
+    ):
+        # The default base image has no CUDA libraries, unless the lock brings NVIDIA's pip wheels of them.
+        wheels = [
+            any(p.startswith(prefix) for p in pinned) for prefix in ("nvidia-cuda-runtime", "nvidia-cudnn")
+        ]
+        if not all(wheels):
+            gaps.append("bundle.yaml has no docker.cuda_version (its image has no CUDA libraries)")
+    return gaps
+
+
 def _lock_digest(bundle_info: dict, bundle_dir: Path) -> str | None:
     # bundle.yaml keeps it under python.lock_digest: the sha256 of requirements.lock.txt, as the image's
     # ai.bundler.lock-digest label has it; older or hand-made bundle.yaml files get it from the file.
@@ -240,6 +265,15 @@ def kubernetes_manifests(
         raise BadInput(
             f"--namespace: {namespace!r} is not a Kubernetes namespace name (at most 63 lowercase letters, "
             "digits and '-', starting and ending with a letter or digit)"
+        )
+    gaps = _cuda_gaps(bundle_info, bundle_dir) if gpu else []
+    if gaps:
+        raise BadInput(
+            f"--gpu {gpu}: bundle {tag} is not built for CUDA: {' and '.join(gaps)}, so its pods cannot use"
+            " a GPU (with the CPU onnxruntime they never become ready: the CUDA provider fails to load)."
+            " To fix: add onnxruntime-gpu to python.packages"
+            " and set docker.cuda_version (e.g. '12.4.1') in bentofile.yaml, then `bundler build` and"
+            " `bundler containerize` again; or deploy without --gpu"
         )
     if image is None:
         # What `bundler containerize` tags the image with by default.

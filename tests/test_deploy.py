@@ -212,6 +212,57 @@ def test_gpu_sets_limit_providers_and_scheduling_hints(tmp_path: Path) -> None:
     assert c["startupProbe"]["failureThreshold"] > _container(cpu_only)["startupProbe"]["failureThreshold"]
 
 
+def _recorded(root: Path, lock: list[str], **docker: str | None) -> dict:
+    """Write a lock pinning ``lock`` under ``root``; return INFO with ``docker`` as bundle.yaml has it."""
+    path = root / "env" / "python" / "requirements.lock.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(f"{p} \\\n    --hash=sha256:00\n    # via -r requirements.in\n" for p in lock))
+    keys = {"cuda_version": None, "base_image": None, "dockerfile_template": None}
+    return {**INFO, "docker": {"distro": "debian", **keys, **docker}}
+
+
+CPU_LOCK = ["numpy==2.0.0", "onnxruntime==1.20.0"]
+GPU_LOCK = [*CPU_LOCK, "onnxruntime-gpu==1.20.0"]
+
+
+@pytest.mark.parametrize(
+    ("lock", "docker", "gaps"),
+    [
+        (
+            CPU_LOCK,
+            {},
+            r"its requirements.lock.txt has no onnxruntime-gpu and bundle.yaml has no docker.cuda_version",
+        ),
+        (CPU_LOCK, {"cuda_version": "12.4.1"}, r"its requirements.lock.txt has no onnxruntime-gpu, so"),
+        (GPU_LOCK, {}, r"bundle.yaml has no docker.cuda_version \(its image has no CUDA libraries\), so"),
+    ],
+)
+def test_gpu_on_a_bundle_not_built_for_cuda_is_refused(
+    tmp_path: Path, lock: list[str], docker: dict, gaps: str
+) -> None:
+    """With --gpu the pods ask for the CUDA provider: a CPU-only image would never become ready."""
+    info = _recorded(tmp_path, lock, **docker)
+    kubernetes_manifests(info, tmp_path)  # fine on CPU
+    with pytest.raises(BadInput, match=rf"^--gpu 1: bundle sr:\w+ is not built for CUDA: {gaps}") as err:
+        kubernetes_manifests(info, tmp_path, gpu=1)
+    assert "add onnxruntime-gpu to python.packages and set docker.cuda_version" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("lock", "docker"),
+    [
+        (GPU_LOCK, {"cuda_version": "12.4.1"}),
+        (["onnxruntime_GPU==1.20.0"], {"cuda_version": "11.8.0"}),
+        # CUDA from NVIDIA's pip wheels (onnxruntime-gpu[cuda,cudnn]), or from the user's own base image.
+        ([*GPU_LOCK, "nvidia-cuda-runtime-cu12==12.4.127", "nvidia-cudnn-cu12==9.1.0.70"], {}),
+        (GPU_LOCK, {"base_image": "nvcr.io/nvidia/pytorch:24.05-py3"}),
+    ],
+)
+def test_gpu_on_a_bundle_built_for_cuda(tmp_path: Path, lock: list[str], docker: dict) -> None:
+    c = _container(kubernetes_manifests(_recorded(tmp_path, lock, **docker), tmp_path, gpu=1))
+    assert {"name": "BUNDLER_PROVIDERS", "value": CUDA_PROVIDERS} in c["env"]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -510,3 +561,20 @@ def test_cli_writes_manifests_and_refuses_bad_options(tmp_path: Path) -> None:
     bad = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:v1", "--memory", "1GB", "-o", str(out)])
     assert bad.exit_code == 2
     assert "--memory: '1GB' is not a Kubernetes quantity" in bad.output
+
+
+def test_cli_refuses_gpu_for_a_cpu_only_bundle(tmp_path: Path) -> None:
+    """What `bundler build` records for a CPU bundle: no docker.cuda_version, the CPU onnxruntime locked."""
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    store = bundle_store()
+    with store.staging() as staged:
+        info = _recorded(staged, CPU_LOCK)
+        (staged / "bundle.yaml").write_text(yaml.safe_dump({**info, "version": "v1", "tag": "sr:v1"}))
+        store.commit(staged, Tag("sr", "v1"))
+    out = tmp_path / "k8s"
+    result = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:v1", "--gpu", "1", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --gpu 1: bundle sr:v1 is not built for CUDA")
+    assert not out.exists()
