@@ -355,6 +355,26 @@ def test_startup_budget_grows_with_models_on_disk(tmp_path: Path) -> None:
     assert pod["metadata"]["annotations"]["bundler.dev/model-bytes"] == str(size)
 
 
+_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def test_docs_startup_budget_table_is_what_the_code_computes() -> None:
+    """Every size in docs/kubernetes.md's budget table (both ends of a range) gets the budget it shows."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "kubernetes.md").read_text()
+    table = doc.split("| models | CPU budget | GPU budget |\n|---|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    assert len(rows) >= 4
+    for models, cpu, gpu in rows:
+        sizes = []
+        for part in models.split(" to "):
+            m = re.fullmatch(r"(none)|(\d+(?:\.\d+)?) (B|KiB|MiB|GiB)", part)
+            assert m, f"docs/kubernetes.md: {models!r}: {part!r} is not a size the test can check"
+            sizes.append(0 if m[1] else int(float(m[2]) * _UNITS[m[3]]))
+        for size in sizes:
+            assert f"{startup_budget_seconds(size)} s" == cpu, (models, size)
+            assert f"{startup_budget_seconds(size, gpu=1)} s" == gpu, (models, size)
+
+
 def test_startup_rate_holds_for_a_real_session(tmp_path: Path) -> None:
     """onnxruntime loads faster than the rate the startup budget assumes, with room to spare."""
     path = tmp_path / "m.onnx"
