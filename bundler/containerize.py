@@ -25,6 +25,7 @@ from typing import Any
 
 from .dockerfile import CA_URL_ARG, summary
 from .exceptions import BadInput, ContainerizeError, EngineUnavailable
+from .imageref import default_image, parse_image_ref
 from .store import bundle_store, verify_manifest
 
 __all__ = ["Engine", "build_command", "containerize", "detect_engine", "render_inputs"]
@@ -191,6 +192,8 @@ HOST_PLATFORMS = {
 
 def _image_tags(info: Mapping[str, Any], tags: Iterable[str]) -> list[str]:
     chosen = [t for t in tags if t]
+    for t in chosen:
+        parse_image_ref(t, "-t", allow_digest=False)  # bad input, not a failure deep inside the engine
     if chosen:
         return chosen
     name, version = info.get("name"), info.get("version")
@@ -198,7 +201,11 @@ def _image_tags(info: Mapping[str, Any], tags: Iterable[str]) -> list[str]:
         name, _, version = str(info.get("tag") or "").partition(":")
     if not name or not version:
         raise ContainerizeError("bundle.yaml has no name and version to tag the image with; pass -t NAME:TAG")
-    return [f"{name}:{version}"]
+    # The same default as `bundler deploy kubernetes --image`; a name Docker refuses is mended.
+    image = default_image(str(name), str(version))
+    if image is None:
+        raise ContainerizeError(f"bundle {name}:{version} gives no valid image name; pass -t NAME:TAG")
+    return [image]
 
 
 def render_inputs(info: Mapping[str, Any], bundle_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

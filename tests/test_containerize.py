@@ -274,6 +274,42 @@ def test_not_a_bundle_is_a_clear_error(tmp_path: Path) -> None:
         containerize(tmp_path, {"name": "a", "version": "1"}, output=lambda _: None)
 
 
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        (["H3-Bad:Tag"], r"^-t: 'H3-Bad:Tag' is not an image reference: 'H3-Bad' has uppercase letters"),
+        (["ok:1", "x:1:2"], r"^-t: 'x:1:2' is not an image reference: tag '1:2'"),
+        (["x@sha256:" + "0" * 64], r"^-t: .* a digest \('@...'\) cannot be given to a new image"),
+    ],
+)
+def test_bad_image_tags_are_bad_input_before_any_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tags: list[str], message: str
+) -> None:
+    def no_engine(backend: str | None = None) -> Engine:
+        raise AssertionError("the engine was looked for before the tags were checked")
+
+    monkeypatch.setattr(cz, "detect_engine", no_engine)
+    bundle = fake_bundle(tmp_path / "bundle", INFO)
+    with pytest.raises(BadInput, match=message):
+        containerize(bundle, INFO, tags=tags, output=lambda _: None)
+
+
+def test_a_bundle_name_docker_refuses_gets_a_valid_default_tag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'my..model' is a valid bundle name but not an image name: the image is tagged my.model:<version>."""
+    info = {**INFO, "name": "my..model", "tag": "my..model:v1"}
+    bundle = fake_bundle(tmp_path / "bundle", info)
+    client = tmp_path / "docker"
+    log = tmp_path / "argv.txt"
+    client.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {log}\nexit 0\n')
+    client.chmod(0o755)
+    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), "buildkit"))
+    assert containerize(bundle, info, output=lambda _: None) == ["my.model:v1"]
+    argv = log.read_text().splitlines()
+    assert argv[argv.index("-t") + 1] == "my.model:v1"
+
+
 # --------------------------------------------------------------------------------------------------------
 # Real engine
 

@@ -20,6 +20,7 @@ import yaml
 from kubernetes_validate.utils import all_versions
 from onnx import TensorProto, helper, numpy_helper
 
+import bundler.containerize as cz
 from bundler.deploy import (
     CUDA_PROVIDERS,
     STARTUP_BASE_S,
@@ -211,6 +212,57 @@ def test_gpu_sets_limit_providers_and_scheduling_hints(tmp_path: Path) -> None:
     assert c["startupProbe"]["failureThreshold"] > _container(cpu_only)["startupProbe"]["failureThreshold"]
 
 
+def _recorded(root: Path, lock: list[str], **docker: str | None) -> dict:
+    """Write a lock pinning ``lock`` under ``root``; return INFO with ``docker`` as bundle.yaml has it."""
+    path = root / "env" / "python" / "requirements.lock.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(f"{p} \\\n    --hash=sha256:00\n    # via -r requirements.in\n" for p in lock))
+    keys = {"cuda_version": None, "base_image": None, "dockerfile_template": None}
+    return {**INFO, "docker": {"distro": "debian", **keys, **docker}}
+
+
+CPU_LOCK = ["numpy==2.0.0", "onnxruntime==1.20.0"]
+GPU_LOCK = [*CPU_LOCK, "onnxruntime-gpu==1.20.0"]
+
+
+@pytest.mark.parametrize(
+    ("lock", "docker", "gaps"),
+    [
+        (
+            CPU_LOCK,
+            {},
+            r"its requirements.lock.txt has no onnxruntime-gpu and bundle.yaml has no docker.cuda_version",
+        ),
+        (CPU_LOCK, {"cuda_version": "12.4.1"}, r"its requirements.lock.txt has no onnxruntime-gpu, so"),
+        (GPU_LOCK, {}, r"bundle.yaml has no docker.cuda_version \(its image has no CUDA libraries\), so"),
+    ],
+)
+def test_gpu_on_a_bundle_not_built_for_cuda_is_refused(
+    tmp_path: Path, lock: list[str], docker: dict, gaps: str
+) -> None:
+    """With --gpu the pods ask for the CUDA provider: a CPU-only image would never become ready."""
+    info = _recorded(tmp_path, lock, **docker)
+    kubernetes_manifests(info, tmp_path)  # fine on CPU
+    with pytest.raises(BadInput, match=rf"^--gpu 1: bundle sr:\w+ is not built for CUDA: {gaps}") as err:
+        kubernetes_manifests(info, tmp_path, gpu=1)
+    assert "add onnxruntime-gpu to python.packages and set docker.cuda_version" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("lock", "docker"),
+    [
+        (GPU_LOCK, {"cuda_version": "12.4.1"}),
+        (["onnxruntime_GPU==1.20.0"], {"cuda_version": "11.8.0"}),
+        # CUDA from NVIDIA's pip wheels (onnxruntime-gpu[cuda,cudnn]), or from the user's own base image.
+        ([*GPU_LOCK, "nvidia-cuda-runtime-cu12==12.4.127", "nvidia-cudnn-cu12==9.1.0.70"], {}),
+        (GPU_LOCK, {"base_image": "nvcr.io/nvidia/pytorch:24.05-py3"}),
+    ],
+)
+def test_gpu_on_a_bundle_built_for_cuda(tmp_path: Path, lock: list[str], docker: dict) -> None:
+    c = _container(kubernetes_manifests(_recorded(tmp_path, lock, **docker), tmp_path, gpu=1))
+    assert {"name": "BUNDLER_PROVIDERS", "value": CUDA_PROVIDERS} in c["env"]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -230,12 +282,30 @@ def test_gpu_sets_limit_providers_and_scheduling_hints(tmp_path: Path) -> None:
         ({"gpu": -1}, r"--gpu: -1 must be a whole number"),
         ({"namespace": "ML_Prod"}, r"--namespace: 'ML_Prod' is not a Kubernetes namespace name"),
         ({"image": "my image"}, r"--image: 'my image' is not an image reference"),
+        ({"image": "UPPER/x:1"}, r"--image: 'UPPER/x:1' is not an image reference: 'UPPER' has uppercase"),
+        ({"image": "x:"}, r"--image: 'x:' is not an image reference: the tag after ':' is empty"),
+        ({"image": "x:1:2"}, r"--image: 'x:1:2' is not an image reference: tag '1:2'"),
+        ({"image": "a@b"}, r"--image: 'a@b' is not an image reference: digest 'b'"),
+        ({"image": "repo/x:-bad"}, r"--image: 'repo/x:-bad' is not an image reference: tag '-bad'"),
+        ({"image": "x@sha256:zz"}, r"--image: 'x@sha256:zz' is not an image reference: digest 'sha256:zz'"),
         ({"port": 70000}, r"port: 70000 must be between 1 and 65535"),
     ],
 )
 def test_bad_options_are_bad_input(tmp_path: Path, options: dict, message: str) -> None:
     with pytest.raises(BadInput, match=message):
         kubernetes_manifests(INFO, tmp_path, **options)
+
+
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [("sr", "sr:0ab1cd2ef3gh4jkm"), ("9lives_super.res", "9lives_super.res:0ab1cd2ef3gh4jkm"),
+     ("my..model", "my.model:0ab1cd2ef3gh4jkm"), ("a___b", "a_b:0ab1cd2ef3gh4jkm")],
+)  # fmt: skip
+def test_default_image_is_what_containerize_tags(tmp_path: Path, name: str, image: str) -> None:
+    """A bundle name Docker refuses ('my..model') still gives a valid default image, the containerize one."""
+    info = {**INFO, "name": name, "tag": f"{name}:{INFO['version']}"}
+    assert _container(kubernetes_manifests(info, tmp_path))["image"] == image
+    assert cz._image_tags(info, ()) == [image]
 
 
 @pytest.mark.parametrize(
@@ -285,6 +355,26 @@ def test_startup_budget_grows_with_models_on_disk(tmp_path: Path) -> None:
     assert pod["metadata"]["annotations"]["bundler.dev/model-bytes"] == str(size)
 
 
+_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def test_docs_startup_budget_table_is_what_the_code_computes() -> None:
+    """Every size in docs/kubernetes.md's budget table (both ends of a range) gets the budget it shows."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "kubernetes.md").read_text()
+    table = doc.split("| models | CPU budget | GPU budget |\n|---|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    assert len(rows) >= 4
+    for models, cpu, gpu in rows:
+        sizes = []
+        for part in models.split(" to "):
+            m = re.fullmatch(r"(none)|(\d+(?:\.\d+)?) (B|KiB|MiB|GiB)", part)
+            assert m, f"docs/kubernetes.md: {models!r}: {part!r} is not a size the test can check"
+            sizes.append(0 if m[1] else int(float(m[2]) * _UNITS[m[3]]))
+        for size in sizes:
+            assert f"{startup_budget_seconds(size)} s" == cpu, (models, size)
+            assert f"{startup_budget_seconds(size, gpu=1)} s" == gpu, (models, size)
+
+
 def test_startup_rate_holds_for_a_real_session(tmp_path: Path) -> None:
     """onnxruntime loads faster than the rate the startup budget assumes, with room to spare."""
     path = tmp_path / "m.onnx"
@@ -312,6 +402,41 @@ def test_write_manifests_refuses_a_file_as_directory(tmp_path: Path) -> None:
     target.write_text("x")
     with pytest.raises(BadInput, match="is not a directory"):
         write_manifests(kubernetes_manifests(INFO, tmp_path), target)
+
+
+def test_write_manifests_where_no_directory_can_be(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below a regular file, or where nothing can be created: one message naming -o, exit 2, no traceback."""
+    manifests = kubernetes_manifests(INFO, tmp_path)
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "k8s" / "deployment.yaml").write_text("x")
+    below_a_file = tmp_path / "k8s" / "deployment.yaml" / "sub"
+    with pytest.raises(
+        BadInput, match=r"^-o .*/sub: cannot write the manifests there \(.*/k8s/deployment.yaml is a file"
+    ):
+        write_manifests(manifests, below_a_file)
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # as /proc, or a directory of another user, would
+    with pytest.raises(BadInput, match=r"^-o .*/new: cannot write the manifests there \(Permission denied\)"):
+        write_manifests(manifests, tmp_path / "new")
+
+
+def test_cli_output_dir_errors_are_one_line(tmp_path: Path) -> None:
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    store = bundle_store()
+    with store.staging() as staged:
+        (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": "sr", "version": "v1", "models": []}))
+        store.commit(staged, Tag("sr", "v1"))
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file" / "sub", Path("/proc/nope")):
+        result = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:v1", "-o", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: -o {out}: cannot write the manifests there")
+        assert len(result.output.splitlines()) == 1
 
 
 def test_deploy_kubernetes_from_the_store(tmp_path: Path) -> None:
@@ -456,3 +581,20 @@ def test_cli_writes_manifests_and_refuses_bad_options(tmp_path: Path) -> None:
     bad = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:v1", "--memory", "1GB", "-o", str(out)])
     assert bad.exit_code == 2
     assert "--memory: '1GB' is not a Kubernetes quantity" in bad.output
+
+
+def test_cli_refuses_gpu_for_a_cpu_only_bundle(tmp_path: Path) -> None:
+    """What `bundler build` records for a CPU bundle: no docker.cuda_version, the CPU onnxruntime locked."""
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    store = bundle_store()
+    with store.staging() as staged:
+        info = _recorded(staged, CPU_LOCK)
+        (staged / "bundle.yaml").write_text(yaml.safe_dump({**info, "version": "v1", "tag": "sr:v1"}))
+        store.commit(staged, Tag("sr", "v1"))
+    out = tmp_path / "k8s"
+    result = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:v1", "--gpu", "1", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --gpu 1: bundle sr:v1 is not built for CUDA")
+    assert not out.exists()
