@@ -196,6 +196,16 @@ def fake_bundle(root: Path, info: dict[str, Any]) -> Path:
     return root
 
 
+def _logging_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the engine a fake docker client that writes its arguments to the returned file, one a line."""
+    client = tmp_path / "docker"
+    log = tmp_path / "argv.txt"
+    client.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {log}\nexit 0\n')
+    client.chmod(0o755)
+    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), "buildkit"))
+    return log
+
+
 def test_ca_bundle_on_a_hand_edited_dockerfile_or_without_host_network_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,11 +238,7 @@ def test_containerize_scratch_lives_in_the_store_and_a_killed_ones_is_swept(
     from bundler.store import bundle_store
 
     bundle = fake_bundle(tmp_path / "bundle", INFO)
-    client = tmp_path / "docker"
-    log = tmp_path / "argv.txt"
-    client.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {log}\nexit 0\n')
-    client.chmod(0o755)
-    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), "buildkit"))
+    log = _logging_client(tmp_path, monkeypatch)
     # What a containerize killed with SIGKILL left: its process is gone (no such pid).
     left = bundle_store().tmp_root() / "containerize-999999999-abc"
     left.mkdir()
@@ -300,11 +306,7 @@ def test_a_bundle_name_docker_refuses_gets_a_valid_default_tag(
     """'my..model' is a valid bundle name but not an image name: the image is tagged my.model:<version>."""
     info = {**INFO, "name": "my..model", "tag": "my..model:v1"}
     bundle = fake_bundle(tmp_path / "bundle", info)
-    client = tmp_path / "docker"
-    log = tmp_path / "argv.txt"
-    client.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {log}\nexit 0\n')
-    client.chmod(0o755)
-    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), "buildkit"))
+    log = _logging_client(tmp_path, monkeypatch)
     assert containerize(bundle, info, output=lambda _: None) == ["my.model:v1"]
     argv = log.read_text().splitlines()
     assert argv[argv.index("-t") + 1] == "my.model:v1"
@@ -874,15 +876,6 @@ def test_a_hand_edited_dockerfile_is_built_as_stored(
         check=True,
     )
     assert label.stdout.strip() == "by hand"
-
-
-def _logging_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    client = tmp_path / "docker"
-    log = tmp_path / "argv.txt"
-    client.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {log}\nexit 0\n')
-    client.chmod(0o755)
-    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), "buildkit"))
-    return log
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="host platform assumed linux/amd64")

@@ -423,14 +423,19 @@ def test_write_manifests_where_no_directory_can_be(tmp_path: Path, monkeypatch: 
         write_manifests(manifests, tmp_path / "new")
 
 
-def test_cli_output_dir_errors_are_one_line(tmp_path: Path) -> None:
-    cli = pytest.importorskip("bundler.cli")
-    from click.testing import CliRunner
-
+def _store_bundle() -> None:
+    """Store a minimal bundle sr:v1 for the CLI to deploy."""
     store = bundle_store()
     with store.staging() as staged:
         (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": "sr", "version": "v1", "models": []}))
         store.commit(staged, Tag("sr", "v1"))
+
+
+def test_cli_output_dir_errors_are_one_line(tmp_path: Path) -> None:
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    _store_bundle()
     (tmp_path / "file").write_text("x")
     for out in (tmp_path / "file" / "sub", Path("/proc/nope")):
         result = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:v1", "-o", str(out)])
@@ -570,10 +575,7 @@ def test_cli_writes_manifests_and_refuses_bad_options(tmp_path: Path) -> None:
     cli = pytest.importorskip("bundler.cli")
     from click.testing import CliRunner
 
-    store = bundle_store()
-    with store.staging() as staged:
-        (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": "sr", "version": "v1", "models": []}))
-        store.commit(staged, Tag("sr", "v1"))
+    _store_bundle()
     out = tmp_path / "k8s"
     ok = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:latest", "--gpu", "1", "-o", str(out)])
     assert ok.exit_code == 0, ok.output
