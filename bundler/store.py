@@ -526,9 +526,12 @@ class Store:
             tag = self._archive_tag(archive, info)
             if check is not None:
                 check(staged, tag, info)
-            if (self.root / tag.name / str(tag.version)).exists():
+            stored = self.root / tag.name / str(tag.version)
+            # The same tag stored intact: kept. Stored but damaged: the archive, checked above, replaces it.
+            damaged = bool(verify_manifest(stored)) if stored.exists() else False
+            if stored.exists() and not damaged:
                 return tag, False
-            _, created = self.commit(staged, tag, exist_ok=True)
+            _, created = self.commit(staged, tag, exist_ok=True, replace=damaged)
             return tag, created
 
     def _archive_tag(self, archive: Path, info: dict) -> Tag:

@@ -370,3 +370,14 @@ def test_cli_export_to_a_new_directory(bundler_home: Path, tmp_path: Path) -> No
     assert r.exit_code == 0, r.output
     assert (tmp_path / "out" / "new dir" / "svc-v1.tar.gz").is_file()
     assert r.stdout.strip() == str(tmp_path / "out" / "new dir" / "svc-v1.tar.gz")
+
+
+def test_import_replaces_a_damaged_stored_copy_and_keeps_an_intact_one(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    path = _add(store, "svc", "v1", body="original")
+    archive = store.export("svc:v1", tmp_path / "svc.tar.gz")
+    assert store.import_(archive) == (Tag("svc", "v1"), False)  # intact: kept as it is
+    (path / "src/a.py").write_text("damaged")
+    assert verify_manifest(path) != []
+    assert store.import_(archive) == (Tag("svc", "v1"), True)  # the checked archive replaces it
+    assert verify_manifest(path) == [] and (path / "src/a.py").read_text() == "original"
