@@ -309,7 +309,13 @@ def import_model(path: Path) -> None:
 @click.argument("target", default=".")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=3000, show_default=True, type=click.IntRange(0, 65535), envvar="PORT")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes; each has its own runners, queue and /metrics figures (to scale, add pods).",
+)
 @click.option("--reload", is_flag=True, help="Restart when the service's source changes (development).")
 @click.option(
     "--max-body-size", type=int, default=None, help="Largest request body in bytes (default 32 MiB)."

@@ -184,7 +184,10 @@ def test_500_is_logged_with_traceback_and_the_server_keeps_serving(
     server: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="bundler.server"):
-        assert server.post("/boom", json={}).status_code == 500
+        r = server.post("/boom", json={})
+    assert r.status_code == 500
+    # The exception's class, not its message: that stays in the log (it may hold paths or secrets).
+    assert r.json()["error"] == "internal error in API 'boom' (ZeroDivisionError)"
     record = next(r for r in caplog.records if r.name == "bundler.server")
     assert record.exc_info is not None and record.exc_info[0] is ZeroDivisionError
     assert server.post("/double", json=[1]).json() == [2.0]
@@ -297,6 +300,35 @@ def test_metrics_count_requests_by_route_and_status(server: httpx.Client) -> Non
         "bundler_runner_queue_depth",
     ):
         assert f"# TYPE {family}" in text
+
+
+def test_metrics_labels_come_from_the_routes_never_from_the_request(server: httpx.Client) -> None:
+    import secrets
+
+    tokens = [secrets.token_hex(6) for _ in range(5)]
+    for token in tokens:
+        server.post(f"/docs/static/{token}")  # 405 (GET-only mount): each one used to add a series
+        server.get(f"/nowhere/{token}")  # 404
+        server.post(f"/shout/{token}")  # 404
+    server.get("/docs/static/swagger-ui.css")
+    server.post("/healthz")  # 405 on a route of its own
+    text = server.get("/metrics").text
+    assert not any(token in text for token in tokens)
+    routes = set(re.findall(r'bundler_requests_total\{route="([^"]*)"', text))
+    assert {"unmatched", "/docs/static", "/healthz"} <= routes
+    known = {*server.get("/docs.json").json()["paths"], "/healthz", "/livez", "/readyz", "/metrics", "/docs"}
+    assert routes <= known | {"/docs.json", "/docs/static", "unmatched"}  # no client's path made it in
+
+
+def test_the_access_log_escapes_control_characters_of_the_path(
+    server: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = "2026-01-01 00:00:00,000 INFO bundler.access: POST /predict 200 0.10ms"
+    with caplog.at_level(logging.INFO, logger="bundler.access"):
+        server.get("/x%0A" + forged.replace(" ", "%20"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "bundler.access"]
+    (line,) = [m for m in lines if m.startswith("GET /x")]
+    assert "\n" not in line and line.startswith("GET /x\\n2026-01-01") and " 404 " in line
 
 
 def test_docs_are_local_and_the_document_is_valid_openapi(server: httpx.Client) -> None:

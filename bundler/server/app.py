@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from ..exceptions import BadInput, BundlerError, Overloaded, PayloadTooLarge, ServiceUnavailable
@@ -76,15 +76,19 @@ def error_response(exc: BaseException, where: str = "") -> Response:
             message += f": {where} (the APIs are listed at /docs)"
         return _json(exc.status_code, {"error": message, "detail": None}, dict(exc.headers or {}))
     log.error("unhandled error%s", f" in {where}" if where else "", exc_info=exc)
-    text = str(exc)
-    text = text if len(text) <= 300 else text[:300] + "..."
+    # The exception's message stays in the log: it may hold anything the code had at hand (paths, secrets).
     return _json(
         500,
         {
-            "error": f"internal error{f' in {where}' if where else ''}: {type(exc).__name__}: {text}",
+            "error": f"internal error{f' in {where}' if where else ''} ({type(exc).__name__})",
             "detail": "see the server log for the traceback",
         },
     )
+
+
+def printable(text: str) -> str:
+    """Return ``text`` (a client's path) safe for one log line: control characters escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -171,6 +175,8 @@ class ServiceApp(Starlette):
             Exception: self._handle,
         }
         super().__init__(debug=debug, routes=routes, exception_handlers=handlers, lifespan=self._lifespan)
+        self._route_paths = frozenset(r.path for r in routes if isinstance(r, Route))
+        self._mounts = tuple(r.path for r in routes if isinstance(r, Mount))
 
     # -- ASGI entry ----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -196,7 +202,20 @@ class ServiceApp(Starlette):
         try:
             await super().__call__(scope, receive, send_status)
         finally:
-            self._record(scope, status, start, known=status != 404)
+            self._record(scope, status, start, route=self._route_label(scope["path"]))
+
+    def _route_label(self, path: str) -> str:
+        """Return a path's metrics label: a route's own path, the static files' mount, else "unmatched".
+
+        Labels come from the app's routes only, never from the request: any other path (405s and 307s
+        included) would add a series for good with every new URL a client sends.
+        """
+        if path in self._route_paths:
+            return path
+        for mount in self._mounts:
+            if path.startswith(mount + "/"):
+                return mount
+        return "unmatched"
 
     async def handle_api(self, api: API, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one API request: read (bounded), decode, call, encode; every error as JSON."""
@@ -248,11 +267,13 @@ class ServiceApp(Starlette):
             retry_after=1,
         )
 
-    def _record(self, scope: Scope, status: int, start: float, known: bool = True) -> None:
+    def _record(self, scope: Scope, status: int, start: float, route: str | None = None) -> None:
         seconds = time.perf_counter() - start
-        self.metrics.observe_request(scope["path"] if known else "unmatched", status, seconds)
+        path = scope["path"]
+        self.metrics.observe_request(path if route is None else route, status, seconds)
         if access_log.isEnabledFor(INFO):
-            access_log.info("%s %s %d %.2fms", scope["method"], scope["path"], status, seconds * 1000)
+            # The path is the client's: control characters (a %0A in the URL) would forge log lines.
+            access_log.info("%s %s %d %.2fms", scope["method"], printable(path), status, seconds * 1000)
 
     def _route_endpoint(self, api: API) -> Any:
         async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
@@ -323,7 +344,7 @@ class ServiceApp(Starlette):
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def _handle(self, request: Request, exc: Exception) -> Response:
-        return error_response(exc, f"{request.method} {request.url.path}")
+        return error_response(exc, f"{request.method} {printable(request.url.path)}")
 
 
 def build_app(
