@@ -155,13 +155,13 @@ def requirement_problem(line: str) -> str | None:
 def _logical_lines(path: Path, shown: str) -> list[tuple[int, str]]:
     """Return (line number, text) of a requirements file with continuations joined and comments dropped."""
     try:
-        text = path.read_text("utf-8")
+        content = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text: {exc.reason}"
         raise LockError(f"cannot read the requirements file {shown} ({reason}); fix or replace it") from exc
     out: list[tuple[int, str]] = []
     pending, start = "", 0
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(content.splitlines(), 1):
         text = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
         if not pending:
             start = number
