@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import BadInput, NotFound, StoreError
+from .exceptions import BadInput, NotFound, ProviderError, StoreError
 from .store import Entry, Store, Tag, model_store, sha256_file
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ class Model:
     ) -> Model:
         """Return a new Model that loads with these providers and session options (unset ones are kept)."""
         options = dict(self._options)
+        if isinstance(providers, str):  # list("CPUExecutionProvider") would be its letters
+            raise ProviderError(f"providers must be a list of provider names, e.g. [{providers!r}]")
         if providers is not None:
             options["providers"] = builtins.list(providers)
         if session_options is not None:

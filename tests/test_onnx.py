@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -499,3 +500,51 @@ def test_public_alias_module_matches_framework_module() -> None:
     assert set(bundler.onnx.__all__) == set(impl.__all__)
     for name in impl.__all__:
         assert getattr(bundler.onnx, name) is getattr(impl, name)
+
+
+def _one_node(op: str, elem: int, shape: list) -> Any:
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", elem, shape)
+    y = helper.make_tensor_value_info("y", elem, shape)
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], op.lower(), [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_bytes_for_a_string_input_are_decoded_not_read_past_their_cells() -> None:
+    from onnx import TensorProto
+
+    bundler.onnx.save_model("echo", _one_node("Identity", TensorProto.STRING, ["n", 3]))
+    runner = bundler.onnx.get("echo").to_runner()
+    runner.init_local()
+    out = runner.run.run([[b"a", b"b", b"c"]])  # was [['abcZ\x05' 'bcZ\x05' 'cZ\x05']]
+    assert out.tolist() == [["a", "b", "c"]]
+    with pytest.raises(InferenceInputError, match="bytes that are not UTF-8"):
+        runner.run.run([[b"\xff", b"b", b"c"]])
+
+
+def test_a_scalar_input_stays_a_scalar() -> None:
+    from onnx import TensorProto
+
+    bundler.onnx.save_model("neg", _one_node("Neg", TensorProto.FLOAT, []))
+    runner = bundler.onnx.get("neg").to_runner()
+    runner.init_local()
+    out = runner.run.run(1.5)  # np.ascontiguousarray made it shape (1,)
+    assert out.shape == () and float(out) == -1.5
+    assert runner.run.run(np.float64(2)).shape == ()
+
+
+def test_external_data_named_like_a_store_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save_model(
+        make_big(None), str(path), save_as_external_data=True, location="model.yaml", size_threshold=0
+    )
+    with pytest.raises(ModelError, match=r"keeps external data in 'model.yaml', a name the model store uses"):
+        bundler.onnx.save_model("big", path)
+    assert bundler.models.list() == []
+
+
+def test_with_options_refuses_a_provider_string() -> None:
+    model = bundler.onnx.save_model("mlp", make_mlp())
+    with pytest.raises(ProviderError, match=r"must be a list of provider names, e.g. \['CPU"):
+        model.with_options(providers="CPUExecutionProvider")  # type: ignore[arg-type]

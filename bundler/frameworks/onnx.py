@@ -264,6 +264,10 @@ def _read_proto(path: Path, name: str) -> onnx.ModelProto:
         raise ModelError(f"save_model({name!r}): {path} is not a readable ONNX model ({exc})") from exc
 
 
+# Files of a stored model entry that external data must not be named after.
+_RESERVED_NAMES = frozenset({MODEL_FILE, "model.yaml", "manifest.sha256"})
+
+
 def _copy_path(src: Path, proto: onnx.ModelProto, staged: Path, name: str) -> list[str]:
     """Copy a model file and the external data files it names; return their relative names."""
     copied = []
@@ -273,6 +277,13 @@ def _copy_path(src: Path, proto: onnx.ModelProto, staged: Path, name: str) -> li
             raise ModelError(
                 f"save_model({name!r}): {src} refers to external data at {loc!r}; only files beside the model"
                 " (relative paths without '..') can be saved"
+            )
+        if rel.as_posix() in _RESERVED_NAMES:
+            # The store's own files go beside it: one would overwrite the other.
+            raise ModelError(
+                f"save_model({name!r}): {src} keeps external data in {loc!r}, a name the model store uses"
+                f" for its own files ({', '.join(sorted(_RESERVED_NAMES))}); re-save the model with another"
+                " location (onnx.save_model(..., location='weights.bin')) and save that"
             )
         data = src.parent / rel
         if not data.is_file():
@@ -411,6 +422,11 @@ def cuda_device_count() -> int:
             return 0
         return int(count.value)
     return 0
+
+
+def _contiguous(arr: np.ndarray) -> np.ndarray:
+    """Return ``arr`` C-contiguous, keeping a 0-d array 0-d (np.ascontiguousarray makes it 1-d)."""
+    return arr if arr.flags.c_contiguous else np.array(arr, order="C")
 
 
 def usable_cpus() -> int:
@@ -757,7 +773,7 @@ class OnnxSession:
             src = arr.dtype
             if src == target:
                 # Already the model's dtype and shape: nothing to check or convert.
-                return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+                return arr if arr.flags.c_contiguous else _contiguous(arr)
             if src.kind == "f" and target.kind == "f":
                 # Float to float, the served case (JSON numbers arrive as float64): widening is exact;
                 # narrowing must not turn a finite value past the target's range into inf (the general
@@ -786,11 +802,19 @@ class OnnxSession:
         if not check.shape_ok(arr.shape):
             raise self._error(f"input {spec.name!r} expects shape {want} but got shape {list(arr.shape)}")
         if arr.dtype == target:
-            return np.ascontiguousarray(arr)
+            return _contiguous(arr)
         src = arr.dtype.kind
         if target.kind in "USO":
             if src not in "USO":
                 raise self._error(f"input {spec.name!r} expects strings but got {arr.dtype.name} values")
+            if src == "S":
+                # Fixed-width bytes: onnxruntime would read past each cell's end. Text is UTF-8.
+                try:
+                    return np.char.decode(arr, "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise self._error(
+                        f"input {spec.name!r} expects strings but got bytes that are not UTF-8"
+                    ) from exc
             return arr
         if src in "USOV":
             raise self._error(f"input {spec.name!r} expects {want} but got {arr.dtype} values")
@@ -813,10 +837,10 @@ class OnnxSession:
                 )
         if np.can_cast(arr.dtype, target):
             # A safe (widening) cast cannot overflow: skip the floating-point error state's context manager.
-            return np.ascontiguousarray(arr.astype(target))
+            return _contiguous(arr.astype(target))
         try:
             with np.errstate(over="raise", invalid="raise"):
-                return np.ascontiguousarray(arr.astype(target))
+                return _contiguous(arr.astype(target))
         except FloatingPointError as exc:
             raise self._error(
                 f"input {spec.name!r} expects {target.name} but some {arr.dtype.name} values do not fit in it"
