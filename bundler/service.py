@@ -70,7 +70,13 @@ class Service:
                 " starting and ending with a letter or digit"
             )
         self.name = name
+        if runners is not None and not isinstance(runners, (list, tuple)):
+            raise BadInput(f"Service({name!r}): runners must be a list, e.g. runners=[{runners!r}]")
         self.runners: list[Any] = list(runners or [])
+        for r in self.runners:
+            if not all(hasattr(r, attr) for attr in ("name", "async_init", "shutdown")):
+                hint = "; call .to_runner() on it" if hasattr(r, "to_runner") else ""
+                raise BadInput(f"Service({name!r}): runners must be Runners, got {r!r}{hint}")
         seen: set[str] = set()
         for r in self.runners:
             rname = getattr(r, "name", None)
@@ -105,11 +111,14 @@ class Service:
             api_name = name or getattr(func, "__name__", None) or ""
             if not _API_NAME_RE.match(api_name):
                 raise BadInput(f"Service {self.name!r}: API name {api_name!r} must be a Python identifier")
+            if route is not None and not isinstance(route, str):
+                raise BadInput(f"Service {self.name!r}, API {api_name!r}: route {route!r} must be a string")
             api_route = (route if route is not None else api_name).strip("/")
             where = f"Service {self.name!r}, API {api_name!r}"
-            if not _ROUTE_RE.match(api_route):
+            if not _ROUTE_RE.match(api_route) or {".", ".."} & set(api_route.split("/")):
                 raise BadInput(
                     f"{where}: route {route!r} must be path segments of letters, digits, '-', '_', '.'"
+                    " (not '.' or '..' alone: clients resolve those away)"
                 )
             if api_route in RESERVED_ROUTES or api_route.startswith("docs/"):
                 raise BadInput(f"{where}: route /{api_route} is reserved by the server; choose another route")

@@ -379,6 +379,9 @@ def _noop(x: Any) -> Any:
         ({"route": "docs/x"}, "reserved"),
         ({"route": "a b"}, "route 'a b'"),
         ({"name": "not-an-identifier"}, "must be a Python identifier"),
+        ({"route": "../predict"}, "not '.' or '..' alone"),  # published, but clients resolve it away
+        ({"route": "a/./b"}, "not '.' or '..' alone"),
+        ({"route": 5}, "route 5 must be a string"),
     ],
 )
 def test_service_rejects_bad_apis(kwargs: dict, match: str) -> None:
@@ -394,6 +397,16 @@ def test_service_rejects_bad_names_descriptors_and_duplicate_runners() -> None:
         bundler.Service("ok").api(input=dict, output=JSON())  # type: ignore[arg-type]
     with pytest.raises(BadInput, match="two runners are named 'r'"):
         bundler.Service("ok", runners=[GatedRunner("r"), GatedRunner("r")])
+    # A Model where a Runner goes: it used to be taken, and the server never became ready.
+    from tests.models import make_mlp
+
+    model = bundler.onnx.save_model("m", make_mlp(None, in_dim=2, hidden=2, out=1))
+    with pytest.raises(BadInput, match=r"must be Runners, got Model\(.*\); call .to_runner\(\) on it"):
+        bundler.Service("ok", runners=[model])
+    with pytest.raises(BadInput, match="runners must be Runners, got None"):
+        bundler.Service("ok", runners=[None])
+    with pytest.raises(BadInput, match=r"runners must be a list, e.g. runners=\[Runner"):
+        bundler.Service("ok", runners=model.to_runner())  # type: ignore[arg-type]
 
 
 def test_service_apis_table() -> None:
