@@ -202,6 +202,9 @@ class NumpyNdarray(IODescriptor):
             try:
                 if self.dtype is None:
                     arr = np.asarray(data)  # no cast, so nothing can overflow: no error-state change
+                elif self.dtype.kind in "iub":
+                    # numpy's own cast truncates 1.5 to 1 and makes "no" True: cast only exact values.
+                    arr = _exact_cast(np.asarray(data), self.dtype)
                 else:
                     # A value past the dtype's range (1e300 as float32) is refused, not silently made inf.
                     with np.errstate(over="raise"):
@@ -343,6 +346,28 @@ def _reason(exc: BaseException) -> str:
 
 
 _OBJECT_REPR = re.compile(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>")
+
+
+def _exact_cast(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast JSON-given values to an integer or bool dtype only where no value changes; else ValueError."""
+    src = arr.dtype.kind
+    if src == "b" or arr.size == 0:
+        return arr.astype(dtype)
+    if dtype.kind == "b":
+        if src in "iu" and ((arr == 0) | (arr == 1)).all():
+            return arr.astype(dtype)
+        raise ValueError("booleans are true/false (or 0/1)")
+    if src == "f":
+        if not (np.isfinite(arr).all() and (arr == np.floor(arr)).all()):
+            raise ValueError(f"{dtype} takes whole numbers; round them first")
+        limits = np.iinfo(dtype)
+        if arr.min() < limits.min or arr.max() > limits.max:
+            raise ValueError(f"values outside {dtype}'s range {limits.min}..{limits.max}")
+        return arr.astype(dtype)
+    if src in "iu":
+        _check_int_range(arr, dtype)
+        return arr.astype(dtype)
+    raise ValueError(f"{arr.dtype} values are not numbers")
 
 
 def _check_int_range(arr: np.ndarray, dtype: np.dtype) -> None:
@@ -573,10 +598,28 @@ class Image(IODescriptor):
                 " in bentofile.yaml (`bundler build` adds it by itself when the bundle's code uses"
                 " bundler.io.Image or imports PIL)"
             )
+        from PIL import Image as PILImage
+        from PIL import ImageMode
+
+        PILImage.init()  # registers every format plugin
         self.formats = {_PIL_FORMATS.get(f.lower(), f.upper()) for f in formats} if formats else None
+        unknown = sorted((self.formats or set()) - set(PILImage.OPEN))
+        if unknown:
+            raise BadInput(
+                f"Image(formats=...): Pillow reads no format {', '.join(unknown)}; e.g. PNG, JPEG, WEBP"
+            )
+        if pilmode is not None:
+            try:
+                ImageMode.getmode(pilmode)
+            except KeyError:
+                raise BadInput(f"Image(pilmode={pilmode!r}): not a Pillow mode; e.g. RGB, RGBA, L") from None
         self.pilmode = pilmode
         self.max_pixels = max_pixels
-        self.output_format = output_format.upper()
+        self.output_format = str(output_format).upper()
+        if self.output_format not in PILImage.SAVE:
+            raise BadInput(
+                f"Image(output_format={output_format!r}): Pillow writes no such format; e.g. PNG, JPEG"
+            )
         self.output_media = f"image/{self.output_format.lower()}"
 
     def _accepts(self, mt: str) -> bool:

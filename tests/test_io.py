@@ -479,3 +479,43 @@ def test_error_messages_carry_no_object_reprs() -> None:
     for message in (str(image.value), str(array.value)):
         assert "object at" not in message and "0x" not in message, message
     assert "cannot identify image file" in str(image.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"output_format": "NOPE"}, r"Image\(output_format='NOPE'\): Pillow writes no such format"),
+        ({"formats": ["nope"]}, r"Pillow reads no format NOPE"),
+        ({"pilmode": "ZZ"}, r"Image\(pilmode='ZZ'\): not a Pillow mode"),
+    ],
+)
+def test_image_options_are_checked_when_the_api_is_defined(kwargs: dict, match: str) -> None:
+    # They were found out per request: a bad output_format was a 500 on every call.
+    with pytest.raises(BadInput, match=match):
+        Image(**kwargs)
+    assert Image(formats=["jpg", "png"], pilmode="RGB", output_format="jpeg").output_media == "image/jpeg"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "body", "expected"),
+    [
+        ("bool", b'["false", "no"]', "booleans are true/false"),  # were all True
+        ("bool", b"[2, -1]", "booleans are true/false"),
+        ("bool", b"[true, 0, 1]", [True, False, True]),
+        ("int64", b"[1.5, 2.9]", "takes whole numbers"),  # were [1, 2]
+        ("int64", b"[1.0, 2]", [1, 2]),
+        ("int8", b"[300]", "outside int8's range"),
+        ("int64", b"[1e30]", "outside int64's range"),
+        ("int32", b'[1, "a"]', "values are not numbers"),
+    ],
+)
+def test_ndarray_json_to_an_integer_or_bool_dtype_casts_exact_values_only(
+    dtype: str, body: bytes, expected: Any
+) -> None:
+    d = NumpyNdarray(dtype=dtype)
+    if isinstance(expected, list):
+        arr = decode(d, body, "application/json")
+        assert arr.dtype == np.dtype(dtype) and arr.tolist() == expected
+    else:
+        with pytest.raises(ValidationFailed, match=expected):
+            decode(d, body, "application/json")
