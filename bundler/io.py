@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import orjson
 
+from .casting import all_whole, int_range_overflow
 from .exceptions import BadInput, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 if TYPE_CHECKING:
@@ -357,28 +358,22 @@ def _exact_cast(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
         if src in "iu" and ((arr == 0) | (arr == 1)).all():
             return arr.astype(dtype)
         raise ValueError("booleans are true/false (or 0/1)")
-    if src == "f":
-        if not (np.isfinite(arr).all() and (arr == np.floor(arr)).all()):
-            raise ValueError(f"{dtype} takes whole numbers; round them first")
-        limits = np.iinfo(dtype)
-        if arr.min() < limits.min or arr.max() > limits.max:
-            raise ValueError(f"values outside {dtype}'s range {limits.min}..{limits.max}")
-        return arr.astype(dtype)
-    if src in "iu":
-        _check_int_range(arr, dtype)
-        return arr.astype(dtype)
-    raise ValueError(f"{arr.dtype} values are not numbers")
+    if src not in "iuf":
+        raise ValueError(f"{arr.dtype} values are not numbers")
+    if src == "f" and not all_whole(arr):
+        raise ValueError(f"{dtype} takes whole numbers; round them first")
+    _check_int_range(arr, dtype)
+    return arr.astype(dtype)
 
 
 def _check_int_range(arr: np.ndarray, dtype: np.dtype) -> None:
-    """Raise ValueError if an integer array holds values ``dtype`` (an integer type) cannot: casts wrap."""
-    if arr.dtype.kind in "iu" and dtype.kind in "iu" and arr.size and not np.can_cast(arr.dtype, dtype):
-        limits = np.iinfo(dtype)
-        low, high = arr.min(), arr.max()
-        if low < limits.min or high > limits.max:
-            raise ValueError(
-                f"values from {low} to {high} are outside {dtype}'s range {limits.min}..{limits.max}"
-            )
+    """Raise ValueError if ``arr`` holds values integer ``dtype`` cannot (integer casts wrap around)."""
+    overflow = int_range_overflow(arr, dtype)
+    if overflow is not None:
+        low, high, limits = overflow
+        raise ValueError(
+            f"values from {low} to {high} are outside {dtype}'s range {limits.min}..{limits.max}"
+        )
 
 
 def _load_npy(body: bytes) -> np.ndarray:

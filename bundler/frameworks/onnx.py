@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from ..casting import all_whole, int_range_overflow
 from ..exceptions import InferenceInputError, InvalidTag, ModelError, ProviderError
 from ..models import Model
 from ..models import get as _get_any
@@ -773,7 +774,7 @@ class OnnxSession:
             src = arr.dtype
             if src == target:
                 # Already the model's dtype and shape: nothing to check or convert.
-                return arr if arr.flags.c_contiguous else _contiguous(arr)
+                return _contiguous(arr)
             if src.kind == "f" and target.kind == "f":
                 # Float to float, the served case (JSON numbers arrive as float64): widening is exact;
                 # narrowing must not turn a finite value past the target's range into inf (the general
@@ -818,23 +819,19 @@ class OnnxSession:
             return arr
         if src in "USOV":
             raise self._error(f"input {spec.name!r} expects {want} but got {arr.dtype} values")
-        if src == "c" or (
-            src == "f"
-            and target.kind in "iub"
-            and not (np.isfinite(arr).all() and (arr == np.floor(arr)).all())
-        ):
+        if src == "c" or (src == "f" and target.kind in "iub" and not all_whole(arr)):
             raise self._error(
                 f"input {spec.name!r} expects {target.name} but got {arr.dtype.name} values that are not"
                 " whole numbers; round them first"
             )
-        if src in "iuf" and target.kind in "iu" and arr.size and not np.can_cast(arr.dtype, target):
+        overflow = int_range_overflow(arr, target)
+        if overflow is not None:
             # Integer casts wrap around silently; refuse values the model's dtype cannot hold.
-            limits = np.iinfo(target)
-            if arr.min() < limits.min or arr.max() > limits.max:
-                raise self._error(
-                    f"input {spec.name!r} expects {target.name}, whose range is {limits.min}..{limits.max},"
-                    f" but got values from {arr.min()} to {arr.max()}"
-                )
+            low, high, limits = overflow
+            raise self._error(
+                f"input {spec.name!r} expects {target.name}, whose range is {limits.min}..{limits.max},"
+                f" but got values from {low} to {high}"
+            )
         if np.can_cast(arr.dtype, target):
             # A safe (widening) cast cannot overflow: skip the floating-point error state's context manager.
             return _contiguous(arr.astype(target))
