@@ -172,6 +172,8 @@ _STORED_DOCKERFILE = "env/docker/Dockerfile"
 
 def _platform(info: Mapping[str, Any], asked: str | None, output: Callable[[str], Any]) -> str | None:
     """Return the --platform to build for: the one the bundle was locked for (its wheels are for it)."""
+    from .lock import host_platform
+
     locked = (info.get("python") or {}).get("platform")
     if asked and locked and asked != locked:
         raise BadInput(
@@ -179,22 +181,13 @@ def _platform(info: Mapping[str, Any], asked: str | None, output: Callable[[str]
             f" build it for {asked} (`bundler build --platform {asked}`) or leave --platform out"
         )
     platform = asked or locked
-    host = HOST_PLATFORMS.get(os.uname().machine)
+    host = host_platform()
     if platform and platform == host and not asked:
         return None  # the engine's default: not named, as before (older engines take no --platform)
     if platform and platform != host:
         machine = host or os.uname().machine
         output(f"note: building for {platform} on a {machine} host needs emulation (binfmt/QEMU)")
     return platform
-
-
-# `uname -m` -> the image platform an engine builds by default there.
-HOST_PLATFORMS = {
-    "x86_64": "linux/amd64",
-    "amd64": "linux/amd64",
-    "aarch64": "linux/arm64",
-    "arm64": "linux/arm64",
-}
 
 
 def _image_tags(info: Mapping[str, Any], tags: Iterable[str]) -> list[str]:
