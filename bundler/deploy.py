@@ -78,7 +78,6 @@ _SUFFIX = {
     "Pi": Decimal(2) ** 50,
     "Ei": Decimal(2) ** 60,
 }
-_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*==", re.MULTILINE)
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-._A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")
 
 
@@ -202,8 +201,9 @@ def _cuda_gaps(bundle_info: dict, bundle_dir: Path) -> list[str]:
     lock = Path(bundle_dir) / "env" / "python" / "requirements.lock.txt"
     pinned: set[str] = set()
     if lock.is_file():
-        text = lock.read_text(encoding="utf-8", errors="replace")
-        pinned = {re.sub(r"[-_.]+", "-", m.lower()) for m in _PIN_RE.findall(text)}
+        from .lock import locked_names
+
+        pinned = set(locked_names(lock.read_text(encoding="utf-8", errors="replace")))
         if "onnxruntime-gpu" not in pinned:
             # The CPU onnxruntime has no CUDAExecutionProvider: the server refuses the provider list.
             gaps.append("its requirements.lock.txt has no onnxruntime-gpu")
