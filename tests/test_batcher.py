@@ -777,12 +777,15 @@ def test_time_a_worker_waits_for_a_core_does_not_keep_short_calls_off_the_loop()
 
     async def main() -> None:
         with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
+            pool.submit(lambda: np.zeros((1, 2)) * 2).result()  # the thread's start-up is not the call's
             batcher = Batcher(run_batch, BatchingConfig(), executor=pool)
-            for _ in range(4):
+            for _ in range(12):
                 await asyncio.gather(*(batcher.submit({"x": np.zeros((1, 2))}) for _ in range(3)))
             await batcher.close()
 
     asyncio.run(main())
     assert threads[0].startswith("worker")  # untimed: the executor
-    # 3 ms of wall time but almost no CPU: later calls, with others queued behind them, run on the loop.
-    assert threads[1:] and all(t == "MainThread" for t in threads[1:]), threads
+    # 3 ms of wall time but almost no CPU: later calls, with others queued behind them, run on the loop
+    # (timed by the wall clock, every one stays in the worker). A loaded machine can make the first timed
+    # calls slow, and the average takes a few calls to forget them: the last rounds must be on the loop.
+    assert threads[-3:] == ["MainThread"] * 3, threads
