@@ -73,19 +73,18 @@ class Service:
         if runners is not None and not isinstance(runners, (list, tuple)):
             raise BadInput(f"Service({name!r}): runners must be a list, e.g. runners=[{runners!r}]")
         self.runners: list[Any] = list(runners or [])
+        seen: set[str] = set()
         for r in self.runners:
             if not all(hasattr(r, attr) for attr in ("name", "async_init", "shutdown")):
                 hint = "; call .to_runner() on it" if hasattr(r, "to_runner") else ""
                 raise BadInput(f"Service({name!r}): runners must be Runners, got {r!r}{hint}")
-        seen: set[str] = set()
-        for r in self.runners:
-            rname = getattr(r, "name", None)
+            rname = r.name
             if rname in seen:
                 raise BadInput(
                     f"Service({name!r}): two runners are named {rname!r}; give one another name"
                     " (to_runner(name=...))"
                 )
-            seen.add(rname)  # type: ignore[arg-type]
+            seen.add(rname)
         self.apis: dict[str, API] = {}
         self.version: str | None = None
         self.description: str = ""
