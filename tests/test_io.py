@@ -506,6 +506,8 @@ def test_image_options_are_checked_when_the_api_is_defined(kwargs: dict, match: 
         ("int64", b"[1.0, 2]", [1, 2]),
         ("int8", b"[300]", "outside int8's range"),
         ("int64", b"[1e30]", "outside int64's range"),
+        ("int64", b"[1, 9223372036854775808]", "outside int64's range"),  # 2**63: was -2**63
+        ("uint8", b"[1.0, 256.0]", "outside uint8's range"),
         ("int32", b'[1, "a"]', "values are not numbers"),
     ],
 )
