@@ -232,9 +232,11 @@ class NumpyNdarray(IODescriptor):
                 if arr.dtype.kind not in "biuf":
                     return self._validate(arr)  # strings, objects, complex: refused there, not cast
                 try:
-                    _check_int_range(arr, self.dtype)
-                    with np.errstate(over="raise", invalid="raise"):
-                        arr = arr.astype(self.dtype)
+                    if self.dtype.kind in "iub":
+                        arr = _exact_cast(arr, self.dtype)  # as for JSON: 1.5 is not made 1 (or True)
+                    else:
+                        with np.errstate(over="raise", invalid="raise"):
+                            arr = arr.astype(self.dtype)
                 except (ValueError, TypeError, FloatingPointError) as exc:
                     raise ValidationFailed(
                         f"NumpyNdarray input: the {arr.dtype} array cannot be cast to {self.dtype}: {exc}",

@@ -176,6 +176,24 @@ def test_ndarray_npy_integer_cast_refuses_values_out_of_range() -> None:
     assert small.dtype == np.int64 and small.tolist() == [2**40, 3]
 
 
+@pytest.mark.parametrize(
+    ("dtype", "src", "match", "exact"),
+    [
+        ("int64", np.array([1.5, 2.0]), "int64 takes whole numbers", np.array([1.0, 0.0])),  # was [1, 2]
+        ("bool", np.array([0.5, 1.0], np.float32), "booleans are true/false", np.array([1, 0], np.int8)),
+        ("bool", np.array([2, 0], np.int8), "booleans are true/false", np.array([1, 0], np.uint8)),
+    ],
+)
+def test_ndarray_npy_cast_to_integer_or_bool_changes_no_value(
+    dtype: str, src: np.ndarray, match: str, exact: np.ndarray
+) -> None:
+    # The JSON path refused these already; the .npy path truncated 1.5 to 1 and made 0.5 and 2 True.
+    with pytest.raises(ValidationFailed, match=f"cannot be cast to {dtype}: {match}"):
+        decode(NumpyNdarray(dtype=dtype), npy(src), "application/octet-stream")
+    arr = decode(NumpyNdarray(dtype=dtype), npy(exact), "application/octet-stream")
+    assert arr.dtype == np.dtype(dtype) and arr.tolist() == [1, 0]
+
+
 def test_ndarray_rejects_nan_and_inf_unless_allowed() -> None:
     bad = npy(np.array([1.0, np.nan, np.inf]))
     with pytest.raises(ValidationFailed, match="NaN or infinity"):
