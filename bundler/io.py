@@ -267,6 +267,11 @@ class NumpyNdarray(IODescriptor):
     def to_response(self, value: Any, request: Request | None = None) -> Response:
         arr = value if type(value) is np.ndarray else np.asarray(value)
         if request is not None and _wants_npy(request):
+            if arr.dtype.hasobject:
+                # .npy cannot hold objects without pickle; ONNX string outputs are object arrays of str.
+                if not all(isinstance(v, str) for v in arr.flat):
+                    return _response(orjson.dumps(arr.tolist(), default=_json_default), "application/json")
+                arr = arr.astype(np.str_)
             return _response(_npy_bytes(arr), "application/octet-stream")
         try:
             body = orjson.dumps(arr, option=_JSON_OPTS)

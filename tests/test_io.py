@@ -221,6 +221,20 @@ def test_ndarray_to_response_json_and_npy_by_accept() -> None:
     assert orjson.loads(r.body) == arr.T.tolist()
 
 
+def test_ndarray_npy_response_of_strings_is_a_unicode_array() -> None:
+    # An ONNX string output is an object array, which np.save refuses without pickle: that was a 500
+    # whenever Accept asked for .npy, as bundler's Client always does.
+    d = NumpyNdarray()
+    npy_accept = make_request(b"", accept="application/octet-stream")
+    r = d.to_response(np.array([["a", "é"]], dtype=object), npy_accept)
+    assert r.media_type == "application/octet-stream"
+    out = np.load(io.BytesIO(r.body), allow_pickle=False)
+    assert out.dtype.kind == "U" and out.tolist() == [["a", "é"]]
+    # Other objects cannot be an .npy without pickle: the reply is JSON, which the Content-Type says.
+    r = d.to_response(np.array([1, "a", None], dtype=object), npy_accept)
+    assert r.media_type == "application/json" and orjson.loads(r.body) == [1, "a", None]
+
+
 def test_ndarray_schema_has_rank_dtype_and_fixed_dims() -> None:
     schema = NumpyNdarray(dtype="int64", shape=(-1, 4)).openapi_schema()
     assert schema["type"] == "array" and "minItems" not in schema
