@@ -496,6 +496,15 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"JSON output: a {type(value).__name__} cannot be encoded as JSON")
 
 
+def _plain_keys(value: Any) -> Any:
+    """Return ``value`` with numpy scalar dict keys made Python's (OPT_NON_STR_KEYS takes no numpy)."""
+    if isinstance(value, dict):
+        return {(k.item() if isinstance(k, np.generic) else k): _plain_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_keys(v) for v in value]
+    return value
+
+
 class JSON(IODescriptor):
     """Any JSON value (orjson), optionally validated by a pydantic model (errors -> 422 with the list)."""
 
@@ -530,7 +539,16 @@ class JSON(IODescriptor):
     def to_response(self, value: Any, request: Request | None = None) -> Response:
         if hasattr(value, "model_dump"):
             value = value.model_dump(mode="json")
-        return _response(orjson.dumps(value, default=_json_default, option=_JSON_OPTS), "application/json")
+        try:
+            body = orjson.dumps(value, default=_json_default, option=_JSON_OPTS)
+        except TypeError:
+            body = None
+        if body is None:
+            # orjson takes only str keys unless told; json.dumps (BentoML's encoder) writes {0: "cat"} as
+            # {"0": "cat"}, and a dict built from numpy arrays has numpy keys (np.int64, np.str_).
+            options = _JSON_OPTS | orjson.OPT_NON_STR_KEYS
+            body = orjson.dumps(_plain_keys(value), default=_json_default, option=options)
+        return _response(body, "application/json")
 
     def openapi_schema(self) -> dict[str, Any]:
         if self.pydantic_model is None:

@@ -308,6 +308,22 @@ def test_json_to_response_encodes_what_orjson_refuses() -> None:
         JSON().to_response({"x": object()})
 
 
+def test_json_to_response_writes_non_str_keys_as_json_dumps_does() -> None:
+    # orjson refuses them by default: a label map {0: "cat"} or dict(zip(labels, probs)) was a 500.
+    labels, probs = np.array(["cat", "dog"]), np.array([0.25, 0.75])
+    values, counts = np.unique(np.array([3, 3, 5]), return_counts=True)
+    value = {
+        "by_index": {0: "cat", 1: "dog"},
+        "by_label": dict(zip(labels, probs, strict=True)),  # np.str_ keys
+        "counts": [dict(zip(values, counts, strict=True))],  # np.int64 keys
+    }
+    assert orjson.loads(JSON().to_response(value).body) == {
+        "by_index": {"0": "cat", "1": "dog"},
+        "by_label": {"cat": 0.25, "dog": 0.75},
+        "counts": [{"3": 2, "5": 1}],
+    }
+
+
 def test_json_pydantic_schema_is_openapi_30() -> None:
     comps = JSON(pydantic_model=Iris).openapi_components()
     note = comps["Iris"]["properties"]["note"]
