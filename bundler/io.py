@@ -748,6 +748,17 @@ class Text(IODescriptor):
             ) from exc
 
     def to_response(self, value: Any, request: Request | None = None) -> Response:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            # str() would send the repr, "b'abc'"; UTF-8 bytes are the text itself.
+            body = bytes(value)
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TypeError(
+                    f"Text output: the API returned bytes that are not UTF-8 (byte {exc.start}:"
+                    f" {exc.reason}); return a str, or use File(mime_type=...) for binary data"
+                ) from exc
+            return _response(body, self.output_media)
         return _response(str(value).encode("utf-8"), self.output_media)
 
     def openapi_schema(self) -> dict[str, Any]:

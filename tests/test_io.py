@@ -414,6 +414,13 @@ def test_text_utf8_round_trip_and_errors() -> None:
     assert r.body == "✓".encode() and r.headers["content-type"].startswith("text/plain")
 
 
+def test_text_output_of_bytes_is_their_text_not_their_repr() -> None:
+    assert Text().to_response("✓".encode()).body == "✓".encode()  # was str() of the bytes
+    assert Text().to_response(bytearray(b"abc")).body == b"abc"
+    with pytest.raises(TypeError, match="Text output: the API returned bytes that are not UTF-8"):
+        Text().to_response(b"\xff")
+
+
 def test_file_raw_and_multipart() -> None:
     assert decode(File(), b"\x00\x01", "application/pdf") == b"\x00\x01"
     body, ctype = multipart(b"abc\x00", "a.bin", "application/octet-stream")
