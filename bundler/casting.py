@@ -23,4 +23,7 @@ def int_range_overflow(arr: np.ndarray, dtype: np.dtype) -> tuple[object, object
         return None
     limits = np.iinfo(dtype)
     low, high = arr.min(), arr.max()
-    return (low, high, limits) if low < limits.min or high > limits.max else None
+    # A float compared with max rounds max to a float: int64's 2**63 - 1 becomes 2**63, so 2.0**63 passed
+    # and wrapped to -2**63. max + 1 is a power of two, exact as a float.
+    too_high = high >= limits.max + 1 if arr.dtype.kind == "f" else high > limits.max
+    return (low, high, limits) if low < limits.min or too_high else None

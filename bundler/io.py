@@ -232,9 +232,11 @@ class NumpyNdarray(IODescriptor):
                 if arr.dtype.kind not in "biuf":
                     return self._validate(arr)  # strings, objects, complex: refused there, not cast
                 try:
-                    _check_int_range(arr, self.dtype)
-                    with np.errstate(over="raise", invalid="raise"):
-                        arr = arr.astype(self.dtype)
+                    if self.dtype.kind in "iub":
+                        arr = _exact_cast(arr, self.dtype)  # as for JSON: 1.5 is not made 1 (or True)
+                    else:
+                        with np.errstate(over="raise", invalid="raise"):
+                            arr = arr.astype(self.dtype)
                 except (ValueError, TypeError, FloatingPointError) as exc:
                     raise ValidationFailed(
                         f"NumpyNdarray input: the {arr.dtype} array cannot be cast to {self.dtype}: {exc}",
@@ -265,6 +267,11 @@ class NumpyNdarray(IODescriptor):
     def to_response(self, value: Any, request: Request | None = None) -> Response:
         arr = value if type(value) is np.ndarray else np.asarray(value)
         if request is not None and _wants_npy(request):
+            if arr.dtype.hasobject:
+                # .npy cannot hold objects without pickle; ONNX string outputs are object arrays of str.
+                if not all(isinstance(v, str) for v in arr.flat):
+                    return _response(orjson.dumps(arr.tolist(), default=_json_default), "application/json")
+                arr = arr.astype(np.str_)
             return _response(_npy_bytes(arr), "application/octet-stream")
         try:
             body = orjson.dumps(arr, option=_JSON_OPTS)
@@ -489,6 +496,15 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"JSON output: a {type(value).__name__} cannot be encoded as JSON")
 
 
+def _plain_keys(value: Any) -> Any:
+    """Return ``value`` with numpy scalar dict keys made Python's (OPT_NON_STR_KEYS takes no numpy)."""
+    if isinstance(value, dict):
+        return {(k.item() if isinstance(k, np.generic) else k): _plain_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_keys(v) for v in value]
+    return value
+
+
 class JSON(IODescriptor):
     """Any JSON value (orjson), optionally validated by a pydantic model (errors -> 422 with the list)."""
 
@@ -523,7 +539,16 @@ class JSON(IODescriptor):
     def to_response(self, value: Any, request: Request | None = None) -> Response:
         if hasattr(value, "model_dump"):
             value = value.model_dump(mode="json")
-        return _response(orjson.dumps(value, default=_json_default, option=_JSON_OPTS), "application/json")
+        try:
+            body = orjson.dumps(value, default=_json_default, option=_JSON_OPTS)
+        except TypeError:
+            body = None
+        if body is None:
+            # orjson takes only str keys unless told; json.dumps (BentoML's encoder) writes {0: "cat"} as
+            # {"0": "cat"}, and a dict built from numpy arrays has numpy keys (np.int64, np.str_).
+            options = _JSON_OPTS | orjson.OPT_NON_STR_KEYS
+            body = orjson.dumps(_plain_keys(value), default=_json_default, option=options)
+        return _response(body, "application/json")
 
     def openapi_schema(self) -> dict[str, Any]:
         if self.pydantic_model is None:
@@ -723,6 +748,17 @@ class Text(IODescriptor):
             ) from exc
 
     def to_response(self, value: Any, request: Request | None = None) -> Response:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            # str() would send the repr, "b'abc'"; UTF-8 bytes are the text itself.
+            body = bytes(value)
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TypeError(
+                    f"Text output: the API returned bytes that are not UTF-8 (byte {exc.start}:"
+                    f" {exc.reason}); return a str, or use File(mime_type=...) for binary data"
+                ) from exc
+            return _response(body, self.output_media)
         return _response(str(value).encode("utf-8"), self.output_media)
 
     def openapi_schema(self) -> dict[str, Any]:

@@ -176,6 +176,24 @@ def test_ndarray_npy_integer_cast_refuses_values_out_of_range() -> None:
     assert small.dtype == np.int64 and small.tolist() == [2**40, 3]
 
 
+@pytest.mark.parametrize(
+    ("dtype", "src", "match", "exact"),
+    [
+        ("int64", np.array([1.5, 2.0]), "int64 takes whole numbers", np.array([1.0, 0.0])),  # was [1, 2]
+        ("bool", np.array([0.5, 1.0], np.float32), "booleans are true/false", np.array([1, 0], np.int8)),
+        ("bool", np.array([2, 0], np.int8), "booleans are true/false", np.array([1, 0], np.uint8)),
+    ],
+)
+def test_ndarray_npy_cast_to_integer_or_bool_changes_no_value(
+    dtype: str, src: np.ndarray, match: str, exact: np.ndarray
+) -> None:
+    # The JSON path refused these already; the .npy path truncated 1.5 to 1 and made 0.5 and 2 True.
+    with pytest.raises(ValidationFailed, match=f"cannot be cast to {dtype}: {match}"):
+        decode(NumpyNdarray(dtype=dtype), npy(src), "application/octet-stream")
+    arr = decode(NumpyNdarray(dtype=dtype), npy(exact), "application/octet-stream")
+    assert arr.dtype == np.dtype(dtype) and arr.tolist() == [1, 0]
+
+
 def test_ndarray_rejects_nan_and_inf_unless_allowed() -> None:
     bad = npy(np.array([1.0, np.nan, np.inf]))
     with pytest.raises(ValidationFailed, match="NaN or infinity"):
@@ -201,6 +219,20 @@ def test_ndarray_to_response_json_and_npy_by_accept() -> None:
     # Non-contiguous views and dtypes orjson does not know fall back to tolist().
     r = d.to_response(arr.T.astype(np.float16))
     assert orjson.loads(r.body) == arr.T.tolist()
+
+
+def test_ndarray_npy_response_of_strings_is_a_unicode_array() -> None:
+    # An ONNX string output is an object array, which np.save refuses without pickle: that was a 500
+    # whenever Accept asked for .npy, as bundler's Client always does.
+    d = NumpyNdarray()
+    npy_accept = make_request(b"", accept="application/octet-stream")
+    r = d.to_response(np.array([["a", "é"]], dtype=object), npy_accept)
+    assert r.media_type == "application/octet-stream"
+    out = np.load(io.BytesIO(r.body), allow_pickle=False)
+    assert out.dtype.kind == "U" and out.tolist() == [["a", "é"]]
+    # Other objects cannot be an .npy without pickle: the reply is JSON, which the Content-Type says.
+    r = d.to_response(np.array([1, "a", None], dtype=object), npy_accept)
+    assert r.media_type == "application/json" and orjson.loads(r.body) == [1, "a", None]
 
 
 def test_ndarray_schema_has_rank_dtype_and_fixed_dims() -> None:
@@ -274,6 +306,22 @@ def test_json_to_response_encodes_what_orjson_refuses() -> None:
     }
     with pytest.raises(TypeError, match="not JSON serializable"):
         JSON().to_response({"x": object()})
+
+
+def test_json_to_response_writes_non_str_keys_as_json_dumps_does() -> None:
+    # orjson refuses them by default: a label map {0: "cat"} or dict(zip(labels, probs)) was a 500.
+    labels, probs = np.array(["cat", "dog"]), np.array([0.25, 0.75])
+    values, counts = np.unique(np.array([3, 3, 5]), return_counts=True)
+    value = {
+        "by_index": {0: "cat", 1: "dog"},
+        "by_label": dict(zip(labels, probs, strict=True)),  # np.str_ keys
+        "counts": [dict(zip(values, counts, strict=True))],  # np.int64 keys
+    }
+    assert orjson.loads(JSON().to_response(value).body) == {
+        "by_index": {"0": "cat", "1": "dog"},
+        "by_label": {"cat": 0.25, "dog": 0.75},
+        "counts": [{"3": 2, "5": 1}],
+    }
 
 
 def test_json_pydantic_schema_is_openapi_30() -> None:
@@ -364,6 +412,13 @@ def test_text_utf8_round_trip_and_errors() -> None:
         decode(Text(), b"abc", "application/json")
     r = Text().to_response("✓")
     assert r.body == "✓".encode() and r.headers["content-type"].startswith("text/plain")
+
+
+def test_text_output_of_bytes_is_their_text_not_their_repr() -> None:
+    assert Text().to_response("✓".encode()).body == "✓".encode()  # was str() of the bytes
+    assert Text().to_response(bytearray(b"abc")).body == b"abc"
+    with pytest.raises(TypeError, match="Text output: the API returned bytes that are not UTF-8"):
+        Text().to_response(b"\xff")
 
 
 def test_file_raw_and_multipart() -> None:
@@ -506,6 +561,8 @@ def test_image_options_are_checked_when_the_api_is_defined(kwargs: dict, match: 
         ("int64", b"[1.0, 2]", [1, 2]),
         ("int8", b"[300]", "outside int8's range"),
         ("int64", b"[1e30]", "outside int64's range"),
+        ("int64", b"[1, 9223372036854775808]", "outside int64's range"),  # 2**63: was -2**63
+        ("uint8", b"[1.0, 256.0]", "outside uint8's range"),
         ("int32", b'[1, "a"]', "values are not numbers"),
     ],
 )

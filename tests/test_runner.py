@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 import bundler.onnx
 from bundler.exceptions import BadInput, InferenceInputError, ModelError, ProviderError
@@ -97,6 +98,28 @@ def test_to_runner_argument_errors() -> None:
     with pytest.raises(BadInput, match="max_batch_sise"):
         bundler.onnx.get("mlp").to_runner(max_batch_sise=8)
     assert bundler.onnx.get("mlp").to_runner(name="mlp-2").name == "mlp-2"
+
+
+def test_batch_dim_is_the_models_own() -> None:
+    # to_runner(batch_dim=1) was accepted and ignored: the batcher uses the saved signature's axis.
+    bundler.onnx.save_model("mlp", MLP, signatures={"run": {"batchable": True}})
+    with pytest.raises(
+        BadInput,
+        match=r"batch_dim=1 given, but the batch axis is the model's: mlp:\w+ was saved with batch_dim=0;"
+        r" save it with signatures=\{'run': \{'batchable': True, 'batch_dim': 1\}\}",
+    ):
+        bundler.onnx.get("mlp").to_runner(batch_dim=1)
+    assert bundler.onnx.get("mlp").to_runner(batch_dim=0).config.batch_dim == 0
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "batch_second",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, "batch"])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    bundler.onnx.save_model("second", proto, signatures={"run": {"batchable": True, "batch_dim": 1}})
+    runner = bundler.onnx.get("second").to_runner(batch_dim=1)
+    assert runner.config.batch_dim == 1  # the config names the axis the batcher uses
 
 
 def test_with_options_reach_the_runner() -> None:

@@ -297,3 +297,19 @@ def test_cli_log_level_comes_from_the_environment_and_is_checked(monkeypatch: py
     assert got == ["warning", "debug"]  # the option wins over the variable
     bad = CliRunner().invoke(cli.main, ["serve", "x:svc", "--log-level", "verbose"])
     assert bad.exit_code == 2 and "'verbose' is not one of" in bad.output  # was uvicorn's KeyError
+
+
+@pytest.mark.parametrize("options", [[], ["--workers", "2"]])
+def test_serve_on_a_busy_port_says_so_and_exits_2(tmp_path: Path, options: list[str]) -> None:
+    write(tmp_path / "busysvc.py", SERVICE.format(name="busy"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = [sys.executable, "-m", "bundler", "serve", "busysvc:svc", "--port", str(port), *options]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    # It was uvicorn's log line and exit 3 (after the service's models had loaded).
+    assert done.returncode == 2, done.stderr
+    assert f"error: serve: cannot listen on 127.0.0.1:{port} (Address already in use)" in done.stderr
+    assert "Traceback" not in done.stderr

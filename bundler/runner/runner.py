@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -120,9 +121,18 @@ class Runner:
                 f"runner {self.name!r}: {', '.join(given)} given, but model {model.tag} was saved with"
                 " batchable=False; save it with signatures={'run': {'batchable': True}} to batch"
             )
-        self.config: BatchingConfig = resolve_batching(
+        config = resolve_batching(
             self.name, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, **batching
         )
+        given_dim = batching.get("batch_dim")
+        if given_dim is not None and given_dim != self.batch_dim:
+            # The batcher splits and joins on the model's own axis; an argument here was silently ignored.
+            raise BadInput(
+                f"runner {self.name!r}: batch_dim={given_dim!r} given, but the batch axis is the model's:"
+                f" {model.tag} was saved with batch_dim={self.batch_dim}; save it with"
+                f" signatures={{'run': {{'batchable': True, 'batch_dim': {given_dim!r}}}}}"
+            )
+        self.config: BatchingConfig = dataclasses.replace(config, batch_dim=self.batch_dim)
         self.run = RunnerMethod(self, "run")
         self.batcher: Batcher | None = None
         self._session: OnnxSession | None = None

@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,6 +153,20 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
     )
 
 
+def _check_address(host: str, port: int) -> None:
+    """Raise BadInput unless ``host:port`` can be listened on (uvicorn would log it and exit 3)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind((host, port))
+    except OSError as exc:
+        raise BadInput(
+            f"serve: cannot listen on {host}:{port} ({exc.strerror or exc}); stop what uses that port or"
+            " choose another with --port, and give --host an address of this machine (e.g. 127.0.0.1)"
+        ) from exc
+
+
 def _configure_logging(log_level: str) -> None:
     level = getattr(logging, log_level.upper(), logging.INFO)
     logger = logging.getLogger("bundler")
@@ -219,6 +234,7 @@ def serve(
     limit = max_body_size if max_body_size is not None else max_body_size_from_env()
     if limit <= 0:
         raise BadInput(f"serve: max_body_size={limit}: expected a positive number of bytes")
+    _check_address(host, port)  # before the service's models load, not after
     _configure_logging(log_level)
     base = Path(working_dir).resolve() if working_dir is not None else Path.cwd()
     svc = load_service(target, working_dir=base)  # fail here, in the parent, on a bad target
