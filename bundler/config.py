@@ -408,7 +408,7 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
         line, column = where.value_mark(path)
         out.append(Problem(file, line, column, _dotted(path), message))
 
-    def need_file(path: Path_, relpath: str, what: str) -> Path | None:
+    def need_file(path: Path_, relpath: str, what: str, text: bool = False) -> Path | None:
         target, inside = _inside(context, relpath)
         if not inside:
             problem(path, f"{relpath!r} is outside the build context {context}; move the {what} into it")
@@ -419,6 +419,20 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
                 f"{what} {relpath!r} not found in the build context {context}; create it or fix the path",
             )
             return None
+        if text:
+            # The build reads it as UTF-8 text: say so here rather than fail there with a traceback.
+            try:
+                target.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                problem(
+                    path,
+                    f"{what} {relpath!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as"
+                    " UTF-8",
+                )
+                return None
+            except OSError as exc:
+                problem(path, f"{what} {relpath!r} cannot be read ({exc.strerror or exc})")
+                return None
         return target
 
     service = data.get("service")
@@ -450,16 +464,18 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
 
     description = data.get("description")
     if isinstance(description, str) and description.startswith("file:"):
-        need_file(("description",), description[5:].strip(), "description file")
+        need_file(("description",), description[5:].strip(), "description file", text=True)
 
     sections: list[dict[str, Any]] = [
         data[k] if isinstance(data.get(k), dict) else {} for k in ("docker", "python", "conda")
     ]
     docker, python, conda = sections
     if isinstance(docker.get("env"), str):
-        need_file(("docker", "env"), docker["env"], ".env file")
+        need_file(("docker", "env"), docker["env"], ".env file", text=True)
     if isinstance(docker.get("dockerfile_template"), str):
-        need_file(("docker", "dockerfile_template"), docker["dockerfile_template"], "Dockerfile template")
+        need_file(
+            ("docker", "dockerfile_template"), docker["dockerfile_template"], "Dockerfile template", text=True
+        )
     if isinstance(docker.get("setup_script"), str):
         script = need_file(("docker", "setup_script"), docker["setup_script"], "setup script")
         if script is not None and not os.access(script, os.X_OK):

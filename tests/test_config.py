@@ -255,6 +255,26 @@ def test_missing_or_escaping_files_are_problems(
     assert validate_file(f, schema_only=True) == []  # the schema alone is satisfied
 
 
+@pytest.mark.parametrize(
+    ("yaml_text", "name", "key_path"),
+    [
+        ('description: "file: ./README.md"\n', "README.md", "description"),
+        ("docker:\n  env: .env\n", ".env", "docker.env"),
+        ("docker:\n  dockerfile_template: t.j2\n", "t.j2", "docker.dockerfile_template"),
+    ],
+)
+def test_text_files_that_are_not_utf8_are_problems(
+    tmp_path: Path, yaml_text: str, name: str, key_path: str
+) -> None:
+    f = project(tmp_path, 'service: "service:svc"\n' + yaml_text)
+    (tmp_path / name).write_bytes(b"# caf\xe9\n")
+    [problem] = validate_file(f)
+    assert problem.key_path == key_path
+    assert f"{name}' is not UTF-8 text" in problem.message and "save it as UTF-8" in problem.message
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_bentofile(f)
+
+
 GOOD_REQUIREMENTS = [
     "numpy",
     "numpy>=1.24,<2",
