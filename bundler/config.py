@@ -17,6 +17,8 @@ import difflib
 import functools
 import json
 import os
+import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -514,6 +516,43 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
     return out
 
 
+def _setting_path(key: str, data: dict[str, Any]) -> Path_:
+    """Return the key path of a setting the Dockerfile names 'docker.system_packages[1]', 'labels.a.b', ..."""
+    section, _, rest = key.partition(".")
+    if section == "labels":
+        return ("labels", rest)
+    if section == "envs":
+        names = [e.get("name") if isinstance(e, dict) else None for e in data.get("envs") or []]
+        return ("envs", names.index(rest), "value") if rest in names else ("envs",)
+    name, _, sub = rest.partition(".")
+    item = re.fullmatch(r"(\w+)\[(\d+)\]", name)
+    if item:
+        return (section, item[1], int(item[2]))
+    return (section, name, sub) if sub else (section, name)
+
+
+def _docker_problems(data: dict[str, Any], where: _Located, file: str, context: Path) -> list[Problem]:
+    """Settings the schema takes (real-world files use them) but the image cannot: Python 3.8, Alpine, ..."""
+    from .dockerfile import settings_problems
+
+    docker = data.get("docker") or {}
+    try:
+        env = _docker_env(docker.get("env"), context)
+    except (OSError, UnicodeDecodeError):
+        env = {}  # an unreadable .env file is a context problem already
+    facts = {
+        # The build's default: the Python that runs bundler.
+        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "envs": {e["name"]: _text(e.get("value")) for e in data.get("envs") or []},
+        "labels": {str(k): _text(v) for k, v in (data.get("labels") or {}).items()},
+    }
+    out = []
+    for key, message in settings_problems({**docker, "env": env}, facts):
+        line, column = where.value_mark(_setting_path(key, data))
+        out.append(Problem(file, line, column, key, message))
+    return out
+
+
 # -- public entry points --------------------------------------------------------------------------------
 
 
@@ -549,10 +588,12 @@ def _check(path: Path, schema_only: bool) -> tuple[Any, list[Problem]]:
             )
         )
         return None, sorted(problems)
-    problems += _schema_problems(data, where, file)
-    problems += _requirement_problems(data, where, file)
+    schema = _schema_problems(data, where, file)
+    problems += schema + _requirement_problems(data, where, file)
     if not schema_only:
         problems += _context_problems(data, where, file, path.parent)
+        if not schema:  # the settings have the types the schema promises
+            problems += _docker_problems(data, where, file, path.parent)
     return data, sorted(set(problems))
 
 

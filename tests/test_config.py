@@ -275,6 +275,33 @@ def test_text_files_that_are_not_utf8_are_problems(
         load_bentofile(f)
 
 
+def test_docker_settings_the_build_refuses_are_problems_with_their_lines(tmp_path: Path) -> None:
+    # The schema takes them (real-world files use them), the Dockerfile cannot: validate says so, all at once.
+    f = project(
+        tmp_path,
+        'service: "service:svc"\n'
+        "docker:\n"
+        '  python_version: "3.8"\n'
+        "  distro: alpine\n"
+        '  system_packages: [curl, "curl; rm -rf /"]\n'
+        "  env:\n"
+        "    PORT: http\n"
+        "labels:\n"
+        '  ok: "two\\nlines"\n',
+    )
+    problems = validate_file(f)
+    assert [(p.line, p.key_path) for p in problems] == [
+        (3, "docker.python_version"),
+        (4, "docker.distro"),
+        (5, "docker.system_packages[1]"),
+        (7, "docker.env.PORT"),
+        (9, "labels.ok"),
+    ], messages(problems)
+    assert "'3.8' is not supported (choose 3.10" in problems[0].message
+    assert "onnxruntime publishes no musl" in problems[1].message
+    assert validate_file(f, schema_only=True) == []
+
+
 GOOD_REQUIREMENTS = [
     "numpy",
     "numpy>=1.24,<2",
