@@ -445,14 +445,21 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
             if module.endswith(".py")
             else [module.replace(".", "/") + ".py", module.replace(".", "/")]
         )
-        found = False
+        found = None
         for rel in candidates:
             target, inside = _inside(context, rel)
             if inside and (target.is_file() or (target / "__init__.py").is_file()):
-                found = True
+                found = target if target.is_file() else target / "__init__.py"
                 break
-        if not found:
+        if found is None:
             problem(("service",), f"module file {candidates[0]!r} not found in the build context {context}")
+        else:
+            from .scan import missing_attribute
+
+            # A typo after ':' would otherwise build a bundle whose server cannot find its service.
+            missing = missing_attribute(found, service.partition(":")[2])
+            if missing:
+                problem(("service",), f"module {missing}")
 
     include = data.get("include")
     for i, pattern in enumerate(include if isinstance(include, list) else []):

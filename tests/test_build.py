@@ -221,6 +221,16 @@ def test_docker_settings_the_image_cannot_take_fail_the_build_before_locking(
     ]
 
 
+def test_a_service_attribute_the_module_does_not_define_fails_the_build(quickstart: Path) -> None:
+    bentofile = quickstart / "bentofile.yaml"
+    bentofile.write_text(bentofile.read_text().replace('service: "service:svc"', 'service: "service:scv"'))
+    proc = _cli("build", str(bentofile))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{bentofile}:1:10: service: module 'service.py' defines no 'scv'" in proc.stderr
+    assert "Traceback" not in proc.stderr and "locking" not in proc.stderr
+    assert not list(bundle_store().root.glob("*/*/bundle.yaml"))
+
+
 def test_cli_unsupported_platform_is_exit_2(quickstart: Path) -> None:
     proc = _cli("build", str(quickstart), "--platform", "linux/386")
     assert proc.returncode == 2, proc.stderr

@@ -391,9 +391,9 @@ def test_symlink_out_of_the_context_is_refused(tmp_path: Path) -> None:
         ("service.py:svc", {}, True),
         ("missing:svc", {}, False),
         ("missing.py:svc", {}, False),
-        ("pkg.api:svc", {"pkg/api.py": ""}, True),
-        ("pkg:svc", {"pkg/__init__.py": ""}, True),
-        ("pkg.other:svc", {"pkg/__init__.py": ""}, False),
+        ("pkg.api:svc", {"pkg/api.py": "svc = None\n"}, True),
+        ("pkg:svc", {"pkg/__init__.py": "svc = None\n"}, True),
+        ("pkg.other:svc", {"pkg/__init__.py": "svc = None\n"}, False),
     ],
 )
 def test_service_module_must_exist(tmp_path: Path, service: str, files: dict[str, str], ok: bool) -> None:
@@ -405,6 +405,38 @@ def test_service_module_must_exist(tmp_path: Path, service: str, files: dict[str
         [problem] = problems
         assert (problem.key_path, problem.line) == ("service", 1)
         assert "not found in the build context" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("import bundler\nsvc = bundler.Service('x')\n", None),
+        ("from impl import svc\n", None),
+        ("if True:\n    svc: object = None\n", None),
+        ("from impl import *\n", None),  # cannot tell: no problem
+        ("def __getattr__(name):\n    return None\n", None),
+        ("globals()['svc'] = None\n", None),
+        (
+            "import bundler\nservice = bundler.Service('x')\n",
+            "module 'service.py' defines no 'svc' (it assigns a Service to 'service');"
+            " fix the attribute after ':'",
+        ),
+        (
+            "servce = None\n",
+            "module 'service.py' defines no 'svc' (did you mean 'servce'?); fix the attribute after ':'",
+        ),
+        ("x = 1\n", "module 'service.py' defines no 'svc'; fix the attribute after ':'"),
+    ],
+)
+def test_the_service_attribute_must_be_defined(tmp_path: Path, code: str, expected: str | None) -> None:
+    f = project(tmp_path, "service: service:svc\n", {"service.py": code})
+    problems = validate_file(f)
+    if expected is None:
+        assert problems == [], messages(problems)
+    else:
+        [problem] = problems
+        assert (problem.key_path, problem.line, problem.column) == ("service", 1, 10)
+        assert problem.message == expected
 
 
 def test_a_missing_find_links_directory_is_a_problem(tmp_path: Path) -> None:
@@ -468,7 +500,7 @@ def test_nulls_mean_defaults_and_values_are_normalised(tmp_path: Path) -> None:
 
 
 def test_load_accepts_a_directory(tmp_path: Path) -> None:
-    write(tmp_path / "service.py", "")
+    write(tmp_path / "service.py", "svc = other = None\n")
     write(tmp_path / "bentofile.yml", "service: service:svc\n")
     assert load_bentofile(tmp_path).path == tmp_path / "bentofile.yml"
     write(tmp_path / "bentofile.yaml", "service: service:other\n")
