@@ -17,6 +17,8 @@ import difflib
 import functools
 import json
 import os
+import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,7 +410,7 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
         line, column = where.value_mark(path)
         out.append(Problem(file, line, column, _dotted(path), message))
 
-    def need_file(path: Path_, relpath: str, what: str) -> Path | None:
+    def need_file(path: Path_, relpath: str, what: str, text: bool = False) -> Path | None:
         target, inside = _inside(context, relpath)
         if not inside:
             problem(path, f"{relpath!r} is outside the build context {context}; move the {what} into it")
@@ -419,6 +421,20 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
                 f"{what} {relpath!r} not found in the build context {context}; create it or fix the path",
             )
             return None
+        if text:
+            # The build reads it as UTF-8 text: say so here rather than fail there with a traceback.
+            try:
+                target.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                problem(
+                    path,
+                    f"{what} {relpath!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as"
+                    " UTF-8",
+                )
+                return None
+            except OSError as exc:
+                problem(path, f"{what} {relpath!r} cannot be read ({exc.strerror or exc})")
+                return None
         return target
 
     service = data.get("service")
@@ -429,14 +445,21 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
             if module.endswith(".py")
             else [module.replace(".", "/") + ".py", module.replace(".", "/")]
         )
-        found = False
+        found = None
         for rel in candidates:
             target, inside = _inside(context, rel)
             if inside and (target.is_file() or (target / "__init__.py").is_file()):
-                found = True
+                found = target if target.is_file() else target / "__init__.py"
                 break
-        if not found:
+        if found is None:
             problem(("service",), f"module file {candidates[0]!r} not found in the build context {context}")
+        else:
+            from .scan import missing_attribute
+
+            # A typo after ':' would otherwise build a bundle whose server cannot find its service.
+            missing = missing_attribute(found, service.partition(":")[2])
+            if missing:
+                problem(("service",), f"module {missing}")
 
     include = data.get("include")
     for i, pattern in enumerate(include if isinstance(include, list) else []):
@@ -450,16 +473,18 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
 
     description = data.get("description")
     if isinstance(description, str) and description.startswith("file:"):
-        need_file(("description",), description[5:].strip(), "description file")
+        need_file(("description",), description[5:].strip(), "description file", text=True)
 
     sections: list[dict[str, Any]] = [
         data[k] if isinstance(data.get(k), dict) else {} for k in ("docker", "python", "conda")
     ]
     docker, python, conda = sections
     if isinstance(docker.get("env"), str):
-        need_file(("docker", "env"), docker["env"], ".env file")
+        need_file(("docker", "env"), docker["env"], ".env file", text=True)
     if isinstance(docker.get("dockerfile_template"), str):
-        need_file(("docker", "dockerfile_template"), docker["dockerfile_template"], "Dockerfile template")
+        need_file(
+            ("docker", "dockerfile_template"), docker["dockerfile_template"], "Dockerfile template", text=True
+        )
     if isinstance(docker.get("setup_script"), str):
         script = need_file(("docker", "setup_script"), docker["setup_script"], "setup script")
         if script is not None and not os.access(script, os.X_OK):
@@ -498,6 +523,43 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
     return out
 
 
+def _setting_path(key: str, data: dict[str, Any]) -> Path_:
+    """Return the key path of a setting the Dockerfile names 'docker.system_packages[1]', 'labels.a.b', ..."""
+    section, _, rest = key.partition(".")
+    if section == "labels":
+        return ("labels", rest)
+    if section == "envs":
+        names = [e.get("name") if isinstance(e, dict) else None for e in data.get("envs") or []]
+        return ("envs", names.index(rest), "value") if rest in names else ("envs",)
+    name, _, sub = rest.partition(".")
+    item = re.fullmatch(r"(\w+)\[(\d+)\]", name)
+    if item:
+        return (section, item[1], int(item[2]))
+    return (section, name, sub) if sub else (section, name)
+
+
+def _docker_problems(data: dict[str, Any], where: _Located, file: str, context: Path) -> list[Problem]:
+    """Settings the schema takes (real-world files use them) but the image cannot: Python 3.8, Alpine, ..."""
+    from .dockerfile import settings_problems
+
+    docker = data.get("docker") or {}
+    try:
+        env = _docker_env(docker.get("env"), context)
+    except (OSError, UnicodeDecodeError):
+        env = {}  # an unreadable .env file is a context problem already
+    facts = {
+        # The build's default: the Python that runs bundler.
+        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "envs": {e["name"]: _text(e.get("value")) for e in data.get("envs") or []},
+        "labels": {str(k): _text(v) for k, v in (data.get("labels") or {}).items()},
+    }
+    out = []
+    for key, message in settings_problems({**docker, "env": env}, facts):
+        line, column = where.value_mark(_setting_path(key, data))
+        out.append(Problem(file, line, column, key, message))
+    return out
+
+
 # -- public entry points --------------------------------------------------------------------------------
 
 
@@ -533,10 +595,12 @@ def _check(path: Path, schema_only: bool) -> tuple[Any, list[Problem]]:
             )
         )
         return None, sorted(problems)
-    problems += _schema_problems(data, where, file)
-    problems += _requirement_problems(data, where, file)
+    schema = _schema_problems(data, where, file)
+    problems += schema + _requirement_problems(data, where, file)
     if not schema_only:
         problems += _context_problems(data, where, file, path.parent)
+        if not schema:  # the settings have the types the schema promises
+            problems += _docker_problems(data, where, file, path.parent)
     return data, sorted(set(problems))
 
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from .exceptions import BuildError, ConfigError
 
-__all__ = ["render_dockerfile", "render_entrypoint"]
+__all__ = ["render_dockerfile", "render_entrypoint", "settings_problems"]
 
 USER = "bundler"
 UID = 1000
@@ -71,8 +72,17 @@ _STAGES_FROM_BASE = re.compile(r"^FROM base AS deps$", re.M)
 _BASE_STAGE = re.compile(r"^FROM \S+ AS base$", re.M | re.I)
 
 
+class _Refused(ConfigError):
+    """A setting the Dockerfile cannot hold; ``key`` and ``detail`` kept apart for line numbers."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"bentofile.yaml: {key}: {detail}")
+        self.key = key
+        self.detail = detail
+
+
 def _fail(key: str, value: Any, rule: str) -> ConfigError:
-    return ConfigError(f"bentofile.yaml: {key}: {value!r} {rule}")
+    return _Refused(key, f"{value!r} {rule}")
 
 
 def _python_version(docker: dict[str, Any], facts: dict[str, Any]) -> str:
@@ -89,17 +99,19 @@ def _python_version(docker: dict[str, Any], facts: dict[str, Any]) -> str:
     return value
 
 
+def _package(index: int, package: Any) -> str:
+    if not isinstance(package, str) or not _PACKAGE_RE.match(package):
+        raise _fail(
+            f"docker.system_packages[{index}]",
+            package,
+            "is not a package name (letters, digits, '+', '-', '.', optionally '=version');"
+            " put commands in docker.setup_script instead",
+        )
+    return package
+
+
 def _packages(docker: dict[str, Any]) -> list[str]:
-    packages = list(docker.get("system_packages") or [])
-    for i, package in enumerate(packages):
-        if not isinstance(package, str) or not _PACKAGE_RE.match(package):
-            raise _fail(
-                f"docker.system_packages[{i}]",
-                package,
-                "is not a package name (letters, digits, '+', '-', '.', optionally '=version');"
-                " put commands in docker.setup_script instead",
-            )
-    return packages
+    return [_package(i, package) for i, package in enumerate(docker.get("system_packages") or [])]
 
 
 def _image(value: Any, key: str) -> str:
@@ -244,10 +256,14 @@ def _labels(facts: dict[str, Any]) -> list[str]:
     labels["ai.bundler.lock-digest"] = facts.get("lock_digest") or ""
     labels["ai.bundler.apis"] = ",".join(facts.get("apis") or [])
     for key, value in sorted((facts.get("labels") or {}).items()):
-        if not _LABEL_KEY_RE.match(str(key)):
-            raise _fail(f"labels.{key}", key, "is not a label key (letters, digits, '.', '_', '/', '-')")
-        labels[str(key)] = value
+        labels[_label_key(key)] = value
     return [f"{key}={_dquote(value, f'labels.{key}')}" for key, value in labels.items()]
+
+
+def _label_key(key: Any) -> str:
+    if not _LABEL_KEY_RE.match(str(key)):
+        raise _fail(f"labels.{key}", key, "is not a label key (letters, digits, '.', '_', '/', '-')")
+    return str(key)
 
 
 def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[str, Any]:
@@ -327,6 +343,41 @@ def _exposed_port(docker: dict[str, Any], facts: dict[str, Any]) -> int:
     if not 1 <= number <= 65535:
         raise _fail(key, port, "is not a TCP port number (1-65535); the server listens on $PORT")
     return number
+
+
+def settings_problems(docker: dict[str, Any], facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return (key, message) for every setting rendering would refuse, each key checked on its own.
+
+    ``docker`` is the build file's docker section (``env`` a mapping); ``facts`` needs ``python_version``
+    (the default), ``envs`` and ``labels``. Checked with the build file, so a build that cannot render its
+    Dockerfile stops before it resolves any lock, with every problem at once.
+    """
+    found: list[tuple[str, str]] = []
+
+    def check(fn: Callable[..., object], *args: Any) -> None:
+        try:
+            fn(*args)
+        except _Refused as exc:
+            found.append((exc.key, exc.detail))
+
+    check(_python_version, docker, facts)
+    distro = docker.get("distro") or "debian"
+    check(_base, {"distro": distro}, SUPPORTED_PYTHON[0])
+    for i, package in enumerate(docker.get("system_packages") or []):
+        check(_package, i, package)
+    if docker.get("base_image"):
+        check(_image, docker["base_image"], "docker.base_image")
+    elif docker.get("cuda_version") and distro not in ("ubi8", "amazonlinux"):
+        check(_cuda_base, str(docker["cuda_version"]))
+    for key, value in (docker.get("env") or {}).items():
+        check(_env_lines, {"env": {key: value}}, {})
+    for key, value in (facts.get("envs") or {}).items():
+        check(_env_lines, {}, {"envs": {key: value}})
+    for key, value in (facts.get("labels") or {}).items():
+        check(_label_key, key)
+        check(_dquote, value, f"labels.{key}")
+    check(_exposed_port, docker, facts)
+    return found
 
 
 def summary(description: str | None) -> str:

@@ -7,12 +7,13 @@ what it can from the syntax tree; the full OpenAPI document is added when the se
 from __future__ import annotations
 
 import ast
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .exceptions import BuildError
 
-__all__ = ["ApiInfo", "ServiceInfo", "scan_service", "uses_images"]
+__all__ = ["ApiInfo", "ServiceInfo", "missing_attribute", "scan_service", "uses_images"]
 
 # Calls whose first string argument is a model tag: bundler.onnx.get("x"), bundler.models.get("x"), ...
 _MODEL_GETTERS = {("onnx", "get"), ("models", "get"), ("onnx", "load_model")}
@@ -96,6 +97,69 @@ def scan_service(module_path: Path, attribute: str) -> ServiceInfo:
     info.model_tags = sorted(set(tags))
     info.apis.sort(key=lambda a: a.route)
     return info
+
+
+# Calls that can bind module names the syntax tree does not show.
+_DYNAMIC = {"globals", "vars", "setattr", "exec", "eval", "__import__"}
+
+
+def _bound_names(tree: ast.Module) -> set[str] | None:
+    """Return every name bound anywhere in the module, or None when names may be bound dynamically."""
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                bound.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            bound.add(node.rest)
+        elif isinstance(node, ast.Global):
+            bound.update(node.names)
+        elif isinstance(node, ast.Call) and _descriptor(node.func) in _DYNAMIC:
+            return None
+        elif isinstance(node, ast.Attribute) and node.attr == "modules":  # sys.modules[__name__].svc = ...
+            return None
+    return None if "__getattr__" in bound else bound
+
+
+def missing_attribute(module_path: Path, attribute: str) -> str | None:
+    """Return why the module surely does not define ``attribute`` (its first part), else None.
+
+    Over-counts what is defined (any binding anywhere counts) and gives up on dynamic definitions, so it
+    only speaks when the name appears nowhere: a typo in the build file's ``service: module:attribute``.
+    """
+    try:
+        tree = ast.parse(module_path.read_text(encoding="utf-8"), filename=str(module_path))
+    except (SyntaxError, ValueError, OSError, UnicodeDecodeError):
+        return None  # scan_service says so
+    name = attribute.split(".")[0]
+    bound = _bound_names(tree)
+    if bound is None or name in bound:
+        return None
+    services = sorted(
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Call)
+        and _descriptor(node.value.func) == "Service"
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    )
+    close = difflib.get_close_matches(name, sorted(n for n in bound if not n.startswith("_")), n=1)
+    if services:
+        hint = f" (it assigns a Service to {', '.join(map(repr, services))})"
+    elif close:
+        hint = f" (did you mean {close[0]!r}?)"
+    else:
+        hint = ""
+    return f"{module_path.name!r} defines no {name!r}{hint}; fix the attribute after ':'"
 
 
 def _image_node(node: ast.AST) -> bool:

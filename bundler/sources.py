@@ -102,6 +102,15 @@ def select_sources(context: Path, include: list[str], exclude: list[str]) -> lis
                         f"{str(context / rel)!r}: refused: a control character (newline, tab, ...) in a"
                         " source file's name; rename the file or add it to 'exclude'"
                     )
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    # Undecodable bytes (os.fsdecode's surrogates) cannot be written into the manifest.
+                    shown = os.fsencode(context / rel).decode("ascii", "backslashreplace")
+                    raise BadInput(
+                        f"'{shown}': refused: the name is not UTF-8 (written in another encoding);"
+                        " rename the file or add it to 'exclude'"
+                    ) from None
                 real_file = Path(entry.path).resolve()
                 out[rel] = SourceFile(rel, real_file, os.access(real_file, os.X_OK))
 

@@ -16,6 +16,7 @@ import yaml
 
 from bundler import bundles
 from bundler.builder import build
+from bundler.exceptions import ConfigError
 from bundler.scan import uses_images
 from bundler.store import bundle_store, verify_manifest
 
@@ -198,6 +199,36 @@ def test_cli_reports_bad_build_file_with_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "bentofile.yaml:2" in proc.stderr and "python" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_docker_settings_the_image_cannot_take_fail_the_build_before_locking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "service.py").write_text("svc = None\n")
+    bad = tmp_path / "my-bentofile.yaml"
+    bad.write_text('service: "service:svc"\ndocker:\n  python_version: "3.8"\n  distro: alpine\n')
+
+    def no_lock(*args: object, **kwargs: object) -> None:
+        raise AssertionError("locked before the settings were checked")
+
+    monkeypatch.setattr("bundler.lock.lock", no_lock)
+    with pytest.raises(ConfigError) as info:
+        build(bad)
+    assert info.value.problems == [
+        f"{bad}:3:19: docker.python_version: '3.8' is not supported (choose 3.10–3.13)",
+        f"{bad}:4:11: docker.distro: 'alpine' is not supported: onnxruntime publishes no musl (Alpine)"
+        " wheels; use distro 'debian' (the default) or a glibc-based docker.base_image",
+    ]
+
+
+def test_a_service_attribute_the_module_does_not_define_fails_the_build(quickstart: Path) -> None:
+    bentofile = quickstart / "bentofile.yaml"
+    bentofile.write_text(bentofile.read_text().replace('service: "service:svc"', 'service: "service:scv"'))
+    proc = _cli("build", str(bentofile))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{bentofile}:1:10: service: module 'service.py' defines no 'scv'" in proc.stderr
+    assert "Traceback" not in proc.stderr and "locking" not in proc.stderr
+    assert not list(bundle_store().root.glob("*/*/bundle.yaml"))
 
 
 def test_cli_unsupported_platform_is_exit_2(quickstart: Path) -> None:

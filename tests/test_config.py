@@ -255,6 +255,53 @@ def test_missing_or_escaping_files_are_problems(
     assert validate_file(f, schema_only=True) == []  # the schema alone is satisfied
 
 
+@pytest.mark.parametrize(
+    ("yaml_text", "name", "key_path"),
+    [
+        ('description: "file: ./README.md"\n', "README.md", "description"),
+        ("docker:\n  env: .env\n", ".env", "docker.env"),
+        ("docker:\n  dockerfile_template: t.j2\n", "t.j2", "docker.dockerfile_template"),
+    ],
+)
+def test_text_files_that_are_not_utf8_are_problems(
+    tmp_path: Path, yaml_text: str, name: str, key_path: str
+) -> None:
+    f = project(tmp_path, 'service: "service:svc"\n' + yaml_text)
+    (tmp_path / name).write_bytes(b"# caf\xe9\n")
+    [problem] = validate_file(f)
+    assert problem.key_path == key_path
+    assert f"{name}' is not UTF-8 text" in problem.message and "save it as UTF-8" in problem.message
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_bentofile(f)
+
+
+def test_docker_settings_the_build_refuses_are_problems_with_their_lines(tmp_path: Path) -> None:
+    # The schema takes them (real-world files use them), the Dockerfile cannot: validate says so, all at once.
+    f = project(
+        tmp_path,
+        'service: "service:svc"\n'
+        "docker:\n"
+        '  python_version: "3.8"\n'
+        "  distro: alpine\n"
+        '  system_packages: [curl, "curl; rm -rf /"]\n'
+        "  env:\n"
+        "    PORT: http\n"
+        "labels:\n"
+        '  ok: "two\\nlines"\n',
+    )
+    problems = validate_file(f)
+    assert [(p.line, p.key_path) for p in problems] == [
+        (3, "docker.python_version"),
+        (4, "docker.distro"),
+        (5, "docker.system_packages[1]"),
+        (7, "docker.env.PORT"),
+        (9, "labels.ok"),
+    ], messages(problems)
+    assert "'3.8' is not supported (choose 3.10" in problems[0].message
+    assert "onnxruntime publishes no musl" in problems[1].message
+    assert validate_file(f, schema_only=True) == []
+
+
 GOOD_REQUIREMENTS = [
     "numpy",
     "numpy>=1.24,<2",
@@ -344,9 +391,9 @@ def test_symlink_out_of_the_context_is_refused(tmp_path: Path) -> None:
         ("service.py:svc", {}, True),
         ("missing:svc", {}, False),
         ("missing.py:svc", {}, False),
-        ("pkg.api:svc", {"pkg/api.py": ""}, True),
-        ("pkg:svc", {"pkg/__init__.py": ""}, True),
-        ("pkg.other:svc", {"pkg/__init__.py": ""}, False),
+        ("pkg.api:svc", {"pkg/api.py": "svc = None\n"}, True),
+        ("pkg:svc", {"pkg/__init__.py": "svc = None\n"}, True),
+        ("pkg.other:svc", {"pkg/__init__.py": "svc = None\n"}, False),
     ],
 )
 def test_service_module_must_exist(tmp_path: Path, service: str, files: dict[str, str], ok: bool) -> None:
@@ -358,6 +405,38 @@ def test_service_module_must_exist(tmp_path: Path, service: str, files: dict[str
         [problem] = problems
         assert (problem.key_path, problem.line) == ("service", 1)
         assert "not found in the build context" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("import bundler\nsvc = bundler.Service('x')\n", None),
+        ("from impl import svc\n", None),
+        ("if True:\n    svc: object = None\n", None),
+        ("from impl import *\n", None),  # cannot tell: no problem
+        ("def __getattr__(name):\n    return None\n", None),
+        ("globals()['svc'] = None\n", None),
+        (
+            "import bundler\nservice = bundler.Service('x')\n",
+            "module 'service.py' defines no 'svc' (it assigns a Service to 'service');"
+            " fix the attribute after ':'",
+        ),
+        (
+            "servce = None\n",
+            "module 'service.py' defines no 'svc' (did you mean 'servce'?); fix the attribute after ':'",
+        ),
+        ("x = 1\n", "module 'service.py' defines no 'svc'; fix the attribute after ':'"),
+    ],
+)
+def test_the_service_attribute_must_be_defined(tmp_path: Path, code: str, expected: str | None) -> None:
+    f = project(tmp_path, "service: service:svc\n", {"service.py": code})
+    problems = validate_file(f)
+    if expected is None:
+        assert problems == [], messages(problems)
+    else:
+        [problem] = problems
+        assert (problem.key_path, problem.line, problem.column) == ("service", 1, 10)
+        assert problem.message == expected
 
 
 def test_a_missing_find_links_directory_is_a_problem(tmp_path: Path) -> None:
@@ -421,7 +500,7 @@ def test_nulls_mean_defaults_and_values_are_normalised(tmp_path: Path) -> None:
 
 
 def test_load_accepts_a_directory(tmp_path: Path) -> None:
-    write(tmp_path / "service.py", "")
+    write(tmp_path / "service.py", "svc = other = None\n")
     write(tmp_path / "bentofile.yml", "service: service:svc\n")
     assert load_bentofile(tmp_path).path == tmp_path / "bentofile.yml"
     write(tmp_path / "bentofile.yaml", "service: service:other\n")

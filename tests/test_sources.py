@@ -74,6 +74,15 @@ def test_a_control_character_in_a_source_name_is_refused(tmp_path: Path) -> None
     assert _rels(tmp_path, ["*"], ["new*"]) == ["service.py"]
 
 
+def test_a_source_name_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    # The manifest and the bundle's version are UTF-8 text: such a name could not be written into either.
+    _tree(tmp_path, ["service.py"])
+    Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.txt")).write_text("x")
+    with pytest.raises(BadInput, match=r"caf\\xe9.txt': refused: the name is not UTF-8"):
+        _rels(tmp_path)
+    assert _rels(tmp_path, ["*"], ["caf*"]) == ["service.py"]
+
+
 def test_symlink_inside_context_is_followed(tmp_path: Path) -> None:
     _tree(tmp_path, ["service.py", "real/data.txt"])
     (tmp_path / "alias").symlink_to(tmp_path / "real")
