@@ -91,7 +91,9 @@ _RANK = {"buildx": 0, "buildkit": 1, "legacy": 2}
 def _inspect_docker(client: str) -> Engine | str:
     """Return the engine behind one docker client, or why it is unusable; the probes run in parallel."""
     with ThreadPoolExecutor(max_workers=3) as pool:
-        info = pool.submit(_probe, [client, "info", "--format", "{{.ServerVersion}}"])
+        # `version`, not `info`: without a daemon, Debian's 20.10 client answers `info --format` with a Go
+        # template error only, where `version` says "Cannot connect to the Docker daemon at ...".
+        info = pool.submit(_probe, [client, "version", "--format", "{{.Server.Version}}"])
         buildx = pool.submit(_probe, [client, "buildx", "version"])
         # Clients before 23.0 carry BuildKit themselves; newer ones refuse DOCKER_BUILDKIT=1 without buildx.
         kit = pool.submit(_probe, [client, "build", "--help"], {**os.environ, "DOCKER_BUILDKIT": "1"})

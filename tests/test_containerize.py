@@ -84,7 +84,7 @@ def _fake_client(path: Path, *, daemon: bool = True, buildx: bool = False, build
     """Write a stand-in docker client that answers the probes as told."""
     path.write_text(
         "#!/bin/sh\n"
-        f'if [ "$1" = info ]; then {"echo 20.10.24" if daemon else "echo Cannot connect to the Docker daemon >&2; exit 1"}; exit $?; fi\n'  # noqa: E501
+        f'if [ "$1" = version ]; then {"echo 20.10.24" if daemon else "echo Cannot connect to the Docker daemon >&2; exit 1"}; exit $?; fi\n'  # noqa: E501
         f'if [ "$1" = buildx ]; then exit {0 if buildx else 1}; fi\n'
         f'if [ "$1" = build ] && [ "$DOCKER_BUILDKIT" = 1 ]; then exit {0 if buildkit else 1}; fi\n'
         "exit 0\n"
@@ -117,6 +117,25 @@ def test_daemon_not_running_is_reported_per_client(only_fakes: Path) -> None:
     assert f"{client}: the Docker daemon does not answer (Cannot connect to the Docker daemon)" in str(
         info.value
     )
+
+
+def test_daemon_not_running_is_reported_in_words_by_a_client_whose_info_hides_it(only_fakes: Path) -> None:
+    """Debian's docker.io 20.10 answers `info --format` without a daemon with a Go template error only."""
+    client = only_fakes / "docker"
+    client.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = info ]; then echo \'template: :1:2: executing "" at <.ServerVersion>: reflect:'
+        " indirection through nil pointer to embedded struct field Info' >&2; exit 1; fi\n"
+        'if [ "$1" = version ]; then echo; echo "Cannot connect to the Docker daemon at'
+        ' unix:///nowhere.sock. Is the docker daemon running?" >&2; exit 1; fi\n'
+        "exit 0\n"
+    )
+    client.chmod(0o755)
+    with pytest.raises(EngineUnavailable) as info:
+        detect_engine("docker")
+    message = str(info.value)
+    assert f"{client}: the Docker daemon does not answer (Cannot connect to the Docker daemon at" in message
+    assert "template" not in message
 
 
 @pytest.mark.parametrize(
