@@ -335,10 +335,20 @@ def _stream(argv: list[str], env: Mapping[str, str], output: Callable[[str], Any
         raise EngineUnavailable(f"cannot run {argv[0]}: {exc}. To fix: {_START_HINT}") from exc
     assert proc.stdout is not None
     with proc:
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            tail.append(line)
-            output(line)
+        try:
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                tail.append(line)
+                output(line)
+        except BaseException:
+            # Ctrl-C in a terminal reaches the client too, but a signal sent to bundler alone (a CI runner,
+            # a supervisor) would leave the build running on, to tag the image after "interrupted".
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     return proc.returncode, list(tail)
 
 

@@ -158,6 +158,26 @@ def test_the_best_of_several_docker_clients_wins(tmp_path: Path, monkeypatch: py
     assert detect_engine() == Engine("docker", str(best), "buildkit")
 
 
+def test_an_interrupted_build_stops_the_engine_client(tmp_path: Path) -> None:
+    """SIGINT sent to bundler alone (a CI runner, a supervisor) must not leave the build running on, to tag
+    the image after bundler has said "interrupted"."""
+    pid_file = tmp_path / "pid"
+    client = tmp_path / "docker"
+    client.write_text(f'#!/bin/sh\necho "#1 building"\necho $$ > {pid_file}\nexec sleep 60\n')
+    client.chmod(0o755)
+
+    def interrupt(line: str) -> None:
+        while not pid_file.exists():
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cz._stream([str(client), "build"], os.environ, interrupt)
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # gone, and reaped
+        os.kill(pid, 0)
+
+
 def test_unknown_backend_is_bad_input() -> None:
     with pytest.raises(BadInput, match="--backend 'rkt' is not supported"):
         detect_engine("rkt")
