@@ -193,7 +193,7 @@ def _platform(info: Mapping[str, Any], asked: str | None, output: Callable[[str]
 
 
 def _image_tags(info: Mapping[str, Any], tags: Iterable[str]) -> list[str]:
-    chosen = [t for t in tags if t]
+    chosen = list(tags)  # an empty -t ("$IMAGE" unset) is refused below, not taken as "no -t"
     for t in chosen:
         parse_image_ref(t, "-t", allow_digest=False)  # bad input, not a failure deep inside the engine
     if chosen:

@@ -321,6 +321,9 @@ def test_not_a_bundle_is_a_clear_error(tmp_path: Path) -> None:
         (["H3-Bad:Tag"], r"^-t: 'H3-Bad:Tag' is not an image reference: 'H3-Bad' has uppercase letters"),
         (["ok:1", "x:1:2"], r"^-t: 'x:1:2' is not an image reference: tag '1:2'"),
         (["x@sha256:" + "0" * 64], r"^-t: .* a digest \('@...'\) cannot be given to a new image"),
+        # `-t "$IMAGE"` with IMAGE unset: refused, not silently built under the default tag.
+        ([""], r"^-t: '' is not an image reference: it is empty"),
+        (["ok:1", ""], r"^-t: '' is not an image reference: it is empty"),
     ],
 )
 def test_bad_image_tags_are_bad_input_before_any_engine(
