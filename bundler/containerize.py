@@ -91,7 +91,9 @@ _RANK = {"buildx": 0, "buildkit": 1, "legacy": 2}
 def _inspect_docker(client: str) -> Engine | str:
     """Return the engine behind one docker client, or why it is unusable; the probes run in parallel."""
     with ThreadPoolExecutor(max_workers=3) as pool:
-        info = pool.submit(_probe, [client, "info", "--format", "{{.ServerVersion}}"])
+        # `version`, not `info`: without a daemon, Debian's 20.10 client answers `info --format` with a Go
+        # template error only, where `version` says "Cannot connect to the Docker daemon at ...".
+        info = pool.submit(_probe, [client, "version", "--format", "{{.Server.Version}}"])
         buildx = pool.submit(_probe, [client, "buildx", "version"])
         # Clients before 23.0 carry BuildKit themselves; newer ones refuse DOCKER_BUILDKIT=1 without buildx.
         kit = pool.submit(_probe, [client, "build", "--help"], {**os.environ, "DOCKER_BUILDKIT": "1"})
@@ -191,7 +193,7 @@ def _platform(info: Mapping[str, Any], asked: str | None, output: Callable[[str]
 
 
 def _image_tags(info: Mapping[str, Any], tags: Iterable[str]) -> list[str]:
-    chosen = [t for t in tags if t]
+    chosen = list(tags)  # an empty -t ("$IMAGE" unset) is refused below, not taken as "no -t"
     for t in chosen:
         parse_image_ref(t, "-t", allow_digest=False)  # bad input, not a failure deep inside the engine
     if chosen:
@@ -333,10 +335,20 @@ def _stream(argv: list[str], env: Mapping[str, str], output: Callable[[str], Any
         raise EngineUnavailable(f"cannot run {argv[0]}: {exc}. To fix: {_START_HINT}") from exc
     assert proc.stdout is not None
     with proc:
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            tail.append(line)
-            output(line)
+        try:
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                tail.append(line)
+                output(line)
+        except BaseException:
+            # Ctrl-C in a terminal reaches the client too, but a signal sent to bundler alone (a CI runner,
+            # a supervisor) would leave the build running on, to tag the image after "interrupted".
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     return proc.returncode, list(tail)
 
 

@@ -142,8 +142,14 @@ def _check_options(
 
 def model_bytes(bundle_info: dict, bundle_dir: Path) -> int:
     """Return the total size of the bundle's models: ``size`` from bundle.yaml, else the files on disk."""
+    models = bundle_info.get("models") or []
+    if not isinstance(models, list):
+        raise BadInput(
+            f"{Path(bundle_dir) / 'bundle.yaml'}: models: {models!r} is not a list of models; the file was"
+            " changed after `bundler build` (`bundler verify` names what differs): build the bundle again"
+        )
     total = 0
-    for model in bundle_info.get("models") or []:
+    for model in models:
         size = model.get("size") if isinstance(model, dict) else None
         if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
             total += size
@@ -247,6 +253,8 @@ def kubernetes_manifests(
     port: int = 3000,
 ) -> list[dict]:
     """Return the Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget for a bundle."""
+    # The API server refuses a quantity with surrounding whitespace, which a shell variable easily adds.
+    cpu, memory = str(cpu).strip(), str(memory).strip()
     low, high = _check_options(
         replicas=replicas,
         min_replicas=min_replicas,

@@ -509,4 +509,5 @@ def render_entrypoint(facts: dict[str, Any]) -> str:
         tag=facts["tag"],
         bundle_path=BUNDLE_PATH,
         port=PORT,
+        venv=VENV,
     )

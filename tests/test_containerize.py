@@ -84,7 +84,7 @@ def _fake_client(path: Path, *, daemon: bool = True, buildx: bool = False, build
     """Write a stand-in docker client that answers the probes as told."""
     path.write_text(
         "#!/bin/sh\n"
-        f'if [ "$1" = info ]; then {"echo 20.10.24" if daemon else "echo Cannot connect to the Docker daemon >&2; exit 1"}; exit $?; fi\n'  # noqa: E501
+        f'if [ "$1" = version ]; then {"echo 20.10.24" if daemon else "echo Cannot connect to the Docker daemon >&2; exit 1"}; exit $?; fi\n'  # noqa: E501
         f'if [ "$1" = buildx ]; then exit {0 if buildx else 1}; fi\n'
         f'if [ "$1" = build ] && [ "$DOCKER_BUILDKIT" = 1 ]; then exit {0 if buildkit else 1}; fi\n'
         "exit 0\n"
@@ -119,6 +119,25 @@ def test_daemon_not_running_is_reported_per_client(only_fakes: Path) -> None:
     )
 
 
+def test_daemon_not_running_is_reported_in_words_by_a_client_whose_info_hides_it(only_fakes: Path) -> None:
+    """Debian's docker.io 20.10 answers `info --format` without a daemon with a Go template error only."""
+    client = only_fakes / "docker"
+    client.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = info ]; then echo \'template: :1:2: executing "" at <.ServerVersion>: reflect:'
+        " indirection through nil pointer to embedded struct field Info' >&2; exit 1; fi\n"
+        'if [ "$1" = version ]; then echo; echo "Cannot connect to the Docker daemon at'
+        ' unix:///nowhere.sock. Is the docker daemon running?" >&2; exit 1; fi\n'
+        "exit 0\n"
+    )
+    client.chmod(0o755)
+    with pytest.raises(EngineUnavailable) as info:
+        detect_engine("docker")
+    message = str(info.value)
+    assert f"{client}: the Docker daemon does not answer (Cannot connect to the Docker daemon at" in message
+    assert "template" not in message
+
+
 @pytest.mark.parametrize(
     ("buildx", "buildkit", "mode"),
     [(True, False, "buildx"), (False, True, "buildkit"), (False, False, "legacy")],
@@ -137,6 +156,26 @@ def test_the_best_of_several_docker_clients_wins(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("PATH", f"{first}{os.pathsep}{second}")
     monkeypatch.setattr(cz, "_WELL_KNOWN_DIRS", ())
     assert detect_engine() == Engine("docker", str(best), "buildkit")
+
+
+def test_an_interrupted_build_stops_the_engine_client(tmp_path: Path) -> None:
+    """SIGINT sent to bundler alone (a CI runner, a supervisor) must not leave the build running on, to tag
+    the image after bundler has said "interrupted"."""
+    pid_file = tmp_path / "pid"
+    client = tmp_path / "docker"
+    client.write_text(f'#!/bin/sh\necho "#1 building"\necho $$ > {pid_file}\nexec sleep 60\n')
+    client.chmod(0o755)
+
+    def interrupt(line: str) -> None:
+        while not pid_file.exists():
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cz._stream([str(client), "build"], os.environ, interrupt)
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # gone, and reaped
+        os.kill(pid, 0)
 
 
 def test_unknown_backend_is_bad_input() -> None:
@@ -282,6 +321,9 @@ def test_not_a_bundle_is_a_clear_error(tmp_path: Path) -> None:
         (["H3-Bad:Tag"], r"^-t: 'H3-Bad:Tag' is not an image reference: 'H3-Bad' has uppercase letters"),
         (["ok:1", "x:1:2"], r"^-t: 'x:1:2' is not an image reference: tag '1:2'"),
         (["x@sha256:" + "0" * 64], r"^-t: .* a digest \('@...'\) cannot be given to a new image"),
+        # `-t "$IMAGE"` with IMAGE unset: refused, not silently built under the default tag.
+        ([""], r"^-t: '' is not an image reference: it is empty"),
+        (["ok:1", ""], r"^-t: '' is not an image reference: it is empty"),
     ],
 )
 def test_bad_image_tags_are_bad_input_before_any_engine(

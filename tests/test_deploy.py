@@ -296,6 +296,24 @@ def test_bad_options_are_bad_input(tmp_path: Path, options: dict, message: str) 
         kubernetes_manifests(INFO, tmp_path, **options)
 
 
+@pytest.mark.parametrize(("cpu", "memory"), [(" 500m", "2Gi "), ("2\t", "\n1.5Gi")])
+def test_quantities_are_written_without_the_whitespace_they_were_given_with(
+    tmp_path: Path, cpu: str, memory: str
+) -> None:
+    """The API server refuses ' 2Gi' ('quantities must match the regular expression ...')."""
+    resources = _container(kubernetes_manifests(INFO, tmp_path, cpu=cpu, memory=memory))["resources"]
+    for kind in ("requests", "limits"):
+        assert resources[kind]["cpu"] == cpu.strip()
+        assert resources[kind]["memory"] == memory.strip()
+
+
+@pytest.mark.parametrize("models", [5, "m:v1", {"tag": "m:v1"}, True])
+def test_a_bundle_yaml_whose_models_are_not_a_list_is_bad_input(tmp_path: Path, models: object) -> None:
+    """A hand-edited bundle.yaml: a message naming the key and the fix, not a TypeError."""
+    with pytest.raises(BadInput, match=r"bundle.yaml: models: .* is not a list .*bundler build"):
+        kubernetes_manifests({**INFO, "models": models}, tmp_path)
+
+
 @pytest.mark.parametrize(
     ("name", "image"),
     [("sr", "sr:0ab1cd2ef3gh4jkm"), ("9lives_super.res", "9lives_super.res:0ab1cd2ef3gh4jkm"),

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bundler.docker import render_dockerfile, render_entrypoint
-from bundler.dockerfile import SERVE_IMPORTS
+from bundler.dockerfile import SERVE_IMPORTS, VENV
 from bundler.exceptions import BuildError, ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -368,16 +368,19 @@ def test_user_template_keeps_every_base_layer_and_adds_its_own() -> None:
     assert [line for line in custom if line in base] == base
 
 
-def _run_entrypoint(tmp_path: Path, *args: str, port: str | None = None) -> str:
-    """Run the rendered entrypoint with a stand-in `python` that prints how it was called."""
+def _run_entrypoint(tmp_path: Path, *args: str, port: str | None = None, path: str | None = None) -> str:
+    """Run the rendered entrypoint with stand-in Pythons (the venv's, and one on PATH) that say how they
+    were called."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    fake = bin_dir / "python"
-    fake.write_text('#!/bin/sh\necho "python $*"\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    venv_bin = tmp_path / "venv" / "bin"
+    for directory, name in ((bin_dir, "python"), (venv_bin, f"{VENV}/bin/python")):
+        directory.mkdir(parents=True, exist_ok=True)
+        fake = directory / "python"
+        fake.write_text(f'#!/bin/sh\necho "{name} $*"\n')
+        fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     script = tmp_path / "entrypoint.sh"
-    script.write_text(render_entrypoint(FACTS))
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    script.write_text(render_entrypoint(FACTS).replace(f"{VENV}/bin/python", str(venv_bin / "python")))
+    env = {"PATH": path if path is not None else f"{bin_dir}:/usr/bin:/bin"}
     if port:
         env["PORT"] = port
     result = subprocess.run(
@@ -387,11 +390,17 @@ def _run_entrypoint(tmp_path: Path, *args: str, port: str | None = None) -> str:
 
 
 def test_entrypoint_serves_the_bundle_on_port_from_env(tmp_path: Path) -> None:
-    serve = "python -m bundler serve /home/bundler/bundle --host 0.0.0.0 --port"
+    serve = f"{VENV}/bin/python -m bundler serve /home/bundler/bundle --host 0.0.0.0 --port"
     assert _run_entrypoint(tmp_path) == f"{serve} 3000"
     assert _run_entrypoint(tmp_path, port="8080") == f"{serve} 8080"
     assert _run_entrypoint(tmp_path, "--workers", "2") == f"{serve} 3000 --workers 2"
     assert _run_entrypoint(tmp_path, "serve", "--log-level", "debug") == f"{serve} 3000 --log-level debug"
+
+
+def test_entrypoint_serves_with_the_venv_python_whatever_path_docker_env_sets(tmp_path: Path) -> None:
+    """docker.env PATH: '/usr/local/cuda/bin:/usr/bin:/bin' (no /opt/venv/bin) still serves the bundle."""
+    serve = f"{VENV}/bin/python -m bundler serve /home/bundler/bundle --host 0.0.0.0 --port 3000"
+    assert _run_entrypoint(tmp_path, path="/usr/local/cuda/bin:/usr/bin:/bin") == serve
 
 
 def test_entrypoint_passes_other_commands_through(tmp_path: Path) -> None:

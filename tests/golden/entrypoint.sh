@@ -6,10 +6,11 @@ set -e
 BUNDLE_DIR="${BUNDLE_DIR:-/home/bundler/bundle}"
 if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
     # exec: the server replaces this shell as PID 1, so `docker stop`'s SIGTERM reaches it and it drains.
-    exec python -m bundler serve "$BUNDLE_DIR" --host 0.0.0.0 --port "${PORT:-3000}" "$@"
+    # The venv's Python by its path: a PATH set in docker.env without /opt/venv/bin must not stop serving.
+    exec /opt/venv/bin/python -m bundler serve "$BUNDLE_DIR" --host 0.0.0.0 --port "${PORT:-3000}" "$@"
 fi
 if [ "$1" = "serve" ]; then
     shift
-    exec python -m bundler serve "$BUNDLE_DIR" --host 0.0.0.0 --port "${PORT:-3000}" "$@"
+    exec /opt/venv/bin/python -m bundler serve "$BUNDLE_DIR" --host 0.0.0.0 --port "${PORT:-3000}" "$@"
 fi
 exec "$@"
