@@ -459,13 +459,26 @@ def _wants_npy(request: Request) -> bool:
 
 
 # -- JSON ----------------------------------------------------------------------------------------------
+# Keywords whose value is data, not a schema (a default of {"const": 1} stays as it is), and keywords whose
+# value maps names (a field called "examples" or "const") to schemas.
+_SCHEMA_DATA = frozenset({"default", "enum", "const", "example", "examples"})
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs"})
+
+
 def _openapi30(node: Any) -> Any:
     """Rewrite JSON Schema 2020-12 constructs pydantic emits into their OpenAPI 3.0 spelling."""
     if isinstance(node, list):
         return [_openapi30(x) for x in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _openapi30(v) for k, v in node.items() if k not in ("examples", "$defs")}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if k in ("examples", "$defs"):
+            continue
+        if k in _SCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {name: _openapi30(s) for name, s in v.items()}
+        else:
+            out[k] = v if k in _SCHEMA_DATA else _openapi30(v)
     for key in ("anyOf", "oneOf"):
         alts = out.get(key)
         # Children are rewritten first, so a {"type": "null"} branch reads {"nullable": True} here.
@@ -482,7 +495,25 @@ def _openapi30(node: Any) -> Any:
     if out.get("type") == "null":
         del out["type"]
         out["nullable"] = True
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        # Field(gt=0): 2020-12 writes the bound in exclusiveMinimum; 3.0 writes minimum and a boolean.
+        value = out.get(exclusive)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[bound] = out.pop(exclusive)
+            out[exclusive] = True
+    prefix = out.pop("prefixItems", None)
+    if isinstance(prefix, list):
+        # A tuple field: 3.0 has no per-position items, so each item is one of the positions' schemas
+        # (the length stays in minItems/maxItems); an ``items`` beside prefixItems types the rest.
+        alts = [*prefix, *([out["items"]] if isinstance(out.get("items"), dict) else [])]
+        alts = [a for i, a in enumerate(alts) if a not in alts[:i]]
+        out["items"] = alts[0] if len(alts) == 1 else ({"anyOf": alts} if alts else {})
     return out
+
+
+def _component_name(model: Any) -> str:
+    """Return the components key of a pydantic model (a generic's ``Page[int]`` becomes ``Page_int_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", model.__name__)
 
 
 def _json_default(value: Any) -> Any:
@@ -553,7 +584,7 @@ class JSON(IODescriptor):
     def openapi_schema(self) -> dict[str, Any]:
         if self.pydantic_model is None:
             return {}
-        return {"$ref": f"#/components/schemas/{self.pydantic_model.__name__}"}
+        return {"$ref": f"#/components/schemas/{_component_name(self.pydantic_model)}"}
 
     def openapi_components(self) -> dict[str, Any]:
         if self.pydantic_model is None:
@@ -561,9 +592,12 @@ class JSON(IODescriptor):
         schema = self.pydantic_model.model_json_schema(  # type: ignore[attr-defined]
             ref_template="#/components/schemas/{model}"
         )
-        defs = schema.get("$defs", {})
-        out = {name: _openapi30(s) for name, s in defs.items()}
-        out[self.pydantic_model.__name__] = _openapi30(schema)
+        name = _component_name(self.pydantic_model)
+        out = {key: _openapi30(s) for key, s in schema.pop("$defs", {}).items()}
+        if schema != {"$ref": f"#/components/schemas/{name}"}:
+            # A recursive model's schema is only that $ref, its body being in $defs under its own name:
+            # written over that body, the component would refer to itself and nothing else.
+            out[name] = _openapi30(schema)
         return out
 
     def __repr__(self) -> str:

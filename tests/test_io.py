@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import Any
+import re
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import orjson
@@ -12,12 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from openapi_spec_validator import validate
 from PIL import Image as PILImage
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 
+import bundler
 from bundler.exceptions import BadInput, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from bundler.io import JSON, File, Image, NumpyNdarray, Text
+
+T = TypeVar("T")
 
 
 def make_request(body: bytes, content_type: str | None = None, accept: str | None = None) -> Request:
@@ -328,6 +333,61 @@ def test_json_pydantic_schema_is_openapi_30() -> None:
     comps = JSON(pydantic_model=Iris).openapi_components()
     note = comps["Iris"]["properties"]["note"]
     assert note.get("nullable") is True and note.get("type") == "string" and "anyOf" not in note
+
+
+class TreeNode(BaseModel):
+    value: int
+    children: list[TreeNode] = []
+
+
+class Bounded(BaseModel):
+    temperature: float = Field(gt=0, lt=2)
+    top_k: int = Field(default=5, ge=1)
+
+
+class Pair(BaseModel):
+    point: tuple[float, float]
+    labelled: tuple[int, str]
+
+
+class KeywordFields(BaseModel):
+    examples: list[str]
+    const: int
+    options: dict[str, int] = Field(default={"const": 1})
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+
+
+@pytest.mark.parametrize("model", [TreeNode, Bounded, Pair, KeywordFields, Page[int]])
+def test_json_pydantic_schemas_are_valid_openapi_30(model: type[BaseModel]) -> None:
+    # A recursive model referred to itself only, Field(gt=...) and tuple fields were 2020-12 spellings,
+    # a field named "examples" was dropped and one named "const" renamed: /docs.json was not OpenAPI 3.0.
+    svc = bundler.Service("schemas")
+    svc.api(input=JSON(pydantic_model=model), output=JSON(pydantic_model=model), name="x")(lambda v: v)
+    doc = svc.openapi()
+    validate(doc)
+    # OpenAPI 3.0: component keys match ^[a-zA-Z0-9.\-_]+$ (a generic's "Page[int]" does not).
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", key) for key in doc["components"]["schemas"])
+    ref = doc["paths"]["/x"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert "$ref" not in schema and schema["type"] == "object"
+    assert set(schema["properties"]) == set(model.model_fields)
+
+
+def test_json_pydantic_schema_bounds_and_tuples_in_openapi_30_spelling() -> None:
+    comps = JSON(pydantic_model=Bounded).openapi_components()["Bounded"]["properties"]
+    temperature = comps["temperature"]
+    assert temperature["minimum"] == 0 and temperature["exclusiveMinimum"] is True
+    assert temperature["maximum"] == 2 and temperature["exclusiveMaximum"] is True
+    assert comps["top_k"]["minimum"] == 1 and "exclusiveMinimum" not in comps["top_k"]
+    pair = JSON(pydantic_model=Pair).openapi_components()["Pair"]["properties"]
+    assert pair["point"]["items"] == {"type": "number"} and pair["point"]["maxItems"] == 2
+    assert pair["labelled"]["items"] == {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+    fields = JSON(pydantic_model=KeywordFields).openapi_components()["KeywordFields"]["properties"]
+    assert fields["const"]["type"] == "integer" and fields["options"]["default"] == {"const": 1}
 
 
 # -- Image -------------------------------------------------------------------------------------------------
