@@ -674,7 +674,8 @@ class Image(IODescriptor):
             raise BadInput(
                 f"Image(output_format={output_format!r}): Pillow writes no such format; e.g. PNG, JPEG"
             )
-        self.output_media = f"image/{self.output_format.lower()}"
+        # Pillow's own table: ICO is image/x-icon, JPEG2000 image/jp2, PDF application/pdf.
+        self.output_media = PILImage.MIME.get(self.output_format) or f"image/{self.output_format.lower()}"
 
     def _accepts(self, mt: str) -> bool:
         return mt.startswith("image/")
@@ -727,11 +728,16 @@ class Image(IODescriptor):
         from PIL import Image as PILImage
 
         if isinstance(value, np.ndarray):
-            value = PILImage.fromarray(value)
+            value = _array_image(value)
+        elif not isinstance(value, PILImage.Image):
+            raise TypeError(
+                f"Image output: the API returned a {type(value).__name__}; return a PIL image or a uint8"
+                " numpy array (H, W), (H, W, 3) or (H, W, 4)"
+            )
         buf = io.BytesIO()
         try:
             value.save(buf, format=self.output_format)
-        except OSError:
+        except (OSError, ValueError):  # GIF says ValueError ("image has wrong mode") where PNG says OSError
             # A mode the format cannot hold (CMYK or float as PNG, RGBA as JPEG): shown as a viewer would,
             # in RGB, keeping transparency where the format has it.
             buf = io.BytesIO()
@@ -757,6 +763,22 @@ class Image(IODescriptor):
 
     def describe(self) -> dict[str, Any]:
         return {"type": "Image", "output_media": self.output_media}
+
+
+def _array_image(arr: np.ndarray) -> Any:
+    """Return the PIL image of an array, or a TypeError saying which arrays make images."""
+    from PIL import Image as PILImage
+
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]  # a one-channel (H, W, 1) model output is a grayscale image
+    try:
+        return PILImage.fromarray(arr)
+    except TypeError as exc:
+        raise TypeError(
+            f"Image output: an array of dtype {arr.dtype} and shape {arr.shape} is not an image; return uint8"
+            " (H, W), (H, W, 3) or (H, W, 4), e.g. np.clip(out, 0, 255).astype(np.uint8) (from a"
+            " (1, C, H, W) model output: out[0].transpose(1, 2, 0))"
+        ) from exc
 
 
 # -- text and files ------------------------------------------------------------------------------------

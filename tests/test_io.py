@@ -461,6 +461,32 @@ def test_image_to_response_png_from_pil_and_ndarray() -> None:
     assert r.media_type == "image/jpeg" and r.body[:2] == b"\xff\xd8"
 
 
+@pytest.mark.parametrize(
+    ("fmt", "media"),
+    [("ICO", "image/x-icon"), ("JPEG2000", "image/jp2"), ("PDF", "application/pdf"), ("webp", "image/webp")],
+)
+def test_image_output_content_type_is_the_formats_own(fmt: str, media: str) -> None:
+    # It was "image/" + the format's name: image/ico, image/jpeg2000, image/pdf.
+    image = Image(output_format=fmt)
+    assert image.output_media == media and image.describe()["output_media"] == media
+    response = image.to_response(PILImage.new("RGB", (16, 16)))
+    assert response.media_type == media and response.body
+
+
+def test_image_output_of_arrays_pillow_cannot_take() -> None:
+    # A one-channel (H, W, 1) output was PIL's TypeError "Cannot handle this data type: (1, 1, 1), |u1".
+    gray = Image().to_response(np.full((3, 4, 1), 9, np.uint8))
+    got = PILImage.open(io.BytesIO(gray.body))
+    assert (got.mode, got.size, got.getpixel((0, 0))) == ("L", (4, 3), 9)
+    # A CMYK image as GIF was a ValueError ("image has wrong mode"), not converted as for other formats.
+    gif = Image(output_format="GIF").to_response(PILImage.new("CMYK", (4, 4)))
+    assert PILImage.open(io.BytesIO(gif.body)).format == "GIF"
+    with pytest.raises(TypeError, match=r"dtype float32 and shape \(1, 3, 4, 4\) is not an image.*transpose"):
+        Image().to_response(np.zeros((1, 3, 4, 4), np.float32))
+    with pytest.raises(TypeError, match="returned a bytes; return a PIL image or a uint8 numpy array"):
+        Image().to_response(b"\x89PNG")
+
+
 # -- Text and File -------------------------------------------------------------------------------------------
 def test_text_utf8_round_trip_and_errors() -> None:
     assert decode(Text(), "héllo ✓".encode(), "text/plain; charset=utf-8") == "héllo ✓"
