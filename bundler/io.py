@@ -719,6 +719,9 @@ class Image(IODescriptor):
         try:
             img.load()
             if self.pilmode is not None and img.mode != self.pilmode:
+                if img.mode.startswith("I;16") and self.pilmode not in ("I", "F", "I;16"):
+                    # Pillow clips 16-bit values at 255 on the way to 8 bits: a 16-bit PNG came out white.
+                    img = _eight_bit(img)
                 img = img.convert(self.pilmode)
         except (OSError, ValueError, SyntaxError) as exc:
             raise BadInput(f"Image input: the image data is truncated or corrupt ({_reason(exc)})") from exc
@@ -763,6 +766,14 @@ class Image(IODescriptor):
 
     def describe(self) -> dict[str, Any]:
         return {"type": "Image", "output_media": self.output_media}
+
+
+def _eight_bit(img: Any) -> Any:
+    """Return a 16-bit grayscale image scaled to 8 bits (0..65535 -> 0..255, rounded)."""
+    from PIL import Image as PILImage
+
+    wide = np.asarray(img).astype(np.uint32)
+    return PILImage.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
 
 
 def _array_image(arr: np.ndarray) -> Any:

@@ -462,6 +462,18 @@ def test_image_to_response_png_from_pil_and_ndarray() -> None:
 
 
 @pytest.mark.parametrize(
+    ("pilmode", "want"), [("L", [0, 100, 255]), ("RGB", [(0,) * 3, (100,) * 3, (255,) * 3])]
+)
+def test_image_16_bit_png_to_an_8_bit_pilmode_is_scaled_not_clipped(pilmode: str, want: list) -> None:
+    # Pillow's convert clips 16-bit values at 255: 25700 (100 in 8 bits) came out 255, the image white.
+    buf = io.BytesIO()
+    PILImage.fromarray(np.array([[0, 25700, 65535]], np.uint16)).save(buf, format="PNG")
+    img = decode(Image(pilmode=pilmode), buf.getvalue(), "image/png")
+    assert img.mode == pilmode and [img.getpixel((x, 0)) for x in range(3)] == want
+    assert decode(Image(), buf.getvalue(), "image/png").getpixel((1, 0)) == 25700  # no pilmode: as sent
+
+
+@pytest.mark.parametrize(
     ("fmt", "media"),
     [("ICO", "image/x-icon"), ("JPEG2000", "image/jp2"), ("PDF", "application/pdf"), ("webp", "image/webp")],
 )
