@@ -4,15 +4,18 @@
     client.predict(np.ones((1, 4), np.float32))    # or client.call("predict", arr)
 
 Inputs are encoded by the API's input descriptor (ndarray -> .npy, lists -> JSON, PIL image -> PNG, str ->
-UTF-8 text, bytes -> raw); outputs are decoded by the response's Content-Type and the API's output
-descriptor. Error statuses raise ``bundler.exceptions.HTTPError`` with ``status_code``, ``body``, ``detail``.
+UTF-8 text; bytes, open files and pathlib.Paths -> their contents); outputs are decoded by the response's
+Content-Type and the API's output descriptor. Error statuses raise ``bundler.exceptions.HTTPError`` with
+``status_code``, ``body``, ``detail``; a server that does not answer (refused, timed out) status_code 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -66,26 +69,27 @@ def encode(spec: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
             buf = io.BytesIO()
             np.save(buf, value, allow_pickle=False)
             return buf.getvalue(), {**headers, "content-type": _NPY}
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY), {
-            **headers,
-            "content-type": "application/json",
-        }
+        return _json_bytes(spec, value), {**headers, "content-type": "application/json"}
     if kind == "Image":
-        return _image_bytes(value), {**headers, "content-type": _image_type(value)}
+        data = _image_bytes(spec, value)
+        return data, {**headers, "content-type": _image_type(data)}
     if kind == "Text":
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            # str() would send the repr, "b'abc'"; bytes are sent as they are (the server checks UTF-8).
+            return bytes(value), {**headers, "content-type": "text/plain; charset=utf-8"}
         return str(value).encode("utf-8"), {**headers, "content-type": "text/plain; charset=utf-8"}
     if kind == "File":
-        if hasattr(value, "read"):
-            value = value.read()
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        return bytes(value), {**headers, "content-type": _NPY}
+        return _file_bytes(spec, value), {**headers, "content-type": _NPY}
     if hasattr(value, "model_dump"):
         value = value.model_dump(mode="json")
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY), {
-        **headers,
-        "content-type": "application/json",
-    }
+    return _json_bytes(spec, value), {**headers, "content-type": "application/json"}
+
+
+def _json_bytes(spec: APISpec, value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError as exc:
+        raise BadInput(f"API {spec.name!r}: the input cannot be sent as JSON ({exc})") from exc
 
 
 def _accept(spec: APISpec) -> str:
@@ -99,27 +103,54 @@ def _accept(spec: APISpec) -> str:
     return "application/json"
 
 
-def _image_bytes(value: Any) -> bytes:
-    if isinstance(value, (bytes, bytearray)):
+def _file_bytes(spec: APISpec, value: Any) -> bytes:
+    """Return the bytes of ``value``: bytes, an open file, a path (read) or a str (UTF-8)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
+    if hasattr(value, "read"):
+        data = value.read()
+        return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if isinstance(value, os.PathLike):
+        # bytes(Path) is the path's own name, not the file: read it.
+        try:
+            return Path(value).read_bytes()
+        except OSError as exc:
+            raise BadInput(f"API {spec.name!r}: cannot read {os.fspath(value)!r} ({exc.strerror})") from exc
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise BadInput(
+        f"API {spec.name!r} takes a File: give bytes, a str, an open file or a pathlib.Path,"
+        f" not a {type(value).__name__}"
+    )
+
+
+def _image_bytes(spec: APISpec, value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview, os.PathLike)) or hasattr(value, "read"):
+        return _file_bytes(spec, value)
     import numpy as np
     from PIL import Image
 
     if isinstance(value, np.ndarray):
         value = Image.fromarray(value)
+    if not isinstance(value, Image.Image):
+        raise BadInput(
+            f"API {spec.name!r} takes an Image: give a PIL image, a numpy array, encoded bytes, an open"
+            f" file or a pathlib.Path, not a {type(value).__name__}"
+        )
     buf = io.BytesIO()
     value.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _image_type(value: Any) -> str:
-    if isinstance(value, (bytes, bytearray)):
-        head = bytes(value[:12])
-        if head.startswith(b"\xff\xd8"):
-            return "image/jpeg"
-        if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-            return "image/webp"
-    return "image/png"
+def _image_type(data: bytes) -> str:
+    head = data[:12]
+    if head.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    return "image/png"  # the server reads the format from the bytes; any image/* is accepted
 
 
 def decode(spec: APISpec, response: httpx.Response) -> Any:
@@ -157,6 +188,17 @@ def decode(spec: APISpec, response: httpx.Response) -> Any:
     return response.content
 
 
+def _unreachable(what: str, exc: httpx.HTTPError, timeout: Any) -> HTTPError:
+    """Return the HTTPError (status 0) for a request that got no answer: refused, timed out, cut off."""
+    if isinstance(exc, httpx.TimeoutException):
+        # httpx's async timeouts have no message at all: say what happened and what to change.
+        limit = f"{timeout:g} s" if isinstance(timeout, (int, float)) else str(timeout)
+        reason = f"no answer within {limit} ({type(exc).__name__}); pass a longer Client(url, timeout=...)"
+    else:
+        reason = str(exc) or type(exc).__name__
+    return HTTPError(f"{what}: {reason}", 0)
+
+
 def _spec(apis: dict[str, APISpec], name: str, url: str) -> APISpec:
     if not isinstance(name, str):
         # client.call(value) where an API is itself named "call": the client's own method won the name.
@@ -175,15 +217,18 @@ def _spec(apis: dict[str, APISpec], name: str, url: str) -> APISpec:
 class Client:
     """A blocking client; ``client.<api>(value)`` or ``client.call("<api>", value)``."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0, **httpx_options: Any) -> None:
+    def __init__(
+        self, url: str, *, timeout: float | httpx.Timeout | None = 30.0, **httpx_options: Any
+    ) -> None:
         self.url = url.rstrip("/")
+        self.timeout = timeout
         self._http = httpx.Client(base_url=self.url, timeout=timeout, **httpx_options)
         try:
             response = self._http.get("/docs.json")
             response.raise_for_status()
         except httpx.HTTPError as exc:
             self._http.close()
-            raise HTTPError(f"{self.url}/docs.json could not be read: {exc}", 0) from exc
+            raise _unreachable(f"{self.url}/docs.json could not be read", exc, self.timeout) from exc
         self.openapi: dict[str, Any] = response.json()
         self.apis = parse_openapi(self.openapi)
 
@@ -194,7 +239,7 @@ class Client:
         try:
             response = self._http.post(spec.route, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise HTTPError(f"API {api_name!r} at {self.url}{spec.route}: {exc}", 0) from exc
+            raise _unreachable(f"API {api_name!r} at {self.url}{spec.route}", exc, self.timeout) from exc
         return decode(spec, response)
 
     def __getattr__(self, name: str) -> Any:
@@ -216,8 +261,11 @@ class Client:
 class AsyncClient:
     """An asyncio client; reads ``/docs.json`` on first use; ``await client.call("<api>", value)``."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0, **httpx_options: Any) -> None:
+    def __init__(
+        self, url: str, *, timeout: float | httpx.Timeout | None = 30.0, **httpx_options: Any
+    ) -> None:
         self.url = url.rstrip("/")
+        self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, **httpx_options)
         self.apis: dict[str, APISpec] | None = None
         self._lock = asyncio.Lock()
@@ -229,7 +277,7 @@ class AsyncClient:
                     response = await self._http.get("/docs.json")
                     response.raise_for_status()
                 except httpx.HTTPError as exc:
-                    raise HTTPError(f"{self.url}/docs.json could not be read: {exc}", 0) from exc
+                    raise _unreachable(f"{self.url}/docs.json could not be read", exc, self.timeout) from exc
                 self.apis = parse_openapi(response.json())
             return self.apis
 
@@ -240,7 +288,7 @@ class AsyncClient:
         try:
             response = await self._http.post(spec.route, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise HTTPError(f"API {api_name!r} at {self.url}{spec.route}: {exc}", 0) from exc
+            raise _unreachable(f"API {api_name!r} at {self.url}{spec.route}", exc, self.timeout) from exc
         return decode(spec, response)
 
     def __getattr__(self, name: str) -> Any:

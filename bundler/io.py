@@ -459,13 +459,26 @@ def _wants_npy(request: Request) -> bool:
 
 
 # -- JSON ----------------------------------------------------------------------------------------------
+# Keywords whose value is data, not a schema (a default of {"const": 1} stays as it is), and keywords whose
+# value maps names (a field called "examples" or "const") to schemas.
+_SCHEMA_DATA = frozenset({"default", "enum", "const", "example", "examples"})
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs"})
+
+
 def _openapi30(node: Any) -> Any:
     """Rewrite JSON Schema 2020-12 constructs pydantic emits into their OpenAPI 3.0 spelling."""
     if isinstance(node, list):
         return [_openapi30(x) for x in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _openapi30(v) for k, v in node.items() if k not in ("examples", "$defs")}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if k in ("examples", "$defs"):
+            continue
+        if k in _SCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {name: _openapi30(s) for name, s in v.items()}
+        else:
+            out[k] = v if k in _SCHEMA_DATA else _openapi30(v)
     for key in ("anyOf", "oneOf"):
         alts = out.get(key)
         # Children are rewritten first, so a {"type": "null"} branch reads {"nullable": True} here.
@@ -482,7 +495,25 @@ def _openapi30(node: Any) -> Any:
     if out.get("type") == "null":
         del out["type"]
         out["nullable"] = True
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        # Field(gt=0): 2020-12 writes the bound in exclusiveMinimum; 3.0 writes minimum and a boolean.
+        value = out.get(exclusive)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[bound] = out.pop(exclusive)
+            out[exclusive] = True
+    prefix = out.pop("prefixItems", None)
+    if isinstance(prefix, list):
+        # A tuple field: 3.0 has no per-position items, so each item is one of the positions' schemas
+        # (the length stays in minItems/maxItems); an ``items`` beside prefixItems types the rest.
+        alts = [*prefix, *([out["items"]] if isinstance(out.get("items"), dict) else [])]
+        alts = [a for i, a in enumerate(alts) if a not in alts[:i]]
+        out["items"] = alts[0] if len(alts) == 1 else ({"anyOf": alts} if alts else {})
     return out
+
+
+def _component_name(model: Any) -> str:
+    """Return the components key of a pydantic model (a generic's ``Page[int]`` becomes ``Page_int_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", model.__name__)
 
 
 def _json_default(value: Any) -> Any:
@@ -553,7 +584,7 @@ class JSON(IODescriptor):
     def openapi_schema(self) -> dict[str, Any]:
         if self.pydantic_model is None:
             return {}
-        return {"$ref": f"#/components/schemas/{self.pydantic_model.__name__}"}
+        return {"$ref": f"#/components/schemas/{_component_name(self.pydantic_model)}"}
 
     def openapi_components(self) -> dict[str, Any]:
         if self.pydantic_model is None:
@@ -561,9 +592,12 @@ class JSON(IODescriptor):
         schema = self.pydantic_model.model_json_schema(  # type: ignore[attr-defined]
             ref_template="#/components/schemas/{model}"
         )
-        defs = schema.get("$defs", {})
-        out = {name: _openapi30(s) for name, s in defs.items()}
-        out[self.pydantic_model.__name__] = _openapi30(schema)
+        name = _component_name(self.pydantic_model)
+        out = {key: _openapi30(s) for key, s in schema.pop("$defs", {}).items()}
+        if schema != {"$ref": f"#/components/schemas/{name}"}:
+            # A recursive model's schema is only that $ref, its body being in $defs under its own name:
+            # written over that body, the component would refer to itself and nothing else.
+            out[name] = _openapi30(schema)
         return out
 
     def __repr__(self) -> str:
@@ -640,7 +674,8 @@ class Image(IODescriptor):
             raise BadInput(
                 f"Image(output_format={output_format!r}): Pillow writes no such format; e.g. PNG, JPEG"
             )
-        self.output_media = f"image/{self.output_format.lower()}"
+        # Pillow's own table: ICO is image/x-icon, JPEG2000 image/jp2, PDF application/pdf.
+        self.output_media = PILImage.MIME.get(self.output_format) or f"image/{self.output_format.lower()}"
 
     def _accepts(self, mt: str) -> bool:
         return mt.startswith("image/")
@@ -684,6 +719,9 @@ class Image(IODescriptor):
         try:
             img.load()
             if self.pilmode is not None and img.mode != self.pilmode:
+                if img.mode.startswith("I;16") and self.pilmode not in ("I", "F", "I;16"):
+                    # Pillow clips 16-bit values at 255 on the way to 8 bits: a 16-bit PNG came out white.
+                    img = _eight_bit(img)
                 img = img.convert(self.pilmode)
         except (OSError, ValueError, SyntaxError) as exc:
             raise BadInput(f"Image input: the image data is truncated or corrupt ({_reason(exc)})") from exc
@@ -693,11 +731,16 @@ class Image(IODescriptor):
         from PIL import Image as PILImage
 
         if isinstance(value, np.ndarray):
-            value = PILImage.fromarray(value)
+            value = _array_image(value)
+        elif not isinstance(value, PILImage.Image):
+            raise TypeError(
+                f"Image output: the API returned a {type(value).__name__}; return a PIL image or a uint8"
+                " numpy array (H, W), (H, W, 3) or (H, W, 4)"
+            )
         buf = io.BytesIO()
         try:
             value.save(buf, format=self.output_format)
-        except OSError:
+        except (OSError, ValueError):  # GIF says ValueError ("image has wrong mode") where PNG says OSError
             # A mode the format cannot hold (CMYK or float as PNG, RGBA as JPEG): shown as a viewer would,
             # in RGB, keeping transparency where the format has it.
             buf = io.BytesIO()
@@ -723,6 +766,30 @@ class Image(IODescriptor):
 
     def describe(self) -> dict[str, Any]:
         return {"type": "Image", "output_media": self.output_media}
+
+
+def _eight_bit(img: Any) -> Any:
+    """Return a 16-bit grayscale image scaled to 8 bits (0..65535 -> 0..255, rounded)."""
+    from PIL import Image as PILImage
+
+    wide = np.asarray(img).astype(np.uint32)
+    return PILImage.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+
+
+def _array_image(arr: np.ndarray) -> Any:
+    """Return the PIL image of an array, or a TypeError saying which arrays make images."""
+    from PIL import Image as PILImage
+
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]  # a one-channel (H, W, 1) model output is a grayscale image
+    try:
+        return PILImage.fromarray(arr)
+    except TypeError as exc:
+        raise TypeError(
+            f"Image output: an array of dtype {arr.dtype} and shape {arr.shape} is not an image; return uint8"
+            " (H, W), (H, W, 3) or (H, W, 4), e.g. np.clip(out, 0, 255).astype(np.uint8) (from a"
+            " (1, C, H, W) model output: out[0].transpose(1, 2, 0))"
+        ) from exc
 
 
 # -- text and files ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,15 @@ def make_service() -> bundler.Service:
     def call(obj: Any) -> Any:  # named like the client's own method
         return {"called": obj}
 
+    @svc.api(input=Text(), output=Text())
+    async def nap(seconds: str) -> str:
+        await asyncio.sleep(float(seconds))
+        return seconds
+
+    @svc.api(input=File(), output=Text())
+    def size(data: bytes) -> str:
+        return str(len(data))
+
     return svc
 
 
@@ -66,7 +76,7 @@ def url() -> Iterator[str]:
 
 def test_client_calls_every_descriptor(url: str) -> None:
     with Client(url) as c:
-        assert set(c.apis) == {"square", "norm", "flip", "upper", "rev", "zeros", "call"}
+        assert set(c.apis) == {"square", "norm", "flip", "upper", "rev", "zeros", "call", "nap", "size"}
         arr = np.arange(6, dtype=np.float32).reshape(2, 3)
         out = c.square(arr)  # .npy both ways: the dtype survives
         assert out.dtype == np.float32 and out.tolist() == (arr * arr).tolist()
@@ -122,3 +132,42 @@ def test_async_client(url: str) -> None:
     *arrays, text = asyncio.run(main())
     assert [a.tolist() for a in arrays] == [[i * i, i * i] for i in range(8)]
     assert text == "ABC"
+
+
+def test_client_sends_files_paths_and_bytes_as_their_contents(url: str, tmp_path: Path) -> None:
+    # Text(bytes) sent the repr "b'abc'", File(Path) sent the path's own name, Image(path or open file)
+    # was an AttributeError from deep inside the client.
+    img = PILImage.new("RGB", (3, 2), (0, 0, 255))
+    img.save(tmp_path / "blue.png")
+    img.save(tmp_path / "blue.jpg")
+    (tmp_path / "data.bin").write_bytes(b"\x00" * 5)
+    with Client(url) as c:
+        assert c.upper(b"abc") == "ABC"
+        assert c.size(tmp_path / "data.bin") == "5"
+        with (tmp_path / "data.bin").open("rb") as f:
+            assert c.size(f) == "5"
+        assert c.flip(tmp_path / "blue.png").size == (3, 2)
+        with (tmp_path / "blue.jpg").open("rb") as f:
+            assert c.flip(f).size == (3, 2)
+        with pytest.raises(BadInput, match=r"API 'flip' takes an Image: give .* not a str"):
+            c.flip(str(tmp_path / "blue.png"))
+        with pytest.raises(BadInput, match=r"API 'size' takes a File: .* not a int"):
+            c.size(5)
+        with pytest.raises(BadInput, match=r"API 'size': cannot read .*missing\.bin"):
+            c.size(tmp_path / "missing.bin")
+        with pytest.raises(BadInput, match=r"API 'call': the input cannot be sent as JSON"):
+            c.call("call", {"a": object()})
+
+
+def test_client_timeouts_say_so_sync_and_async(url: str) -> None:
+    # httpx's async ReadTimeout has an empty message: the error read "API 'nap' at http://...: ".
+    with Client(url, timeout=0.2) as c, pytest.raises(HTTPError, match=r"within 0.2 s \(ReadTimeout\)"):
+        c.nap("1")
+
+    async def main() -> None:
+        async with AsyncClient(url, timeout=0.2) as c:
+            with pytest.raises(HTTPError, match=r"/nap: no answer within 0.2 s .*timeout=") as info:
+                await c.nap("1")
+            assert info.value.status_code == 0
+
+    asyncio.run(main())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import Any
+import re
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import orjson
@@ -12,12 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from openapi_spec_validator import validate
 from PIL import Image as PILImage
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 
+import bundler
 from bundler.exceptions import BadInput, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from bundler.io import JSON, File, Image, NumpyNdarray, Text
+
+T = TypeVar("T")
 
 
 def make_request(body: bytes, content_type: str | None = None, accept: str | None = None) -> Request:
@@ -330,6 +335,61 @@ def test_json_pydantic_schema_is_openapi_30() -> None:
     assert note.get("nullable") is True and note.get("type") == "string" and "anyOf" not in note
 
 
+class TreeNode(BaseModel):
+    value: int
+    children: list[TreeNode] = []
+
+
+class Bounded(BaseModel):
+    temperature: float = Field(gt=0, lt=2)
+    top_k: int = Field(default=5, ge=1)
+
+
+class Pair(BaseModel):
+    point: tuple[float, float]
+    labelled: tuple[int, str]
+
+
+class KeywordFields(BaseModel):
+    examples: list[str]
+    const: int
+    options: dict[str, int] = Field(default={"const": 1})
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+
+
+@pytest.mark.parametrize("model", [TreeNode, Bounded, Pair, KeywordFields, Page[int]])
+def test_json_pydantic_schemas_are_valid_openapi_30(model: type[BaseModel]) -> None:
+    # A recursive model referred to itself only, Field(gt=...) and tuple fields were 2020-12 spellings,
+    # a field named "examples" was dropped and one named "const" renamed: /docs.json was not OpenAPI 3.0.
+    svc = bundler.Service("schemas")
+    svc.api(input=JSON(pydantic_model=model), output=JSON(pydantic_model=model), name="x")(lambda v: v)
+    doc = svc.openapi()
+    validate(doc)
+    # OpenAPI 3.0: component keys match ^[a-zA-Z0-9.\-_]+$ (a generic's "Page[int]" does not).
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", key) for key in doc["components"]["schemas"])
+    ref = doc["paths"]["/x"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert "$ref" not in schema and schema["type"] == "object"
+    assert set(schema["properties"]) == set(model.model_fields)
+
+
+def test_json_pydantic_schema_bounds_and_tuples_in_openapi_30_spelling() -> None:
+    comps = JSON(pydantic_model=Bounded).openapi_components()["Bounded"]["properties"]
+    temperature = comps["temperature"]
+    assert temperature["minimum"] == 0 and temperature["exclusiveMinimum"] is True
+    assert temperature["maximum"] == 2 and temperature["exclusiveMaximum"] is True
+    assert comps["top_k"]["minimum"] == 1 and "exclusiveMinimum" not in comps["top_k"]
+    pair = JSON(pydantic_model=Pair).openapi_components()["Pair"]["properties"]
+    assert pair["point"]["items"] == {"type": "number"} and pair["point"]["maxItems"] == 2
+    assert pair["labelled"]["items"] == {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+    fields = JSON(pydantic_model=KeywordFields).openapi_components()["KeywordFields"]["properties"]
+    assert fields["const"]["type"] == "integer" and fields["options"]["default"] == {"const": 1}
+
+
 # -- Image -------------------------------------------------------------------------------------------------
 def test_image_raw_body_and_pilmode() -> None:
     img = decode(Image(pilmode="L"), png(), "image/png")
@@ -399,6 +459,44 @@ def test_image_to_response_png_from_pil_and_ndarray() -> None:
     assert PILImage.open(io.BytesIO(r.body)).size == (4, 3)
     r = Image(output_format="jpeg").to_response(PILImage.new("RGB", (2, 2)))
     assert r.media_type == "image/jpeg" and r.body[:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize(
+    ("pilmode", "want"), [("L", [0, 100, 255]), ("RGB", [(0,) * 3, (100,) * 3, (255,) * 3])]
+)
+def test_image_16_bit_png_to_an_8_bit_pilmode_is_scaled_not_clipped(pilmode: str, want: list) -> None:
+    # Pillow's convert clips 16-bit values at 255: 25700 (100 in 8 bits) came out 255, the image white.
+    buf = io.BytesIO()
+    PILImage.fromarray(np.array([[0, 25700, 65535]], np.uint16)).save(buf, format="PNG")
+    img = decode(Image(pilmode=pilmode), buf.getvalue(), "image/png")
+    assert img.mode == pilmode and [img.getpixel((x, 0)) for x in range(3)] == want
+    assert decode(Image(), buf.getvalue(), "image/png").getpixel((1, 0)) == 25700  # no pilmode: as sent
+
+
+@pytest.mark.parametrize(
+    ("fmt", "media"),
+    [("ICO", "image/x-icon"), ("JPEG2000", "image/jp2"), ("PDF", "application/pdf"), ("webp", "image/webp")],
+)
+def test_image_output_content_type_is_the_formats_own(fmt: str, media: str) -> None:
+    # It was "image/" + the format's name: image/ico, image/jpeg2000, image/pdf.
+    image = Image(output_format=fmt)
+    assert image.output_media == media and image.describe()["output_media"] == media
+    response = image.to_response(PILImage.new("RGB", (16, 16)))
+    assert response.media_type == media and response.body
+
+
+def test_image_output_of_arrays_pillow_cannot_take() -> None:
+    # A one-channel (H, W, 1) output was PIL's TypeError "Cannot handle this data type: (1, 1, 1), |u1".
+    gray = Image().to_response(np.full((3, 4, 1), 9, np.uint8))
+    got = PILImage.open(io.BytesIO(gray.body))
+    assert (got.mode, got.size, got.getpixel((0, 0))) == ("L", (4, 3), 9)
+    # A CMYK image as GIF was a ValueError ("image has wrong mode"), not converted as for other formats.
+    gif = Image(output_format="GIF").to_response(PILImage.new("CMYK", (4, 4)))
+    assert PILImage.open(io.BytesIO(gif.body)).format == "GIF"
+    with pytest.raises(TypeError, match=r"dtype float32 and shape \(1, 3, 4, 4\) is not an image.*transpose"):
+        Image().to_response(np.zeros((1, 3, 4, 4), np.float32))
+    with pytest.raises(TypeError, match="returned a bytes; return a PIL image or a uint8 numpy array"):
+        Image().to_response(b"\x89PNG")
 
 
 # -- Text and File -------------------------------------------------------------------------------------------

@@ -302,6 +302,40 @@ def test_metrics_count_requests_by_route_and_status(server: httpx.Client) -> Non
         assert f"# TYPE {family}" in text
 
 
+@pytest.mark.parametrize("mounted", [False, True])
+def test_apis_under_a_root_path_or_a_mount(mounted: bool) -> None:
+    # Behind a path prefix the fast path misses and the router serves the APIs: its endpoints were called
+    # as endpoint(request), a TypeError, so every API answered 500.
+    from prometheus_client.parser import text_string_to_metric_families
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    app = build_app(make_service())
+    if mounted:
+        outer = Starlette(
+            routes=[Mount("/svc", app=app)], lifespan=lambda _: app.router.lifespan_context(app)
+        )
+        ctx, prefix = running(outer), "/svc"
+    else:
+        ctx, prefix = running(app, root_path="/svc"), ""  # uvicorn --root-path: the proxy strips it
+    with ctx as url, httpx.Client(base_url=url + prefix) as client:
+        r = client.post("/double", json=[1.5])
+        assert (r.status_code, r.json()) == (200, [3.0])
+        r = client.post("/shout", content=b"\xff", headers={"content-type": "text/plain"})
+        assert r.status_code == 400 and "UTF-8" in r.json()["error"]
+        assert client.get("/readyz").status_code == 200
+        assert 'href="/svc/docs/static/swagger-ui.css"' in client.get("/docs").text
+        samples = [
+            sample
+            for family in text_string_to_metric_families(client.get("/metrics").text)
+            if family.name == "bundler_requests"
+            for sample in family.samples
+        ]
+    counts = {(s.labels["route"], s.labels["status"]): s.value for s in samples}
+    # Counted once each, under the route's own label, not the prefixed path nor "unmatched".
+    assert counts == {("/double", "200"): 1, ("/shout", "400"): 1, ("/readyz", "200"): 1, ("/docs", "200"): 1}
+
+
 def test_metrics_labels_come_from_the_routes_never_from_the_request(server: httpx.Client) -> None:
     import secrets
 

@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, get_route_path
 from starlette.types import Message, Receive, Scope, Send
 
 from ..exceptions import BadInput, BundlerError, Overloaded, PayloadTooLarge, ServiceUnavailable
@@ -199,10 +199,13 @@ class ServiceApp(Starlette):
                 status = message["status"]
             await send(message)
 
+        # Under a root_path (uvicorn --root-path, a Mount) the path starts with it; routes do not. Read
+        # before routing: a Mount's match writes its own root_path into the scope.
+        route = self._route_label(get_route_path(scope))
         try:
             await super().__call__(scope, receive, send_status)
         finally:
-            self._record(scope, status, start, route=self._route_label(scope["path"]))
+            self._record(scope, status, start, route=route)
 
     def _route_label(self, path: str) -> str:
         """Return a path's metrics label: a route's own path, the static files' mount, else "unmatched".
@@ -217,7 +220,9 @@ class ServiceApp(Starlette):
                 return mount
         return "unmatched"
 
-    async def handle_api(self, api: API, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle_api(
+        self, api: API, scope: Scope, receive: Receive, send: Send, *, record: bool = True
+    ) -> None:
         """Serve one API request: read (bounded), decode, call, encode; every error as JSON."""
         start = time.perf_counter()
         request = None
@@ -239,12 +244,14 @@ class ServiceApp(Starlette):
                 result = await asyncio.get_running_loop().run_in_executor(self.executor, api.func, value)
             response = api.output.to_response(result, request)
         except ClientDisconnect:
-            self._record(scope, 499, start)
+            if record:
+                self._record(scope, 499, start)
             return
         except Exception as exc:
             response = error_response(exc, f"API {api.name!r}")
         await response(scope, receive, send)
-        self._record(scope, response.status_code, start)
+        if record:
+            self._record(scope, response.status_code, start)
 
     def _refuse_if_full(self) -> None:
         """Raise Overloaded before decoding the body when every batching runner's queue is full.
@@ -276,10 +283,7 @@ class ServiceApp(Starlette):
             access_log.info("%s %s %d %.2fms", scope["method"], printable(path), status, seconds * 1000)
 
     def _route_endpoint(self, api: API) -> Any:
-        async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-            await self.handle_api(api, scope, receive, send)
-
-        return endpoint
+        return _APIEndpoint(self, api)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -345,6 +349,21 @@ class ServiceApp(Starlette):
 
     async def _handle(self, request: Request, exc: Exception) -> Response:
         return error_response(exc, f"{request.method} {printable(request.url.path)}")
+
+
+class _APIEndpoint:
+    """The ASGI app of an API's Route, for requests the fast path misses.
+
+    A callable object, not a function: Starlette would call a function as ``endpoint(request)``.
+    """
+
+    def __init__(self, app: ServiceApp, api: API) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # ServiceApp._other counts the request (under the route's label), so it is not counted here too.
+        await self.app.handle_api(self.api, scope, receive, send, record=False)
 
 
 def build_app(
