@@ -486,13 +486,24 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
             ("docker", "dockerfile_template"), docker["dockerfile_template"], "Dockerfile template", text=True
         )
     if isinstance(docker.get("setup_script"), str):
+        # Its mode on this machine does not matter: the bundle stores it executable and the image runs
+        # `chmod +x` on it, as BentoML's does; without a shebang the image's /bin/sh runs it.
         script = need_file(("docker", "setup_script"), docker["setup_script"], "setup script")
-        if script is not None and not os.access(script, os.X_OK):
-            problem(
-                ("docker", "setup_script"),
-                f"setup script {docker['setup_script']!r} is not executable; give it a shebang line and "
-                f"run 'chmod +x {docker['setup_script']}'",
-            )
+        if script is not None:
+            try:
+                with script.open("rb") as f:
+                    first = f.readline()
+            except OSError as exc:
+                problem(("docker", "setup_script"), f"setup script cannot be read ({exc.strerror or exc})")
+            else:
+                if first.endswith(b"\r\n"):
+                    # '#!/bin/sh\r' names an interpreter that does not exist: "not found" at image build.
+                    problem(
+                        ("docker", "setup_script"),
+                        f"setup script {docker['setup_script']!r} has Windows (CRLF) line endings, which"
+                        " the image's Linux shell cannot run; convert it to LF line endings (e.g."
+                        f" dos2unix {docker['setup_script']})",
+                    )
     if isinstance(python.get("requirements_txt"), str):
         reqs_file = need_file(("python", "requirements_txt"), python["requirements_txt"], "requirements file")
         if reqs_file is not None:

@@ -364,16 +364,21 @@ def test_unreadable_requirements_files_are_problems(tmp_path: Path, content: str
     assert problem.key_path == "python.requirements_txt" and expected in problem.message
 
 
-def test_setup_script_must_be_executable(tmp_path: Path) -> None:
-    f = project(
-        tmp_path, "service: service:svc\ndocker:\n  setup_script: setup.sh\n", {"setup.sh": "#!/bin/sh\n"}
-    )
+@pytest.mark.parametrize("content", ["#!/bin/sh\necho set up\n", "apt-get update\n", ""])
+def test_setup_script_need_not_be_executable_here(tmp_path: Path, content: str) -> None:
+    # BentoML accepts it: the bundle stores it executable and the image runs `chmod +x` on it; without a
+    # shebang the image's /bin/sh runs it.
+    f = project(tmp_path, "service: service:svc\ndocker:\n  setup_script: setup.sh\n", {"setup.sh": content})
     (tmp_path / "setup.sh").chmod(0o644)
-    [problem] = validate_file(f)
-    assert problem.key_path == "docker.setup_script"
-    assert "is not executable" in problem.message and "chmod +x setup.sh" in problem.message
-    (tmp_path / "setup.sh").chmod(0o755)
     assert validate_file(f) == []
+
+
+def test_setup_script_with_crlf_line_endings_is_a_problem(tmp_path: Path) -> None:
+    f = project(tmp_path, "service: service:svc\ndocker:\n  setup_script: setup.sh\n")
+    (tmp_path / "setup.sh").write_bytes(b"#!/bin/sh\r\necho set up\r\n")
+    [problem] = validate_file(f)
+    assert problem.key_path == "docker.setup_script" and problem.line == 3
+    assert "CRLF" in problem.message and "dos2unix setup.sh" in problem.message
 
 
 def test_symlink_out_of_the_context_is_refused(tmp_path: Path) -> None:
