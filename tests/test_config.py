@@ -381,6 +381,44 @@ def test_setup_script_with_crlf_line_endings_is_a_problem(tmp_path: Path) -> Non
     assert "CRLF" in problem.message and "dos2unix setup.sh" in problem.message
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("name: x\ndependencies:\n  - numpy\n   - pip: [six\n", "environment.yml:4:"),
+        ("name: x\ndependencies:\n- numpy\n- pip: [six]\n\tchannels: []\n", "YAML syntax error"),
+        ("", "environment.yml:1:1: the file is empty; list the conda packages under 'dependencies:'"),
+        ("- numpy\n- scipy\n", "environment.yml:1:1: the top level must be a mapping"),
+        ("dependencies: numpy\n", "environment.yml:1:15: dependencies: must be a list, got a string"),
+        ("channels: conda-forge\n", "channels: must be a list"),
+        ("dependencies:\n  - numpy\n  - {pip: six}\n", "dependencies[1].pip: must be a list of pip"),
+        ("dependencies:\n  - numpy\n  - [scipy]\n", "environment.yml:3:5: dependencies[1]: got a list"),
+        ("dependencies: [numpy]\ndependencies: [scipy]\n", "duplicate key 'dependencies'"),
+    ],
+)
+def test_broken_conda_environment_files_are_problems(tmp_path: Path, content: str, expected: str) -> None:
+    f = project(
+        tmp_path,
+        "service: service:svc\nconda:\n  environment_yml: environment.yml\n",
+        {"environment.yml": content},
+    )
+    [problem] = validate_file(f)
+    assert (problem.file, problem.line, problem.key_path) == (str(f), 3, "conda.environment_yml")
+    assert problem.message.startswith("conda environment file environment.yml:")
+    assert expected in problem.message
+
+
+def test_a_conda_environment_file_with_pip_and_channels_is_valid(tmp_path: Path) -> None:
+    env = (
+        "name: svc\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - numpy\n  - pip:\n    - six\n"
+    )
+    f = project(
+        tmp_path,
+        "service: service:svc\nconda:\n  environment_yml: environment.yml\n",
+        {"environment.yml": env},
+    )
+    assert validate_file(f) == []
+
+
 def test_symlink_out_of_the_context_is_refused(tmp_path: Path) -> None:
     write(tmp_path / "secret.txt", "x\n")
     f = project(tmp_path / "proj", "service: service:svc\npython:\n  requirements_txt: reqs.txt\n")
