@@ -172,9 +172,9 @@ def get_bundle(tag: str, output: str) -> None:
     if output == "json":
         _print_json({"path": str(b.path), **b.info})
     else:
-        import yaml
+        from .store import dump_yaml
 
-        click.echo(yaml.safe_dump({"path": str(b.path), **b.info}, sort_keys=False).rstrip())
+        click.echo(dump_yaml({"path": str(b.path), **b.info}).rstrip())
 
 
 @main.command("delete")
@@ -267,9 +267,9 @@ def get_model(tag: str, output: str) -> None:
     if output == "json":
         _print_json({"path": str(x.path), **x.info})
     else:
-        import yaml
+        from .store import dump_yaml
 
-        click.echo(yaml.safe_dump({"path": str(x.path), **x.info}, sort_keys=False).rstrip())
+        click.echo(dump_yaml({"path": str(x.path), **x.info}).rstrip())
 
 
 @models.command("delete")

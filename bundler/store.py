@@ -41,6 +41,7 @@ __all__ = [
     "Tag",
     "atomic_write_text",
     "bundle_store",
+    "dump_yaml",
     "home",
     "model_store",
     "new_version",
@@ -166,6 +167,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """A SafeDumper that writes a value shared by two keys out twice, never as an ``&id001`` anchor."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+def dump_yaml(data: object) -> str:
+    """Return data as plain YAML (keys in insertion order, no anchors or aliases) for the metadata files."""
+    # Metadata files are read by people and other tools: '*id001' where a section is repeated reads as
+    # a puzzle, and a section's text would change with whichever key happened to come first.
+    return yaml.dump(data, Dumper=_PlainDumper, sort_keys=False)
 
 
 @dataclass(frozen=True)

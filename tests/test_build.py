@@ -63,6 +63,17 @@ def test_quickstart_bundle_layout(quickstart: Path) -> None:
     assert repr(result) == f'Bundle(tag="{result.tag}", path="{path}/")'
 
 
+def test_bundle_yaml_is_plain_yaml_without_anchors_or_aliases(quickstart: Path) -> None:
+    # The docker settings appear twice (docker: and build.docker:); they must be written out both times.
+    path = build(quickstart).path
+    text = (path / "bundle.yaml").read_text()
+    assert "&id" not in text and "*id" not in text
+    info = yaml.safe_load(text)
+    assert info["docker"] == info["build"]["docker"] and info["docker"]["env"]
+    got = _cli("get", "quickstart:latest")
+    assert got.returncode == 0 and "&id" not in got.stdout and "*id" not in got.stdout
+
+
 def test_rebuild_is_the_same_tag_and_bytes(quickstart: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     first = build(quickstart)
