@@ -200,9 +200,9 @@ def export_bundle(tag: str, path: str) -> None:
 
 
 @main.command("import")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path(path_type=str))  # a str: "" must not become "."
 @handle_errors
-def import_bundle(path: Path) -> None:
+def import_bundle(path: str) -> None:
     """Import a bundle archive (verified against its manifest; unsafe archives are refused)."""
     from . import bundles
 
@@ -295,9 +295,9 @@ def export_model(tag: str, path: str) -> None:
 
 
 @models.command("import")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path(path_type=str))  # a str: "" must not become "."
 @handle_errors
-def import_model(path: Path) -> None:
+def import_model(path: str) -> None:
     """Import a model archive (sha256-verified; unsafe archives are refused)."""
     from . import models as m
 
