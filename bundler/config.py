@@ -519,6 +519,17 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
                     problem(("python", "requirements_txt"), message)
             except BundlerError as exc:
                 problem(("python", "requirements_txt"), str(exc))
+    if isinstance(python.get("packages"), list):
+        from .lock import missing_path
+
+        for i, entry in enumerate(python["packages"]):
+            missing = missing_path(entry, context) if isinstance(entry, str) else None
+            if missing:
+                problem(
+                    ("python", "packages", i),
+                    f"{entry.strip()!r}: no such file or directory {missing}; fix the path (relative to the"
+                    " build file)",
+                )
     if isinstance(python.get("find_links"), list):
         for i, link in enumerate(python["find_links"]):
             if isinstance(link, str) and "://" not in link and not (context / link).is_dir():

@@ -323,6 +323,7 @@ GOOD_REQUIREMENTS = [
 def test_a_bad_requirement_in_packages_is_a_problem(tmp_path: Path, entry: str) -> None:
     packages = "".join(f"    - {json.dumps(p)}\n" for p in [*GOOD_REQUIREMENTS, entry])
     f = project(tmp_path, f"service: service:svc\npython:\n  packages:\n{packages}")
+    (tmp_path / "local/project").mkdir(parents=True)  # a local path must exist
     for schema_only in (True, False):
         [problem] = validate_file(f, schema_only=schema_only)
         assert problem.key_path == f"python.packages[{len(GOOD_REQUIREMENTS)}]"
@@ -340,6 +341,7 @@ def test_bad_lines_of_requirements_files_are_problems(tmp_path: Path) -> None:
         "service: service:svc\npython:\n  requirements_txt: requirements.txt\n",
         {"requirements.txt": f"{good}foo bar baz\n-r sub/more.txt\n", "sub/more.txt": "six\nnumpy==\n"},
     )
+    (tmp_path / "local/project").mkdir(parents=True)  # a local path must exist
     problems = validate_file(f)
     assert [(p.key_path, p.line) for p in problems] == [("python.requirements_txt", 3)] * 2
     assert (
@@ -362,6 +364,22 @@ def test_unreadable_requirements_files_are_problems(tmp_path: Path, content: str
     (tmp_path / "requirements.txt").write_bytes(content.encode("latin-1"))
     [problem] = validate_file(f)
     assert problem.key_path == "python.requirements_txt" and expected in problem.message
+
+
+def test_missing_local_requirement_paths_are_problems(tmp_path: Path) -> None:
+    f = project(
+        tmp_path,
+        "service: service:svc\npython:\n  packages: [numpy, ./nopkg]\n  requirements_txt: requirements.txt\n",
+        {"requirements.txt": "six\n-e ./gone\n"},
+    )
+    first, second = validate_file(f)
+    assert (first.line, first.key_path) == (3, "python.packages[1]")
+    assert f"'./nopkg': no such file or directory {tmp_path.resolve()}/nopkg" in first.message
+    assert (second.line, second.key_path) == (4, "python.requirements_txt")
+    assert "requirements.txt:2: './gone': no such directory" in second.message
+    (tmp_path / "nopkg").mkdir()
+    (tmp_path / "gone").mkdir()
+    assert validate_file(f) == []
 
 
 @pytest.mark.parametrize("content", ["#!/bin/sh\necho set up\n", "apt-get update\n", ""])
