@@ -180,6 +180,17 @@ def _absolute(value: str, base: Path) -> str:
     """Make a local path in a requirement absolute (relative to its file); leave names and URLs alone."""
     if value.startswith(("./", "../")) or value in (".", ".."):
         return str((base / value).resolve())
+    # pip reads 'wheels/a-1.0-py3-none-any.whl' and 'a-1.0.tar.gz' as paths too; the resolver runs in
+    # another directory, where a relative one names nothing.
+    head = re.split(r"\s|;", value, maxsplit=1)[0]
+    if (
+        head
+        and not head.startswith(("/", "-", "file:"))
+        and "@" not in head
+        and not _URL.match(head)
+        and ("/" in head or head.endswith(_ARCHIVE))
+    ):
+        return str((base / value).resolve())
     return value
 
 

@@ -323,7 +323,8 @@ GOOD_REQUIREMENTS = [
 def test_a_bad_requirement_in_packages_is_a_problem(tmp_path: Path, entry: str) -> None:
     packages = "".join(f"    - {json.dumps(p)}\n" for p in [*GOOD_REQUIREMENTS, entry])
     f = project(tmp_path, f"service: service:svc\npython:\n  packages:\n{packages}")
-    (tmp_path / "local/project").mkdir(parents=True)  # a local path must exist
+    (tmp_path / "local/project").mkdir(parents=True)  # local paths must exist
+    write(tmp_path / "wheels/name-1.0-py3-none-any.whl", "")
     for schema_only in (True, False):
         [problem] = validate_file(f, schema_only=schema_only)
         assert problem.key_path == f"python.packages[{len(GOOD_REQUIREMENTS)}]"
@@ -341,7 +342,8 @@ def test_bad_lines_of_requirements_files_are_problems(tmp_path: Path) -> None:
         "service: service:svc\npython:\n  requirements_txt: requirements.txt\n",
         {"requirements.txt": f"{good}foo bar baz\n-r sub/more.txt\n", "sub/more.txt": "six\nnumpy==\n"},
     )
-    (tmp_path / "local/project").mkdir(parents=True)  # a local path must exist
+    (tmp_path / "local/project").mkdir(parents=True)  # local paths must exist
+    write(tmp_path / "wheels/name-1.0-py3-none-any.whl", "")
     problems = validate_file(f)
     assert [(p.key_path, p.line) for p in problems] == [("python.requirements_txt", 3)] * 2
     assert (
