@@ -29,7 +29,7 @@ from . import __version__
 from .exceptions import BadInput, BuildError, BundlerError, NotFound
 from .scan import ServiceInfo, scan_service, uses_images
 from .sources import select_sources
-from .store import Tag, bundle_store, model_store, sha256_file, verify_manifest
+from .store import Tag, bundle_store, dump_yaml, model_store, sha256_file, verify_manifest
 
 __all__ = ["BuildResult", "build"]
 
@@ -408,7 +408,7 @@ def write_bundle(cfg: Any, plan: Plan, say: Say, *, replace: bool = False) -> tu
         doc.setdefault("info", {})["version"] = tag.version
         (staged / "apis").mkdir(exist_ok=True)
         (staged / "apis/openapi.yaml").write_text(yaml.safe_dump(doc, sort_keys=True), encoding="utf-8")
-        (staged / "bundle.yaml").write_text(yaml.safe_dump(info, sort_keys=False), encoding="utf-8")
+        (staged / "bundle.yaml").write_text(dump_yaml(info), encoding="utf-8")
         return store.commit(staged, tag, exist_ok=True, replace=replace)
 
 

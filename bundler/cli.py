@@ -172,9 +172,9 @@ def get_bundle(tag: str, output: str) -> None:
     if output == "json":
         _print_json({"path": str(b.path), **b.info})
     else:
-        import yaml
+        from .store import dump_yaml
 
-        click.echo(yaml.safe_dump({"path": str(b.path), **b.info}, sort_keys=False).rstrip())
+        click.echo(dump_yaml({"path": str(b.path), **b.info}).rstrip())
 
 
 @main.command("delete")
@@ -200,9 +200,9 @@ def export_bundle(tag: str, path: str) -> None:
 
 
 @main.command("import")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path(path_type=str))  # a str: "" must not become "."
 @handle_errors
-def import_bundle(path: Path) -> None:
+def import_bundle(path: str) -> None:
     """Import a bundle archive (verified against its manifest; unsafe archives are refused)."""
     from . import bundles
 
@@ -267,9 +267,9 @@ def get_model(tag: str, output: str) -> None:
     if output == "json":
         _print_json({"path": str(x.path), **x.info})
     else:
-        import yaml
+        from .store import dump_yaml
 
-        click.echo(yaml.safe_dump({"path": str(x.path), **x.info}, sort_keys=False).rstrip())
+        click.echo(dump_yaml({"path": str(x.path), **x.info}).rstrip())
 
 
 @models.command("delete")
@@ -295,9 +295,9 @@ def export_model(tag: str, path: str) -> None:
 
 
 @models.command("import")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path(path_type=str))  # a str: "" must not become "."
 @handle_errors
-def import_model(path: Path) -> None:
+def import_model(path: str) -> None:
     """Import a model archive (sha256-verified; unsafe archives are refused)."""
     from . import models as m
 

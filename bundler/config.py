@@ -199,7 +199,9 @@ class _Builder:
 _TOO_DEEP = "the YAML is nested too deeply to read (hundreds of levels); a build file needs a few levels"
 
 
-def _read_yaml(path: Path, file: str) -> tuple[Any, _Located, list[Problem]]:
+def _read_yaml(
+    path: Path, file: str, empty: str = "it needs at least 'service: module:attribute'"
+) -> tuple[Any, _Located, list[Problem]]:
     """Parse a file into data and positions; problems that stop parsing are returned, not raised."""
 
     def stop(message: str, line: int = 1, column: int = 1) -> tuple[Any, _Located, list[Problem]]:
@@ -229,7 +231,7 @@ def _read_yaml(path: Path, file: str) -> tuple[Any, _Located, list[Problem]]:
     except RecursionError:
         return stop(_TOO_DEEP)
     if root is None:
-        return stop("the file is empty; it needs at least 'service: module:attribute'")
+        return stop(f"the file is empty; {empty}")
     builder = _Builder(file)
     try:
         data = builder.build(root, ())
@@ -486,13 +488,24 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
             ("docker", "dockerfile_template"), docker["dockerfile_template"], "Dockerfile template", text=True
         )
     if isinstance(docker.get("setup_script"), str):
+        # Its mode on this machine does not matter: the bundle stores it executable and the image runs
+        # `chmod +x` on it, as BentoML's does; without a shebang the image's /bin/sh runs it.
         script = need_file(("docker", "setup_script"), docker["setup_script"], "setup script")
-        if script is not None and not os.access(script, os.X_OK):
-            problem(
-                ("docker", "setup_script"),
-                f"setup script {docker['setup_script']!r} is not executable; give it a shebang line and "
-                f"run 'chmod +x {docker['setup_script']}'",
-            )
+        if script is not None:
+            try:
+                with script.open("rb") as f:
+                    first = f.readline()
+            except OSError as exc:
+                problem(("docker", "setup_script"), f"setup script cannot be read ({exc.strerror or exc})")
+            else:
+                if first.endswith(b"\r\n"):
+                    # '#!/bin/sh\r' names an interpreter that does not exist: "not found" at image build.
+                    problem(
+                        ("docker", "setup_script"),
+                        f"setup script {docker['setup_script']!r} has Windows (CRLF) line endings, which"
+                        " the image's Linux shell cannot run; convert it to LF line endings (e.g."
+                        f" dos2unix {docker['setup_script']})",
+                    )
     if isinstance(python.get("requirements_txt"), str):
         reqs_file = need_file(("python", "requirements_txt"), python["requirements_txt"], "requirements file")
         if reqs_file is not None:
@@ -506,6 +519,17 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
                     problem(("python", "requirements_txt"), message)
             except BundlerError as exc:
                 problem(("python", "requirements_txt"), str(exc))
+    if isinstance(python.get("packages"), list):
+        from .lock import missing_path
+
+        for i, entry in enumerate(python["packages"]):
+            missing = missing_path(entry, context) if isinstance(entry, str) else None
+            if missing:
+                problem(
+                    ("python", "packages", i),
+                    f"{entry.strip()!r}: no such file or directory {missing}; fix the path (relative to the"
+                    " build file)",
+                )
     if isinstance(python.get("find_links"), list):
         for i, link in enumerate(python["find_links"]):
             if isinstance(link, str) and "://" not in link and not (context / link).is_dir():
@@ -519,8 +543,53 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
             if isinstance(wheel, str):
                 need_file(("python", "wheels", i), wheel, "wheel")
     if isinstance(conda.get("environment_yml"), str):
-        need_file(("conda", "environment_yml"), conda["environment_yml"], "conda environment file")
+        env_file = need_file(("conda", "environment_yml"), conda["environment_yml"], "conda environment file")
+        if env_file is not None:
+            # The bundle ships it as is: a broken one would only fail when conda reads it in the image.
+            for p in _conda_env_problems(env_file, conda["environment_yml"]):
+                problem(("conda", "environment_yml"), f"conda environment file {p}")
     return out
+
+
+def _conda_env_problems(path: Path, shown: str) -> list[Problem]:
+    """Check an environment.yml as conda reads it: a mapping with lists of channels and dependencies."""
+    data, where, problems = _read_yaml(path, shown, empty="list the conda packages under 'dependencies:'")
+    if data is None or problems:
+        return problems
+
+    def wrong(at: Path_, message: str) -> None:
+        line, column = where.value_mark(at)
+        problems.append(Problem(shown, line, column, _dotted(at), message))
+
+    if not isinstance(data, dict):
+        wrong(
+            (), f"the top level must be a mapping (name:, channels:, dependencies:), got {_type_name(data)}"
+        )
+        return problems
+    for key in ("channels", "dependencies"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, list):
+            wrong((key,), f"must be a list, got {_type_name(value)}")
+    channels = data.get("channels")
+    for i, channel in enumerate(channels if isinstance(channels, list) else []):
+        if not isinstance(channel, str):
+            wrong(("channels", i), f"a channel must be a name, got {_type_name(channel)}")
+    deps = data.get("dependencies")
+    for i, dep in enumerate(deps if isinstance(deps, list) else []):
+        if isinstance(dep, str):
+            continue
+        if isinstance(dep, dict) and list(dep) == ["pip"]:
+            pip = dep["pip"]
+            if not isinstance(pip, list) or not all(isinstance(r, str) for r in pip):
+                got = "" if isinstance(pip, list) else f", got {_type_name(pip)}"
+                wrong(("dependencies", i, "pip"), f"must be a list of pip requirement strings{got}")
+        else:
+            wrong(
+                ("dependencies", i),
+                f"got {_type_name(dep)}; list conda packages as strings, plus at most one"
+                " '- pip: [...]' entry of pip requirements",
+            )
+    return problems
 
 
 def _setting_path(key: str, data: dict[str, Any]) -> Path_:

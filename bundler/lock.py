@@ -50,6 +50,7 @@ __all__ = [
     "host_platform",
     "lock",
     "locked_names",
+    "missing_path",
     "requirement_problem",
 ]
 
@@ -179,7 +180,28 @@ def _absolute(value: str, base: Path) -> str:
     """Make a local path in a requirement absolute (relative to its file); leave names and URLs alone."""
     if value.startswith(("./", "../")) or value in (".", ".."):
         return str((base / value).resolve())
+    # pip reads 'wheels/a-1.0-py3-none-any.whl' and 'a-1.0.tar.gz' as paths too; the resolver runs in
+    # another directory, where a relative one names nothing.
+    head = re.split(r"\s|;", value, maxsplit=1)[0]
+    if (
+        head
+        and not head.startswith(("/", "-", "file:"))
+        and "@" not in head
+        and not _URL.match(head)
+        and ("/" in head or head.endswith(_ARCHIVE))
+    ):
+        return str((base / value).resolve())
     return value
+
+
+def missing_path(requirement: str, base: Path) -> str | None:
+    """Return the local path a requirement names (relative to base) when nothing is there, else None."""
+    # pip would fail to build it, with a message that names neither the file nor the line.
+    target = re.split(r"\s|;", _absolute(requirement.strip(), base), maxsplit=1)[0]
+    target = re.sub(r"\[[^\]]*\]$", "", target)  # ./pkg[extra]
+    if not target.startswith("/") or Path(target).exists():
+        return None
+    return target
 
 
 def _read_file(
@@ -208,6 +230,12 @@ def _read_file(
                 value = _absolute(value, path.parent)
             out.append(f"{option} {value}".strip())
         elif option in ("-e", "--editable"):
+            missing = missing_path(value, path.parent)
+            if missing:
+                bad.append(
+                    f"{shown}:{number}: {value!r}: no such directory {missing}; fix the path (relative"
+                    " to the requirements file)"
+                )
             out.append(f"{_absolute(value, path.parent)}  # {origin}")
         elif text.startswith("-"):
             raise LockError(
@@ -219,6 +247,12 @@ def _read_file(
             problem = requirement_problem(text)
             if problem:
                 bad.append(f"{shown}:{number}: {problem}")
+            missing = missing_path(text, path.parent)
+            if missing:
+                bad.append(
+                    f"{shown}:{number}: {text!r}: no such file or directory {missing}; fix the path"
+                    " (relative to the requirements file)"
+                )
             line = f"{_absolute(text, path.parent)}  # {origin}"
             out.append(_CONSTRAINT + line if constraint else line)
 
@@ -236,6 +270,12 @@ def collect_requirements(packages: list[str], requirements_txt: Path | None, con
         if (problem := requirement_problem(p))
     ]
     out = [f"{_absolute(p.strip(), context)}  # {PACKAGES_ORIGIN}" for p in packages if p.strip()]
+    bad += [
+        f"bentofile python.packages[{i}]: {p.strip()!r}: no such file or directory {missing}; fix the path"
+        " (relative to the build file)"
+        for i, p in enumerate(packages)
+        if (missing := missing_path(p, context))
+    ]
     if requirements_txt is not None:
         path = requirements_txt if requirements_txt.is_absolute() else context / requirements_txt
         _read_file(path.resolve(), context.resolve(), (), out, False, bad)

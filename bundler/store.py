@@ -41,6 +41,7 @@ __all__ = [
     "Tag",
     "atomic_write_text",
     "bundle_store",
+    "dump_yaml",
     "home",
     "model_store",
     "new_version",
@@ -166,6 +167,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """A SafeDumper that writes a value shared by two keys out twice, never as an ``&id001`` anchor."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+def dump_yaml(data: object) -> str:
+    """Return data as plain YAML (keys in insertion order, no anchors or aliases) for the metadata files."""
+    # Metadata files are read by people and other tools: '*id001' where a section is repeated reads as
+    # a puzzle, and a section's text would change with whichever key happened to come first.
+    return yaml.dump(data, Dumper=_PlainDumper, sort_keys=False)
 
 
 @dataclass(frozen=True)
@@ -442,6 +457,9 @@ class Store:
         ``dest`` is the archive's path, or a directory to write ``<name>-<version>.tar.gz`` into: one that
         exists, or one named with a trailing slash (``out/``), which is made when missing.
         """
+        if not str(dest).strip():
+            # Path("") is "." and would put the archive in the working directory without being asked to.
+            raise BadInput("no archive path given (an empty path); name the .tar.gz file or a directory")
         t = self.resolve(tag)
         src = self.root / t.name / str(t.version)
         problems = verify_manifest(src)
@@ -491,9 +509,19 @@ class Store:
         given the staged directory, the tag and the metadata, adds the checks of one kind of entry), so a
         refused or interrupted import stores nothing.
         """
+        export = "bundler models export" if self.kind == "model" else "bundler export"
+        if not str(archive).strip():
+            # Path("") is "." (the working directory): name the real mistake instead.
+            raise BadInput(f"no archive given (an empty path); name the .tar.gz file that '{export}' wrote")
         archive = Path(archive)
+        if archive.is_dir():
+            raise BadInput(
+                f"{archive}: is a directory, not an archive; name the .tar.gz file that '{export}' wrote"
+            )
+        if not archive.exists():
+            raise BadInput(f"{archive}: no such archive file; check the path")
         if not archive.is_file():
-            raise BadInput(f"{archive}: no such archive file")
+            raise BadInput(f"{archive}: not a regular file; name the .tar.gz file that '{export}' wrote")
         with self.staging() as staged:
             try:
                 with tarfile.open(archive, mode="r:*") as tar:

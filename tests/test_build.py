@@ -63,6 +63,17 @@ def test_quickstart_bundle_layout(quickstart: Path) -> None:
     assert repr(result) == f'Bundle(tag="{result.tag}", path="{path}/")'
 
 
+def test_bundle_yaml_is_plain_yaml_without_anchors_or_aliases(quickstart: Path) -> None:
+    # The docker settings appear twice (docker: and build.docker:); they must be written out both times.
+    path = build(quickstart).path
+    text = (path / "bundle.yaml").read_text()
+    assert "&id" not in text and "*id" not in text
+    info = yaml.safe_load(text)
+    assert info["docker"] == info["build"]["docker"] and info["docker"]["env"]
+    got = _cli("get", "quickstart:latest")
+    assert got.returncode == 0 and "&id" not in got.stdout and "*id" not in got.stdout
+
+
 def test_rebuild_is_the_same_tag_and_bytes(quickstart: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     first = build(quickstart)
@@ -285,7 +296,7 @@ def test_a_bundle_whose_code_uses_images_gets_pillow_in_its_lock(quickstart: Pat
 
 def test_conda_setup_script_envs_and_ignores_reach_the_bundle(quickstart: Path) -> None:
     (quickstart / "setup.sh").write_text("#!/bin/sh\necho set up\n")
-    (quickstart / "setup.sh").chmod(0o755)
+    (quickstart / "setup.sh").chmod(0o644)  # the bundle stores it executable, as the image wants it
     (quickstart / "notes.txt").write_text("not shipped")
     (quickstart / ".bentoignore").write_text("notes.txt\n")
     (quickstart / "bentofile.yaml").write_text(

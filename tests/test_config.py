@@ -323,6 +323,8 @@ GOOD_REQUIREMENTS = [
 def test_a_bad_requirement_in_packages_is_a_problem(tmp_path: Path, entry: str) -> None:
     packages = "".join(f"    - {json.dumps(p)}\n" for p in [*GOOD_REQUIREMENTS, entry])
     f = project(tmp_path, f"service: service:svc\npython:\n  packages:\n{packages}")
+    (tmp_path / "local/project").mkdir(parents=True)  # local paths must exist
+    write(tmp_path / "wheels/name-1.0-py3-none-any.whl", "")
     for schema_only in (True, False):
         [problem] = validate_file(f, schema_only=schema_only)
         assert problem.key_path == f"python.packages[{len(GOOD_REQUIREMENTS)}]"
@@ -340,6 +342,8 @@ def test_bad_lines_of_requirements_files_are_problems(tmp_path: Path) -> None:
         "service: service:svc\npython:\n  requirements_txt: requirements.txt\n",
         {"requirements.txt": f"{good}foo bar baz\n-r sub/more.txt\n", "sub/more.txt": "six\nnumpy==\n"},
     )
+    (tmp_path / "local/project").mkdir(parents=True)  # local paths must exist
+    write(tmp_path / "wheels/name-1.0-py3-none-any.whl", "")
     problems = validate_file(f)
     assert [(p.key_path, p.line) for p in problems] == [("python.requirements_txt", 3)] * 2
     assert (
@@ -364,15 +368,74 @@ def test_unreadable_requirements_files_are_problems(tmp_path: Path, content: str
     assert problem.key_path == "python.requirements_txt" and expected in problem.message
 
 
-def test_setup_script_must_be_executable(tmp_path: Path) -> None:
+def test_missing_local_requirement_paths_are_problems(tmp_path: Path) -> None:
     f = project(
-        tmp_path, "service: service:svc\ndocker:\n  setup_script: setup.sh\n", {"setup.sh": "#!/bin/sh\n"}
+        tmp_path,
+        "service: service:svc\npython:\n  packages: [numpy, ./nopkg]\n  requirements_txt: requirements.txt\n",
+        {"requirements.txt": "six\n-e ./gone\n"},
     )
+    first, second = validate_file(f)
+    assert (first.line, first.key_path) == (3, "python.packages[1]")
+    assert f"'./nopkg': no such file or directory {tmp_path.resolve()}/nopkg" in first.message
+    assert (second.line, second.key_path) == (4, "python.requirements_txt")
+    assert "requirements.txt:2: './gone': no such directory" in second.message
+    (tmp_path / "nopkg").mkdir()
+    (tmp_path / "gone").mkdir()
+    assert validate_file(f) == []
+
+
+@pytest.mark.parametrize("content", ["#!/bin/sh\necho set up\n", "apt-get update\n", ""])
+def test_setup_script_need_not_be_executable_here(tmp_path: Path, content: str) -> None:
+    # BentoML accepts it: the bundle stores it executable and the image runs `chmod +x` on it; without a
+    # shebang the image's /bin/sh runs it.
+    f = project(tmp_path, "service: service:svc\ndocker:\n  setup_script: setup.sh\n", {"setup.sh": content})
     (tmp_path / "setup.sh").chmod(0o644)
+    assert validate_file(f) == []
+
+
+def test_setup_script_with_crlf_line_endings_is_a_problem(tmp_path: Path) -> None:
+    f = project(tmp_path, "service: service:svc\ndocker:\n  setup_script: setup.sh\n")
+    (tmp_path / "setup.sh").write_bytes(b"#!/bin/sh\r\necho set up\r\n")
     [problem] = validate_file(f)
-    assert problem.key_path == "docker.setup_script"
-    assert "is not executable" in problem.message and "chmod +x setup.sh" in problem.message
-    (tmp_path / "setup.sh").chmod(0o755)
+    assert problem.key_path == "docker.setup_script" and problem.line == 3
+    assert "CRLF" in problem.message and "dos2unix setup.sh" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("name: x\ndependencies:\n  - numpy\n   - pip: [six\n", "environment.yml:4:"),
+        ("name: x\ndependencies:\n- numpy\n- pip: [six]\n\tchannels: []\n", "YAML syntax error"),
+        ("", "environment.yml:1:1: the file is empty; list the conda packages under 'dependencies:'"),
+        ("- numpy\n- scipy\n", "environment.yml:1:1: the top level must be a mapping"),
+        ("dependencies: numpy\n", "environment.yml:1:15: dependencies: must be a list, got a string"),
+        ("channels: conda-forge\n", "channels: must be a list"),
+        ("dependencies:\n  - numpy\n  - {pip: six}\n", "dependencies[1].pip: must be a list of pip"),
+        ("dependencies:\n  - numpy\n  - [scipy]\n", "environment.yml:3:5: dependencies[1]: got a list"),
+        ("dependencies: [numpy]\ndependencies: [scipy]\n", "duplicate key 'dependencies'"),
+    ],
+)
+def test_broken_conda_environment_files_are_problems(tmp_path: Path, content: str, expected: str) -> None:
+    f = project(
+        tmp_path,
+        "service: service:svc\nconda:\n  environment_yml: environment.yml\n",
+        {"environment.yml": content},
+    )
+    [problem] = validate_file(f)
+    assert (problem.file, problem.line, problem.key_path) == (str(f), 3, "conda.environment_yml")
+    assert problem.message.startswith("conda environment file environment.yml:")
+    assert expected in problem.message
+
+
+def test_a_conda_environment_file_with_pip_and_channels_is_valid(tmp_path: Path) -> None:
+    env = (
+        "name: svc\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - numpy\n  - pip:\n    - six\n"
+    )
+    f = project(
+        tmp_path,
+        "service: service:svc\nconda:\n  environment_yml: environment.yml\n",
+        {"environment.yml": env},
+    )
     assert validate_file(f) == []
 
 

@@ -200,6 +200,43 @@ def test_bad_requirement_lines_are_bad_input_before_any_resolver(tmp_path: Path)
     assert "conflict" not in str(err.value)
 
 
+def test_missing_local_paths_are_bad_input_before_any_build(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "reqs").mkdir()
+    (tmp_path / "reqs" / "requirements.txt").write_text(
+        "-e ../pkg\n../pkg[extra] ; python_version > '3'\n-e ../nosub\n./dist/a-1.0.tar.gz\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        collect_requirements(["./pkg", "./gone[x]"], Path("reqs/requirements.txt"), tmp_path)
+    assert err.value.exit_code == 2
+    assert err.value.problems == [
+        f"bentofile python.packages[1]: './gone[x]': no such file or directory {tmp_path}/gone; fix the"
+        " path (relative to the build file)",
+        f"reqs/requirements.txt:3: '../nosub': no such directory {tmp_path}/nosub; fix the path (relative"
+        " to the requirements file)",
+        f"reqs/requirements.txt:4: './dist/a-1.0.tar.gz': no such file or directory"
+        f" {tmp_path}/reqs/dist/a-1.0.tar.gz; fix the path (relative to the requirements file)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["dist/a-1.0-py3-none-any.whl", "a-1.0.tar.gz", "dist/a-1.0-py3-none-any.whl ; python_version > '3'"],
+)
+def test_relative_paths_without_dot_slash_are_relative_to_their_file(tmp_path: Path, line: str) -> None:
+    # pip reads them as paths; left relative they name nothing where the resolver runs.
+    (tmp_path / "reqs" / "dist").mkdir(parents=True)
+    (tmp_path / "reqs" / "dist" / "a-1.0-py3-none-any.whl").write_bytes(b"")
+    (tmp_path / "reqs" / "a-1.0.tar.gz").write_bytes(b"")
+    (tmp_path / "reqs" / "requirements.txt").write_text(f"{line}\nnumpy\nname @ https://x.org/a/b.whl\n")
+    first, *rest = collect_requirements([], Path("reqs/requirements.txt"), tmp_path)
+    assert first == f"{tmp_path.resolve()}/reqs/{line}  # from reqs/requirements.txt:1"
+    assert rest == [
+        "numpy  # from reqs/requirements.txt:2",
+        "name @ https://x.org/a/b.whl  # from reqs/requirements.txt:3",
+    ]
+
+
 def test_unreadable_requirements_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "requirements.txt").write_bytes(b"six\n\xff\n")
     with pytest.raises(LockError, match=r"cannot read the requirements file requirements\.txt \(not UTF-8"):

@@ -233,6 +233,18 @@ def test_bad_model_arguments(tmp_path: Path) -> None:
         bundler.onnx.save_model("m", make_mlp(), labels={"v": 1})  # type: ignore[dict-item]
     with pytest.raises(ModelError, match=r"metadata\['w'\] is a ndarray"):
         bundler.onnx.save_model("m", make_mlp(), metadata={"w": np.zeros(2)})
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(ModelError, match=r"metadata\['loop'\] contains itself"):
+        bundler.onnx.save_model("m", make_mlp(), metadata={"loop": loop})
+
+
+def test_model_yaml_writes_shared_metadata_out_without_aliases() -> None:
+    shared = {"mean": [0.5, 0.5]}
+    model = bundler.onnx.save_model("m", make_mlp(), metadata={"train": shared, "eval": shared})
+    text = (model.path / "model.yaml").read_text()
+    assert "&id" not in text and "*id" not in text
+    assert yaml.safe_load(text)["metadata"] == {"train": shared, "eval": shared}
 
 
 def test_invalid_onnx_graph_is_refused() -> None:

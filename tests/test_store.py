@@ -381,3 +381,39 @@ def test_import_replaces_a_damaged_stored_copy_and_keeps_an_intact_one(tmp_path:
     assert verify_manifest(path) != []
     assert store.import_(archive) == (Tag("svc", "v1"), True)  # the checked archive replaces it
     assert verify_manifest(path) == [] and (path / "src/a.py").read_text() == "original"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["models", "import", "{dir}"],
+            "{dir}: is a directory, not an archive; name the .tar.gz file that 'bundler models export' wrote",
+        ),
+        (
+            ["import", "{dir}"],
+            "{dir}: is a directory, not an archive; name the .tar.gz file that 'bundler export'",
+        ),
+        (
+            ["models", "import", ""],
+            "no archive given (an empty path); name the .tar.gz file that 'bundler models",
+        ),
+        (["import", ""], "no archive given (an empty path)"),
+        (["import", "{dir}/missing.tar.gz"], "{dir}/missing.tar.gz: no such archive file; check the path"),
+        (["models", "import", "/dev/null"], "/dev/null: not a regular file"),
+        (["export", "good", ""], "no archive path given (an empty path)"),
+    ],
+)
+def test_cli_import_names_what_is_wrong_with_the_path(
+    bundler_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from bundler import cli
+
+    _add(Store(bundler_home / "bundles", "bundle", "bundle.yaml"), "good", "v1")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli.main, [a.format(dir=tmp_path) for a in args])
+    assert r.exit_code == 2, r.output
+    assert message.format(dir=tmp_path) in r.stderr
+    assert list(tmp_path.iterdir()) == []  # an empty export path wrote nothing into the working directory

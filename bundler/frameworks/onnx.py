@@ -30,7 +30,7 @@ from ..casting import all_whole, int_range_overflow
 from ..exceptions import InferenceInputError, InvalidTag, ModelError, ProviderError
 from ..models import Model
 from ..models import get as _get_any
-from ..store import Tag, model_store, new_version, sha256_file
+from ..store import Tag, dump_yaml, model_store, new_version, sha256_file
 
 log = logging.getLogger("bundler.onnx")
 
@@ -164,7 +164,12 @@ def _check_metadata(metadata: object, name: str) -> dict:
     out = _mapping(metadata, "metadata", name)
     for k, v in out.items():
         try:
-            yaml.safe_dump({k: v})
+            dump_yaml({k: v})
+        except RecursionError as exc:
+            raise ModelError(
+                f"save_model({name!r}): metadata[{k!r}] contains itself, which cannot be stored; pass a copy"
+                " without the loop"
+            ) from exc
         except yaml.YAMLError as exc:
             raise ModelError(
                 f"save_model({name!r}): metadata[{k!r}] is a {type(v).__name__}, which cannot be stored;"
@@ -384,7 +389,7 @@ def save_model(
             "inputs": [s.to_dict() for s in inputs],
             "outputs": [s.to_dict() for s in outputs],
         }
-        (staged / "model.yaml").write_text(yaml.safe_dump(info, sort_keys=False), encoding="utf-8")
+        (staged / "model.yaml").write_text(dump_yaml(info), encoding="utf-8")
         tag = Tag(name, version)
         path, _ = store.commit(staged, tag)
     return Model(tag, path, info)
