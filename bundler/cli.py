@@ -475,6 +475,12 @@ def deploy() -> None:
 @click.option("--memory", default="1Gi", show_default=True)
 @click.option("--gpu", type=int, default=0, show_default=True)
 @click.option("--namespace", default=None)
+@click.option(
+    "--name",
+    "object_name",
+    default=None,
+    help="Name of the Kubernetes objects (default: the bundle name, '.' and '_' turned into '-').",
+)
 @click.option("-o", "--output-dir", "out_dir", required=True, type=click.Path(path_type=Path))
 @handle_errors
 def deploy_kubernetes(
@@ -487,6 +493,7 @@ def deploy_kubernetes(
     memory: str,
     gpu: int,
     namespace: str | None,
+    object_name: str | None,
     out_dir: Path,
 ) -> None:
     """Write Kubernetes manifests (Deployment, Service, HPA, PDB) for the bundle TAG."""
@@ -498,8 +505,8 @@ def deploy_kubernetes(
         "min_replicas": min_replicas,
         "max_replicas": max_replicas,
     }
-    options.update({"cpu": cpu, "memory": memory, "gpu": gpu, "namespace": namespace})
-    for p in write_for_tag(tag, out_dir, **options):
+    options.update({"cpu": cpu, "memory": memory, "gpu": gpu, "namespace": namespace, "name": object_name})
+    for p in write_for_tag(tag, out_dir, say=_say, **options):
         click.echo(str(p))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "deploy_kubernetes",
     "kubernetes_manifests",
     "model_bytes",
+    "object_name",
     "parse_quantity",
     "startup_budget_seconds",
     "write_manifests",
@@ -78,6 +80,7 @@ _SUFFIX = {
     "Pi": Decimal(2) ** 50,
     "Ei": Decimal(2) ** 60,
 }
+_DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-._A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")
 
 
@@ -192,6 +195,18 @@ def _k8s_name(name: str) -> str:
     return out[:63].rstrip("-")
 
 
+def object_name(bundle_name: str, name: str | None = None) -> str:
+    """Return the name of the Kubernetes objects: ``name`` (checked), else the bundle's as a DNS label."""
+    if name is None:
+        return _k8s_name(bundle_name)
+    if not _DNS1035_RE.match(name):
+        raise BadInput(
+            f"--name: {name!r} is not a Kubernetes object name (at most 63 lowercase letters, digits and"
+            " '-', starting with a letter and ending with a letter or digit)"
+        )
+    return name
+
+
 def _label_value(value: str, key: str) -> str:
     if not _LABEL_VALUE_RE.match(value):
         raise BadInput(
@@ -251,6 +266,7 @@ def kubernetes_manifests(
     gpu: int = 0,
     namespace: str | None = None,
     port: int = 3000,
+    name: str | None = None,
 ) -> list[dict]:
     """Return the Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget for a bundle."""
     # The API server refuses a quantity with surrounding whitespace, which a shell variable easily adds.
@@ -296,7 +312,7 @@ def kubernetes_manifests(
             f"be killed for memory while loading them (give at least {math.ceil(2 * size / 2**30)}Gi)"
         )
 
-    name = _k8s_name(bundle_name)
+    name = object_name(bundle_name, name)
     selector = {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": name}
     labels = {
         **selector,
@@ -535,9 +551,22 @@ def write_manifests(manifests: list[dict], out_dir: Path) -> list[Path]:
     return [path for path, _ in files]
 
 
-def deploy_kubernetes(tag: str, out_dir: Path, **options: Any) -> list[Path]:
+def deploy_kubernetes(
+    tag: str, out_dir: Path, *, say: Callable[[str], Any] | None = None, **options: Any
+) -> list[Path]:
     """Write Kubernetes manifests for a stored bundle into ``out_dir`` (options: ``kubernetes_manifests``)."""
     entry = bundle_store().get(tag)
     info = dict(entry.info)
     info.setdefault("tag", str(entry.tag))
-    return write_manifests(kubernetes_manifests(info, entry.path, **options), out_dir)
+    paths = write_manifests(kubernetes_manifests(info, entry.path, **options), out_dir)
+    bundle_name = str(info.get("name") or "")
+    derived = _k8s_name(bundle_name)
+    if say is not None and options.get("name") is None and derived != bundle_name:
+        # 'my.model', 'my_model' and 'my-model' all become 'my-model': applied to one namespace, the second
+        # would take over the first one's Deployment and Service.
+        say(
+            f"note: the Kubernetes objects of bundle {bundle_name!r} are named {derived!r} (a Kubernetes"
+            " name allows no '.' or '_'); a bundle whose name differs only in '.', '_' or '-' gets the"
+            " same name and would replace them in the same namespace: give each its own --name"
+        )
+    return paths

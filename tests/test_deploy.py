@@ -289,6 +289,9 @@ def test_gpu_on_a_bundle_built_for_cuda(tmp_path: Path, lock: list[str], docker:
         ({"image": "repo/x:-bad"}, r"--image: 'repo/x:-bad' is not an image reference: tag '-bad'"),
         ({"image": "x@sha256:zz"}, r"--image: 'x@sha256:zz' is not an image reference: digest 'sha256:zz'"),
         ({"port": 70000}, r"port: 70000 must be between 1 and 65535"),
+        ({"name": "my.model"}, r"--name: 'my.model' is not a Kubernetes object name"),
+        ({"name": "9lives"}, r"--name: '9lives' is not a Kubernetes object name"),
+        ({"name": "x" * 64}, r"--name: 'x+' is not a Kubernetes object name"),
     ],
 )
 def test_bad_options_are_bad_input(tmp_path: Path, options: dict, message: str) -> None:
@@ -618,3 +621,35 @@ def test_cli_refuses_gpu_for_a_cpu_only_bundle(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: --gpu 1: bundle sr:v1 is not built for CUDA")
     assert not out.exists()
+
+
+def test_bundles_whose_names_map_to_one_object_name_are_told_and_can_be_named(tmp_path: Path) -> None:
+    """'my.model' and 'my-model' both become 'my-model': applied to one namespace, the second would take
+    over the first one's Deployment and Service. The command says so, and --name keeps them apart."""
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    store = bundle_store()
+    for name in ("my.model", "my-model"):
+        with store.staging() as staged:
+            (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": name, "version": "v1", "models": []}))
+            store.commit(staged, Tag(name, "v1"))
+    plain = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "my-model:v1", "-o", str(tmp_path / "a")])
+    assert plain.exit_code == 0, plain.output
+    assert "note:" not in plain.output
+    dotted = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "my.model:v1", "-o", str(tmp_path / "b")])
+    assert dotted.exit_code == 0, dotted.output
+    assert "note: the Kubernetes objects of bundle 'my.model' are named 'my-model'" in dotted.output
+    assert "give each its own --name" in dotted.output
+    args = ["deploy", "kubernetes", "my.model:v1", "--name", "my-dot-model", "-o", str(tmp_path / "c")]
+    named = CliRunner().invoke(cli.main, args)
+    assert named.exit_code == 0, named.output
+    assert "note:" not in named.output
+    manifests = [yaml.safe_load((tmp_path / "c" / f).read_text()) for f in sorted(os.listdir(tmp_path / "c"))]
+    for m in manifests:
+        assert m["metadata"]["name"] == "my-dot-model"
+        assert m["metadata"]["labels"]["app.kubernetes.io/name"] == "my-dot-model"
+        assert m["metadata"]["labels"]["bundler.dev/bundle"] == "my.model"
+        kubernetes_validate.validate(m, VERSIONS[-1], strict=True)
+    hpa = next(m for m in manifests if m["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "my-dot-model"
