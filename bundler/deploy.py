@@ -131,8 +131,15 @@ def _check_options(
         raise BadInput(f"--gpu: {gpu!r} must be a whole number of GPUs per pod (0 for none)")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise BadInput(f"port: {port!r} must be between 1 and 65535")
-    if parse_quantity(cpu, "--cpu") <= 0:
+    cpus = parse_quantity(cpu, "--cpu")
+    if cpus <= 0:
         raise BadInput(f"--cpu: {cpu!r} must be more than 0 (e.g. '500m' or '2')")
+    if (cpus * 1000) % 1:
+        # Kubernetes counts CPU in whole millicores: '0.0001' would not be the share the pod is given.
+        raise BadInput(
+            f"--cpu: {cpu!r} is finer than 1m (a thousandth of a CPU), the smallest CPU amount Kubernetes"
+            " counts; give whole millicores (e.g. '100m' or '1.5')"
+        )
     mem = parse_quantity(memory, "--memory")
     if memory.strip().endswith("m"):
         raise BadInput(
