@@ -422,6 +422,29 @@ def test_write_manifests_is_deterministic_and_round_trips(tmp_path: Path) -> Non
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in second]
 
 
+def test_write_manifests_replaces_only_its_own_files_for_the_same_bundle(tmp_path: Path) -> None:
+    """-o k8s/ for a second bundle, or a directory holding the user's own service.yaml: nothing is lost."""
+    out = tmp_path / "k8s"
+    write_manifests(kubernetes_manifests(INFO, tmp_path), out)
+    newer = {**INFO, "version": "zzzz", "tag": "sr:zzzz"}
+    write_manifests(kubernetes_manifests(newer, tmp_path), out)  # a new version: replaced
+    assert "sr:zzzz" in (out / "deployment.yaml").read_text()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = {**INFO, "name": "other", "tag": "other:v1"}
+    with pytest.raises(
+        BadInput, match=r"deployment.yaml holds the manifests of bundle sr:zzzz, and would be"
+    ):
+        write_manifests(kubernetes_manifests(other, tmp_path), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "service.yaml").write_text("apiVersion: v1\nkind: Service\n")
+    with pytest.raises(BadInput, match=r"service.yaml is not a file `bundler deploy kubernetes` wrote"):
+        write_manifests(kubernetes_manifests(INFO, tmp_path), mine)
+    assert sorted(os.listdir(mine)) == ["service.yaml"]
+    assert (mine / "service.yaml").read_text() == "apiVersion: v1\nkind: Service\n"
+
+
 def test_write_manifests_refuses_a_file_as_directory(tmp_path: Path) -> None:
     target = tmp_path / "out"
     target.write_text("x")
