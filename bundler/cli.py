@@ -1,11 +1,15 @@
-"""The ``bundler`` command line: parse, call one function, print, exit (0 ok, 1 failure, 2 bad input)."""
+"""The ``bundler`` command line: parse, call one function, print, exit (0 ok, 1 failure, 2 bad input;
+128 + N when stopped by signal N: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,13 +26,51 @@ def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def handle_errors(fn: F) -> F:
-    """Turn BundlerError into a message on stderr and its exit code; never a traceback for user mistakes."""
+# Stopped by a supervisor, CI runner or `timeout` (SIGTERM), or by a closed terminal (SIGHUP).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM/SIGHUP, so cleanup runs as for Ctrl-C (KeyboardInterrupt)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals_raise(signals: tuple[signal.Signals, ...]) -> Iterator[None]:
+    """Turn ``signals`` into Terminated while the block runs; an ignored one (nohup) stays ignored."""
+    previous = {}
+    if threading.current_thread() is not threading.main_thread():
+        signals = ()  # only the main thread may set handlers (a command called from a test's thread)
+    for sig in signals:
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, _raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def handle_errors(fn: F, *, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> F:
+    """Turn BundlerError into a message on stderr and its exit code; never a traceback for user mistakes.
+
+    SIGTERM and SIGHUP stop a command like Ctrl-C does: what it started (an engine's build, a resolver)
+    is stopped and its temporary files removed, then it exits 128 + the signal's number, as a shell would
+    report it. ``signals=()`` leaves them to a command that handles them itself (serve drains).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _stop_signals_raise(signals):
+                return fn(*args, **kwargs)
         except ConfigError as exc:
             for problem in exc.problems:
                 _err(problem)
@@ -41,6 +83,9 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             _err("interrupted")
             sys.exit(130)
+        except Terminated as exc:
+            _err(f"terminated by {signal.Signals(exc.signum).name}")
+            sys.exit(128 + exc.signum)
 
     return wrapper  # type: ignore[return-value]
 
@@ -328,7 +373,7 @@ def import_model(path: str) -> None:
     type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"], case_sensitive=False),
     help="Also from $BUNDLER_LOG_LEVEL (bentofile docker.env).",
 )
-@handle_errors
+@functools.partial(handle_errors, signals=())  # uvicorn drains on SIGTERM
 def serve(
     target: str, host: str, port: int, workers: int, reload: bool, max_body_size: int | None, log_level: str
 ) -> None:
@@ -430,6 +475,12 @@ def deploy() -> None:
 @click.option("--memory", default="1Gi", show_default=True)
 @click.option("--gpu", type=int, default=0, show_default=True)
 @click.option("--namespace", default=None)
+@click.option(
+    "--name",
+    "object_name",
+    default=None,
+    help="Name of the Kubernetes objects (default: the bundle name, '.' and '_' turned into '-').",
+)
 @click.option("-o", "--output-dir", "out_dir", required=True, type=click.Path(path_type=Path))
 @handle_errors
 def deploy_kubernetes(
@@ -442,6 +493,7 @@ def deploy_kubernetes(
     memory: str,
     gpu: int,
     namespace: str | None,
+    object_name: str | None,
     out_dir: Path,
 ) -> None:
     """Write Kubernetes manifests (Deployment, Service, HPA, PDB) for the bundle TAG."""
@@ -453,8 +505,8 @@ def deploy_kubernetes(
         "min_replicas": min_replicas,
         "max_replicas": max_replicas,
     }
-    options.update({"cpu": cpu, "memory": memory, "gpu": gpu, "namespace": namespace})
-    for p in write_for_tag(tag, out_dir, **options):
+    options.update({"cpu": cpu, "memory": memory, "gpu": gpu, "namespace": namespace, "name": object_name})
+    for p in write_for_tag(tag, out_dir, say=_say, **options):
         click.echo(str(p))
 
 

@@ -11,9 +11,11 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -26,12 +28,13 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 import bundler.containerize as cz
 from bundler.containerize import Engine, build_command, containerize, detect_engine, render_inputs
 from bundler.exceptions import BadInput, ContainerizeError, EngineUnavailable
-from bundler.store import write_manifest
+from bundler.store import Tag, bundle_store, write_manifest
 
 SERVICE = '''\
 """A test service: an affine model behind /predict, and a slow JSON API to test draining."""
@@ -176,6 +179,54 @@ def test_an_interrupted_build_stops_the_engine_client(tmp_path: Path) -> None:
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):  # gone, and reaped
         os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_stops_the_engine_client_like_ctrl_c(
+    tmp_path: Path, only_fakes: Path, signum: signal.Signals
+) -> None:
+    """`timeout`, a CI runner or a supervisor stops bundler with SIGTERM, a closed terminal with SIGHUP:
+    the build must stop too, the scratch directory go, and the exit code say which signal it was."""
+    pid_file = tmp_path / "pid"
+    # A client with buildx, the best mode: first on PATH, it wins over the machine's real clients.
+    client = only_fakes / "docker"
+    client.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = version ]; then echo 20.10.24; exit 0; fi\n'
+        'if [ "$1 $2" = "buildx version" ]; then echo v0.11.2; exit 0; fi\n'
+        'if [ "$1 $2" != "buildx build" ]; then exit 1; fi\n'
+        f'echo "#1 building"\necho $$ > {pid_file}\nexec {shutil.which("sleep", path="/usr/bin:/bin")} 60\n'
+    )
+    client.chmod(0o755)
+    store = bundle_store()
+    with store.staging() as staged:
+        (staged / "bundle.yaml").write_text(yaml.safe_dump(INFO))
+        fake_bundle(staged, INFO)
+        store.commit(staged, Tag("a", "v1"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bundler", "containerize", "a:v1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # the client has exec'd its sleep
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, err
+    assert err.rstrip().splitlines()[-1] == f"terminated by {signum.name}"
+    assert "Traceback" not in err
+    with pytest.raises(ProcessLookupError):  # the build stopped with bundler
+        os.kill(int(pid_file.read_text()), 0)
+    assert not list(store.tmp_root().glob("containerize-*"))
 
 
 def test_unknown_backend_is_bad_input() -> None:

@@ -274,6 +274,10 @@ def test_gpu_on_a_bundle_built_for_cuda(tmp_path: Path, lock: list[str], docker:
         ({"cpu": "1 core"}, r"--cpu: '1 core' is not a Kubernetes quantity"),
         ({"cpu": "0"}, r"--cpu: '0' must be more than 0"),
         ({"cpu": "-1"}, r"--cpu: '-1' is not a Kubernetes quantity"),
+        ({"cpu": "0.0001"}, r"--cpu: '0.0001' is finer than 1m .*e.g. '100m'"),
+        ({"cpu": "1e-4"}, r"--cpu: '1e-4' is finer than 1m"),
+        ({"cpu": "0.5m"}, r"--cpu: '0.5m' is finer than 1m"),
+        ({"cpu": "1.0005"}, r"--cpu: '1.0005' is finer than 1m"),
         ({"memory": "1GB"}, r"--memory: '1GB' is not a Kubernetes quantity"),
         ({"memory": "1gi"}, r"--memory: '1gi' is not a Kubernetes quantity.*case-sensitive"),
         ({"memory": "512m"}, r"did you mean '512Mi'"),
@@ -289,6 +293,9 @@ def test_gpu_on_a_bundle_built_for_cuda(tmp_path: Path, lock: list[str], docker:
         ({"image": "repo/x:-bad"}, r"--image: 'repo/x:-bad' is not an image reference: tag '-bad'"),
         ({"image": "x@sha256:zz"}, r"--image: 'x@sha256:zz' is not an image reference: digest 'sha256:zz'"),
         ({"port": 70000}, r"port: 70000 must be between 1 and 65535"),
+        ({"name": "my.model"}, r"--name: 'my.model' is not a Kubernetes object name"),
+        ({"name": "9lives"}, r"--name: '9lives' is not a Kubernetes object name"),
+        ({"name": "x" * 64}, r"--name: 'x+' is not a Kubernetes object name"),
     ],
 )
 def test_bad_options_are_bad_input(tmp_path: Path, options: dict, message: str) -> None:
@@ -413,6 +420,29 @@ def test_write_manifests_is_deterministic_and_round_trips(tmp_path: Path) -> Non
         assert yaml.safe_load(a.read_text()) == m
     again = write_manifests(manifests, tmp_path / "a")
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in second]
+
+
+def test_write_manifests_replaces_only_its_own_files_for_the_same_bundle(tmp_path: Path) -> None:
+    """-o k8s/ for a second bundle, or a directory holding the user's own service.yaml: nothing is lost."""
+    out = tmp_path / "k8s"
+    write_manifests(kubernetes_manifests(INFO, tmp_path), out)
+    newer = {**INFO, "version": "zzzz", "tag": "sr:zzzz"}
+    write_manifests(kubernetes_manifests(newer, tmp_path), out)  # a new version: replaced
+    assert "sr:zzzz" in (out / "deployment.yaml").read_text()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = {**INFO, "name": "other", "tag": "other:v1"}
+    with pytest.raises(
+        BadInput, match=r"deployment.yaml holds the manifests of bundle sr:zzzz, and would be"
+    ):
+        write_manifests(kubernetes_manifests(other, tmp_path), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "service.yaml").write_text("apiVersion: v1\nkind: Service\n")
+    with pytest.raises(BadInput, match=r"service.yaml is not a file `bundler deploy kubernetes` wrote"):
+        write_manifests(kubernetes_manifests(INFO, tmp_path), mine)
+    assert sorted(os.listdir(mine)) == ["service.yaml"]
+    assert (mine / "service.yaml").read_text() == "apiVersion: v1\nkind: Service\n"
 
 
 def test_write_manifests_refuses_a_file_as_directory(tmp_path: Path) -> None:
@@ -618,3 +648,35 @@ def test_cli_refuses_gpu_for_a_cpu_only_bundle(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: --gpu 1: bundle sr:v1 is not built for CUDA")
     assert not out.exists()
+
+
+def test_bundles_whose_names_map_to_one_object_name_are_told_and_can_be_named(tmp_path: Path) -> None:
+    """'my.model' and 'my-model' both become 'my-model': applied to one namespace, the second would take
+    over the first one's Deployment and Service. The command says so, and --name keeps them apart."""
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    store = bundle_store()
+    for name in ("my.model", "my-model"):
+        with store.staging() as staged:
+            (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": name, "version": "v1", "models": []}))
+            store.commit(staged, Tag(name, "v1"))
+    plain = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "my-model:v1", "-o", str(tmp_path / "a")])
+    assert plain.exit_code == 0, plain.output
+    assert "note:" not in plain.output
+    dotted = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "my.model:v1", "-o", str(tmp_path / "b")])
+    assert dotted.exit_code == 0, dotted.output
+    assert "note: the Kubernetes objects of bundle 'my.model' are named 'my-model'" in dotted.output
+    assert "give each its own --name" in dotted.output
+    args = ["deploy", "kubernetes", "my.model:v1", "--name", "my-dot-model", "-o", str(tmp_path / "c")]
+    named = CliRunner().invoke(cli.main, args)
+    assert named.exit_code == 0, named.output
+    assert "note:" not in named.output
+    manifests = [yaml.safe_load((tmp_path / "c" / f).read_text()) for f in sorted(os.listdir(tmp_path / "c"))]
+    for m in manifests:
+        assert m["metadata"]["name"] == "my-dot-model"
+        assert m["metadata"]["labels"]["app.kubernetes.io/name"] == "my-dot-model"
+        assert m["metadata"]["labels"]["bundler.dev/bundle"] == "my.model"
+        kubernetes_validate.validate(m, VERSIONS[-1], strict=True)
+    hpa = next(m for m in manifests if m["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "my-dot-model"
