@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +29,13 @@ import yaml
 
 from ..casting import all_whole, int_range_overflow
 from ..exceptions import InferenceInputError, InvalidTag, ModelError, ProviderError
-from ..models import Model
+from ..models import (
+    CUSTOM_OBJECTS_FILE,
+    EXTERNAL_MODULES_DIR,
+    Model,
+    write_custom_objects,
+    write_external_modules,
+)
 from ..models import get as _get_any
 from ..store import Tag, model_store, new_version, sha256_file
 
@@ -266,7 +273,9 @@ def _read_proto(path: Path, name: str) -> onnx.ModelProto:
 
 
 # Files of a stored model entry that external data must not be named after.
-_RESERVED_NAMES = frozenset({MODEL_FILE, "model.yaml", "manifest.sha256"})
+_RESERVED_NAMES = frozenset(
+    {MODEL_FILE, "model.yaml", "manifest.sha256", CUSTOM_OBJECTS_FILE, EXTERNAL_MODULES_DIR}
+)
 
 
 def _copy_path(src: Path, proto: onnx.ModelProto, staged: Path, name: str) -> list[str]:
@@ -279,7 +288,7 @@ def _copy_path(src: Path, proto: onnx.ModelProto, staged: Path, name: str) -> li
                 f"save_model({name!r}): {src} refers to external data at {loc!r}; only files beside the model"
                 " (relative paths without '..') can be saved"
             )
-        if rel.as_posix() in _RESERVED_NAMES:
+        if rel.as_posix() in _RESERVED_NAMES or rel.parts[0] == EXTERNAL_MODULES_DIR:
             # The store's own files go beside it: one would overwrite the other.
             raise ModelError(
                 f"save_model({name!r}): {src} keeps external data in {loc!r}, a name the model store uses"
@@ -342,9 +351,16 @@ def save_model(
     *,
     signatures: dict[str, dict[str, Any]] | None = None,
     labels: dict[str, str] | None = None,
+    custom_objects: dict[str, Any] | None = None,
+    external_modules: list[ModuleType] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Model:
-    """Save an ONNX model (a ModelProto or a path to a .onnx file) to the model store; return it."""
+    """Save an ONNX model (a ModelProto or a path to a .onnx file) to the model store; return it.
+
+    ``custom_objects`` (pickled) come back as ``Model.custom_objects``; ``external_modules`` are user
+    modules whose source is saved with the model, so that the objects load where the modules are not
+    installed (in the bundle's image).
+    """
     name = _check_name(name)
     labels = _check_labels(labels, name)
     metadata = _check_metadata(metadata, name)
@@ -363,6 +379,9 @@ def save_model(
     store = model_store()
     with store.staging() as staged:
         external = _write_proto(proto, staged, name) if src is None else _copy_path(src, proto, staged, name)
+        where = f"save_model({name!r})"
+        object_names = write_custom_objects(staged, custom_objects, where)
+        module_names = write_external_modules(staged, external_modules, where)
         try:
             onnx.checker.check_model(str(staged / MODEL_FILE))
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -380,6 +399,8 @@ def save_model(
             "signatures": sigs,
             "labels": labels,
             "metadata": metadata,
+            "custom_objects": object_names,
+            "external_modules": module_names,
             "framework_versions": _framework_versions(proto),
             "inputs": [s.to_dict() for s in inputs],
             "outputs": [s.to_dict() for s in outputs],
