@@ -8,6 +8,7 @@ a served bundle uses the models it ships even when the home store has newer ones
 from __future__ import annotations
 
 import builtins
+import difflib
 import functools
 import os
 import pickle
@@ -24,7 +25,7 @@ from .store import Entry, Store, Tag, model_store, sha256_file
 if TYPE_CHECKING:
     from .runner.runner import Runner
 
-__all__ = ["Model", "delete", "export_model", "get", "import_model", "list"]
+__all__ = ["Model", "ModelInfo", "delete", "export_model", "get", "import_model", "list"]
 
 BUNDLE_DIR_ENV = "BUNDLER_BUNDLE_DIR"
 CUSTOM_OBJECTS_FILE = "custom_objects.pkl"
@@ -33,13 +34,30 @@ EXTERNAL_MODULES_DIR = "external_modules"
 _PICKLE_PROTOCOL = 4
 
 
+class ModelInfo(dict):
+    """``model.yaml`` as a dict whose keys also read as attributes (``info.labels``), as in BentoML."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            if name.startswith("__"):  # copy, pickle and friends probe for dunders: plain AttributeError
+                raise AttributeError(name) from None
+            close = difflib.get_close_matches(name, [str(k) for k in self], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            tag = f"{self.get('name')}:{self.get('version')}"
+            raise AttributeError(
+                f"model {tag}: info has no {name!r}; {hint}its keys are {', '.join(map(str, self))}"
+            ) from None
+
+
 class Model:
     """A stored model: ``tag``, ``path`` (its directory), ``info`` (``model.yaml``) and load options."""
 
     def __init__(self, tag: Tag, path: Path, info: dict, *, options: dict[str, Any] | None = None) -> None:
         self.tag = tag
         self.path = Path(path)
-        self.info = info
+        self.info = info if isinstance(info, ModelInfo) else ModelInfo(info)
         self._options: dict[str, Any] = dict(options or {})
         self._custom_objects: dict[str, Any] | None = None
 
