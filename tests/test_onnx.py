@@ -639,3 +639,22 @@ def test_custom_objects_whose_module_is_gone_say_how_to_save_them(
         r".*external_modules=",
     ):
         bundler.onnx.get("mlp").custom_objects  # noqa: B018
+
+
+def test_batch_dim_as_bentomls_input_output_pair() -> None:
+    # BentoML's ModelSignature takes batch_dim=(input_axis, output_axis); the same axis twice is an int.
+    for batch_dim in [(0, 0), [0, 0]]:
+        saved = bundler.onnx.save_model(
+            "mlp", make_mlp(), signatures={"run": {"batchable": True, "batch_dim": batch_dim}}
+        )
+        assert saved.info["signatures"] == {"run": {"batchable": True, "batch_dim": 0}}
+    with pytest.raises(
+        ModelError,
+        match=r"signatures\['run'\]\['batch_dim'\] is \(0, 1\): inputs batched on axis 0 and outputs"
+        r" on axis 1 is not supported; export the model with the batch on the same axis",
+    ):
+        bundler.onnx.save_model(
+            "mlp", make_mlp(), signatures={"run": {"batchable": True, "batch_dim": (0, 1)}}
+        )
+    with pytest.raises(ModelError, match=r"batch_dim'\] must be an int >= 0 or a pair of them"):
+        bundler.onnx.save_model("mlp", make_mlp(), signatures={"run": {"batch_dim": (0, 0, 0)}})

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 import yaml
@@ -199,6 +199,28 @@ def _batch_problem(spec: TensorSpec, where: str, batch_dim: int) -> str | None:
     return None
 
 
+def _batch_dim(value: object, name: str) -> int:
+    """Return the batch axis: an int, or BentoML's (input axis, output axis) pair when both are the same."""
+
+    def axis(v: object) -> TypeGuard[int]:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(axis, value)):
+        if value[0] != value[1]:
+            raise ModelError(
+                f"save_model({name!r}): signatures['run']['batch_dim'] is {tuple(value)}: inputs batched on"
+                f" axis {value[0]} and outputs on axis {value[1]} is not supported; export the model with the"
+                " batch on the same axis of every input and output, and give that axis as an int"
+            )
+        value = value[0]
+    if not axis(value):
+        raise ModelError(
+            f"save_model({name!r}): signatures['run']['batch_dim'] must be an int >= 0 or a pair of them"
+            f" (input axis, output axis), got {value!r}"
+        )
+    return value
+
+
 def _check_signatures(
     signatures: object, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
 ) -> dict[str, dict[str, Any]]:
@@ -222,8 +244,7 @@ def _check_signatures(
     batch_dim = options.get("batch_dim", 0)
     if not isinstance(batchable, bool):
         raise ModelError(f"save_model({name!r}): signatures['run']['batchable'] must be True or False")
-    if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or batch_dim < 0:
-        raise ModelError(f"save_model({name!r}): signatures['run']['batch_dim'] must be an int >= 0")
+    batch_dim = _batch_dim(batch_dim, name)
     if batchable:
         problems = [p for s in inputs if (p := _batch_problem(s, "input", batch_dim))]
         problems += [p for s in outputs if (p := _batch_problem(s, "output", batch_dim))]
