@@ -106,13 +106,45 @@ class Model:
         max_batch_size: int | None = None,
         max_latency_ms: float | None = None,
         name: str | None = None,
+        *,
+        method_configs: dict[str, dict[str, Any]] | None = None,
+        embedded: bool = False,
         **batching: Any,
     ) -> Runner:
-        """Return a Runner for this model; batching options apply when the model was saved batchable."""
+        """Return a Runner for this model; batching options apply when the model was saved batchable.
+
+        As in BentoML: ``name=""`` means the model's name, ``method_configs={"run": {...}}`` holds batching
+        options for the ``run`` method (they win over the arguments), and ``embedded`` is accepted:
+        bundler's runners always run inside the API server's process.
+        """
         from .runner.runner import Runner
 
+        label = name or self.tag.name
+        if method_configs is not None:
+            if not isinstance(method_configs, Mapping):
+                raise BadInput(
+                    f"runner {label!r}: method_configs must be a dict like"
+                    f" {{'run': {{'max_batch_size': 8}}}}, got {type(method_configs).__name__}"
+                )
+            for method, options in method_configs.items():
+                if method != "run":
+                    raise BadInput(
+                        f"runner {label!r}: method_configs names {method!r}; ONNX runners have one method,"
+                        " 'run' (method_configs={'run': {'max_batch_size': 8}})"
+                    )
+                if not isinstance(options, Mapping):
+                    raise BadInput(
+                        f"runner {label!r}: method_configs['run'] must be a dict of batching options,"
+                        f" got {type(options).__name__}"
+                    )
+                options = dict(options)
+                max_batch_size = options.pop("max_batch_size", max_batch_size)
+                max_latency_ms = options.pop("max_latency_ms", max_latency_ms)
+                batching = {**batching, **options}
+        if not isinstance(embedded, bool):
+            raise BadInput(f"runner {label!r}: embedded must be True or False, got {embedded!r}")
         return Runner(
-            self, name=name, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, **batching
+            self, name=name or None, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, **batching
         )
 
     def __repr__(self) -> str:
