@@ -700,6 +700,13 @@ class _InputCheck:
         return True
 
 
+def _host_tensor(value: Any) -> Any:
+    """Return a PyTorch tensor detached and on the CPU (numpy refuses others: grad, GPU); else ``value``."""
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu()
+    return value
+
+
 def _shared_dims(specs: Sequence[TensorSpec]) -> bool:
     """Return whether a named dimension occurs more than once among the inputs (so sizes must agree)."""
     names = [d for s in specs for d in (s.shape or ()) if isinstance(d, str)]
@@ -830,8 +837,8 @@ class OnnxSession:
                     pass
         want = check.want
         try:
-            arr = np.asarray(value)
-        except (ValueError, TypeError) as exc:
+            arr = np.asarray(_host_tensor(value))
+        except (ValueError, TypeError, RuntimeError) as exc:
             raise self._error(
                 f"input {spec.name!r} expects {want} but got a value that is not an array ({exc})"
             ) from exc
