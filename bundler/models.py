@@ -8,21 +8,47 @@ a served bundle uses the models it ships even when the home store has newer ones
 from __future__ import annotations
 
 import builtins
+import difflib
 import functools
 import os
-from collections.abc import Callable
+import pickle
+import shutil
+import sys
+import types
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import BadInput, NotFound, ProviderError, StoreError
+from .exceptions import BadInput, ModelError, NotFound, ProviderError, StoreError
 from .store import Entry, Store, Tag, model_store, sha256_file
 
 if TYPE_CHECKING:
     from .runner.runner import Runner
 
-__all__ = ["Model", "delete", "export_model", "get", "import_model", "list"]
+__all__ = ["Model", "ModelInfo", "delete", "export_model", "get", "import_model", "list"]
 
 BUNDLE_DIR_ENV = "BUNDLER_BUNDLE_DIR"
+CUSTOM_OBJECTS_FILE = "custom_objects.pkl"
+EXTERNAL_MODULES_DIR = "external_modules"
+# Fixed, so that the same objects give the same bytes (bundle versions are digests of their files).
+_PICKLE_PROTOCOL = 4
+
+
+class ModelInfo(dict):
+    """``model.yaml`` as a dict whose keys also read as attributes (``info.labels``), as in BentoML."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            if name.startswith("__"):  # copy, pickle and friends probe for dunders: plain AttributeError
+                raise AttributeError(name) from None
+            close = difflib.get_close_matches(name, [str(k) for k in self], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            tag = f"{self.get('name')}:{self.get('version')}"
+            raise AttributeError(
+                f"model {tag}: info has no {name!r}; {hint}its keys are {', '.join(map(str, self))}"
+            ) from None
 
 
 class Model:
@@ -31,8 +57,9 @@ class Model:
     def __init__(self, tag: Tag, path: Path, info: dict, *, options: dict[str, Any] | None = None) -> None:
         self.tag = tag
         self.path = Path(path)
-        self.info = info
+        self.info = info if isinstance(info, ModelInfo) else ModelInfo(info)
         self._options: dict[str, Any] = dict(options or {})
+        self._custom_objects: dict[str, Any] | None = None
 
     @classmethod
     def from_entry(cls, entry: Entry) -> Model:
@@ -54,6 +81,13 @@ class Model:
         """Return the path of the saved model file inside the entry."""
         return self.path / str(self.info.get("model_file", "saved_model.onnx"))
 
+    @property
+    def custom_objects(self) -> dict[str, Any]:
+        """Return the objects saved with ``save_model(custom_objects=...)`` (unpickled on first use)."""
+        if self._custom_objects is None:
+            self._custom_objects = _load_custom_objects(self)
+        return self._custom_objects
+
     def with_options(
         self, *, providers: builtins.list[Any] | None = None, session_options: Any = None
     ) -> Model:
@@ -72,13 +106,45 @@ class Model:
         max_batch_size: int | None = None,
         max_latency_ms: float | None = None,
         name: str | None = None,
+        *,
+        method_configs: dict[str, dict[str, Any]] | None = None,
+        embedded: bool = False,
         **batching: Any,
     ) -> Runner:
-        """Return a Runner for this model; batching options apply when the model was saved batchable."""
+        """Return a Runner for this model; batching options apply when the model was saved batchable.
+
+        As in BentoML: ``name=""`` means the model's name, ``method_configs={"run": {...}}`` holds batching
+        options for the ``run`` method (they win over the arguments), and ``embedded`` is accepted:
+        bundler's runners always run inside the API server's process.
+        """
         from .runner.runner import Runner
 
+        label = name or self.tag.name
+        if method_configs is not None:
+            if not isinstance(method_configs, Mapping):
+                raise BadInput(
+                    f"runner {label!r}: method_configs must be a dict like"
+                    f" {{'run': {{'max_batch_size': 8}}}}, got {type(method_configs).__name__}"
+                )
+            for method, options in method_configs.items():
+                if method != "run":
+                    raise BadInput(
+                        f"runner {label!r}: method_configs names {method!r}; ONNX runners have one method,"
+                        " 'run' (method_configs={'run': {'max_batch_size': 8}})"
+                    )
+                if not isinstance(options, Mapping):
+                    raise BadInput(
+                        f"runner {label!r}: method_configs['run'] must be a dict of batching options,"
+                        f" got {type(options).__name__}"
+                    )
+                options = dict(options)
+                max_batch_size = options.pop("max_batch_size", max_batch_size)
+                max_latency_ms = options.pop("max_latency_ms", max_latency_ms)
+                batching = {**batching, **options}
+        if not isinstance(embedded, bool):
+            raise BadInput(f"runner {label!r}: embedded must be True or False, got {embedded!r}")
         return Runner(
-            self, name=name, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, **batching
+            self, name=name or None, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, **batching
         )
 
     def __repr__(self) -> str:
@@ -95,6 +161,101 @@ class Model:
 
     def __hash__(self) -> int:
         return hash((self.tag, self.path.resolve()))
+
+
+# -- custom objects and external modules ----------------------------------------------------------------
+def _load_custom_objects(model: Model) -> dict[str, Any]:
+    path = model.path / CUSTOM_OBJECTS_FILE
+    if not path.is_file():
+        return {}
+    modules = model.path / EXTERNAL_MODULES_DIR
+    if modules.is_dir() and str(modules) not in sys.path:
+        # Appended, not prepended: a module the process can already import (the service's own source) wins.
+        sys.path.append(str(modules))
+    try:
+        with path.open("rb") as f:
+            objects = pickle.load(f)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(
+            f"model {model.tag}: custom_objects cannot be loaded: {exc}; make the code that defines them"
+            " importable here (install it, or add it to the bundle's source), or save the model again with"
+            " save_model(..., external_modules=[the_module])"
+        ) from exc
+    except (OSError, pickle.UnpicklingError, EOFError) as exc:
+        raise StoreError(
+            f"model {model.tag}: {CUSTOM_OBJECTS_FILE} cannot be read ({exc}); the entry is damaged:"
+            f" delete it (`bundler models delete {model.tag}`), then save or import it"
+        ) from exc
+    return dict(objects)
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+        return "a function"
+    return f"a {type(value).__name__}"
+
+
+def write_custom_objects(staged: Path, objects: object, where: str) -> builtins.list[str]:
+    """Pickle ``custom_objects`` into a staged model entry; return their names (none: no file)."""
+    if objects is None:
+        return []
+    if not isinstance(objects, Mapping):
+        raise ModelError(f"{where}: custom_objects must be a dict, got {type(objects).__name__}")
+    for key, value in objects.items():
+        if not isinstance(key, str):
+            raise ModelError(f"{where}: custom_objects keys must be str; {key!r} is not")
+        try:
+            pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+        except Exception as exc:  # pickling raises PicklingError, TypeError, AttributeError, ...
+            raise ModelError(
+                f"{where}: custom_objects[{key!r}] ({_kind(value)}) cannot be pickled ({exc}); give objects"
+                " whose classes and functions are defined at module level (not lambdas or local classes),"
+                " or save what they hold instead"
+            ) from exc
+    if not objects:
+        return []
+    data = pickle.dumps(dict(objects), protocol=_PICKLE_PROTOCOL)
+    (staged / CUSTOM_OBJECTS_FILE).write_bytes(data)
+    return sorted(objects)
+
+
+def write_external_modules(staged: Path, modules: object, where: str) -> builtins.list[str]:
+    """Copy the source of user modules into a staged model entry; return their names."""
+    if modules is None:
+        return []
+    if isinstance(modules, (str, bytes, types.ModuleType)) or not isinstance(modules, (builtins.list, tuple)):
+        raise ModelError(
+            f"{where}: external_modules must be a list of modules (e.g. external_modules=[my_tokenizer]),"
+            f" got {type(modules).__name__}"
+        )
+    names = []
+    for i, module in enumerate(modules):
+        if not isinstance(module, types.ModuleType):
+            raise ModelError(
+                f"{where}: external_modules[{i}] is {_kind(module)}, not a module; pass the module itself"
+                " (import my_module; external_modules=[my_module])"
+            )
+        file = getattr(module, "__file__", None)
+        if not file or not str(file).endswith(".py"):
+            raise ModelError(
+                f"{where}: external_modules[{i}]: module {module.__name__!r} has no source file to save"
+                " (built-in or compiled modules are installed, not saved: list them in the build file's"
+                " python.packages)"
+            )
+        rel = Path(*module.__name__.split("."))
+        dest = staged / EXTERNAL_MODULES_DIR
+        if hasattr(module, "__path__"):  # a package: its whole directory
+            shutil.copytree(
+                Path(file).parent,
+                dest / rel,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                dirs_exist_ok=True,
+            )
+        else:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, (dest / rel).with_suffix(".py"))
+        names.append(module.__name__)
+    return sorted(names)
 
 
 def _stores() -> builtins.list[Store]:

@@ -190,6 +190,18 @@ def test_using_runners_snippet(exported: dict[str, Any]) -> None:
         runner.run.run(np.random.randn(2, 1, 244, 244))
 
 
+def test_runner_takes_the_guides_torch_tensor_as_is(exported: dict[str, Any]) -> None:
+    # The guide traces with x = torch.randn(..., requires_grad=True); BentoML's runner takes torch tensors.
+    save_sr(exported)
+    runner = bundler.onnx.get("onnx_super_resolution").to_runner()
+    runner.init_local()
+    x = exported["x"]
+    assert x.requires_grad
+    out = runner.run.run(x)
+    np.testing.assert_allclose(out, to_numpy(exported["torch_out"]), rtol=1e-3, atol=1e-5)
+    assert x.requires_grad  # the caller's tensor is left as it was
+
+
 def test_with_options_providers_snippet(exported: dict[str, Any]) -> None:
     save_sr(exported)
     # guide: "you can customize providers and session_options when creating a runner"

@@ -33,6 +33,17 @@ def test_repr_is_exact(bundler_home: Path) -> None:
     assert repr(bundler.models.get("mlp")) == repr(model)
 
 
+def test_info_reads_as_attributes_like_bentomls_model_info() -> None:
+    # BentoML: bentoml.models.get("iris_clf:latest").info.metadata / .info.labels
+    bundler.onnx.save_model("mlp", make_mlp(), labels={"team": "cv"}, metadata={"acc": 0.9})
+    info = bundler.models.get("mlp").info
+    assert info.labels == {"team": "cv"} and info.metadata == {"acc": 0.9}
+    assert info.module == "bundler.onnx" and info.signatures == {"run": {"batchable": False, "batch_dim": 0}}
+    assert info["labels"] is info.labels and dict(info) == info
+    with pytest.raises(AttributeError, match=r"model mlp:\w+: info has no 'lables'; did you mean 'labels'\?"):
+        info.lables  # noqa: B018
+
+
 def test_list_get_delete() -> None:
     assert bundler.models.list() == []
     a1 = bundler.onnx.save_model("a", make_mlp(seed=1))

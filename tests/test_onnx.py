@@ -560,3 +560,113 @@ def test_with_options_refuses_a_provider_string() -> None:
     model = bundler.onnx.save_model("mlp", make_mlp())
     with pytest.raises(ProviderError, match=r"must be a list of provider names, e.g. \['CPU"):
         model.with_options(providers="CPUExecutionProvider")  # type: ignore[arg-type]
+
+
+# -- custom_objects and external_modules (BentoML's save_model arguments) ---------------------------
+def test_custom_objects_and_external_modules_round_trip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundler_home: Path
+) -> None:
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    (src / "tok_pkg").mkdir(parents=True)
+    (src / "tok_pkg" / "__init__.py").write_text("from .vocab import Vocab\n")
+    (src / "tok_pkg" / "vocab.py").write_text(
+        "class Vocab:\n    def __init__(self, words):\n        self.words = words\n"
+    )
+    (src / "scaler_mod.py").write_text("class Scaler:\n    factor = 2.0\n")
+    monkeypatch.syspath_prepend(str(src))
+    import scaler_mod  # type: ignore[import-not-found]
+    import tok_pkg  # type: ignore[import-not-found]
+
+    saved = bundler.onnx.save_model(
+        "mlp",
+        make_mlp(),
+        custom_objects={
+            "labels": ["cat", "dog"],
+            "vocab": tok_pkg.Vocab(["a", "b"]),
+            "scaler": scaler_mod.Scaler(),
+        },
+        external_modules=[tok_pkg, scaler_mod],
+    )
+    assert saved.info["custom_objects"] == ["labels", "scaler", "vocab"]
+    assert saved.info["external_modules"] == ["scaler_mod", "tok_pkg"]
+    assert verify_manifest(saved.path) == []
+    got = bundler.onnx.get("mlp").custom_objects
+    assert got["labels"] == ["cat", "dog"] and got["vocab"].words == ["a", "b"]
+
+    # Another process, where the user's modules are not importable: the model's own copies are used.
+    code = (
+        "import bundler; c = bundler.onnx.get('mlp').custom_objects;"
+        " print(c['vocab'].words, c['scaler'].factor, type(c['scaler']).__module__)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**__import__("os").environ, "PYTHONPATH": str(root), "BUNDLER_HOME": str(bundler_home)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "['a', 'b'] 2.0 scaler_mod"
+
+    # A model saved without them has none.
+    assert bundler.onnx.save_model("plain", make_mlp()).custom_objects == {}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"custom_objects": ["labels"]}, r"custom_objects must be a dict, got list"),
+        ({"custom_objects": {1: "x"}}, r"custom_objects keys must be str; 1 is not"),
+        (
+            {"custom_objects": {"fn": lambda x: x}},
+            r"custom_objects\['fn'\] \(a function\) cannot be pickled .*defined at module level",
+        ),
+        ({"external_modules": [np.float32]}, r"external_modules\[0\] is a type, not a module"),
+        ({"external_modules": np}, r"external_modules must be a list of modules"),
+        (
+            {"external_modules": [__import__("sys")]},
+            r"external_modules\[0\]: module 'sys' has no source file",
+        ),
+    ],
+)
+def test_bad_custom_objects_and_external_modules(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        bundler.onnx.save_model("mlp", make_mlp(), **kwargs)
+    assert bundler.models.list() == []
+
+
+def test_custom_objects_whose_module_is_gone_say_how_to_save_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "gone_mod.py").write_text("class Gone:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import gone_mod  # type: ignore[import-not-found]
+
+    bundler.onnx.save_model("mlp", make_mlp(), custom_objects={"x": gone_mod.Gone()})
+    (tmp_path / "gone_mod.py").unlink()
+    monkeypatch.delitem(__import__("sys").modules, "gone_mod")
+    with pytest.raises(
+        ModelError,
+        match=r"model mlp:\w+: custom_objects cannot be loaded: No module named 'gone_mod'"
+        r".*external_modules=",
+    ):
+        bundler.onnx.get("mlp").custom_objects  # noqa: B018
+
+
+def test_batch_dim_as_bentomls_input_output_pair() -> None:
+    # BentoML's ModelSignature takes batch_dim=(input_axis, output_axis); the same axis twice is an int.
+    for batch_dim in [(0, 0), [0, 0]]:
+        saved = bundler.onnx.save_model(
+            "mlp", make_mlp(), signatures={"run": {"batchable": True, "batch_dim": batch_dim}}
+        )
+        assert saved.info["signatures"] == {"run": {"batchable": True, "batch_dim": 0}}
+    with pytest.raises(
+        ModelError,
+        match=r"signatures\['run'\]\['batch_dim'\] is \(0, 1\): inputs batched on axis 0 and outputs"
+        r" on axis 1 is not supported; export the model with the batch on the same axis",
+    ):
+        bundler.onnx.save_model(
+            "mlp", make_mlp(), signatures={"run": {"batchable": True, "batch_dim": (0, 1)}}
+        )
+    with pytest.raises(ModelError, match=r"batch_dim'\] must be an int >= 0 or a pair of them"):
+        bundler.onnx.save_model("mlp", make_mlp(), signatures={"run": {"batch_dim": (0, 0, 0)}})

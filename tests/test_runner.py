@@ -100,6 +100,27 @@ def test_to_runner_argument_errors() -> None:
     assert bundler.onnx.get("mlp").to_runner(name="mlp-2").name == "mlp-2"
 
 
+def test_to_runner_takes_bentomls_arguments() -> None:
+    bundler.onnx.save_model("mlp", MLP, signatures={"run": {"batchable": True}})
+    model = bundler.onnx.get("mlp")
+    # BentoML: name="" is the default (the model's name); embedded runners run in the API process,
+    # which is where bundler's runners always run.
+    assert model.to_runner(name="").name == "mlp"
+    assert model.to_runner(embedded=True).name == "mlp"
+    runner = model.to_runner(
+        max_batch_size=8, method_configs={"run": {"max_batch_size": 4, "max_latency_ms": 50}}
+    )
+    assert (runner.config.max_batch_size, runner.config.max_latency_ms) == (4, 50.0)
+    with pytest.raises(
+        BadInput, match=r"runner 'mlp': method_configs names 'predict'; ONNX runners have one method, 'run'"
+    ):
+        model.to_runner(method_configs={"predict": {"max_batch_size": 4}})
+    with pytest.raises(BadInput, match=r"unknown key 'max_batch_sise'"):
+        model.to_runner(method_configs={"run": {"max_batch_sise": 4}})
+    with pytest.raises(BadInput, match=r"runner 'mlp': method_configs\['run'\] must be a dict"):
+        model.to_runner(method_configs={"run": 4})
+
+
 def test_batch_dim_is_the_models_own() -> None:
     # to_runner(batch_dim=1) was accepted and ignored: the batcher uses the saved signature's axis.
     bundler.onnx.save_model("mlp", MLP, signatures={"run": {"batchable": True}})

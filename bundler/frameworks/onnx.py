@@ -21,14 +21,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 import yaml
 
 from ..casting import all_whole, int_range_overflow
 from ..exceptions import InferenceInputError, InvalidTag, ModelError, ProviderError
-from ..models import Model
+from ..models import (
+    CUSTOM_OBJECTS_FILE,
+    EXTERNAL_MODULES_DIR,
+    Model,
+    write_custom_objects,
+    write_external_modules,
+)
 from ..models import get as _get_any
 from ..store import Tag, dump_yaml, model_store, new_version, sha256_file
 
@@ -197,6 +204,28 @@ def _batch_problem(spec: TensorSpec, where: str, batch_dim: int) -> str | None:
     return None
 
 
+def _batch_dim(value: object, name: str) -> int:
+    """Return the batch axis: an int, or BentoML's (input axis, output axis) pair when both are the same."""
+
+    def axis(v: object) -> TypeGuard[int]:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(axis, value)):
+        if value[0] != value[1]:
+            raise ModelError(
+                f"save_model({name!r}): signatures['run']['batch_dim'] is {tuple(value)}: inputs batched on"
+                f" axis {value[0]} and outputs on axis {value[1]} is not supported; export the model with the"
+                " batch on the same axis of every input and output, and give that axis as an int"
+            )
+        value = value[0]
+    if not axis(value):
+        raise ModelError(
+            f"save_model({name!r}): signatures['run']['batch_dim'] must be an int >= 0 or a pair of them"
+            f" (input axis, output axis), got {value!r}"
+        )
+    return value
+
+
 def _check_signatures(
     signatures: object, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
 ) -> dict[str, dict[str, Any]]:
@@ -220,8 +249,7 @@ def _check_signatures(
     batch_dim = options.get("batch_dim", 0)
     if not isinstance(batchable, bool):
         raise ModelError(f"save_model({name!r}): signatures['run']['batchable'] must be True or False")
-    if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or batch_dim < 0:
-        raise ModelError(f"save_model({name!r}): signatures['run']['batch_dim'] must be an int >= 0")
+    batch_dim = _batch_dim(batch_dim, name)
     if batchable:
         problems = [p for s in inputs if (p := _batch_problem(s, "input", batch_dim))]
         problems += [p for s in outputs if (p := _batch_problem(s, "output", batch_dim))]
@@ -271,7 +299,9 @@ def _read_proto(path: Path, name: str) -> onnx.ModelProto:
 
 
 # Files of a stored model entry that external data must not be named after.
-_RESERVED_NAMES = frozenset({MODEL_FILE, "model.yaml", "manifest.sha256"})
+_RESERVED_NAMES = frozenset(
+    {MODEL_FILE, "model.yaml", "manifest.sha256", CUSTOM_OBJECTS_FILE, EXTERNAL_MODULES_DIR}
+)
 
 
 def _copy_path(src: Path, proto: onnx.ModelProto, staged: Path, name: str) -> list[str]:
@@ -284,7 +314,7 @@ def _copy_path(src: Path, proto: onnx.ModelProto, staged: Path, name: str) -> li
                 f"save_model({name!r}): {src} refers to external data at {loc!r}; only files beside the model"
                 " (relative paths without '..') can be saved"
             )
-        if rel.as_posix() in _RESERVED_NAMES:
+        if rel.as_posix() in _RESERVED_NAMES or rel.parts[0] == EXTERNAL_MODULES_DIR:
             # The store's own files go beside it: one would overwrite the other.
             raise ModelError(
                 f"save_model({name!r}): {src} keeps external data in {loc!r}, a name the model store uses"
@@ -347,9 +377,16 @@ def save_model(
     *,
     signatures: dict[str, dict[str, Any]] | None = None,
     labels: dict[str, str] | None = None,
+    custom_objects: dict[str, Any] | None = None,
+    external_modules: list[ModuleType] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Model:
-    """Save an ONNX model (a ModelProto or a path to a .onnx file) to the model store; return it."""
+    """Save an ONNX model (a ModelProto or a path to a .onnx file) to the model store; return it.
+
+    ``custom_objects`` (pickled) come back as ``Model.custom_objects``; ``external_modules`` are user
+    modules whose source is saved with the model, so that the objects load where the modules are not
+    installed (in the bundle's image).
+    """
     name = _check_name(name)
     labels = _check_labels(labels, name)
     metadata = _check_metadata(metadata, name)
@@ -368,6 +405,9 @@ def save_model(
     store = model_store()
     with store.staging() as staged:
         external = _write_proto(proto, staged, name) if src is None else _copy_path(src, proto, staged, name)
+        where = f"save_model({name!r})"
+        object_names = write_custom_objects(staged, custom_objects, where)
+        module_names = write_external_modules(staged, external_modules, where)
         try:
             onnx.checker.check_model(str(staged / MODEL_FILE))
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -385,6 +425,8 @@ def save_model(
             "signatures": sigs,
             "labels": labels,
             "metadata": metadata,
+            "custom_objects": object_names,
+            "external_modules": module_names,
             "framework_versions": _framework_versions(proto),
             "inputs": [s.to_dict() for s in inputs],
             "outputs": [s.to_dict() for s in outputs],
@@ -663,6 +705,13 @@ class _InputCheck:
         return True
 
 
+def _host_tensor(value: Any) -> Any:
+    """Return a PyTorch tensor detached and on the CPU (numpy refuses others: grad, GPU); else ``value``."""
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu()
+    return value
+
+
 def _shared_dims(specs: Sequence[TensorSpec]) -> bool:
     """Return whether a named dimension occurs more than once among the inputs (so sizes must agree)."""
     names = [d for s in specs for d in (s.shape or ()) if isinstance(d, str)]
@@ -793,8 +842,8 @@ class OnnxSession:
                     pass
         want = check.want
         try:
-            arr = np.asarray(value)
-        except (ValueError, TypeError) as exc:
+            arr = np.asarray(_host_tensor(value))
+        except (ValueError, TypeError, RuntimeError) as exc:
             raise self._error(
                 f"input {spec.name!r} expects {want} but got a value that is not an array ({exc})"
             ) from exc
