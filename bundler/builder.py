@@ -139,13 +139,19 @@ def _conda_yaml(cfg: Any) -> bytes | None:
     return yaml.safe_dump(env, sort_keys=False).encode()
 
 
+def _python_version(cfg: Any) -> str:
+    """Return the image's Python X.Y: docker.python_version, else the Python that runs bundler."""
+    return cfg.docker.python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
 def _lock(
     cfg: Any, wheels_dir: Path, platform: str, resolver: str, offline: bool, images: bool, say: Say
 ) -> tuple[Any, Any]:
     from . import lock as lockmod
+    from .conda import pip_lists
 
     py = cfg.python
-    python_version = cfg.docker.python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
+    python_version = _python_version(cfg)
     options = lockmod.LockOptions(
         python_version=python_version,
         platform=platform,
@@ -161,7 +167,9 @@ def _lock(
         offline=offline,
     )
     req_txt = cfg.context / py.requirements_txt if py.requirements_txt else None
-    requirements = lockmod.collect_requirements(list(py.packages), req_txt, cfg.context)
+    # A conda section's pip lists are pip requirements: the image installs them with the rest.
+    conda_pip = pip_lists(cfg.conda, cfg.context)
+    requirements = lockmod.collect_requirements(list(py.packages), req_txt, cfg.context, listed=conda_pip)
     if images:
         requirements += [f"{r}  # {lockmod.IMAGE_ORIGIN}" for r in lockmod.IMAGE_REQUIREMENTS]
     lockmod.build_bundler_wheel(wheels_dir)
@@ -215,6 +223,11 @@ def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels
     model_files, model_infos = _model_files(tags)
     plan.files += model_files
 
+    from .conda import build_warnings
+
+    # The image has no conda: say what it will lack now, not when the container fails at import.
+    for line in build_warnings(cfg):
+        say(f"warning: {line}")
     options, lock = _lock(cfg, wheels_dir, platform, resolver, offline, images, say)
     plan.lock_reused = bool(lock.reused)
     plan.files.append(PlannedFile("env/python/requirements.txt", data=lock.requirements_txt.encode()))

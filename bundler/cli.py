@@ -128,7 +128,8 @@ def main() -> None:
 @handle_errors
 def validate(bentofile: Path, schema_only: bool) -> None:
     """Check a bentofile.yaml and report every problem at once (exit 2 when there are any)."""
-    from .config import validate_file
+    from .conda import build_warnings
+    from .config import load_bentofile, validate_file
 
     problems = validate_file(bentofile, schema_only=schema_only)
     if problems:
@@ -136,6 +137,10 @@ def validate(bentofile: Path, schema_only: bool) -> None:
             _err(str(p))
         _err(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found")
         sys.exit(2)
+    # Valid, but the build will warn about it: conda packages that the pip-only image does not install.
+    cfg = load_bentofile(bentofile, schema_only=schema_only)
+    for line in build_warnings(cfg, environment_file=not schema_only):
+        _err(f"note: {line}")
     click.echo(f"{bentofile}: valid")
 
 

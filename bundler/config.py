@@ -379,20 +379,35 @@ def _explain(error: Any, where: _Located, file: str) -> Iterator[Problem]:
         yield at(f"{error.message}{suffix}")
 
 
-def _requirement_problems(data: dict[str, Any], where: _Located, file: str) -> list[Problem]:
-    """Report python.packages entries that are not requirements, before a resolver calls them conflicts."""
+def _pip_entries(data: dict[str, Any]) -> Iterator[tuple[Path_, str]]:
+    """Yield the pip requirements a build file lists: python.packages and the conda pip lists."""
     python = data.get("python")
     packages = python.get("packages") if isinstance(python, dict) else None
-    if not isinstance(packages, list):
-        return []
+    conda: dict[str, Any] = data["conda"] if isinstance(data.get("conda"), dict) else {}
+    lists: list[tuple[Path_, Any]] = [
+        (("python", "packages"), packages),
+        (("conda", "pip"), conda.get("pip")),
+    ]
+    deps = conda.get("dependencies")
+    for i, dep in enumerate(deps if isinstance(deps, list) else []):
+        if isinstance(dep, dict):
+            lists.append((("conda", "dependencies", i, "pip"), dep.get("pip")))
+    for at, entries in lists:
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(entry, str):
+                yield (*at, i), entry
+
+
+def _requirement_problems(data: dict[str, Any], where: _Located, file: str) -> list[Problem]:
+    """Report pip entries that are not requirements, before a resolver calls them conflicts."""
     from .lock import requirement_problem
 
     out = []
-    for i, entry in enumerate(packages):
-        message = requirement_problem(entry) if isinstance(entry, str) else None
+    for at, entry in _pip_entries(data):
+        message = requirement_problem(entry)
         if message:
-            line, column = where.value_mark(("python", "packages", i))
-            out.append(Problem(file, line, column, f"python.packages[{i}]", message))
+            line, column = where.value_mark(at)
+            out.append(Problem(file, line, column, _dotted(at), message))
     return out
 
 
@@ -519,17 +534,16 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
                     problem(("python", "requirements_txt"), message)
             except BundlerError as exc:
                 problem(("python", "requirements_txt"), str(exc))
-    if isinstance(python.get("packages"), list):
-        from .lock import missing_path
+    from .lock import missing_path
 
-        for i, entry in enumerate(python["packages"]):
-            missing = missing_path(entry, context) if isinstance(entry, str) else None
-            if missing:
-                problem(
-                    ("python", "packages", i),
-                    f"{entry.strip()!r}: no such file or directory {missing}; fix the path (relative to the"
-                    " build file)",
-                )
+    for at, entry in _pip_entries(data):
+        missing = missing_path(entry, context)
+        if missing:
+            problem(
+                at,
+                f"{entry.strip()!r}: no such file or directory {missing}; fix the path (relative to the"
+                " build file)",
+            )
     if isinstance(python.get("find_links"), list):
         for i, link in enumerate(python["find_links"]):
             if isinstance(link, str) and "://" not in link and not (context / link).is_dir():
@@ -553,6 +567,8 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
 
 def _conda_env_problems(path: Path, shown: str) -> list[Problem]:
     """Check an environment.yml as conda reads it: a mapping with lists of channels and dependencies."""
+    from .lock import missing_path, requirement_problem
+
     data, where, problems = _read_yaml(path, shown, empty="list the conda packages under 'dependencies:'")
     if data is None or problems:
         return problems
@@ -583,6 +599,18 @@ def _conda_env_problems(path: Path, shown: str) -> list[Problem]:
             if not isinstance(pip, list) or not all(isinstance(r, str) for r in pip):
                 got = "" if isinstance(pip, list) else f", got {_type_name(pip)}"
                 wrong(("dependencies", i, "pip"), f"must be a list of pip requirement strings{got}")
+                continue
+            # The build locks these with python.packages; conda runs pip in this file's directory.
+            for j, entry in enumerate(pip):
+                message = requirement_problem(entry)
+                missing = missing_path(entry, path.parent)
+                if missing:
+                    message = (
+                        f"{entry.strip()!r}: no such file or directory {missing}; fix the path (relative to"
+                        " the conda environment file)"
+                    )
+                if message:
+                    wrong(("dependencies", i, "pip", j), message)
         else:
             wrong(
                 ("dependencies", i),

@@ -42,6 +42,7 @@ __all__ = [
     "IMAGE_REQUIREMENTS",
     "PLATFORMS",
     "SERVE_REQUIREMENTS",
+    "Listed",
     "LockOptions",
     "LockResult",
     "build_bundler_wheel",
@@ -257,25 +258,50 @@ def _read_file(
             out.append(_CONSTRAINT + line if constraint else line)
 
 
-def collect_requirements(packages: list[str], requirements_txt: Path | None, context: Path) -> list[str]:
-    """Flatten bentofile python.packages and requirements_txt (nested -r/-c) into lines tagged with origins.
+@dataclass(frozen=True)
+class Listed:
+    """Requirements listed like python.packages elsewhere (a conda pip list), read as python.packages are.
 
+    ``where`` names the list in errors (``bentofile conda.pip`` -> ``bentofile conda.pip[0]: ...``),
+    ``origin`` is each line's comment, and relative paths start at ``base``.
+    """
+
+    where: str
+    origin: str
+    entries: tuple[str, ...]
+    base: Path
+    base_name: str = "the build file"
+
+
+def _listed(items: Listed, out: list[str], bad: list[str]) -> None:
+    for i, p in enumerate(items.entries):
+        problem = requirement_problem(p)
+        if problem:
+            bad.append(f"{items.where}[{i}]: {problem}")
+        missing = missing_path(p, items.base)
+        if missing:
+            bad.append(
+                f"{items.where}[{i}]: {p.strip()!r}: no such file or directory {missing}; fix the path"
+                f" (relative to {items.base_name})"
+            )
+        if p.strip():
+            out.append(f"{_absolute(p.strip(), items.base)}  # {items.origin}")
+
+
+def collect_requirements(
+    packages: list[str], requirements_txt: Path | None, context: Path, *, listed: tuple[Listed, ...] = ()
+) -> list[str]:
+    """Flatten python.packages, ``listed`` (conda pip lists) and requirements_txt into lines with origins.
+
+    Files named by requirements_txt are read with their nested -r/-c files.
     Requirement lines end with ``  # from <where>``; index options (``--index-url URL`` ...) are kept as
     lines; constraints from ``-c`` files are lines starting with ``-c `` followed by the constraint.
     Raise ConfigError naming every line that is not a requirement (before any resolver sees it).
     """
-    bad = [
-        f"bentofile python.packages[{i}]: {problem}"
-        for i, p in enumerate(packages)
-        if (problem := requirement_problem(p))
-    ]
-    out = [f"{_absolute(p.strip(), context)}  # {PACKAGES_ORIGIN}" for p in packages if p.strip()]
-    bad += [
-        f"bentofile python.packages[{i}]: {p.strip()!r}: no such file or directory {missing}; fix the path"
-        " (relative to the build file)"
-        for i, p in enumerate(packages)
-        if (missing := missing_path(p, context))
-    ]
+    out: list[str] = []
+    bad: list[str] = []
+    for items in (Listed("bentofile python.packages", PACKAGES_ORIGIN, tuple(packages), context), *listed):
+        _listed(items, out, bad)
     if requirements_txt is not None:
         path = requirements_txt if requirements_txt.is_absolute() else context / requirements_txt
         _read_file(path.resolve(), context.resolve(), (), out, False, bad)

@@ -321,6 +321,57 @@ def test_conda_setup_script_envs_and_ignores_reach_the_bundle(quickstart: Path) 
     assert info["envs"] == {"MODE": "fast"}
 
 
+def _conda_warnings(said: list[str]) -> list[str]:
+    return [line for line in said if line.startswith("warning:") and "conda" in line]
+
+
+def test_conda_pip_entries_are_locked_and_conda_packages_are_named_in_a_warning(quickstart: Path) -> None:
+    said: list[str] = []
+    build(quickstart, say=said.append)
+    assert _conda_warnings(said) == []  # no conda section: nothing to say
+    python = f"python={sys.version_info[0]}.{sys.version_info[1]}"  # the image's Python: satisfied
+    with (quickstart / "bentofile.yaml").open("a") as f:
+        f.write(
+            "conda:\n  channels: [conda-forge]\n"
+            f"  dependencies: [{python}, pip, onnx, 'conda-forge::libgomp', {{pip: [toolz]}}]\n"
+            "  pip: [six]\n"
+        )
+    said.clear()
+    path = build(quickstart, say=said.append).path
+    lock = (path / "env/python/requirements.lock.txt").read_text()
+    assert "six==" in lock and "toolz==" in lock  # installed in the image with the rest of the lock
+    requirements = (path / "env/python/requirements.txt").read_text().splitlines()
+    assert "six  # from bentofile conda.pip" in requirements
+    assert "toolz  # from bentofile conda.dependencies pip" in requirements
+    [warning] = _conda_warnings(said)
+    listed = warning.removeprefix("warning: conda packages not installed in the image: ").split(". ")[0]
+    assert listed == "onnx, conda-forge::libgomp (bentofile conda.dependencies)", warning
+    assert "channels conda-forge unused" in warning and "under python.packages" in warning
+    assert (path / "env/conda/environment.yml").is_file()
+
+
+def test_an_environment_yml_pip_list_is_locked(quickstart: Path) -> None:
+    (quickstart / "conda").mkdir()
+    (quickstart / "conda/environment.yml").write_text(
+        "name: svc\nchannels: [defaults]\ndependencies:\n  - python\n  - numpy>=1.24\n  - pip\n"
+        "  - pip:\n    - six\n"
+    )
+    with (quickstart / "bentofile.yaml").open("a") as f:
+        f.write("conda:\n  environment_yml: conda/environment.yml\n")
+    said: list[str] = []
+    path = build(quickstart, say=said.append).path
+    assert "six==" in (path / "env/python/requirements.lock.txt").read_text()
+    origin = "six  # from bentofile conda.environment_yml (conda/environment.yml) dependencies pip"
+    assert origin in (path / "env/python/requirements.txt").read_text().splitlines()
+    [warning] = _conda_warnings(said)
+    listed = warning.removeprefix("warning: conda packages not installed in the image: ").split(". ")[0]
+    assert listed == "numpy>=1.24 (bentofile conda.environment_yml (conda/environment.yml) dependencies)"
+    assert "channels defaults unused" in warning
+    assert (path / "env/conda/environment.yml").read_bytes() == (
+        quickstart / "conda/environment.yml"
+    ).read_bytes()
+
+
 def test_a_damaged_model_or_blank_description_is_a_clear_error_or_handled(quickstart: Path) -> None:
     from bundler.exceptions import BuildError
     from bundler.store import model_store

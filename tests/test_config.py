@@ -439,6 +439,73 @@ def test_a_conda_environment_file_with_pip_and_channels_is_valid(tmp_path: Path)
     assert validate_file(f) == []
 
 
+def test_conda_pip_entries_are_checked_like_python_packages(tmp_path: Path) -> None:
+    # The build locks them with python.packages: a bad one is a problem here, not a resolver "conflict".
+    f = project(
+        tmp_path,
+        "service: service:svc\nconda:\n  dependencies:\n    - numpy\n    - pip: [six, ./gone]\n"
+        "  pip: ['foo bar baz']\n  environment_yml: conda/environment.yml\n",
+        {"conda/environment.yml": "dependencies:\n  - pip:\n    - 'numpy=='\n    - ./pkg\n    - ./nopkg\n"},
+    )
+    (tmp_path / "conda/pkg").mkdir()  # relative to the environment file, where conda runs pip
+    problems = validate_file(f)
+    assert [(p.line, p.key_path) for p in problems] == [
+        (5, "conda.dependencies[1].pip[1]"),
+        (6, "conda.pip[0]"),
+        (7, "conda.environment_yml"),
+        (7, "conda.environment_yml"),
+    ], messages(problems)
+    assert f"'./gone': no such file or directory {tmp_path.resolve()}/gone" in problems[0].message
+    assert "'foo bar baz' is not a valid requirement" in problems[1].message
+    env_messages = sorted(p.message for p in problems[2:])
+    assert env_messages[0].startswith(
+        "conda environment file conda/environment.yml:3:7: dependencies[0].pip[0]: 'numpy==' is not a valid"
+    )
+    assert env_messages[1].startswith(
+        "conda environment file conda/environment.yml:5:7: dependencies[0].pip[2]: './nopkg': no such file"
+        f" or directory {tmp_path.resolve()}/conda/nopkg"
+    )
+    [schema] = validate_file(f, schema_only=True)  # the syntax of the build file's own entries
+    assert schema.key_path == "conda.pip[0]"
+
+
+def test_cli_validate_notes_conda_packages_the_image_does_not_install(tmp_path: Path) -> None:
+    f = project(
+        tmp_path / "a",
+        "service: service:svc\nconda:\n  channels: [conda-forge]\n"
+        "  dependencies: [python, pip, 'conda-forge::scipy>=1.10', libgomp, {pip: [six]}]\n",
+    )
+    done = run_cli(f)
+    assert done.returncode == 0 and done.stdout == f"{f}: valid\n", done.stderr
+    [note] = done.stderr.splitlines()
+    listed = note.removeprefix("note: conda packages not installed in the image: ").split(". ")[0]
+    assert listed == "conda-forge::scipy>=1.10, libgomp (bentofile conda.dependencies)", note
+    assert "channels conda-forge unused" in note and "under python.packages" in note
+    plain = project(tmp_path / "b", "service: service:svc\npython:\n  packages: [six]\n")
+    done = run_cli(plain)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_python_and_pip_conda_entries_are_satisfied_unless_python_is_pinned_to_another_version() -> None:
+    from bundler.conda import CondaEnv, not_installed
+
+    where = "bentofile conda.dependencies"
+    satisfied = ["python", "python=3.11", "python 3.11.*", "python>=3.8", "pip", "conda-forge::pip>=23"]
+    assert not_installed(CondaEnv(tuple((s, where) for s in satisfied)), "3.11") == []
+    specs = ["python=3.4", "numpy=1.26", "pytorch::pytorch", "python==3.110"]
+    missing, *pinned = not_installed(CondaEnv(tuple((s, where) for s in specs)), "3.11")
+    assert missing.startswith(
+        f"conda packages not installed in the image: numpy=1.26, pytorch::pytorch ({where})."
+    )
+    assert [line.split(" but ")[0] for line in pinned] == [
+        f"{where} asks for 'python=3.4'",
+        f"{where} asks for 'python==3.110'",
+    ]
+    assert pinned[0].endswith(
+        "the image runs Python 3.11; set docker.python_version to the version the code needs"
+    )
+
+
 def test_symlink_out_of_the_context_is_refused(tmp_path: Path) -> None:
     write(tmp_path / "secret.txt", "x\n")
     f = project(tmp_path / "proj", "service: service:svc\npython:\n  requirements_txt: reqs.txt\n")
@@ -647,6 +714,8 @@ def test_cli_validate_reports_all_problems_and_exits_2() -> None:
 def test_cli_validate_accepts_a_real_world_file_with_schema_only() -> None:
     done = run_cli(CORPUS / "valid" / "bentoml-tests-realworld.yaml", "--schema-only")
     assert done.returncode == 0, done.stderr
+    # Its conda packages are not installed by the pip-only image: a note, not a problem.
+    assert "note: conda packages not installed in the image: numpy, toolz," in done.stderr
     done = run_cli(CORPUS / "valid" / "bentoml-tests-realworld.yaml")  # names files that are not here
     assert done.returncode == 2 and "docker.dockerfile_template" in done.stderr
 

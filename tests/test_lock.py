@@ -19,6 +19,7 @@ from bundler.exceptions import BundlerError, ConfigError, LockError
 from bundler.lock import (
     IMAGE_REQUIREMENTS,
     SERVE_REQUIREMENTS,
+    Listed,
     LockOptions,
     build_bundler_wheel,
     collect_requirements,
@@ -217,6 +218,33 @@ def test_missing_local_paths_are_bad_input_before_any_build(tmp_path: Path) -> N
         f"reqs/requirements.txt:4: './dist/a-1.0.tar.gz': no such file or directory"
         f" {tmp_path}/reqs/dist/a-1.0.tar.gz; fix the path (relative to the requirements file)",
     ]
+
+
+def test_listed_conda_pip_requirements_get_their_origin_and_the_same_checks(tmp_path: Path) -> None:
+    env_dir = tmp_path / "conda"
+    (env_dir / "pkg").mkdir(parents=True)
+    listed = (
+        Listed("bentofile conda.pip", "from bentofile conda.pip", ("six",), tmp_path),
+        Listed("env.yml dependencies[1].pip", "from env.yml pip", ("./pkg", "toolz"), env_dir, "env.yml"),
+    )
+    assert collect_requirements(["numpy"], None, tmp_path, listed=listed) == [
+        "numpy  # from bentofile python.packages",
+        "six  # from bentofile conda.pip",
+        f"{env_dir.resolve()}/pkg  # from env.yml pip",  # relative to its own file, not the build file
+        "toolz  # from env.yml pip",
+    ]
+    bad = (
+        Listed("bentofile conda.pip", "from bentofile conda.pip", ("six", "foo bar baz"), tmp_path),
+        Listed("env.yml dependencies[1].pip", "from env.yml pip", ("./gone",), env_dir, "env.yml"),
+    )
+    with pytest.raises(ConfigError) as err:
+        collect_requirements([], None, tmp_path, listed=bad)
+    first, second = err.value.problems
+    assert first.startswith("bentofile conda.pip[1]: 'foo bar baz' is not a valid requirement (")
+    assert second == (
+        f"env.yml dependencies[1].pip[0]: './gone': no such file or directory {env_dir}/gone; fix the path"
+        " (relative to env.yml)"
+    )
 
 
 @pytest.mark.parametrize(
