@@ -808,11 +808,14 @@ class Text(IODescriptor):
                 raise UnsupportedMediaType(f"Text input: charset {charset!r} is not accepted; send UTF-8")
         body = await request.body()
         try:
-            return body.decode("utf-8")
+            text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadInput(
                 f"Text input: the body is not valid UTF-8 (byte {exc.start}: {exc.reason})"
             ) from exc
+        # A leading byte order mark (Notepad, PowerShell) is no text: drop it as "utf-8-sig" would. Not
+        # decoded with "utf-8-sig" itself, whose error offsets would not count the BOM's bytes.
+        return text[1:] if text.startswith("\ufeff") else text
 
     def to_response(self, value: Any, request: Request | None = None) -> Response:
         if isinstance(value, (bytes, bytearray, memoryview)):

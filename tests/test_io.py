@@ -512,6 +512,17 @@ def test_text_utf8_round_trip_and_errors() -> None:
     assert r.body == "✓".encode() and r.headers["content-type"].startswith("text/plain")
 
 
+def test_text_input_drops_a_leading_utf8_bom_as_utf_8_sig_would() -> None:
+    # Notepad and PowerShell's Out-File start UTF-8 text with a BOM; it was kept as '\ufeffhi'.
+    assert decode(Text(), b"\xef\xbb\xbfhi", "text/plain; charset=utf-8") == "hi"
+    assert decode(Text(), b"\xef\xbb\xbf", "text/plain") == ""
+    # Only the first one is a BOM; a later U+FEFF is text.
+    assert decode(Text(), "\ufeff\ufeffa\ufeff".encode(), "text/plain") == "\ufeffa\ufeff"
+    # Error offsets still count the body's bytes.
+    with pytest.raises(BadInput, match="byte 5"):
+        decode(Text(), b"\xef\xbb\xbfab\xff", "text/plain")
+
+
 def test_text_output_of_bytes_is_their_text_not_their_repr() -> None:
     assert Text().to_response("✓".encode()).body == "✓".encode()  # was str() of the bytes
     assert Text().to_response(bytearray(b"abc")).body == b"abc"
