@@ -191,7 +191,7 @@ class ServiceApp(Starlette):
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        status = 500
+        status = 0
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -204,8 +204,12 @@ class ServiceApp(Starlette):
         route = self._route_label(get_route_path(scope))
         try:
             await super().__call__(scope, receive, send_status)
+        except BaseException:
+            status = status or 500
+            raise
         finally:
-            self._record(scope, status, start, route=route)
+            # Returned without a response: the client went away first (handle_api answers nobody then).
+            self._record(scope, status or 499, start, route=route)
 
     def _route_label(self, path: str) -> str:
         """Return a path's metrics label: a route's own path, the static files' mount, else "unmatched".
