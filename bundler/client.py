@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
-from .exceptions import BadInput, HTTPError, NotFound
+from .exceptions import BadInput, HTTPError, UnknownAPI
 
 __all__ = ["APISpec", "AsyncClient", "Client"]
 
@@ -209,9 +209,11 @@ def _spec(apis: dict[str, APISpec], name: str, url: str) -> APISpec:
     try:
         return apis[name]
     except KeyError:
-        raise NotFound(
-            f"{url}: no API named {name!r}; it serves {', '.join(sorted(apis)) or 'none'}"
-        ) from None
+        raise _unknown(apis, name, url) from None
+
+
+def _unknown(apis: dict[str, APISpec], name: str, url: str) -> UnknownAPI:
+    return UnknownAPI(f"{url}: no API named {name!r}; it serves {', '.join(sorted(apis)) or 'none'}")
 
 
 class Client:
@@ -243,10 +245,12 @@ class Client:
         return decode(spec, response)
 
     def __getattr__(self, name: str) -> Any:
-        apis = self.__dict__.get("apis", {})
+        apis = self.__dict__.get("apis")
+        if name.startswith("_") or apis is None:
+            raise AttributeError(name)
         if name in apis:
             return lambda *args, **kwargs: self.call(name, *args, **kwargs)
-        raise AttributeError(f"{type(self).__name__} for {self.__dict__.get('url')} has no API {name!r}")
+        raise _unknown(apis, name, self.url)
 
     def close(self) -> None:
         self._http.close()
@@ -294,6 +298,10 @@ class AsyncClient:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in ("url", "apis"):
             raise AttributeError(name)
+        apis = self.apis
+        if apis is not None and name not in apis:
+            # Known already (after the first call or `async with`): refuse now, as the sync client does.
+            raise _unknown(apis, name, self.url)
 
         async def method(*args: Any, **kwargs: Any) -> Any:
             return await self.call(name, *args, **kwargs)

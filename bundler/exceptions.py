@@ -9,6 +9,8 @@
     │   ├── UnsupportedMediaType HTTP 415, a request Content-Type the API's input does not take
     │   └── ValidationFailed     HTTP 422, a well-formed body that breaks the API's schema (``detail``)
     ├── NotFound                 exit 1, a model or bundle tag that is not in the store
+    │   └── UnknownAPI           exit 1, a client call to an API the service does not serve (also an
+    │                            AttributeError, for ``client.<name>``)
     ├── StoreError               exit 1, a store entry that fails its manifest check
     ├── ModelError               exit 1, a model that cannot be saved or loaded as asked
     │   └── ProviderError        exit 1, execution providers not available on this machine
@@ -44,6 +46,7 @@ __all__ = [
     "ProviderError",
     "ServiceUnavailable",
     "StoreError",
+    "UnknownAPI",
     "UnsafeArchive",
     "UnsupportedMediaType",
     "ValidationFailed",
@@ -105,6 +108,14 @@ class ValidationFailed(BadInput):
 
 class NotFound(BundlerError):
     http_status = 404
+
+
+class UnknownAPI(NotFound, AttributeError):
+    """A client asked for an API the service does not serve: ``client.call(name)`` or ``client.<name>``.
+
+    An AttributeError too, so that ``client.<name>`` behaves as attribute access does (``hasattr``,
+    ``getattr(client, name, default)``) with the same message from the sync and the async client.
+    """
 
 
 class StoreError(BundlerError):

@@ -516,6 +516,27 @@ def _component_name(model: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", model.__name__)
 
 
+def pydantic_components(descriptors: list[JSON]) -> dict[str, Any]:
+    """Return the components of the descriptors' pydantic models, named apart; point each one at its own.
+
+    Schemas made one model at a time are keyed by class name, so two models named alike (``a.Item`` and
+    ``b.Item``, or nested ones) overwrote each other. pydantic names them apart when given them all at
+    once (``a__Item``, ``b__Item``).
+    """
+    models = list(dict.fromkeys(d.pydantic_model for d in descriptors if d.pydantic_model is not None))
+    if not models:
+        return {}  # pydantic is the user's dependency, not bundler's: no model, no import
+    from pydantic.json_schema import models_json_schema
+
+    refs, schema = models_json_schema(
+        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+    )
+    for d in descriptors:
+        if d.pydantic_model is not None:
+            d.component_name = refs[(d.pydantic_model, "validation")]["$ref"].rsplit("/", 1)[1]
+    return {key: _openapi30(s) for key, s in schema.get("$defs", {}).items()}
+
+
 def _json_default(value: Any) -> Any:
     """Encode what orjson does not: pydantic models, arrays it refuses (non-contiguous, float16), sets."""
     if hasattr(value, "model_dump"):
@@ -543,6 +564,8 @@ class JSON(IODescriptor):
 
     def __init__(self, pydantic_model: type | None = None) -> None:
         self.pydantic_model = pydantic_model
+        # The model's components key when a service names it (see pydantic_components), else its own name.
+        self.component_name: str | None = None
 
     def _accepts(self, mt: str) -> bool:
         return mt.endswith("+json")
@@ -584,7 +607,8 @@ class JSON(IODescriptor):
     def openapi_schema(self) -> dict[str, Any]:
         if self.pydantic_model is None:
             return {}
-        return {"$ref": f"#/components/schemas/{_component_name(self.pydantic_model)}"}
+        name = self.component_name or _component_name(self.pydantic_model)
+        return {"$ref": f"#/components/schemas/{name}"}
 
     def openapi_components(self) -> dict[str, Any]:
         if self.pydantic_model is None:
@@ -808,11 +832,14 @@ class Text(IODescriptor):
                 raise UnsupportedMediaType(f"Text input: charset {charset!r} is not accepted; send UTF-8")
         body = await request.body()
         try:
-            return body.decode("utf-8")
+            text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadInput(
                 f"Text input: the body is not valid UTF-8 (byte {exc.start}: {exc.reason})"
             ) from exc
+        # A leading byte order mark (Notepad, PowerShell) is no text: drop it as "utf-8-sig" would. Not
+        # decoded with "utf-8-sig" itself, whose error offsets would not count the BOM's bytes.
+        return text[1:] if text.startswith("\ufeff") else text
 
     def to_response(self, value: Any, request: Request | None = None) -> Response:
         if isinstance(value, (bytes, bytearray, memoryview)):

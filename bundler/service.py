@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import BadInput
-from .io import IODescriptor, NumpyNdarray
+from .io import JSON, IODescriptor, NumpyNdarray, pydantic_components
 from .store import NAME_RE
 
 __all__ = ["API", "RESERVED_ROUTES", "Service"]
@@ -173,9 +173,13 @@ class Service:
             }
         }
         paths: dict[str, Any] = {}
-        for api in self.apis.values():
-            for d in (api.input, api.output):
+        described = [d for api in self.apis.values() for d in (api.input, api.output)]
+        models = [d for d in described if isinstance(d, JSON) and d.pydantic_model is not None]
+        components.update(pydantic_components(models))  # all at once: alike class names kept apart
+        for d in described:
+            if d not in models:
                 components.update(d.openapi_components())
+        for api in self.apis.values():
             summary, _, rest = api.doc.partition("\n")
             paths[f"/{api.route}"] = {
                 "post": {

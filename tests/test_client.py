@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 import bundler
 from bundler.client import AsyncClient, Client
-from bundler.exceptions import BadInput, HTTPError, NotFound
+from bundler.exceptions import BadInput, HTTPError, NotFound, UnknownAPI
 from bundler.io import JSON, File, Image, NumpyNdarray, Text
 from bundler.server.app import build_app
 from bundler.server.testing import running
@@ -106,8 +106,11 @@ def test_client_errors_carry_status_and_body(url: str) -> None:
         assert "answered 422" in str(info.value)
         with pytest.raises(NotFound, match="no API named 'nope'"):
             c.call("nope", 1)
-        with pytest.raises(AttributeError):
+        # Attribute access and call() raise the same error, an AttributeError too, naming what is served.
+        with pytest.raises(UnknownAPI, match=r"no API named 'nope'; it serves call, .*norm") as unknown:
             _ = c.nope
+        assert isinstance(unknown.value, AttributeError) and isinstance(unknown.value, NotFound)
+        assert not hasattr(c, "nope") and getattr(c, "nope", None) is None
         # An API named like a client method: call() by name; called as the method, a clear message.
         assert c.call("call", {"a": 1}) == {"called": {"a": 1}}
         with pytest.raises(BadInput, match=r"takes the API's name first.*client.call\('call', value\)"):
@@ -127,6 +130,11 @@ def test_async_client(url: str) -> None:
             with pytest.raises(HTTPError) as info:
                 await c.call("square", [[1, 2], [3]])
             assert info.value.status_code == 422
+            # The same error as the sync client's, for attribute access as for call().
+            for unknown in (lambda: c.nope, lambda: c.call("nope", 1)):
+                with pytest.raises(UnknownAPI, match=r"no API named 'nope'; it serves .*square"):
+                    await unknown()
+            assert not hasattr(c, "nope")
             return [*results, text]
 
     *arrays, text = asyncio.run(main())

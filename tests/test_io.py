@@ -377,6 +377,33 @@ def test_json_pydantic_schemas_are_valid_openapi_30(model: type[BaseModel]) -> N
     assert set(schema["properties"]) == set(model.model_fields)
 
 
+def test_pydantic_models_of_one_name_from_two_modules_get_a_component_each() -> None:
+    # Both were keyed "Item": the second schema overwrote the first, and /docs.json described one API's
+    # input with the other's fields (nested models as well).
+    from pydantic import create_model
+
+    item_a = create_model("Item", __module__="shop.orders", quantity=(int, ...))
+    item_b = create_model("Item", __module__="shop.catalog", title=(str, ...))
+    box = create_model("Box", __module__="shop.catalog", item=(item_b, ...))
+    svc = bundler.Service("alike")
+    svc.api(input=JSON(pydantic_model=item_a), output=JSON(), name="order")(lambda v: v)
+    svc.api(input=JSON(pydantic_model=box), output=JSON(pydantic_model=item_b), name="pack")(lambda v: v)
+    doc = svc.openapi()
+    validate(doc)
+    schemas = doc["components"]["schemas"]
+
+    def resolve(ref: str) -> dict:
+        return schemas[ref.rsplit("/", 1)[1]]
+
+    post = {path: doc["paths"][path]["post"] for path in ("/order", "/pack")}
+    order_in = resolve(post["/order"]["requestBody"]["content"]["application/json"]["schema"]["$ref"])
+    pack_in = resolve(post["/pack"]["requestBody"]["content"]["application/json"]["schema"]["$ref"])
+    pack_out = post["/pack"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert set(order_in["properties"]) == {"quantity"}
+    assert set(resolve(pack_in["properties"]["item"]["$ref"])["properties"]) == {"title"}
+    assert set(resolve(pack_out)["properties"]) == {"title"}
+
+
 def test_json_pydantic_schema_bounds_and_tuples_in_openapi_30_spelling() -> None:
     comps = JSON(pydantic_model=Bounded).openapi_components()["Bounded"]["properties"]
     temperature = comps["temperature"]
@@ -510,6 +537,17 @@ def test_text_utf8_round_trip_and_errors() -> None:
         decode(Text(), b"abc", "application/json")
     r = Text().to_response("✓")
     assert r.body == "✓".encode() and r.headers["content-type"].startswith("text/plain")
+
+
+def test_text_input_drops_a_leading_utf8_bom_as_utf_8_sig_would() -> None:
+    # Notepad and PowerShell's Out-File start UTF-8 text with a BOM; it was kept as '\ufeffhi'.
+    assert decode(Text(), b"\xef\xbb\xbfhi", "text/plain; charset=utf-8") == "hi"
+    assert decode(Text(), b"\xef\xbb\xbf", "text/plain") == ""
+    # Only the first one is a BOM; a later U+FEFF is text.
+    assert decode(Text(), "\ufeff\ufeffa\ufeff".encode(), "text/plain") == "\ufeffa\ufeff"
+    # Error offsets still count the body's bytes.
+    with pytest.raises(BadInput, match="byte 5"):
+        decode(Text(), b"\xef\xbb\xbfab\xff", "text/plain")
 
 
 def test_text_output_of_bytes_is_their_text_not_their_repr() -> None:

@@ -336,6 +336,25 @@ def test_apis_under_a_root_path_or_a_mount(mounted: bool) -> None:
     assert counts == {("/double", "200"): 1, ("/shout", "400"): 1, ("/readyz", "200"): 1, ("/docs", "200"): 1}
 
 
+@pytest.mark.parametrize("root_path", ["", "/svc"])
+def test_a_client_gone_while_sending_its_body_is_counted_as_499(root_path: str) -> None:
+    # Under a root_path the API is served through the router, and its request was counted as a 500.
+    with running(build_app(make_service()), root_path=root_path) as url:
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+            sock.sendall(
+                b"POST /double HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n[1"
+            )
+        for _ in range(200):
+            text = httpx.get(url + "/metrics").text
+            counted = re.findall(r'requests_total\{route="/double",service="demo",status="(\d+)"', text)
+            if counted:
+                break
+            threading.Event().wait(0.02)
+    assert counted == ["499"]
+
+
 def test_metrics_labels_come_from_the_routes_never_from_the_request(server: httpx.Client) -> None:
     import secrets
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -151,6 +152,45 @@ def test_a_full_runner_queue_is_503_with_retry_after(run_calls: list[int], optio
         else:
             expected = reference_run(proto, {"x": x})[0]
             np.testing.assert_allclose(np.asarray(r.json(), np.float32), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"enabled": False}], ids=["batched", "batching-off"])
+def test_requests_whose_clients_went_away_are_dropped_before_their_run(
+    monkeypatch: pytest.MonkeyPatch, run_calls: list[int], options: dict[str, Any]
+) -> None:
+    # The server never told the runner that a client had gone: every abandoned request still ran (and
+    # was counted as a 200), which under overload is work for nobody while live requests wait.
+    counting = OnnxSession.run
+
+    def slow(self: OnnxSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        time.sleep(0.5)
+        return counting(self, feed)
+
+    monkeypatch.setattr(OnnxSession, "run", slow)
+    svc, _ = mlp_service(**options)
+    x = np.ones((1, IN), np.float32).tolist()
+
+    async def main(url: str) -> httpx.Response:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30) as busy,
+            httpx.AsyncClient(base_url=url, timeout=0.2) as impatient,
+        ):
+            first = asyncio.create_task(busy.post("/apredict", json=x))  # holds the runner 0.5 s
+            await asyncio.sleep(0.1)
+            gone = await asyncio.gather(
+                *(impatient.post("/apredict", json=x) for _ in range(4)), return_exceptions=True
+            )
+            assert all(isinstance(g, httpx.TimeoutException) for g in gone)
+            return await first
+
+    with running(build_app(svc)) as url:
+        wait_ready(url)
+        run_calls.clear()
+        assert asyncio.run(main(url)).status_code == 200
+        time.sleep(0.3)
+        metrics = httpx.get(f"{url}/metrics").text
+    assert run_calls == [1], "the four requests whose clients left were run"
+    assert re.search(r'requests_total\{route="/apredict",service="mlp-svc",status="499"\} 4\.0', metrics)
 
 
 def test_guide_image_classifier_through_the_client(run_calls: list[int]) -> None:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from asyncio import current_task
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ..exceptions import BadInput, BundlerError, Overloaded, PayloadTooLarge, ServiceUnavailable
 from ..service import API, Service
 from .docs import docs_routes
+from .http import GONE_KEY, TASK_KEY
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "ServiceApp", "build_app", "error_response", "max_body_size_from_env"]
@@ -156,6 +158,7 @@ class ServiceApp(Starlette):
         self.executor: ThreadPoolExecutor | None = None
         self._api_threads = api_threads
         self._load_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, from the lifespan
         self._apis: dict[str, API] = {f"/{api.route}": api for api in svc.apis.values()}
         openapi = orjson.dumps(svc.openapi())
         routes: list[Any] = [
@@ -191,7 +194,7 @@ class ServiceApp(Starlette):
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        status = 500
+        status = 0
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -204,8 +207,12 @@ class ServiceApp(Starlette):
         route = self._route_label(get_route_path(scope))
         try:
             await super().__call__(scope, receive, send_status)
+        except BaseException:
+            status = status or 500
+            raise
         finally:
-            self._record(scope, status, start, route=route)
+            # Returned without a response: the client went away first (handle_api answers nobody then).
+            self._record(scope, status or 499, start, route=route)
 
     def _route_label(self, path: str) -> str:
         """Return a path's metrics label: a route's own path, the static files' mount, else "unmatched".
@@ -226,6 +233,9 @@ class ServiceApp(Starlette):
         """Serve one API request: read (bounded), decode, call, encode; every error as JSON."""
         start = time.perf_counter()
         request = None
+        # For HttpProtocol.connection_lost, which cancels the work of a client that left before its answer.
+        # (Given the loop, current_task skips looking it up: 55 ns, not 230, on Python 3.11.)
+        scope[TASK_KEY] = current_task(self._loop)
         try:
             if not self.ready:
                 if self.load_error:
@@ -244,6 +254,13 @@ class ServiceApp(Starlette):
                 result = await asyncio.get_running_loop().run_in_executor(self.executor, api.func, value)
             response = api.output.to_response(result, request)
         except ClientDisconnect:
+            if record:
+                self._record(scope, 499, start)
+            return
+        except asyncio.CancelledError:
+            if not scope.get(GONE_KEY):
+                raise
+            # The client went away and HttpProtocol cancelled its request (queued ones never run).
             if record:
                 self._record(scope, 499, start)
             return
@@ -289,6 +306,7 @@ class ServiceApp(Starlette):
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.executor = ThreadPoolExecutor(self._api_threads, thread_name_prefix=f"bundler-{self.svc.name}")
+        self._loop = asyncio.get_running_loop()
         self._load_task = asyncio.create_task(self._load_runners())
         try:
             yield

@@ -13,6 +13,9 @@ whose request head is not complete within ``REQUEST_READ_TIMEOUT`` seconds of it
 stalls that long, gets 408 and is closed. Without that, clients that trickle partial requests (slowloris)
 hold connections forever. A sweep once a second checks the connections, so requests pay one attribute
 store, not a timer.
+
+And a client that closes its connection before its answer has begun gets its request cancelled (uvicorn
+only flags the request): waiting in a runner's queue, it is dropped before it costs a model call.
 """
 
 from __future__ import annotations
@@ -24,12 +27,24 @@ from typing import Any, ClassVar
 
 import orjson
 
-__all__ = ["HEAD_HELD_MAX", "REQUEST_READ_TIMEOUT", "HeadHoldingTransport", "http_protocol"]
+__all__ = [
+    "GONE_KEY",
+    "HEAD_HELD_MAX",
+    "REQUEST_READ_TIMEOUT",
+    "TASK_KEY",
+    "HeadHoldingTransport",
+    "http_protocol",
+]
 # (and HttpProtocol where httptools is installed)
 
 # Seconds a request's head may take from its first byte, and a body may go without a byte (nginx's
 # client_header_timeout and client_body_timeout are 60 s; a model server's clients are programs).
 REQUEST_READ_TIMEOUT = 30.0
+
+# Scope keys: the asyncio task serving an API request (set by the app), and the flag set before that task
+# is cancelled because its client went away (so the app answers nobody, counting a 499).
+TASK_KEY = "bundler.task"
+GONE_KEY = "bundler.client_gone"
 
 # A body at least this large goes out with the head as two buffers of one writev() (uvloop) rather than
 # joined into one: the copy would cost more than it saves.
@@ -161,6 +176,16 @@ if _Base is not None:
                 self._send_and_close(408, "Request Timeout", message)
             else:
                 self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_started:
+                # Nobody will read the answer: stop the work (a request queued in a batcher is dropped).
+                task = cycle.scope.get(TASK_KEY)
+                if task is not None and not task.done():
+                    cycle.scope[GONE_KEY] = True
+                    task.cancel()
+            super().connection_lost(exc)
 
         def on_response_complete(self) -> None:
             # A bodiless response (HEAD, 204, 304) has written only its head.
