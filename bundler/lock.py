@@ -205,6 +205,21 @@ def missing_path(requirement: str, base: Path) -> str | None:
     return target
 
 
+def _line_problems(text: str, base: Path, where: str, relative_to: str) -> list[str]:
+    """Return what is wrong with one requirement line: its syntax, or a local path that names nothing."""
+    problems = []
+    problem = requirement_problem(text)
+    if problem:
+        problems.append(f"{where}: {problem}")
+    missing = missing_path(text, base)
+    if missing:
+        problems.append(
+            f"{where}: {text.strip()!r}: no such file or directory {missing}; fix the path (relative to"
+            f" {relative_to})"
+        )
+    return problems
+
+
 def _read_file(
     path: Path, context: Path, seen: tuple[Path, ...], out: list[str], constraint: bool, bad: list[str]
 ) -> None:
@@ -245,15 +260,7 @@ def _read_file(
                 " --find-links, --trusted-host, --no-index), and put pip flags in bentofile python.pip_args"
             )
         else:
-            problem = requirement_problem(text)
-            if problem:
-                bad.append(f"{shown}:{number}: {problem}")
-            missing = missing_path(text, path.parent)
-            if missing:
-                bad.append(
-                    f"{shown}:{number}: {text!r}: no such file or directory {missing}; fix the path"
-                    " (relative to the requirements file)"
-                )
+            bad += _line_problems(text, path.parent, f"{shown}:{number}", "the requirements file")
             line = f"{_absolute(text, path.parent)}  # {origin}"
             out.append(_CONSTRAINT + line if constraint else line)
 
@@ -275,15 +282,7 @@ class Listed:
 
 def _listed(items: Listed, out: list[str], bad: list[str]) -> None:
     for i, p in enumerate(items.entries):
-        problem = requirement_problem(p)
-        if problem:
-            bad.append(f"{items.where}[{i}]: {problem}")
-        missing = missing_path(p, items.base)
-        if missing:
-            bad.append(
-                f"{items.where}[{i}]: {p.strip()!r}: no such file or directory {missing}; fix the path"
-                f" (relative to {items.base_name})"
-            )
+        bad += _line_problems(p, items.base, f"{items.where}[{i}]", items.base_name)
         if p.strip():
             out.append(f"{_absolute(p.strip(), items.base)}  # {items.origin}")
 
