@@ -104,10 +104,14 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
     table = Table(title=title, show_edge=False, header_style="bold")
     for c in columns:
-        table.add_column(c)
+        table.add_column(c, overflow="fold")  # a narrow terminal wraps a cell, never cuts it to 'name:…'
     for r in rows:
         table.add_row(*r)
-    Console(soft_wrap=True).print(table)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        # A pipe has no width ($COLUMNS or rich's 80 would cut long tags): whole rows, for grep, awk and cut.
+        console = Console(soft_wrap=True, width=1 << 16)
+    console.print(table)
 
 
 output_option = click.option(
