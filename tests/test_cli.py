@@ -38,3 +38,35 @@ def test_list_piped_prints_whole_tags(
     assert f"{LONG}:01m8f7qh8ws7dsd9" in r.stdout  # not cut to 'a-model-name-…' for grep, awk and cut
     assert "2026-01-01T00:00:00Z" in r.stdout
     assert "…" not in r.stdout and "\x1b[" not in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["models", "list", "-o", "json"],
+        ["get", "svc"],
+        ["models", "delete", "svc:v1"],
+        ["build", str(Path(__file__).resolve().parent.parent / "examples/quickstart")],
+    ],
+)
+@pytest.mark.parametrize("home", ["a-file", "a-file/below"])
+def test_a_file_as_bundler_home_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], home: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("BUNDLER_HOME", str(tmp_path / home))
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == 2, r.output  # was an empty list, "not found", or a traceback (build)
+    assert f"error: BUNDLER_HOME {tmp_path / home}" in r.stderr
+    assert f"{tmp_path / 'a-file'} is a file, not a directory; set BUNDLER_HOME to a directory" in r.stderr
+    assert r.stdout == ""
+
+
+def test_a_store_that_cannot_be_written_is_an_error_not_a_traceback(bundler_home: Path) -> None:
+    (bundler_home / "bundles").write_text("")
+    r = CliRunner().invoke(
+        cli.main, ["build", str(Path(__file__).resolve().parent.parent / "examples/quickstart")]
+    )
+    assert r.exit_code == 1, r.output
+    assert f"error: cannot write to the bundle store {bundler_home / 'bundles'}: Not a directory" in r.stderr
