@@ -11,11 +11,14 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .exceptions import BundlerError, ConfigError
+
+if TYPE_CHECKING:
+    from .store import Store, Tag
 
 __all__ = ["main"]
 
@@ -235,11 +238,33 @@ def get_bundle(tag: str, output: str) -> None:
 @click.argument("tags", nargs=-1, required=True)
 @handle_errors
 def delete_bundle(tags: tuple[str, ...]) -> None:
-    """Delete bundles from the store."""
+    """Delete bundles from the store (every TAG is checked first: one not found deletes none)."""
     from . import bundles
+    from .store import bundle_store
 
+    _delete_all(bundle_store(), tags, bundles.delete)
+
+
+def _delete_all(store: Store, tags: tuple[str, ...], delete: Callable[[Tag], Tag]) -> None:
+    # Resolved up front: a typo in the third tag must not leave the first two deleted, and `svc svc:latest`
+    # names one entry, not the newest and then the one that became newest.
+    found: list[Tag] = []
+    errors: list[BundlerError] = []
     for tag in tags:
-        click.echo(f"deleted bundle {bundles.delete(tag)}")
+        try:
+            full = store.resolve(tag)
+        except BundlerError as exc:
+            errors.append(exc)
+            continue
+        if full not in found:
+            found.append(full)
+    if errors:
+        for error in errors:
+            _err(f"error: {error}")
+        _err("nothing deleted")
+        sys.exit(max(error.exit_code for error in errors))
+    for full in found:
+        click.echo(f"deleted {store.kind} {delete(full)}")
 
 
 @main.command("export")
@@ -330,11 +355,11 @@ def get_model(tag: str, output: str) -> None:
 @click.argument("tags", nargs=-1, required=True)
 @handle_errors
 def delete_model(tags: tuple[str, ...]) -> None:
-    """Delete models from the store."""
+    """Delete models from the store (every TAG is checked first: one not found deletes none)."""
     from . import models as m
+    from .store import model_store
 
-    for tag in tags:
-        click.echo(f"deleted model {m.delete(tag)}")
+    _delete_all(model_store(), tags, m.delete)
 
 
 @models.command("export")

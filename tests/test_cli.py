@@ -70,3 +70,41 @@ def test_a_store_that_cannot_be_written_is_an_error_not_a_traceback(bundler_home
     )
     assert r.exit_code == 1, r.output
     assert f"error: cannot write to the bundle store {bundler_home / 'bundles'}: Not a directory" in r.stderr
+
+
+def _tags(home: Path, kind: str) -> list[str]:
+    meta = "model.yaml" if kind == "models" else "bundle.yaml"
+    return sorted(str(e.tag) for e in Store(home / kind, kind.rstrip("s"), meta).list())
+
+
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+@pytest.mark.parametrize(
+    ("tags", "code", "message"),
+    [
+        (["svc:v1", "nope"], 1, "'nope' not found"),
+        (["nope", "svc:v1"], 1, "'nope' not found"),
+        (["svc:v1", "Bad"], 2, "invalid tag 'Bad'"),
+    ],
+)
+def test_delete_checks_every_tag_before_deleting_any(
+    bundler_home: Path, kind: str, tags: list[str], code: int, message: str
+) -> None:
+    _add(bundler_home, kind, "svc", "v1")
+    _add(bundler_home, kind, "svc", "v2", created="2026-01-02T00:00:00Z")
+    args = ["delete", *tags] if kind == "bundles" else ["models", "delete", *tags]
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == code, r.output
+    assert message in r.stderr and "nothing deleted" in r.stderr
+    assert r.stdout == ""  # was: svc:v1 deleted when it came first, kept when it came second
+    assert _tags(bundler_home, kind) == ["svc:v1", "svc:v2"]
+
+
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_delete_of_one_entry_named_twice_deletes_it_once(bundler_home: Path, kind: str) -> None:
+    _add(bundler_home, kind, "svc", "v1")
+    _add(bundler_home, kind, "svc", "v2", created="2026-01-02T00:00:00Z")
+    args = ["svc:latest", "svc", "svc:v2"]
+    r = CliRunner().invoke(cli.main, ["delete", *args] if kind == "bundles" else ["models", "delete", *args])
+    assert r.exit_code == 0, r.output
+    assert r.stdout == f"deleted {kind.rstrip('s')} svc:v2\n"  # was: v2, then v1 as the new latest
+    assert _tags(bundler_home, kind) == ["svc:v1"]
