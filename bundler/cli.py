@@ -118,8 +118,37 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 
 output_option = click.option(
-    "--output", "-o", "output", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--output",
+    "-o",
+    "output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people, json for scripts.",
 )
+get_output_option = click.option(
+    "--output",
+    "-o",
+    "output",
+    type=click.Choice(["yaml", "json", "path"]),
+    default="yaml",
+    show_default=True,
+    help="yaml for people, json for scripts, path for the directory alone.",
+)
+
+
+def _show(tag: object, path: Path, info: dict, output: str) -> None:
+    if output == "path":
+        click.echo(str(path))
+        return
+    # The full tag under the same key for a model as for a bundle (and as in `list -o json`).
+    data = {"path": str(path), "tag": str(tag), **info}
+    if output == "json":
+        _print_json(data)
+    else:
+        from .store import dump_yaml
+
+        click.echo(dump_yaml(data).rstrip())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -219,19 +248,14 @@ def _warn_damaged(messages: list[str]) -> None:
 
 @main.command("get")
 @click.argument("tag")
-@output_option
+@get_output_option
 @handle_errors
 def get_bundle(tag: str, output: str) -> None:
-    """Show a bundle's metadata."""
+    """Show a bundle's metadata (or only its directory)."""
     from . import bundles
 
     b = bundles.get(tag)
-    if output == "json":
-        _print_json({"path": str(b.path), **b.info})
-    else:
-        from .store import dump_yaml
-
-        click.echo(dump_yaml({"path": str(b.path), **b.info}).rstrip())
+    _show(b.tag, b.path, b.info, output)
 
 
 @main.command("delete")
@@ -336,19 +360,14 @@ def list_models(name: str | None, output: str) -> None:
 
 @models.command("get")
 @click.argument("tag")
-@output_option
+@get_output_option
 @handle_errors
 def get_model(tag: str, output: str) -> None:
-    """Show a model's metadata."""
+    """Show a model's metadata (or only its directory)."""
     from . import models as m
 
     x = m.get(tag)
-    if output == "json":
-        _print_json({"path": str(x.path), **x.info})
-    else:
-        from .store import dump_yaml
-
-        click.echo(dump_yaml({"path": str(x.path), **x.info}).rstrip())
+    _show(x.tag, x.path, x.info, output)
 
 
 @models.command("delete")

@@ -108,3 +108,25 @@ def test_delete_of_one_entry_named_twice_deletes_it_once(bundler_home: Path, kin
     assert r.exit_code == 0, r.output
     assert r.stdout == f"deleted {kind.rstrip('s')} svc:v2\n"  # was: v2, then v1 as the new latest
     assert _tags(bundler_home, kind) == ["svc:v1"]
+
+
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_get_prints_yaml_json_or_the_path_with_the_full_tag(bundler_home: Path, kind: str) -> None:
+    import json
+
+    import yaml
+
+    _add(bundler_home, kind, "svc", "v1")
+    path = bundler_home / kind / "svc" / "v1"
+    get = ["get", "svc"] if kind == "bundles" else ["models", "get", "svc"]
+    shown = {}
+    for output in ("yaml", "json", "path"):
+        r = CliRunner().invoke(cli.main, [*get, "-o", output])
+        assert r.exit_code == 0, r.output  # `-o path` as in BentoML: `cd $(bundler models get iris -o path)`
+        shown[output] = r.stdout
+    assert shown["path"] == f"{path}\n"
+    data = json.loads(shown["json"])
+    assert yaml.safe_load(shown["yaml"]) == data
+    assert CliRunner().invoke(cli.main, get).stdout == shown["yaml"]  # yaml is the default
+    assert data["path"] == str(path) and data["version"] == "v1"
+    assert data["tag"] == "svc:v1"  # the same key for a model as for a bundle (and in `list -o json`)
