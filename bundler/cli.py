@@ -136,6 +136,16 @@ get_output_option = click.option(
     help="yaml for people, json for scripts, path for the directory alone.",
 )
 
+# BentoML's delete asks first unless -y; bundler never asks, and takes -y so such scripts run unchanged.
+yes_option = click.option(
+    "-y",
+    "--yes",
+    "--assume-yes",
+    "_yes",
+    is_flag=True,
+    help="Accepted for BentoML scripts (nothing is asked).",
+)
+
 
 def _show(tag: object, path: Path, info: dict, output: str) -> None:
     if output == "path":
@@ -260,8 +270,9 @@ def get_bundle(tag: str, output: str) -> None:
 
 @main.command("delete")
 @click.argument("tags", nargs=-1, required=True)
+@yes_option
 @handle_errors
-def delete_bundle(tags: tuple[str, ...]) -> None:
+def delete_bundle(tags: tuple[str, ...], _yes: bool) -> None:
     """Delete bundles from the store (every TAG is checked first: one not found deletes none)."""
     from . import bundles
     from .store import bundle_store
@@ -372,8 +383,9 @@ def get_model(tag: str, output: str) -> None:
 
 @models.command("delete")
 @click.argument("tags", nargs=-1, required=True)
+@yes_option
 @handle_errors
-def delete_model(tags: tuple[str, ...]) -> None:
+def delete_model(tags: tuple[str, ...], _yes: bool) -> None:
     """Delete models from the store (every TAG is checked first: one not found deletes none)."""
     from . import models as m
     from .store import model_store

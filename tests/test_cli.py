@@ -130,3 +130,13 @@ def test_get_prints_yaml_json_or_the_path_with_the_full_tag(bundler_home: Path, 
     assert CliRunner().invoke(cli.main, get).stdout == shown["yaml"]  # yaml is the default
     assert data["path"] == str(path) and data["version"] == "v1"
     assert data["tag"] == "svc:v1"  # the same key for a model as for a bundle (and in `list -o json`)
+
+
+@pytest.mark.parametrize("flag", ["-y", "--yes", "--assume-yes"])
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_delete_takes_bentomls_assume_yes(bundler_home: Path, kind: str, flag: str) -> None:
+    _add(bundler_home, kind, "svc", "v1")
+    delete = ["delete"] if kind == "bundles" else ["models", "delete"]
+    r = CliRunner().invoke(cli.main, [*delete, "svc", flag])  # `bentoml models delete iris -y` in a script
+    assert r.exit_code == 0, r.output
+    assert _tags(bundler_home, kind) == []
