@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from . import __version__
 from .exceptions import BundlerError, ConfigError
 
 if TYPE_CHECKING:
@@ -162,7 +163,8 @@ def _show(tag: object, path: Path, info: dict, output: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="bundler", prog_name="bundler")
+# The running code's version: a checkout on PYTHONPATH has no installed metadata (or another copy's).
+@click.version_option(__version__, prog_name="bundler")
 def main() -> None:
     """Build, serve and containerize ONNX model services from a bentofile.yaml."""
 

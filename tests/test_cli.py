@@ -140,3 +140,19 @@ def test_delete_takes_bentomls_assume_yes(bundler_home: Path, kind: str, flag: s
     r = CliRunner().invoke(cli.main, [*delete, "svc", flag])  # `bentoml models delete iris -y` in a script
     assert r.exit_code == 0, r.output
     assert _tags(bundler_home, kind) == []
+
+
+def test_version_is_the_running_codes_even_without_installed_metadata(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    import bundler
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # a checkout on PYTHONPATH
+    r = CliRunner().invoke(cli.main, ["--version"])
+    assert r.exit_code == 0, r.output  # was RuntimeError: 'bundler' is not installed
+    assert r.stdout == f"bundler, version {bundler.__version__}\n"
