@@ -11,11 +11,15 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from . import __version__
 from .exceptions import BundlerError, ConfigError
+
+if TYPE_CHECKING:
+    from .store import Store, Tag
 
 __all__ = ["main"]
 
@@ -104,19 +108,63 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
     table = Table(title=title, show_edge=False, header_style="bold")
     for c in columns:
-        table.add_column(c)
+        table.add_column(c, overflow="fold")  # a narrow terminal wraps a cell, never cuts it to 'name:…'
     for r in rows:
         table.add_row(*r)
-    Console(soft_wrap=True).print(table)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        # A pipe has no width ($COLUMNS or rich's 80 would cut long tags): whole rows, for grep, awk and cut.
+        console = Console(soft_wrap=True, width=1 << 16)
+    console.print(table)
 
 
 output_option = click.option(
-    "--output", "-o", "output", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--output",
+    "-o",
+    "output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people, json for scripts.",
+)
+get_output_option = click.option(
+    "--output",
+    "-o",
+    "output",
+    type=click.Choice(["yaml", "json", "path"]),
+    default="yaml",
+    show_default=True,
+    help="yaml for people, json for scripts, path for the directory alone.",
+)
+
+# BentoML's delete asks first unless -y; bundler never asks, and takes -y so such scripts run unchanged.
+yes_option = click.option(
+    "-y",
+    "--yes",
+    "--assume-yes",
+    "_yes",
+    is_flag=True,
+    help="Accepted for BentoML scripts (nothing is asked).",
 )
 
 
+def _show(tag: object, path: Path, info: dict, output: str) -> None:
+    if output == "path":
+        click.echo(str(path))
+        return
+    # The full tag under the same key for a model as for a bundle (and as in `list -o json`).
+    data = {"path": str(path), "tag": str(tag), **info}
+    if output == "json":
+        _print_json(data)
+    else:
+        from .store import dump_yaml
+
+        click.echo(dump_yaml(data).rstrip())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="bundler", prog_name="bundler")
+# The running code's version: a checkout on PYTHONPATH has no installed metadata (or another copy's).
+@click.version_option(__version__, prog_name="bundler")
 def main() -> None:
     """Build, serve and containerize ONNX model services from a bentofile.yaml."""
 
@@ -212,30 +260,48 @@ def _warn_damaged(messages: list[str]) -> None:
 
 @main.command("get")
 @click.argument("tag")
-@output_option
+@get_output_option
 @handle_errors
 def get_bundle(tag: str, output: str) -> None:
-    """Show a bundle's metadata."""
+    """Show a bundle's metadata (or only its directory)."""
     from . import bundles
 
     b = bundles.get(tag)
-    if output == "json":
-        _print_json({"path": str(b.path), **b.info})
-    else:
-        from .store import dump_yaml
-
-        click.echo(dump_yaml({"path": str(b.path), **b.info}).rstrip())
+    _show(b.tag, b.path, b.info, output)
 
 
 @main.command("delete")
 @click.argument("tags", nargs=-1, required=True)
+@yes_option
 @handle_errors
-def delete_bundle(tags: tuple[str, ...]) -> None:
-    """Delete bundles from the store."""
+def delete_bundle(tags: tuple[str, ...], _yes: bool) -> None:
+    """Delete bundles from the store (every TAG is checked first: one not found deletes none)."""
     from . import bundles
+    from .store import bundle_store
 
+    _delete_all(bundle_store(), tags, bundles.delete)
+
+
+def _delete_all(store: Store, tags: tuple[str, ...], delete: Callable[[Tag], Tag]) -> None:
+    # Resolved up front: a typo in the third tag must not leave the first two deleted, and `svc svc:latest`
+    # names one entry, not the newest and then the one that became newest.
+    found: list[Tag] = []
+    errors: list[BundlerError] = []
     for tag in tags:
-        click.echo(f"deleted bundle {bundles.delete(tag)}")
+        try:
+            full = store.resolve(tag)
+        except BundlerError as exc:
+            errors.append(exc)
+            continue
+        if full not in found:
+            found.append(full)
+    if errors:
+        for error in errors:
+            _err(f"error: {error}")
+        _err("nothing deleted")
+        sys.exit(max(error.exit_code for error in errors))
+    for full in found:
+        click.echo(f"deleted {store.kind} {delete(full)}")
 
 
 @main.command("export")
@@ -307,30 +373,26 @@ def list_models(name: str | None, output: str) -> None:
 
 @models.command("get")
 @click.argument("tag")
-@output_option
+@get_output_option
 @handle_errors
 def get_model(tag: str, output: str) -> None:
-    """Show a model's metadata."""
+    """Show a model's metadata (or only its directory)."""
     from . import models as m
 
     x = m.get(tag)
-    if output == "json":
-        _print_json({"path": str(x.path), **x.info})
-    else:
-        from .store import dump_yaml
-
-        click.echo(dump_yaml({"path": str(x.path), **x.info}).rstrip())
+    _show(x.tag, x.path, x.info, output)
 
 
 @models.command("delete")
 @click.argument("tags", nargs=-1, required=True)
+@yes_option
 @handle_errors
-def delete_model(tags: tuple[str, ...]) -> None:
-    """Delete models from the store."""
+def delete_model(tags: tuple[str, ...], _yes: bool) -> None:
+    """Delete models from the store (every TAG is checked first: one not found deletes none)."""
     from . import models as m
+    from .store import model_store
 
-    for tag in tags:
-        click.echo(f"deleted model {m.delete(tag)}")
+    _delete_all(model_store(), tags, m.delete)
 
 
 @models.command("export")

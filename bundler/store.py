@@ -60,7 +60,19 @@ def home() -> Path:
     """Return the bundler home directory (``$BUNDLER_HOME``, default ``~/bundler``) as an absolute path."""
     # Absolute: resolvers and the service probe run in other working directories, where a relative
     # BUNDLER_HOME would name another (missing) directory.
-    return Path(os.path.abspath(Path(os.environ.get("BUNDLER_HOME") or Path.home() / "bundler").expanduser()))
+    path = Path(os.path.abspath(Path(os.environ.get("BUNDLER_HOME") or Path.home() / "bundler").expanduser()))
+    # A file in the way would read as an empty store ("not found" for every tag) and fail the first write
+    # with a traceback: name it instead. The home itself may be missing; it is made on the first write.
+    for p in (path, *path.parents):
+        if os.path.exists(p):  # os.path: False, not PermissionError, for what cannot be looked at
+            if not os.path.isdir(p):
+                what = "BUNDLER_HOME" if os.environ.get("BUNDLER_HOME") else "the default home"
+                where = f"{what} {path}" if p == path else f"{what} {path}: {p}"
+                raise BadInput(
+                    f"{where} is a file, not a directory; set BUNDLER_HOME to a directory (made when missing)"
+                )
+            break
+    return path
 
 
 def _check_part(value: str, what: str, text: str) -> None:
@@ -363,7 +375,13 @@ class Store:
         nothing behind for longer than the next command's start.
         """
         tmp = self.root / ".tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write to the {self.kind} store {self.root}: {exc.strerror or exc};"
+                " check BUNDLER_HOME and its permissions"
+            ) from exc
         # Leftovers of killed processes: remove those whose owner is gone.
         for p in tmp.iterdir():
             parts = p.name.split("-")

@@ -1,0 +1,158 @@
+"""The command line as a script sees it: what goes to stdout, stderr and the exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bundler import cli
+from bundler.store import Store, Tag
+
+
+def _add(home: Path, kind: str, name: str, version: str, created: str = "2026-01-01T00:00:00Z") -> None:
+    meta = "model.yaml" if kind == "models" else "bundle.yaml"
+    store = Store(home / kind, kind.rstrip("s"), meta)
+    with store.staging() as staged:
+        (staged / meta).write_text(f"name: {name}\nversion: {version}\ncreation_time: '{created}'\n")
+        store.commit(staged, Tag(name, version))
+
+
+LONG = "a-model-name-as-long-as-a-tag-allows-" + "x" * 26  # 63 characters
+
+
+@pytest.mark.parametrize("columns", [None, "40"])
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_list_piped_prints_whole_tags(
+    bundler_home: Path, monkeypatch: pytest.MonkeyPatch, kind: str, columns: str | None
+) -> None:
+    _add(bundler_home, kind, LONG, "01m8f7qh8ws7dsd9")
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    args = ["list"] if kind == "bundles" else ["models", "list"]
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == 0, r.output
+    assert f"{LONG}:01m8f7qh8ws7dsd9" in r.stdout  # not cut to 'a-model-name-…' for grep, awk and cut
+    assert "2026-01-01T00:00:00Z" in r.stdout
+    assert "…" not in r.stdout and "\x1b[" not in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["models", "list", "-o", "json"],
+        ["get", "svc"],
+        ["models", "delete", "svc:v1"],
+        ["build", str(Path(__file__).resolve().parent.parent / "examples/quickstart")],
+    ],
+)
+@pytest.mark.parametrize("home", ["a-file", "a-file/below"])
+def test_a_file_as_bundler_home_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], home: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("BUNDLER_HOME", str(tmp_path / home))
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == 2, r.output  # was an empty list, "not found", or a traceback (build)
+    assert f"error: BUNDLER_HOME {tmp_path / home}" in r.stderr
+    assert f"{tmp_path / 'a-file'} is a file, not a directory; set BUNDLER_HOME to a directory" in r.stderr
+    assert r.stdout == ""
+
+
+def test_a_store_that_cannot_be_written_is_an_error_not_a_traceback(bundler_home: Path) -> None:
+    (bundler_home / "bundles").write_text("")
+    r = CliRunner().invoke(
+        cli.main, ["build", str(Path(__file__).resolve().parent.parent / "examples/quickstart")]
+    )
+    assert r.exit_code == 1, r.output
+    assert f"error: cannot write to the bundle store {bundler_home / 'bundles'}: Not a directory" in r.stderr
+
+
+def _tags(home: Path, kind: str) -> list[str]:
+    meta = "model.yaml" if kind == "models" else "bundle.yaml"
+    return sorted(str(e.tag) for e in Store(home / kind, kind.rstrip("s"), meta).list())
+
+
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+@pytest.mark.parametrize(
+    ("tags", "code", "message"),
+    [
+        (["svc:v1", "nope"], 1, "'nope' not found"),
+        (["nope", "svc:v1"], 1, "'nope' not found"),
+        (["svc:v1", "Bad"], 2, "invalid tag 'Bad'"),
+    ],
+)
+def test_delete_checks_every_tag_before_deleting_any(
+    bundler_home: Path, kind: str, tags: list[str], code: int, message: str
+) -> None:
+    _add(bundler_home, kind, "svc", "v1")
+    _add(bundler_home, kind, "svc", "v2", created="2026-01-02T00:00:00Z")
+    args = ["delete", *tags] if kind == "bundles" else ["models", "delete", *tags]
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == code, r.output
+    assert message in r.stderr and "nothing deleted" in r.stderr
+    assert r.stdout == ""  # was: svc:v1 deleted when it came first, kept when it came second
+    assert _tags(bundler_home, kind) == ["svc:v1", "svc:v2"]
+
+
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_delete_of_one_entry_named_twice_deletes_it_once(bundler_home: Path, kind: str) -> None:
+    _add(bundler_home, kind, "svc", "v1")
+    _add(bundler_home, kind, "svc", "v2", created="2026-01-02T00:00:00Z")
+    args = ["svc:latest", "svc", "svc:v2"]
+    r = CliRunner().invoke(cli.main, ["delete", *args] if kind == "bundles" else ["models", "delete", *args])
+    assert r.exit_code == 0, r.output
+    assert r.stdout == f"deleted {kind.rstrip('s')} svc:v2\n"  # was: v2, then v1 as the new latest
+    assert _tags(bundler_home, kind) == ["svc:v1"]
+
+
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_get_prints_yaml_json_or_the_path_with_the_full_tag(bundler_home: Path, kind: str) -> None:
+    import json
+
+    import yaml
+
+    _add(bundler_home, kind, "svc", "v1")
+    path = bundler_home / kind / "svc" / "v1"
+    get = ["get", "svc"] if kind == "bundles" else ["models", "get", "svc"]
+    shown = {}
+    for output in ("yaml", "json", "path"):
+        r = CliRunner().invoke(cli.main, [*get, "-o", output])
+        assert r.exit_code == 0, r.output  # `-o path` as in BentoML: `cd $(bundler models get iris -o path)`
+        shown[output] = r.stdout
+    assert shown["path"] == f"{path}\n"
+    data = json.loads(shown["json"])
+    assert yaml.safe_load(shown["yaml"]) == data
+    assert CliRunner().invoke(cli.main, get).stdout == shown["yaml"]  # yaml is the default
+    assert data["path"] == str(path) and data["version"] == "v1"
+    assert data["tag"] == "svc:v1"  # the same key for a model as for a bundle (and in `list -o json`)
+
+
+@pytest.mark.parametrize("flag", ["-y", "--yes", "--assume-yes"])
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_delete_takes_bentomls_assume_yes(bundler_home: Path, kind: str, flag: str) -> None:
+    _add(bundler_home, kind, "svc", "v1")
+    delete = ["delete"] if kind == "bundles" else ["models", "delete"]
+    r = CliRunner().invoke(cli.main, [*delete, "svc", flag])  # `bentoml models delete iris -y` in a script
+    assert r.exit_code == 0, r.output
+    assert _tags(bundler_home, kind) == []
+
+
+def test_version_is_the_running_codes_even_without_installed_metadata(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    import bundler
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # a checkout on PYTHONPATH
+    r = CliRunner().invoke(cli.main, ["--version"])
+    assert r.exit_code == 0, r.output  # was RuntimeError: 'bundler' is not installed
+    assert r.stdout == f"bundler, version {bundler.__version__}\n"
