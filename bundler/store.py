@@ -54,6 +54,8 @@ NAME_RE = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
 MANIFEST = "manifest.sha256"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _CHUNK = 1 << 20
+# How many times a scan of one name is taken again when entries went away under it (concurrent deletes).
+_SCANS = 5
 
 
 def home() -> Path:
@@ -237,12 +239,20 @@ class Store:
         self.meta_file = meta_file
 
     # -- reading -------------------------------------------------------------------------------
-    def _versions(self, name: str) -> list[Path]:
+    def _versions(self, name: str) -> tuple[list[Path], bool]:
+        """Return the entry directories of one name, and whether one that was listed went away meanwhile."""
         try:
             children = builtins.list((self.root / name).iterdir())
         except (FileNotFoundError, NotADirectoryError):
-            return []  # no such name, or its last entry was deleted meanwhile
-        return [p for p in children if NAME_RE.match(p.name) and (p / self.meta_file).is_file()]
+            return [], False  # no such name, or its last entry was deleted meanwhile
+        found, vanished = [], False
+        for p in children:
+            if NAME_RE.match(p.name):
+                if (p / self.meta_file).is_file():
+                    found.append(p)
+                elif not p.exists():
+                    vanished = True
+        return found, vanished
 
     def _read_info(self, path: Path) -> dict:
         """Return an entry's metadata; FileNotFoundError when it is gone, _Unreadable when it is damaged."""
@@ -275,20 +285,28 @@ class Store:
         "Newest" is described in the module docstring; a damaged entry has no readable creation time, so it
         takes no part in it (and ``latest`` never resolves to it).
         """
-        keyed = []
-        damaged = []
-        for p in self._versions(name):
-            tag = Tag(name, p.name)
-            try:
-                info = self._read_info(p)
-                stored = p.stat().st_mtime_ns
-            except FileNotFoundError:
-                continue  # deleted meanwhile by another process
-            except _Unreadable as exc:
-                damaged.append(self._damaged(tag, str(exc)))
-                continue
-            key = (_when(info.get("creation_time")), stored, p.name)
-            keyed.append((key, Entry(tag, p, info)))
+        # A directory listing taken while another process stores one entry and deletes another may hold
+        # neither (the new one not yet listed, the old one gone before it is read): `latest` would be "not
+        # found" while an entry is stored at every moment. An entry that went away is the sign: scan again.
+        for _ in range(_SCANS):
+            keyed = []
+            damaged = []
+            paths, vanished = self._versions(name)
+            for p in paths:
+                tag = Tag(name, p.name)
+                try:
+                    info = self._read_info(p)
+                    stored = p.stat().st_mtime_ns
+                except FileNotFoundError:
+                    vanished = True  # deleted meanwhile by another process
+                    continue
+                except _Unreadable as exc:
+                    damaged.append(self._damaged(tag, str(exc)))
+                    continue
+                key = (_when(info.get("creation_time")), stored, p.name)
+                keyed.append((key, Entry(tag, p, info)))
+            if not vanished:
+                break
         keyed.sort(key=lambda pair: pair[0], reverse=True)
         return [entry for _, entry in keyed], sorted(damaged)
 

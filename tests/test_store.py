@@ -417,3 +417,27 @@ def test_cli_import_names_what_is_wrong_with_the_path(
     assert r.exit_code == 2, r.output
     assert message.format(dir=tmp_path) in r.stderr
     assert list(tmp_path.iterdir()) == []  # an empty export path wrote nothing into the working directory
+
+
+def test_latest_is_found_while_another_process_stores_one_and_deletes_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path)
+    other = _store(tmp_path)  # another process: it stores v2, then deletes v1, while this one lists svc/
+    _add(store, "svc", "v1")
+    real_iterdir = Path.iterdir
+    race = {"old": "", "new": ""}
+
+    def iterdir(self: Path) -> object:
+        children = list(real_iterdir(self))  # the listing is taken before the new entry is there ...
+        if self == store.root / "svc" and race["new"]:
+            _add(other, "svc", race["new"], created="2026-01-02T00:00:00Z")
+            other.delete(f"svc:{race['old']}")  # ... and the old one is gone before it is read
+            race["new"] = ""
+        return iter(children)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    race.update(old="v1", new="v2")
+    assert store.resolve("svc") == Tag("svc", "v2")
+    race.update(old="v2", new="v3")
+    assert [e.tag for e in store.list("svc")] == [Tag("svc", "v3")]
