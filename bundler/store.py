@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
@@ -25,6 +26,7 @@ import stat
 import tarfile
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -56,6 +58,14 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _CHUNK = 1 << 20
 # How many times a scan of one name is taken again when entries went away under it (concurrent deletes).
 _SCANS = 5
+# Failed writes that are the store's (its disk), not the input's: they get StoreError and how to fix it.
+_FIXES = {
+    errno.ENOSPC: "free some space there, or point BUNDLER_HOME at a disk with room",
+    errno.EDQUOT: "free some space there, or point BUNDLER_HOME at a disk with room",
+    errno.EROFS: "make it writable, or point BUNDLER_HOME at a writable directory",
+    errno.EACCES: "make it writable, or point BUNDLER_HOME at a writable directory",
+    errno.EPERM: "make it writable, or point BUNDLER_HOME at a writable directory",
+}
 
 
 def home() -> Path:
@@ -374,6 +384,18 @@ class Store:
         return verify_manifest(self.path(tag))
 
     # -- writing -------------------------------------------------------------------------------
+    def _cannot_write(self, exc: OSError) -> StoreError:
+        fix = _FIXES.get(exc.errno or 0, "check that it is a writable directory")
+        return StoreError(
+            f"cannot write to the {self.kind} store at {self.root}: {exc.strerror or exc}; {fix}"
+            " (nothing was stored)"
+        )
+
+    def _write_error(self, exc: OSError) -> StoreError | None:
+        """Return the StoreError for a write into the store that failed (disk full, read-only), else None."""
+        inside = exc.filename is None or str(exc.filename).startswith(f"{self.root}{os.sep}")
+        return self._cannot_write(exc) if exc.errno in _FIXES and inside else None
+
     def tmp_root(self) -> Path:
         """Return the store's scratch directory (on its file system), first removing what dead processes left.
 
@@ -381,7 +403,10 @@ class Store:
         nothing behind for longer than the next command's start.
         """
         tmp = self.root / ".tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # read-only, or a file where the directory goes
+            raise self._cannot_write(exc) from exc
         # Leftovers of killed processes: remove those whose owner is gone.
         for p in tmp.iterdir():
             parts = p.name.split("-")
@@ -393,9 +418,18 @@ class Store:
     def staging(self) -> Iterator[Path]:
         """Yield an empty directory on the store's file system; it is removed unless committed."""
         d = self.tmp_root() / f"stage-{os.getpid()}-{secrets.token_hex(6)}"
-        d.mkdir()
+        try:
+            d.mkdir()
+        except OSError as exc:
+            raise self._cannot_write(exc) from exc
         try:
             yield d
+        except OSError as exc:
+            # A disk that fills up (or turns read-only) while an entry is written: say so, not a traceback.
+            error = self._write_error(exc)
+            if error is None:
+                raise
+            raise error from exc
         finally:
             if d.exists():
                 shutil.rmtree(d, ignore_errors=True)
@@ -546,6 +580,7 @@ class Store:
                     members = tar.getmembers()
                     for m in members:
                         _check_member(archive, m)
+                    self._check_room(archive, members, staged)
                     for m in members:
                         target = staged / m.name
                         if m.isdir():
@@ -558,10 +593,17 @@ class Store:
                             shutil.copyfileobj(src, out)
                         if m.mode & 0o111:
                             target.chmod(0o755)
-            except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
+            except OSError as exc:
+                error = self._write_error(exc)
+                if error is not None:
+                    raise error from exc
                 raise BadInput(f"{archive}: not a readable .tar.gz archive ({exc})") from exc
-            if not (staged / self.meta_file).is_file():
-                raise BadInput(f"{archive}: not a bundler {self.kind} archive ({self.meta_file} is missing)")
+            except (tarfile.TarError, EOFError, zlib.error) as exc:
+                what = "zlib error: " if isinstance(exc, zlib.error) else ""
+                raise BadInput(f"{archive}: not a readable .tar.gz archive ({what}{exc})") from exc
+            for required in (self.meta_file, MANIFEST):
+                if not (staged / required).is_file():
+                    raise BadInput(f"{archive}: not a bundler {self.kind} archive ({required} is missing)")
             problems = verify_manifest(staged)
             if problems:
                 raise StoreError(f"{archive}: fails its sha256 manifest check: " + "; ".join(problems))
@@ -580,6 +622,17 @@ class Store:
             _, created = self.commit(staged, tag, exist_ok=True, replace=damaged)
             return tag, created
 
+    def _check_room(self, archive: Path, members: builtins.list[tarfile.TarInfo], staged: Path) -> None:
+        """Refuse an archive whose files (as its headers declare) do not fit the store's free space."""
+        # Before writing a byte: a gzip bomb (a few MB unpacking to many GB) would fill the disk first.
+        need = sum(m.size for m in members if m.isfile())
+        free = shutil.disk_usage(staged).free
+        if need > free:
+            raise StoreError(
+                f"{archive}: unpacks to {_size(need)}, more than the {_size(free)} free in {self.root};"
+                " free some space there, or point BUNDLER_HOME at a disk with room (nothing was stored)"
+            )
+
     def _archive_tag(self, archive: Path, info: dict) -> Tag:
         name, version = info.get("name"), info.get("version")
         where = f"{archive}: {self.meta_file}"
@@ -593,6 +646,16 @@ class Store:
         except InvalidTag as exc:
             raise BadInput(f"{where} has no valid name and version ({exc})") from exc
         return tag
+
+
+def _size(n: int) -> str:
+    """Return a byte count for people: ``3.0 MB``."""
+    size, unit = float(n), "bytes"
+    for bigger in ("kB", "MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, bigger
+    return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
 
 
 def _check_member(archive: Path, m: tarfile.TarInfo) -> None:
