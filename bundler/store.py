@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import glob
 import gzip
 import hashlib
 import os
@@ -531,6 +532,7 @@ class Store:
         mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
         # Streamed to a temporary file beside the destination, renamed into place when complete.
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        _remove_dead_parts(dest)
         try:
             with open(tmp, "wb") as out:
                 with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=mtime) as gz:
@@ -646,6 +648,15 @@ class Store:
         except InvalidTag as exc:
             raise BadInput(f"{where} has no valid name and version ({exc})") from exc
         return tag
+
+
+def _remove_dead_parts(dest: Path) -> None:
+    """Remove the ``.<archive>.<pid>.part`` files that exports killed mid-way (kill -9) left beside dest."""
+    with contextlib.suppress(OSError):
+        for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+            pid = part.name[len(dest.name) + 2 : -len(".part")]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                part.unlink(missing_ok=True)
 
 
 def _size(n: int) -> str:

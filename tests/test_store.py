@@ -507,3 +507,19 @@ def test_a_store_whose_scratch_directory_cannot_be_made_is_a_clear_error(tmp_pat
     (store.root / ".tmp").write_text("not a directory")
     with pytest.raises(StoreError, match=rf"cannot write to the bundle store at {store.root}: "):
         _add(store, "svc", "v1")
+
+
+def test_export_removes_the_parts_that_killed_exports_left_beside_the_archive(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    store = _store(tmp_path)
+    _add(store, "svc", "v1")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = tmp_path / f".svc-v1.tar.gz.{int(gone.stdout)}.part"  # an export killed mid-way (kill -9)
+    alive = tmp_path / ".svc-v1.tar.gz.1.part"  # pid 1 is running: an export in progress
+    other = tmp_path / f".other.tar.gz.{int(gone.stdout)}.part"  # another archive's: not this one's to remove
+    for part in (dead, alive, other):
+        part.write_bytes(b"half an archive")
+    assert store.export("svc:v1", tmp_path) == tmp_path / "svc-v1.tar.gz"
+    assert not dead.exists() and alive.exists() and other.exists()
