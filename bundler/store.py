@@ -416,9 +416,9 @@ class Store:
         return tmp
 
     @contextlib.contextmanager
-    def staging(self) -> Iterator[Path]:
+    def staging(self, what: str = "stage") -> Iterator[Path]:
         """Yield an empty directory on the store's file system; it is removed unless committed."""
-        d = self.tmp_root() / f"stage-{os.getpid()}-{secrets.token_hex(6)}"
+        d = self.tmp_root() / f"{what}-{os.getpid()}-{secrets.token_hex(6)}"
         try:
             d.mkdir()
         except OSError as exc:
