@@ -450,7 +450,8 @@ class Store:
         write_manifest(staged)
         final = self.root / tag.name / tag.version
         if replace:
-            self._discard(final)
+            with contextlib.suppress(FileNotFoundError):  # a concurrent import or build removed it first
+                self._discard(final)
         created = self._move_into_place(staged, final, tag, exist_ok)
         self._drop_pointer(tag.name)
         return final, created

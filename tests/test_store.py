@@ -523,3 +523,22 @@ def test_export_removes_the_parts_that_killed_exports_left_beside_the_archive(tm
         part.write_bytes(b"half an archive")
     assert store.export("svc:v1", tmp_path) == tmp_path / "svc-v1.tar.gz"
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_an_import_replacing_a_damaged_copy_that_another_one_removed_first_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path)
+    path = _add(store, "svc", "v1", body="original")
+    archive = store.export("svc:v1", tmp_path / "svc.tar.gz")
+    (path / "src/a.py").write_text("damaged")
+    other = _store(tmp_path)  # another process importing the same archive: it removed the damaged copy
+    real_discard = Store._discard
+
+    def discard_after_the_other_one(self: Store, entry: Path) -> None:
+        real_discard(other, entry)
+        real_discard(self, entry)
+
+    monkeypatch.setattr(Store, "_discard", discard_after_the_other_one)
+    assert store.import_(archive) == (Tag("svc", "v1"), True)
+    assert verify_manifest(path) == [] and (path / "src/a.py").read_text() == "original"
