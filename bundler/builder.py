@@ -15,9 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -425,15 +424,6 @@ def write_bundle(cfg: Any, plan: Plan, say: Say, *, replace: bool = False) -> tu
         return store.commit(staged, tag, exist_ok=True, replace=replace)
 
 
-@contextlib.contextmanager
-def _scratch() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix=f"wheels-{os.getpid()}-", dir=bundle_store().tmp_root()))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def build(
     bentofile: str | Path = ".",
     *,
@@ -452,7 +442,7 @@ def build(
         raise BadInput(f"--platform {platform!r} is not supported (choose linux/amd64 or linux/arm64)")
     want_offline = cfg.python.offline if offline is None else offline
     store = bundle_store()
-    with _scratch() as wheels:
+    with store.staging("wheels") as wheels:  # removed after the build (never committed)
         plan = plan_bundle(
             cfg, platform=platform, resolver=resolver, offline=want_offline, wheels_dir=wheels, say=say
         )

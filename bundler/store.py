@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
+import glob
 import gzip
 import hashlib
 import os
@@ -25,6 +27,7 @@ import stat
 import tarfile
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -54,6 +57,16 @@ NAME_RE = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
 MANIFEST = "manifest.sha256"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _CHUNK = 1 << 20
+# How many times a scan of one name is taken again when entries went away under it (concurrent deletes).
+_SCANS = 5
+# Failed writes that are the store's (its disk), not the input's: they get StoreError and how to fix it.
+_FIXES = {
+    errno.ENOSPC: "free some space there, or point BUNDLER_HOME at a disk with room",
+    errno.EDQUOT: "free some space there, or point BUNDLER_HOME at a disk with room",
+    errno.EROFS: "make it writable, or point BUNDLER_HOME at a writable directory",
+    errno.EACCES: "make it writable, or point BUNDLER_HOME at a writable directory",
+    errno.EPERM: "make it writable, or point BUNDLER_HOME at a writable directory",
+}
 
 
 def home() -> Path:
@@ -249,12 +262,20 @@ class Store:
         self.meta_file = meta_file
 
     # -- reading -------------------------------------------------------------------------------
-    def _versions(self, name: str) -> list[Path]:
+    def _versions(self, name: str) -> tuple[list[Path], bool]:
+        """Return the entry directories of one name, and whether one that was listed went away meanwhile."""
         try:
             children = builtins.list((self.root / name).iterdir())
         except (FileNotFoundError, NotADirectoryError):
-            return []  # no such name, or its last entry was deleted meanwhile
-        return [p for p in children if NAME_RE.match(p.name) and (p / self.meta_file).is_file()]
+            return [], False  # no such name, or its last entry was deleted meanwhile
+        found, vanished = [], False
+        for p in children:
+            if NAME_RE.match(p.name):
+                if (p / self.meta_file).is_file():
+                    found.append(p)
+                elif not p.exists():
+                    vanished = True
+        return found, vanished
 
     def _read_info(self, path: Path) -> dict:
         """Return an entry's metadata; FileNotFoundError when it is gone, _Unreadable when it is damaged."""
@@ -287,20 +308,28 @@ class Store:
         "Newest" is described in the module docstring; a damaged entry has no readable creation time, so it
         takes no part in it (and ``latest`` never resolves to it).
         """
-        keyed = []
-        damaged = []
-        for p in self._versions(name):
-            tag = Tag(name, p.name)
-            try:
-                info = self._read_info(p)
-                stored = p.stat().st_mtime_ns
-            except FileNotFoundError:
-                continue  # deleted meanwhile by another process
-            except _Unreadable as exc:
-                damaged.append(self._damaged(tag, str(exc)))
-                continue
-            key = (_when(info.get("creation_time")), stored, p.name)
-            keyed.append((key, Entry(tag, p, info)))
+        # A directory listing taken while another process stores one entry and deletes another may hold
+        # neither (the new one not yet listed, the old one gone before it is read): `latest` would be "not
+        # found" while an entry is stored at every moment. An entry that went away is the sign: scan again.
+        for _ in range(_SCANS):
+            keyed = []
+            damaged = []
+            paths, vanished = self._versions(name)
+            for p in paths:
+                tag = Tag(name, p.name)
+                try:
+                    info = self._read_info(p)
+                    stored = p.stat().st_mtime_ns
+                except FileNotFoundError:
+                    vanished = True  # deleted meanwhile by another process
+                    continue
+                except _Unreadable as exc:
+                    damaged.append(self._damaged(tag, str(exc)))
+                    continue
+                key = (_when(info.get("creation_time")), stored, p.name)
+                keyed.append((key, Entry(tag, p, info)))
+            if not vanished:
+                break
         keyed.sort(key=lambda pair: pair[0], reverse=True)
         return [entry for _, entry in keyed], sorted(damaged)
 
@@ -368,6 +397,18 @@ class Store:
         return verify_manifest(self.path(tag))
 
     # -- writing -------------------------------------------------------------------------------
+    def _cannot_write(self, exc: OSError) -> StoreError:
+        fix = _FIXES.get(exc.errno or 0, "check that it is a writable directory")
+        return StoreError(
+            f"cannot write to the {self.kind} store at {self.root}: {exc.strerror or exc}; {fix}"
+            " (nothing was stored)"
+        )
+
+    def _write_error(self, exc: OSError) -> StoreError | None:
+        """Return the StoreError for a write into the store that failed (disk full, read-only), else None."""
+        inside = exc.filename is None or str(exc.filename).startswith(f"{self.root}{os.sep}")
+        return self._cannot_write(exc) if exc.errno in _FIXES and inside else None
+
     def tmp_root(self) -> Path:
         """Return the store's scratch directory (on its file system), first removing what dead processes left.
 
@@ -377,11 +418,8 @@ class Store:
         tmp = self.root / ".tmp"
         try:
             tmp.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot write to the {self.kind} store {self.root}: {exc.strerror or exc};"
-                " check BUNDLER_HOME and its permissions"
-            ) from exc
+        except OSError as exc:  # read-only, or a file where the directory goes
+            raise self._cannot_write(exc) from exc
         # Leftovers of killed processes: remove those whose owner is gone.
         for p in tmp.iterdir():
             parts = p.name.split("-")
@@ -390,12 +428,21 @@ class Store:
         return tmp
 
     @contextlib.contextmanager
-    def staging(self) -> Iterator[Path]:
+    def staging(self, what: str = "stage") -> Iterator[Path]:
         """Yield an empty directory on the store's file system; it is removed unless committed."""
-        d = self.tmp_root() / f"stage-{os.getpid()}-{secrets.token_hex(6)}"
-        d.mkdir()
+        d = self.tmp_root() / f"{what}-{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            d.mkdir()
+        except OSError as exc:
+            raise self._cannot_write(exc) from exc
         try:
             yield d
+        except OSError as exc:
+            # A disk that fills up (or turns read-only) while an entry is written: say so, not a traceback.
+            error = self._write_error(exc)
+            if error is None:
+                raise
+            raise error from exc
         finally:
             if d.exists():
                 shutil.rmtree(d, ignore_errors=True)
@@ -415,7 +462,8 @@ class Store:
         write_manifest(staged)
         final = self.root / tag.name / tag.version
         if replace:
-            self._discard(final)
+            with contextlib.suppress(FileNotFoundError):  # a concurrent import or build removed it first
+                self._discard(final)
         created = self._move_into_place(staged, final, tag, exist_ok)
         self._drop_pointer(tag.name)
         return final, created
@@ -497,6 +545,7 @@ class Store:
         mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
         # Streamed to a temporary file beside the destination, renamed into place when complete.
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        _remove_dead_parts(dest)
         try:
             with open(tmp, "wb") as out:
                 with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=mtime) as gz:
@@ -546,6 +595,7 @@ class Store:
                     members = tar.getmembers()
                     for m in members:
                         _check_member(archive, m)
+                    self._check_room(archive, members, staged)
                     for m in members:
                         target = staged / m.name
                         if m.isdir():
@@ -558,10 +608,17 @@ class Store:
                             shutil.copyfileobj(src, out)
                         if m.mode & 0o111:
                             target.chmod(0o755)
-            except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
+            except OSError as exc:
+                error = self._write_error(exc)
+                if error is not None:
+                    raise error from exc
                 raise BadInput(f"{archive}: not a readable .tar.gz archive ({exc})") from exc
-            if not (staged / self.meta_file).is_file():
-                raise BadInput(f"{archive}: not a bundler {self.kind} archive ({self.meta_file} is missing)")
+            except (tarfile.TarError, EOFError, zlib.error) as exc:
+                what = "zlib error: " if isinstance(exc, zlib.error) else ""
+                raise BadInput(f"{archive}: not a readable .tar.gz archive ({what}{exc})") from exc
+            for required in (self.meta_file, MANIFEST):
+                if not (staged / required).is_file():
+                    raise BadInput(f"{archive}: not a bundler {self.kind} archive ({required} is missing)")
             problems = verify_manifest(staged)
             if problems:
                 raise StoreError(f"{archive}: fails its sha256 manifest check: " + "; ".join(problems))
@@ -580,6 +637,17 @@ class Store:
             _, created = self.commit(staged, tag, exist_ok=True, replace=damaged)
             return tag, created
 
+    def _check_room(self, archive: Path, members: builtins.list[tarfile.TarInfo], staged: Path) -> None:
+        """Refuse an archive whose files (as its headers declare) do not fit the store's free space."""
+        # Before writing a byte: a gzip bomb (a few MB unpacking to many GB) would fill the disk first.
+        need = sum(m.size for m in members if m.isfile())
+        free = shutil.disk_usage(staged).free
+        if need > free:
+            raise StoreError(
+                f"{archive}: unpacks to {_size(need)}, more than the {_size(free)} free in {self.root};"
+                " free some space there, or point BUNDLER_HOME at a disk with room (nothing was stored)"
+            )
+
     def _archive_tag(self, archive: Path, info: dict) -> Tag:
         name, version = info.get("name"), info.get("version")
         where = f"{archive}: {self.meta_file}"
@@ -593,6 +661,25 @@ class Store:
         except InvalidTag as exc:
             raise BadInput(f"{where} has no valid name and version ({exc})") from exc
         return tag
+
+
+def _remove_dead_parts(dest: Path) -> None:
+    """Remove the ``.<archive>.<pid>.part`` files that exports killed mid-way (kill -9) left beside dest."""
+    with contextlib.suppress(OSError):
+        for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+            pid = part.name[len(dest.name) + 2 : -len(".part")]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                part.unlink(missing_ok=True)
+
+
+def _size(n: int) -> str:
+    """Return a byte count for people: ``3.0 MB``."""
+    size, unit = float(n), "bytes"
+    for bigger in ("kB", "MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, bigger
+    return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
 
 
 def _check_member(archive: Path, m: tarfile.TarInfo) -> None:

@@ -439,3 +439,22 @@ def test_relative_find_links_are_relative_to_the_build_file(
     result = build(quickstart)
     lock_text = (result.path / "env/python/requirements.lock.txt").read_text()
     assert "localpkg==2.0.0" in lock_text
+
+
+def test_a_read_only_bundle_store_is_a_clear_error(quickstart: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from bundler.exceptions import StoreError
+
+    store = bundle_store()
+    store.tmp_root()  # it exists (an earlier build made it); then the disk turns read-only
+    real_mkdir = os.mkdir
+
+    def mkdir(path: str | os.PathLike[str], *args: object, **kwargs: object) -> None:
+        if Path(path).parent == store.root / ".tmp":
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(StoreError, match=rf"cannot write to the bundle store at {store.root}: Read-only"):
+        build(quickstart)

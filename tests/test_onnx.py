@@ -670,3 +670,19 @@ def test_batch_dim_as_bentomls_input_output_pair() -> None:
         )
     with pytest.raises(ModelError, match=r"batch_dim'\] must be an int >= 0 or a pair of them"):
         bundler.onnx.save_model("mlp", make_mlp(), signatures={"run": {"batch_dim": (0, 0, 0)}})
+
+
+def test_save_into_a_full_store_is_a_store_error_and_stores_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from bundler.exceptions import StoreError
+
+    def save_model(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", save_model)
+    with pytest.raises(
+        StoreError, match=r"cannot write to the model store at .*: No space left on device; free"
+    ):
+        bundler.onnx.save_model("full", make_mlp())
+    assert bundler.models.list() == []

@@ -417,3 +417,128 @@ def test_cli_import_names_what_is_wrong_with_the_path(
     assert r.exit_code == 2, r.output
     assert message.format(dir=tmp_path) in r.stderr
     assert list(tmp_path.iterdir()) == []  # an empty export path wrote nothing into the working directory
+
+
+def test_latest_is_found_while_another_process_stores_one_and_deletes_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path)
+    other = _store(tmp_path)  # another process: it stores v2, then deletes v1, while this one lists svc/
+    _add(store, "svc", "v1")
+    real_iterdir = Path.iterdir
+    race = {"old": "", "new": ""}
+
+    def iterdir(self: Path) -> object:
+        children = list(real_iterdir(self))  # the listing is taken before the new entry is there ...
+        if self == store.root / "svc" and race["new"]:
+            _add(other, "svc", race["new"], created="2026-01-02T00:00:00Z")
+            other.delete(f"svc:{race['old']}")  # ... and the old one is gone before it is read
+            race["new"] = ""
+        return iter(children)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    race.update(old="v1", new="v2")
+    assert store.resolve("svc") == Tag("svc", "v2")
+    race.update(old="v2", new="v3")
+    assert [e.tag for e in store.list("svc")] == [Tag("svc", "v3")]
+
+
+def test_import_of_an_archive_with_corrupted_compressed_data_is_refused_with_a_message(
+    tmp_path: Path,
+) -> None:
+    from bundler.exceptions import BundlerError
+
+    store = _store(tmp_path)
+    _add(store, "svc", "v1", body="".join(f"line {i}: {i * i}\n" for i in range(20000)))
+    data = store.export("svc:v1", tmp_path / "svc.tar.gz").read_bytes()
+    other = Store(tmp_path / "other", "bundle", "bundle.yaml")
+    for offset in range(200, len(data) - 100, 997):  # some land on deflate block headers: zlib.error
+        corrupted = bytearray(data)
+        corrupted[offset : offset + 16] = bytes(b ^ 0x5A for b in corrupted[offset : offset + 16])
+        archive = tmp_path / "corrupted.tar.gz"
+        archive.write_bytes(bytes(corrupted))
+        with pytest.raises(BundlerError, match=r"corrupted\.tar\.gz: ") as caught:
+            other.import_(archive)
+        assert ".tmp/stage-" not in str(caught.value)  # the archive is named, not the scratch directory
+    assert other.list() == [] and list((other.root / ".tmp").iterdir()) == []
+
+
+def test_import_bigger_than_the_free_space_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    store = _store(tmp_path)
+    _add(store, "svc", "v1", body="x" * 3_000_000)  # a gzip bomb in small: 3 MB from 3 kB
+    archive = store.export("svc:v1", tmp_path / "svc.tar.gz")
+    other = Store(tmp_path / "other", "bundle", "bundle.yaml")
+    written: list[object] = []
+    free = shutil.disk_usage(tmp_path)._replace(free=1_000_000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+    monkeypatch.setattr(shutil, "copyfileobj", lambda *args, **kwargs: written.append(args))
+    with pytest.raises(StoreError, match=r"svc\.tar\.gz: unpacks to 3\.0 MB, more than the 1\.0 MB free in"):
+        other.import_(archive)
+    assert written == [] and other.list() == []
+
+
+@pytest.mark.parametrize("errno_, reason", [(28, "No space left on device"), (30, "Read-only file system")])
+def test_import_into_a_full_or_read_only_store_blames_the_store_not_the_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, errno_: int, reason: str
+) -> None:
+    import shutil
+
+    store = _store(tmp_path)
+    _add(store, "svc", "v1")
+    archive = store.export("svc:v1", tmp_path / "svc.tar.gz")
+    other = Store(tmp_path / "other", "bundle", "bundle.yaml")
+
+    def copyfileobj(*args: object, **kwargs: object) -> None:
+        raise OSError(errno_, reason)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copyfileobj)
+    with pytest.raises(StoreError, match=rf"cannot write to the bundle store at {other.root}: {reason}; "):
+        other.import_(archive)
+    assert other.list() == [] and list((other.root / ".tmp").iterdir()) == []
+
+
+def test_a_store_whose_scratch_directory_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.root.mkdir(parents=True)
+    (store.root / ".tmp").write_text("not a directory")
+    with pytest.raises(StoreError, match=rf"cannot write to the bundle store at {store.root}: "):
+        _add(store, "svc", "v1")
+
+
+def test_export_removes_the_parts_that_killed_exports_left_beside_the_archive(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    store = _store(tmp_path)
+    _add(store, "svc", "v1")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = tmp_path / f".svc-v1.tar.gz.{int(gone.stdout)}.part"  # an export killed mid-way (kill -9)
+    alive = tmp_path / ".svc-v1.tar.gz.1.part"  # pid 1 is running: an export in progress
+    other = tmp_path / f".other.tar.gz.{int(gone.stdout)}.part"  # another archive's: not this one's to remove
+    for part in (dead, alive, other):
+        part.write_bytes(b"half an archive")
+    assert store.export("svc:v1", tmp_path) == tmp_path / "svc-v1.tar.gz"
+    assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_an_import_replacing_a_damaged_copy_that_another_one_removed_first_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path)
+    path = _add(store, "svc", "v1", body="original")
+    archive = store.export("svc:v1", tmp_path / "svc.tar.gz")
+    (path / "src/a.py").write_text("damaged")
+    other = _store(tmp_path)  # another process importing the same archive: it removed the damaged copy
+    real_discard = Store._discard
+
+    def discard_after_the_other_one(self: Store, entry: Path) -> None:
+        real_discard(other, entry)
+        real_discard(self, entry)
+
+    monkeypatch.setattr(Store, "_discard", discard_after_the_other_one)
+    assert store.import_(archive) == (Tag("svc", "v1"), True)
+    assert verify_manifest(path) == [] and (path / "src/a.py").read_text() == "original"
