@@ -69,7 +69,8 @@ def test_a_store_that_cannot_be_written_is_an_error_not_a_traceback(bundler_home
         cli.main, ["build", str(Path(__file__).resolve().parent.parent / "examples/quickstart")]
     )
     assert r.exit_code == 1, r.output
-    assert f"error: cannot write to the bundle store {bundler_home / 'bundles'}: Not a directory" in r.stderr
+    where = bundler_home / "bundles"
+    assert f"error: cannot write to the bundle store at {where}: Not a directory" in r.stderr
 
 
 def _tags(home: Path, kind: str) -> list[str]:
