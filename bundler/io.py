@@ -611,18 +611,7 @@ class JSON(IODescriptor):
         return {"$ref": f"#/components/schemas/{name}"}
 
     def openapi_components(self) -> dict[str, Any]:
-        if self.pydantic_model is None:
-            return {}
-        schema = self.pydantic_model.model_json_schema(  # type: ignore[attr-defined]
-            ref_template="#/components/schemas/{model}"
-        )
-        name = _component_name(self.pydantic_model)
-        out = {key: _openapi30(s) for key, s in schema.pop("$defs", {}).items()}
-        if schema != {"$ref": f"#/components/schemas/{name}"}:
-            # A recursive model's schema is only that $ref, its body being in $defs under its own name:
-            # written over that body, the component would refer to itself and nothing else.
-            out[name] = _openapi30(schema)
-        return out
+        return pydantic_components([self])
 
     def __repr__(self) -> str:
         name = self.pydantic_model.__name__ if self.pydantic_model else None
