@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 import random
+import re
 import sys
 import threading
 import time
@@ -29,6 +30,21 @@ from bundler.runner.config import DEFAULTS, BatchingConfig, env_names, resolve_b
 def test_defaults_without_env_or_file() -> None:
     assert resolve_batching("mlp", environ={}) == DEFAULTS
     assert DEFAULTS.max_batch_size >= 1 and DEFAULTS.max_queue >= DEFAULTS.max_batch_size
+
+
+def test_docs_quote_the_defaults() -> None:
+    """docs/batching.md's table and docs/kubernetes.md's batching paragraph give the code's defaults."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    table = dict(re.findall(r"^\| `(\w+)` \| (\d+)", (docs / "batching.md").read_text(), re.M))
+    assert {k: int(v) for k, v in table.items()} == {
+        f: getattr(DEFAULTS, f)
+        for f in ("max_batch_size", "max_latency_ms", "max_queue", "max_concurrency", "batch_dim")
+    }
+    k8s = " ".join((docs / "kubernetes.md").read_text().split())
+    quoted = re.findall(r"`(max_\w+)`(?: rows(?: waiting)?)?,? \(?default (\d+)", k8s)
+    assert {k for k, _ in quoted} == {"max_batch_size", "max_concurrency", "max_queue"}
+    for key, value in quoted:
+        assert int(value) == getattr(DEFAULTS, key), key
 
 
 def test_env_names_scope_the_runner_name() -> None:
