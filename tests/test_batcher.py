@@ -120,6 +120,12 @@ def test_bad_env_values_name_the_variable(env: dict[str, str], message: str) -> 
             r"runners.m.batching.max_queue: 0 is not an integer >= 1",
         ),
         ("runners:\n  m:\n    batching: {max_batch_size: true}\n", r"max_batch_size: True is not an integer"),
+        (
+            # docs/batching.md: the batch axis comes from the model's signature, not from config.
+            "runners:\n  m:\n    batching: {batch_dim: 1}\n",
+            r"runners.m.batching.batch_dim: the batch axis is the model's, not a setting; save the model with"
+            r" signatures=\{'run': \{'batchable': True, 'batch_dim': 1\}\} and remove this key",
+        ),
         ("runners: [1]\n", "runners: expected a mapping"),
         ("runners:\n  m: 3\n", r"runners.m: expected a mapping with a 'batching' key"),
         ("- a\n", "expected a mapping at the top"),
