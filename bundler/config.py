@@ -635,11 +635,37 @@ def _setting_path(key: str, data: dict[str, Any]) -> Path_:
     return (section, name, sub) if sub else (section, name)
 
 
-def _docker_problems(data: dict[str, Any], where: _Located, file: str, context: Path) -> list[Problem]:
-    """Settings the schema takes (real-world files use them) but the image cannot: Python 3.8, Alpine, ..."""
+def _well_typed(data: dict[str, Any], schema: list[Problem]) -> dict[str, Any]:
+    """Return data's docker keys, envs and labels without the entries that have schema problems."""
+    flagged = [p.key_path for p in schema]
+
+    def clean(path: str) -> bool:
+        return not any(k == path or k.startswith((f"{path}.", f"{path}[")) for k in flagged)
+
+    docker, envs, labels = data.get("docker"), data.get("envs"), data.get("labels")
+    return {
+        "docker": {k: v for k, v in docker.items() if clean(f"docker.{k}")}
+        if isinstance(docker, dict) and "docker" not in flagged
+        else {},
+        "envs": [e for i, e in enumerate(envs) if clean(f"envs[{i}]")]
+        if isinstance(envs, list) and "envs" not in flagged
+        else [],
+        "labels": {k: v for k, v in labels.items() if clean(f"labels.{k}")}
+        if isinstance(labels, dict) and "labels" not in flagged
+        else {},
+    }
+
+
+def _docker_problems(
+    checked: dict[str, Any], data: dict[str, Any], where: _Located, file: str, context: Path
+) -> list[Problem]:
+    """Settings the schema takes (real-world files use them) but the image cannot: Python 3.8, Alpine, ...
+
+    ``checked`` holds the settings to check (:func:`_well_typed`), ``data`` the whole file, to locate them.
+    """
     from .dockerfile import settings_problems
 
-    docker = data.get("docker") or {}
+    docker = checked["docker"]
     try:
         env = _docker_env(docker.get("env"), context)
     except (OSError, UnicodeDecodeError):
@@ -647,8 +673,8 @@ def _docker_problems(data: dict[str, Any], where: _Located, file: str, context: 
     facts = {
         # The build's default: the Python that runs bundler.
         "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "envs": {e["name"]: _text(e.get("value")) for e in data.get("envs") or []},
-        "labels": {str(k): _text(v) for k, v in (data.get("labels") or {}).items()},
+        "envs": {e["name"]: _text(e.get("value")) for e in checked["envs"]},
+        "labels": {str(k): _text(v) for k, v in checked["labels"].items()},
     }
     out = []
     for key, message in settings_problems({**docker, "env": env}, facts):
@@ -696,8 +722,9 @@ def _check(path: Path, schema_only: bool) -> tuple[Any, list[Problem]]:
     problems += schema + _requirement_problems(data, where, file)
     if not schema_only:
         problems += _context_problems(data, where, file, path.parent)
-        if not schema:  # the settings have the types the schema promises
-            problems += _docker_problems(data, where, file, path.parent)
+        # Only the settings with the types the schema promises; the others are reported already, and
+        # one of them must not hide a refused setting elsewhere (every problem at once).
+        problems += _docker_problems(_well_typed(data, schema), data, where, file, path.parent)
     return data, sorted(set(problems))
 
 

@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 import random
+import re
 import sys
 import threading
 import time
@@ -29,6 +30,21 @@ from bundler.runner.config import DEFAULTS, BatchingConfig, env_names, resolve_b
 def test_defaults_without_env_or_file() -> None:
     assert resolve_batching("mlp", environ={}) == DEFAULTS
     assert DEFAULTS.max_batch_size >= 1 and DEFAULTS.max_queue >= DEFAULTS.max_batch_size
+
+
+def test_docs_quote_the_defaults() -> None:
+    """docs/batching.md's table and docs/kubernetes.md's batching paragraph give the code's defaults."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    table = dict(re.findall(r"^\| `(\w+)` \| (\d+)", (docs / "batching.md").read_text(), re.M))
+    assert {k: int(v) for k, v in table.items()} == {
+        f: getattr(DEFAULTS, f)
+        for f in ("max_batch_size", "max_latency_ms", "max_queue", "max_concurrency", "batch_dim")
+    }
+    k8s = " ".join((docs / "kubernetes.md").read_text().split())
+    quoted = re.findall(r"`(max_\w+)`(?: rows(?: waiting)?)?,? \(?default (\d+)", k8s)
+    assert {k for k, _ in quoted} == {"max_batch_size", "max_concurrency", "max_queue"}
+    for key, value in quoted:
+        assert int(value) == getattr(DEFAULTS, key), key
 
 
 def test_env_names_scope_the_runner_name() -> None:
@@ -104,6 +120,12 @@ def test_bad_env_values_name_the_variable(env: dict[str, str], message: str) -> 
             r"runners.m.batching.max_queue: 0 is not an integer >= 1",
         ),
         ("runners:\n  m:\n    batching: {max_batch_size: true}\n", r"max_batch_size: True is not an integer"),
+        (
+            # docs/batching.md: the batch axis comes from the model's signature, not from config.
+            "runners:\n  m:\n    batching: {batch_dim: 1}\n",
+            r"runners.m.batching.batch_dim: the batch axis is the model's, not a setting; save the model with"
+            r" signatures=\{'run': \{'batchable': True, 'batch_dim': 1\}\} and remove this key",
+        ),
         ("runners: [1]\n", "runners: expected a mapping"),
         ("runners:\n  m: 3\n", r"runners.m: expected a mapping with a 'batching' key"),
         ("- a\n", "expected a mapping at the top"),

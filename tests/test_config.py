@@ -302,6 +302,36 @@ def test_docker_settings_the_build_refuses_are_problems_with_their_lines(tmp_pat
     assert validate_file(f, schema_only=True) == []
 
 
+def test_docker_settings_are_checked_beside_schema_problems_elsewhere(tmp_path: Path) -> None:
+    # "Every problem at once": a schema problem in one key does not hide the settings the build refuses.
+    f = project(
+        tmp_path,
+        'service: "service:svc"\n'
+        "docker:\n"
+        '  python_version: "3.7"\n'
+        "  distroo: debian\n"
+        "  system_packages: 3\n"
+        "python:\n"
+        "  packages: 3\n"
+        "labels:\n"
+        '  ok: "two\\nlines"\n',
+    )
+    problems = validate_file(f)
+    assert [(p.line, p.key_path) for p in problems] == [
+        (3, "docker.python_version"),
+        (4, "docker.distroo"),
+        (5, "docker.system_packages"),
+        (7, "python.packages"),
+        (9, "labels.ok"),
+    ], messages(problems)
+    assert "'3.7' is not supported (choose 3.10" in problems[0].message
+    f.write_text('service: "service:svc"\nenvs:\n  - name: 3\n  - name: A\n    value: "x\\ny"\n')
+    problems = validate_file(f)
+    assert [(p.line, p.key_path) for p in problems] == [(3, "envs[0].name"), (5, "envs.A")], messages(
+        problems
+    )
+
+
 GOOD_REQUIREMENTS = [
     "numpy",
     "numpy>=1.24,<2",

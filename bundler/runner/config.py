@@ -12,7 +12,8 @@ character outside ``A-Z0-9`` turned into ``_``)::
     BUNDLER_RUNNER_<NAME>_BATCHING          BUNDLER_BATCHING        (true/false: batching enabled)
 
 The config file is the YAML file named by ``$BUNDLER_CONFIG``, in BentoML 1.x's shape: ``runners.batching``
-applies to every runner and ``runners.<name>.batching`` to one runner (it wins)::
+applies to every runner and ``runners.<name>.batching`` to one runner (it wins); ``batch_dim`` is the model's
+signature's, never a setting there::
 
     runners:
       batching: {enabled: true, max_batch_size: 32, max_latency_ms: 10000}
@@ -155,6 +156,13 @@ def _file_sections(path: Path, runner_name: str) -> list[tuple[str, dict[str, An
         for name in section:
             if name not in _FIELDS:
                 raise BadInput(_unknown_message(str(name), f"{path}: {where}"))
+            if name == "batch_dim":
+                # The batcher splits on the model's own axis; a value here would be silently ignored.
+                raise BadInput(
+                    f"{path}: {where}.batch_dim: the batch axis is the model's, not a setting; save the model"
+                    f" with signatures={{'run': {{'batchable': True, 'batch_dim': {section[name]!r}}}}}"
+                    " and remove this key"
+                )
         sections.append((f"{path}: {where}", section))
     return sections
 
