@@ -1,11 +1,11 @@
 """The examples end to end: make the model with the example's script, build, serve, call, compare.
 
-For each example under examples/ (super_resolution, image_classifier, sklearn_iris): its make_model.py runs
-in a fresh BUNDLER_HOME, `bundler build` makes the bundle, and the bundle is served in-process (a real
-uvicorn on 127.0.0.1) and in its real container (`bundler containerize`, then `docker run --network host`).
-Each answer is checked against onnxruntime run directly on the saved model with the same input,
-preprocessed here independently of the example's code. /docs.json must be a valid OpenAPI 3 document, and
-/docs must render the example's API in headless Chromium.
+For each example under examples/ (quickstart, super_resolution, image_classifier, sklearn_iris): its
+make_model.py runs in a fresh BUNDLER_HOME, `bundler build` makes the bundle, and the bundle is served
+in-process (a real uvicorn on 127.0.0.1) and in its real container (`bundler containerize`, then
+`docker run --network host`). Each answer is checked against onnxruntime run directly on the saved model
+with the same input, preprocessed here independently of the example's code. /docs.json must be a valid
+OpenAPI 3 document, and /docs must render the example's API in headless Chromium.
 
 The container tests need a running engine (run shared/tools/container-env.sh) and the docs tests Debian's
 `chromium`; both are skipped without them, and fail instead when CI=true.
@@ -42,20 +42,33 @@ pytestmark = pytest.mark.slow
 
 @dataclass(frozen=True)
 class Example:
-    """One example directory: its model's name, its API route and what its make_model.py imports."""
+    """One example directory: its model's name, its API route, what its make_model.py imports, its bundle's
+    src/ files (what bentofile.yaml's include selects), and whether it takes images (and so gets Pillow)."""
 
     name: str
     model: str
     route: str
     makers: tuple[str, ...]
+    sources: tuple[str, ...]
+    images: bool
 
 
 ALL = {
     e.name: e
     for e in (
-        Example("super_resolution", "onnx_super_resolution", "sr", ("torch",)),
-        Example("image_classifier", "onnx_color_classifier", "predict", ("torch",)),
-        Example("sklearn_iris", "iris_clf", "classify", ("sklearn", "skl2onnx")),
+        Example("quickstart", "quickstart", "predict", (), ("service.py",), images=False),
+        Example("super_resolution", "onnx_super_resolution", "sr", ("torch",), ("service.py",), images=True),
+        Example(
+            "image_classifier",
+            "onnx_color_classifier",
+            "predict",
+            ("torch",),
+            ("labels.txt", "preprocessing.py", "service.py"),
+            images=True,
+        ),
+        Example(
+            "sklearn_iris", "iris_clf", "classify", ("sklearn", "skl2onnx"), ("service.py",), images=False
+        ),
     )
 }
 
@@ -149,6 +162,22 @@ def picture(size: tuple[int, int] = (160, 120)) -> PILImage.Image:
     return PILImage.fromarray(np.stack([r, g, b], axis=-1))
 
 
+def check_quickstart(built: Built, url: str) -> None:
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+    (expected,) = session(built).run(None, {"input": np.asarray(rows, dtype=np.float32)})
+    r = httpx.post(f"{url}/predict", json=rows, timeout=60)  # the README's request, with a second row
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json(), expected, rtol=1e-6, atol=1e-7)
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(rows))  # float64 .npy: cast to the model's float32
+    r = httpx.post(f"{url}/predict", content=buf.getvalue(), headers={"content-type": "application/x-npy"})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json(), expected, rtol=1e-6, atol=1e-7)
+    bad = httpx.post(f"{url}/predict", json=[[5.1, 3.5, 1.4]], timeout=60)
+    assert bad.status_code == 400
+    assert "[batch, 4]" in bad.json()["error"]
+
+
 def check_super_resolution(built: Built, url: str) -> None:
     gray = picture().convert("L")
     # A 16-bit grayscale PNG (a scan, a microscope image) is sent as itself and must be upscaled like its
@@ -212,6 +241,7 @@ def check_sklearn_iris(built: Built, url: str) -> None:
 
 
 CHECKS: dict[str, Callable[[Built, str], None]] = {
+    "quickstart": check_quickstart,
     "super_resolution": check_super_resolution,
     "image_classifier": check_image_classifier,
     "sklearn_iris": check_sklearn_iris,
@@ -279,20 +309,30 @@ def _pins(lock: str) -> dict[str, str]:
 def test_bundle_lock_is_shared_by_every_example(name: str, examples: Callable[[str], Built]) -> None:
     """Same python.packages -> same lock -> the images share their dependency layers.
 
-    The examples that take images (and so get Pillow) share one lock; sklearn_iris, which takes arrays,
-    has the same pins without Pillow.
+    The examples that take images (and so get Pillow) share one lock, and those that take arrays
+    (quickstart, sklearn_iris) another, with the same pins without Pillow.
     """
     lock = "env/python/requirements.lock.txt"
     first = examples("super_resolution")
     built = examples(name)
+    same = first if built.example.images else examples("quickstart")
     text, first_text = (built.bundle / lock).read_text(), (first.bundle / lock).read_text()
-    if name != "sklearn_iris":
-        assert text == first_text
+    assert text == (same.bundle / lock).read_text()
     pins, first_pins = _pins(text), _pins(first_text)
-    assert first_pins == {**pins, **({"pillow": first_pins["pillow"]} if name == "sklearn_iris" else {})}
-    assert ("pillow" in pins) is (name != "sklearn_iris")
-    leaked = set(pins) & {"torch", "scikit-learn", "skl2onnx", "onnxscript"}
+    assert first_pins == {**pins, **({} if built.example.images else {"pillow": first_pins["pillow"]})}
+    assert ("pillow" in pins) is built.example.images
+    leaked = set(pins) & {"torch", "scikit-learn", "skl2onnx", "onnx", "onnxscript"}
     assert not leaked, "a model-making package leaked in"
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_bundle_sources_are_what_the_service_runs(name: str, examples: Callable[[str], Built]) -> None:
+    """bentofile.yaml's include selects the service's files, not make_model.py (which needs what the
+    image leaves out: onnx, torch, scikit-learn)."""
+    built = examples(name)
+    src = built.bundle / "src"
+    files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    assert files == sorted(built.example.sources)
 
 
 # --------------------------------------------------------------------------------------------------------
