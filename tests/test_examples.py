@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -240,6 +242,49 @@ def check_sklearn_iris(built: Built, url: str) -> None:
     assert "rows of 4 numbers" in bad.json()["error"]
 
 
+def readme_requests(name: str) -> list[tuple[str, dict[str, Any]]]:
+    """Return the README's curl commands as (route, httpx.post arguments), with picture() as the photo."""
+    text = (EXAMPLES / name / "README.md").read_text().replace("\\\n", " ")
+    requests = []
+    for line in text.splitlines():
+        if not line.startswith("curl "):
+            continue
+        args = shlex.split(line, comments=True)
+        route = next(a for a in args if a.startswith("127.0.0.1:")).split("/", 1)[1]
+        headers: dict[str, str] = {}
+        kwargs: dict[str, Any] = {}
+        for flag, value in itertools.pairwise(args):
+            if flag == "-H":
+                key, _, val = value.partition(":")
+                headers[key.strip().lower()] = val.strip()
+            elif flag in ("-d", "--data-binary"):
+                if flag == "-d":  # curl's default type for -d, which a README must override for JSON
+                    headers.setdefault("content-type", "application/x-www-form-urlencoded")
+                kwargs["content"] = photo(value[1:]) if value.startswith("@") else value.encode()
+            elif flag == "-F":
+                field, _, file = value.partition("=@")
+                kwargs["files"] = {field: (file, photo(file))}
+        requests.append((route, {**kwargs, "headers": headers}))
+    return requests
+
+
+def photo(filename: str) -> bytes:
+    """Return picture() encoded as the README's file name says (photo.png, photo.jpg)."""
+    buf = io.BytesIO()
+    picture().save(buf, format={".jpg": "JPEG"}.get(Path(filename).suffix, "PNG"))
+    return buf.getvalue()
+
+
+def check_readme(built: Built, url: str) -> None:
+    """Send the README's requests as a user pasting them would: each is answered 200."""
+    requests = readme_requests(built.example.name)
+    assert requests, "the README shows no curl call of the API"
+    for route, kwargs in requests:
+        assert route == built.example.route
+        r = httpx.post(f"{url}/{route}", timeout=60, **kwargs)
+        assert r.status_code == 200, f"README: curl .../{route} {kwargs['headers']}: {r.text}"
+
+
 CHECKS: dict[str, Callable[[Built, str], None]] = {
     "quickstart": check_quickstart,
     "super_resolution": check_super_resolution,
@@ -293,6 +338,7 @@ def test_bundle_serves_in_process_like_onnxruntime(
     assert built.info["name"] == name
     with served(built, monkeypatch) as url:
         CHECKS[name](built, url)
+        check_readme(built, url)
         doc = httpx.get(f"{url}/docs.json", timeout=10).json()
     validate(doc)  # raises on any OpenAPI 3 schema violation
     route = f"/{built.example.route}"
