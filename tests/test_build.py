@@ -47,7 +47,7 @@ def test_quickstart_bundle_layout(quickstart: Path) -> None:
     assert info["models"][0]["tag"].startswith("quickstart:")
     assert info["labels"] == {"owner": "bundler-team", "stage": "demo"}
     assert info["python"]["platform"] == "linux/amd64" and info["python"]["lock_digest"]
-    assert sorted(p.name for p in (path / "src").iterdir()) == ["make_model.py", "service.py"]
+    assert sorted(p.name for p in (path / "src").iterdir()) == ["service.py"]  # make_model.py stays out
     model_dir = path / "models" / "quickstart"
     assert len(list(model_dir.iterdir())) == 1
     lock = (path / "env/python/requirements.lock.txt").read_text()
@@ -419,7 +419,7 @@ def test_include_that_leaves_out_the_service_module_fails_the_build(quickstart: 
     from bundler.exceptions import BuildError
 
     text = (quickstart / "bentofile.yaml").read_text()
-    (quickstart / "bentofile.yaml").write_text(text.replace('  - "*.py"', '  - "make_model.py"'))
+    (quickstart / "bentofile.yaml").write_text(text.replace('  - "service.py"', '  - "make_model.py"'))
     with pytest.raises(BuildError, match=r"the service module service.py is not among the bundle's sources"):
         build(quickstart)
     assert bundle_store().list() == []

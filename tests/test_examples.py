@@ -1,11 +1,11 @@
 """The examples end to end: make the model with the example's script, build, serve, call, compare.
 
-For each example under examples/ (super_resolution, image_classifier, sklearn_iris): its make_model.py runs
-in a fresh BUNDLER_HOME, `bundler build` makes the bundle, and the bundle is served in-process (a real
-uvicorn on 127.0.0.1) and in its real container (`bundler containerize`, then `docker run --network host`).
-Each answer is checked against onnxruntime run directly on the saved model with the same input,
-preprocessed here independently of the example's code. /docs.json must be a valid OpenAPI 3 document, and
-/docs must render the example's API in headless Chromium.
+For each example under examples/ (quickstart, super_resolution, image_classifier, sklearn_iris): its
+make_model.py runs in a fresh BUNDLER_HOME, `bundler build` makes the bundle, and the bundle is served
+in-process (a real uvicorn on 127.0.0.1) and in its real container (`bundler containerize`, then
+`docker run --network host`). Each answer is checked against onnxruntime run directly on the saved model
+with the same input, preprocessed here independently of the example's code. /docs.json must be a valid
+OpenAPI 3 document, and /docs must render the example's API in headless Chromium.
 
 The container tests need a running engine (run shared/tools/container-env.sh) and the docs tests Debian's
 `chromium`; both are skipped without them, and fail instead when CI=true.
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -42,20 +44,33 @@ pytestmark = pytest.mark.slow
 
 @dataclass(frozen=True)
 class Example:
-    """One example directory: its model's name, its API route and what its make_model.py imports."""
+    """One example directory: its model's name, its API route, what its make_model.py imports, its bundle's
+    src/ files (what bentofile.yaml's include selects), and whether it takes images (and so gets Pillow)."""
 
     name: str
     model: str
     route: str
     makers: tuple[str, ...]
+    sources: tuple[str, ...]
+    images: bool
 
 
 ALL = {
     e.name: e
     for e in (
-        Example("super_resolution", "onnx_super_resolution", "sr", ("torch",)),
-        Example("image_classifier", "onnx_color_classifier", "predict", ("torch",)),
-        Example("sklearn_iris", "iris_clf", "classify", ("sklearn", "skl2onnx")),
+        Example("quickstart", "quickstart", "predict", (), ("service.py",), images=False),
+        Example("super_resolution", "onnx_super_resolution", "sr", ("torch",), ("service.py",), images=True),
+        Example(
+            "image_classifier",
+            "onnx_color_classifier",
+            "predict",
+            ("torch",),
+            ("labels.txt", "preprocessing.py", "service.py"),
+            images=True,
+        ),
+        Example(
+            "sklearn_iris", "iris_clf", "classify", ("sklearn", "skl2onnx"), ("service.py",), images=False
+        ),
     )
 }
 
@@ -149,22 +164,43 @@ def picture(size: tuple[int, int] = (160, 120)) -> PILImage.Image:
     return PILImage.fromarray(np.stack([r, g, b], axis=-1))
 
 
-def check_super_resolution(built: Built, url: str) -> None:
-    img = picture()
-    r = httpx.post(f"{url}/sr", content=png(img), headers={"content-type": "image/png"}, timeout=60)
+def check_quickstart(built: Built, url: str) -> None:
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+    (expected,) = session(built).run(None, {"input": np.asarray(rows, dtype=np.float32)})
+    r = httpx.post(f"{url}/predict", json=rows, timeout=60)  # the README's request, with a second row
     assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "image/png"
-    out = PILImage.open(io.BytesIO(r.content))
-    assert (out.format, out.mode, out.size) == ("PNG", "L", (672, 672))
-    # The guide's preprocessing: 224x224, grayscale, 0.0-1.0, [1, 1, 224, 224].
-    x = np.asarray(img.resize((224, 224)).convert("L"), dtype=np.float32)[None, None] / 255.0
-    y = session(built).run(None, {"input": x})[0]
-    expected = np.uint8(np.clip(y[0, 0], 0.0, 1.0) * 255)
-    got = np.asarray(out)
-    # float32 results may differ in the last bit between thread counts: at most one grey level.
-    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
-    assert np.mean(got == expected) > 0.999
-    assert got.std() > 5, "the upscaled image is flat: the model or the postprocessing lost the picture"
+    np.testing.assert_allclose(r.json(), expected, rtol=1e-6, atol=1e-7)
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(rows))  # float64 .npy: cast to the model's float32
+    r = httpx.post(f"{url}/predict", content=buf.getvalue(), headers={"content-type": "application/x-npy"})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json(), expected, rtol=1e-6, atol=1e-7)
+    bad = httpx.post(f"{url}/predict", json=[[5.1, 3.5, 1.4]], timeout=60)
+    assert bad.status_code == 400
+    assert "[batch, 4]" in bad.json()["error"]
+
+
+def check_super_resolution(built: Built, url: str) -> None:
+    gray = picture().convert("L")
+    # A 16-bit grayscale PNG (a scan, a microscope image) is sent as itself and must be upscaled like its
+    # 8-bit version: Pillow's own conversion to 8 bits clips at 255, which turned it into a white square.
+    wide = PILImage.fromarray(np.asarray(gray, dtype=np.uint16) * 257)
+    assert wide.mode == "I;16"
+    for img, same_as in ((picture(), picture()), (gray, gray), (wide, gray)):
+        r = httpx.post(f"{url}/sr", content=png(img), headers={"content-type": "image/png"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "image/png"
+        out = PILImage.open(io.BytesIO(r.content))
+        assert (out.format, out.mode, out.size) == ("PNG", "L", (672, 672))
+        # The guide's preprocessing: 224x224, grayscale, 0.0-1.0, [1, 1, 224, 224].
+        x = np.asarray(same_as.resize((224, 224)).convert("L"), dtype=np.float32)[None, None] / 255.0
+        y = session(built).run(None, {"input": x})[0]
+        expected = np.uint8(np.clip(y[0, 0], 0.0, 1.0) * 255)
+        got = np.asarray(out)
+        # float32 results may differ in the last bit between thread counts: at most one grey level.
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, img.mode
+        assert np.mean(got == expected) > 0.999, img.mode
+        assert got.std() > 5, "the upscaled image is flat: the model or the postprocessing lost the picture"
 
 
 def check_image_classifier(built: Built, url: str) -> None:
@@ -206,7 +242,51 @@ def check_sklearn_iris(built: Built, url: str) -> None:
     assert "rows of 4 numbers" in bad.json()["error"]
 
 
+def readme_requests(name: str) -> list[tuple[str, dict[str, Any]]]:
+    """Return the README's curl commands as (route, httpx.post arguments), with picture() as the photo."""
+    text = (EXAMPLES / name / "README.md").read_text().replace("\\\n", " ")
+    requests = []
+    for line in text.splitlines():
+        if not line.startswith("curl "):
+            continue
+        args = shlex.split(line, comments=True)
+        route = next(a for a in args if a.startswith("127.0.0.1:")).split("/", 1)[1]
+        headers: dict[str, str] = {}
+        kwargs: dict[str, Any] = {}
+        for flag, value in itertools.pairwise(args):
+            if flag == "-H":
+                key, _, val = value.partition(":")
+                headers[key.strip().lower()] = val.strip()
+            elif flag in ("-d", "--data-binary"):
+                if flag == "-d":  # curl's default type for -d, which a README must override for JSON
+                    headers.setdefault("content-type", "application/x-www-form-urlencoded")
+                kwargs["content"] = photo(value[1:]) if value.startswith("@") else value.encode()
+            elif flag == "-F":
+                field, _, file = value.partition("=@")
+                kwargs["files"] = {field: (file, photo(file))}
+        requests.append((route, {**kwargs, "headers": headers}))
+    return requests
+
+
+def photo(filename: str) -> bytes:
+    """Return picture() encoded as the README's file name says (photo.png, photo.jpg)."""
+    buf = io.BytesIO()
+    picture().save(buf, format={".jpg": "JPEG"}.get(Path(filename).suffix, "PNG"))
+    return buf.getvalue()
+
+
+def check_readme(built: Built, url: str) -> None:
+    """Send the README's requests as a user pasting them would: each is answered 200."""
+    requests = readme_requests(built.example.name)
+    assert requests, "the README shows no curl call of the API"
+    for route, kwargs in requests:
+        assert route == built.example.route
+        r = httpx.post(f"{url}/{route}", timeout=60, **kwargs)
+        assert r.status_code == 200, f"README: curl .../{route} {kwargs['headers']}: {r.text}"
+
+
 CHECKS: dict[str, Callable[[Built, str], None]] = {
+    "quickstart": check_quickstart,
     "super_resolution": check_super_resolution,
     "image_classifier": check_image_classifier,
     "sklearn_iris": check_sklearn_iris,
@@ -258,6 +338,7 @@ def test_bundle_serves_in_process_like_onnxruntime(
     assert built.info["name"] == name
     with served(built, monkeypatch) as url:
         CHECKS[name](built, url)
+        check_readme(built, url)
         doc = httpx.get(f"{url}/docs.json", timeout=10).json()
     validate(doc)  # raises on any OpenAPI 3 schema violation
     route = f"/{built.example.route}"
@@ -274,20 +355,30 @@ def _pins(lock: str) -> dict[str, str]:
 def test_bundle_lock_is_shared_by_every_example(name: str, examples: Callable[[str], Built]) -> None:
     """Same python.packages -> same lock -> the images share their dependency layers.
 
-    The examples that take images (and so get Pillow) share one lock; sklearn_iris, which takes arrays,
-    has the same pins without Pillow.
+    The examples that take images (and so get Pillow) share one lock, and those that take arrays
+    (quickstart, sklearn_iris) another, with the same pins without Pillow.
     """
     lock = "env/python/requirements.lock.txt"
     first = examples("super_resolution")
     built = examples(name)
+    same = first if built.example.images else examples("quickstart")
     text, first_text = (built.bundle / lock).read_text(), (first.bundle / lock).read_text()
-    if name != "sklearn_iris":
-        assert text == first_text
+    assert text == (same.bundle / lock).read_text()
     pins, first_pins = _pins(text), _pins(first_text)
-    assert first_pins == {**pins, **({"pillow": first_pins["pillow"]} if name == "sklearn_iris" else {})}
-    assert ("pillow" in pins) is (name != "sklearn_iris")
-    leaked = set(pins) & {"torch", "scikit-learn", "skl2onnx", "onnxscript"}
+    assert first_pins == {**pins, **({} if built.example.images else {"pillow": first_pins["pillow"]})}
+    assert ("pillow" in pins) is built.example.images
+    leaked = set(pins) & {"torch", "scikit-learn", "skl2onnx", "onnx", "onnxscript"}
     assert not leaked, "a model-making package leaked in"
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_bundle_sources_are_what_the_service_runs(name: str, examples: Callable[[str], Built]) -> None:
+    """bentofile.yaml's include selects the service's files, not make_model.py (which needs what the
+    image leaves out: onnx, torch, scikit-learn)."""
+    built = examples(name)
+    src = built.bundle / "src"
+    files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    assert files == sorted(built.example.sources)
 
 
 # --------------------------------------------------------------------------------------------------------

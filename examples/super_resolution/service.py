@@ -30,7 +30,10 @@ def postprocess(sr_arr: np.ndarray) -> PILImage.Image:
     return PILImage.fromarray(np.uint8(np.clip(sr_arr, 0.0, 1.0) * 255))  # 2-D uint8: mode "L"
 
 
-@svc.api(input=Image(), output=Image())
+# pilmode="RGB": a 16-bit grayscale upload (a scan, a microscope image) is scaled to 8 bits instead of
+# clipped to white by the grayscale conversion below; other modes (palette, CMYK, RGBA) are converted so
+# that the resize works on real colours. An RGB image, the guide's case, is passed as it came.
+@svc.api(input=Image(pilmode="RGB"), output=Image())
 def sr(img: PILImage.Image) -> PILImage.Image:
     """Upscale an image 3x: resized to 224x224 and made grayscale, it comes back 672x672."""
     # A sync API runs in the server's thread pool; runner.run.run still joins the adaptive batches.
