@@ -288,6 +288,8 @@ def test_uses_images_reads_the_syntax_tree(tmp_path: Path, code: str, expected: 
 
 def test_a_bundle_whose_code_uses_images_gets_pillow_in_its_lock(quickstart: Path) -> None:
     (quickstart / "pictures.py").write_text("from bundler.io import Image\n\nPICTURE = Image()\n")
+    bentofile = quickstart / "bentofile.yaml"
+    bentofile.write_text(bentofile.read_text().replace('- "service.py"', '- "service.py"\n  - "pictures.py"'))
     path = build(quickstart).path
     lock = (path / "env/python/requirements.lock.txt").read_text()
     assert "pillow==" in lock
