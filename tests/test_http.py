@@ -376,3 +376,42 @@ def test_a_request_that_is_not_http_gets_a_json_400(url: str, request_bytes: byt
         assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
         assert json.loads(body)["error"].startswith("the request is not valid HTTP/1.1")
         assert sock.recv(1) == b""
+
+
+def _send_until_answered(sock: socket.socket, parts: Iterator[bytes]) -> int:
+    """Send ``parts`` until the server answers or closes; return the bytes sent."""
+    sent = 0
+    for part in parts:
+        if select.select([sock], [], [], 0)[0]:
+            break  # answered: more bytes now could only reset the connection
+        try:
+            sock.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        sent += len(part)
+    return sent
+
+
+def test_a_request_head_past_the_limit_gets_431(url: str) -> None:
+    import json
+
+    # httptools and uvicorn join a header (or URL) split over reads by concatenation, with no limit: a
+    # client sending a few hundred MB of one header held the loop (other clients waited seconds) for 30 s.
+    piece = b"a" * 16384
+    with _connect(url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = _send_until_answered(sock, (piece for _ in range(4096)))  # up to 64 MiB
+        head, body, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 431") and b"connection: close" in head.lower()
+        assert b"content-type: application/json" in head.lower()
+        assert f"over {http.REQUEST_HEAD_MAX} bytes" in json.loads(body)["error"]
+        assert sent < 4 * 1024 * 1024, f"sent {sent} bytes before the 431"
+    # A large head under the limit, in pieces, still works.
+    with _connect(url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for i in range(12):
+            sock.sendall(b"X-%d: %s\r\n" % (i, b"b" * 4096))
+            time.sleep(0.005)
+        sock.sendall(b"\r\n")
+        head, body, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and body == b'{"status":"ok"}'

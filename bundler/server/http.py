@@ -12,7 +12,9 @@ sends nothing is closed after the keep-alive timeout (uvicorn arms that timer on
 whose request head is not complete within ``REQUEST_READ_TIMEOUT`` seconds of its first byte, or whose body
 stalls that long, gets 408 and is closed. Without that, clients that trickle partial requests (slowloris)
 hold connections forever. A sweep once a second checks the connections, so requests pay one attribute
-store, not a timer.
+store, not a timer. Nor does uvicorn bound a request's head: httptools joins a header (and uvicorn a URL)
+split over reads by concatenation, so one client sending hundreds of MB of header held the loop for
+seconds at a time; a head still unfinished ``REQUEST_HEAD_MAX`` bytes past its first read gets 431.
 
 And a client that closes its connection before its answer has begun gets its request cancelled (uvicorn
 only flags the request): waiting in a runner's queue, it is dropped before it costs a model call.
@@ -30,6 +32,7 @@ import orjson
 __all__ = [
     "GONE_KEY",
     "HEAD_HELD_MAX",
+    "REQUEST_HEAD_MAX",
     "REQUEST_READ_TIMEOUT",
     "TASK_KEY",
     "HeadHoldingTransport",
@@ -40,6 +43,9 @@ __all__ = [
 # Seconds a request's head may take from its first byte, and a body may go without a byte (nginx's
 # client_header_timeout and client_body_timeout are 60 s; a model server's clients are programs).
 REQUEST_READ_TIMEOUT = 30.0
+# Bytes a request's head (request line and headers) may still take after its first read (nginx allows
+# 4 x 8 kB of headers, node 16 kB; a long token or cookie fits, a header that never ends does not).
+REQUEST_HEAD_MAX = 64 * 1024
 
 # Scope keys: the asyncio task serving an API request (set by the app), and the flag set before that task
 # is cancelled because its client went away (so the app answers nobody, counting a 499).
@@ -123,6 +129,9 @@ if _Base is not None:
         _began = 0.0
         _data_at = 0.0
         _head_cycle: Any = None
+        # Whose head _head_read counts (a _head_cycle), and its bytes past its first read.
+        _counted: Any = ()
+        _head_bytes = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(HeadHoldingTransport(transport))
@@ -135,6 +144,23 @@ if _Base is not None:
         def data_received(self, data: bytes) -> None:
             self._data_at = _Sweeper.now
             super().data_received(data)
+            if self.cycle is self._head_cycle:  # a request's head is still coming (rare: most come whole)
+                self._head_read(len(data))
+
+        def _head_read(self, size: int) -> None:
+            """Count a read that ended inside a request's head; answer 431 once the head is too large."""
+            if self._counted is not self._head_cycle:  # this head's first read: it may hold more than it
+                self._counted = self._head_cycle
+                self._head_bytes = 0
+                return
+            self._head_bytes += size
+            if self._head_bytes > REQUEST_HEAD_MAX and not self.transport.is_closing():
+                self._began = 0.0
+                message = (
+                    f"the request's head (its URL and headers) is over {REQUEST_HEAD_MAX} bytes;"
+                    " send a shorter URL and smaller headers"
+                )
+                self._send_and_close(431, "Request Header Fields Too Large", message)
 
         def on_message_begin(self) -> None:
             self._began = _Sweeper.now
