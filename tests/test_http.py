@@ -415,3 +415,40 @@ def test_a_request_head_past_the_limit_gets_431(url: str) -> None:
         sock.sendall(b"\r\n")
         head, body, _ = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 200") and body == b'{"status":"ok"}'
+
+
+@pytest.fixture(scope="module")
+def small_limit() -> Iterator[str]:
+    with running(build_app(make_service(), max_body_size=1000)) as base:
+        yield base
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_client_that_sends_its_whole_oversized_body_first_reads_the_413(
+    small_limit: str, framing: str
+) -> None:
+    import json
+
+    # As urllib and http.client do: the whole body, then the answer. The server closed as soon as it had
+    # answered, with the body's bytes unread, so the kernel reset the connection: the client's send
+    # failed (broken pipe) or its read did (reset), and it never saw the 413.
+    body = b"1" * (4 * 1024 * 1024)
+    if framing == "length":
+        request = b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    else:
+        piece = b"1" * 65536
+        request = b"Transfer-Encoding: chunked\r\n\r\n" + b"10000\r\n%s\r\n" % piece * 64 + b"0\r\n\r\n"
+    for _ in range(3):  # the reset is a race the client usually lost
+        with _connect(small_limit) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + request)
+            head, answer, rest = _read_response(sock)
+            assert head.startswith(b"HTTP/1.1 413") and b"connection: close" in head.lower()
+            assert "over the limit of 1000 bytes" in json.loads(answer)["error"]
+            assert rest == b"" and _read_to_eof(sock) == b""
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
