@@ -12,7 +12,15 @@ sends nothing is closed after the keep-alive timeout (uvicorn arms that timer on
 whose request head is not complete within ``REQUEST_READ_TIMEOUT`` seconds of its first byte, or whose body
 stalls that long, gets 408 and is closed. Without that, clients that trickle partial requests (slowloris)
 hold connections forever. A sweep once a second checks the connections, so requests pay one attribute
-store, not a timer.
+store, not a timer. Nor does uvicorn bound a request's head: httptools joins a header (and uvicorn a URL)
+split over reads by concatenation, so one client sending hundreds of MB of header held the loop for
+seconds at a time; a head still unfinished ``REQUEST_HEAD_MAX`` bytes past its first read gets 431.
+
+An answer that ends the connection before the request's body is read (a 413) does not close it at once:
+the body's bytes left unread would make the kernel reset the connection, and a client that sends its
+whole body before reading (urllib, http.client) would get a broken pipe or a reset, never the 413. The
+server sends the answer and its end of the stream, then reads and drops what comes for up to
+``LINGER_MAX`` seconds (nginx's lingering close) before it closes.
 
 And a client that closes its connection before its answer has begun gets its request cancelled (uvicorn
 only flags the request): waiting in a runner's queue, it is dropped before it costs a model call.
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import orjson
@@ -30,6 +39,8 @@ import orjson
 __all__ = [
     "GONE_KEY",
     "HEAD_HELD_MAX",
+    "LINGER_MAX",
+    "REQUEST_HEAD_MAX",
     "REQUEST_READ_TIMEOUT",
     "TASK_KEY",
     "HeadHoldingTransport",
@@ -40,6 +51,13 @@ __all__ = [
 # Seconds a request's head may take from its first byte, and a body may go without a byte (nginx's
 # client_header_timeout and client_body_timeout are 60 s; a model server's clients are programs).
 REQUEST_READ_TIMEOUT = 30.0
+# Bytes a request's head (request line and headers) may still take after its first read (nginx allows
+# 4 x 8 kB of headers, node 16 kB; a long token or cookie fits, a header that never ends does not).
+REQUEST_HEAD_MAX = 64 * 1024
+
+# Seconds a connection answered before its request's body was read still reads (and drops) that body
+# before it closes (nginx's lingering_time).
+LINGER_MAX = 30.0
 
 # Scope keys: the asyncio task serving an API request (set by the app), and the flag set before that task
 # is cancelled because its client went away (so the app answers nobody, counting a 499).
@@ -57,14 +75,16 @@ class HeadHoldingTransport:
     A head is a write that starts with a final (non-1xx) HTTP/1.1 status line and ends with the blank
     line; ``100 Continue`` and whole responses (uvicorn's own 400s) pass straight through. The head goes
     out with the next write, on ``close()``, or at ``flush()``, which the protocol calls when a response
-    is complete, so nothing is held past its response. Every other attribute is the real transport's.
+    is complete, so nothing is held past its response. ``close()`` first asks ``linger`` (when set)
+    whether the connection should linger instead. Every other attribute is the real transport's.
     """
 
-    __slots__ = ("_held", "_transport")
+    __slots__ = ("_held", "_transport", "linger")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._held: bytes | None = None
+        self.linger: Callable[[], bool] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         held = self._held
@@ -89,6 +109,9 @@ class HeadHoldingTransport:
 
     def close(self) -> None:
         self.flush()
+        linger = self.linger
+        if linger is not None and not self._transport.is_closing() and linger():
+            return
         self._transport.close()
 
     def is_closing(self) -> bool:  # asked once per response: spared the __getattr__ detour
@@ -123,9 +146,15 @@ if _Base is not None:
         _began = 0.0
         _data_at = 0.0
         _head_cycle: Any = None
+        # Whose head _head_read counts (a _head_cycle), and its bytes past its first read.
+        _counted: Any = ()
+        _head_bytes = 0
+        parser: Any  # httptools' parser; _DROP once the connection lingers
 
         def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(HeadHoldingTransport(transport))
+            wrapped = HeadHoldingTransport(transport)
+            wrapped.linger = self._linger
+            super().connection_made(wrapped)
             # A connection that never sends a byte is idle too (uvicorn arms this only after a response).
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
@@ -135,6 +164,23 @@ if _Base is not None:
         def data_received(self, data: bytes) -> None:
             self._data_at = _Sweeper.now
             super().data_received(data)
+            if self.cycle is self._head_cycle:  # a request's head is still coming (rare: most come whole)
+                self._head_read(len(data))
+
+        def _head_read(self, size: int) -> None:
+            """Count a read that ended inside a request's head; answer 431 once the head is too large."""
+            if self._counted is not self._head_cycle:  # this head's first read: it may hold more than it
+                self._counted = self._head_cycle
+                self._head_bytes = 0
+                return
+            self._head_bytes += size
+            if self._head_bytes > REQUEST_HEAD_MAX and not self.transport.is_closing():
+                self._began = 0.0
+                message = (
+                    f"the request's head (its URL and headers) is over {REQUEST_HEAD_MAX} bytes;"
+                    " send a shorter URL and smaller headers"
+                )
+                self._send_and_close(431, "Request Header Fields Too Large", message)
 
         def on_message_begin(self) -> None:
             self._began = _Sweeper.now
@@ -152,6 +198,17 @@ if _Base is not None:
                 b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
             )
             self.transport.close()
+
+        def _linger(self) -> bool:
+            """Close a connection answered before its request's body was read lingering; True if so."""
+            cycle = self.cycle
+            if cycle is None or not (cycle.response_complete and cycle.more_body) or self.parser is _DROP:
+                return False
+            self.parser = _DROP  # what else comes is dropped unparsed (a second close() closes)
+            self.transport.write_eof()  # the answer is whole: the client reads it, then the end
+            self.flow.resume_reading()
+            self.loop.call_later(LINGER_MAX, self.transport.close)
+            return True
 
         def read_timed_out(self, now: float) -> bool:
             """Return whether the request being read has outrun REQUEST_READ_TIMEOUT (False: none is)."""
@@ -191,6 +248,16 @@ if _Base is not None:
             # A bodiless response (HEAD, 204, 304) has written only its head.
             self.transport.flush()
             super().on_response_complete()
+
+
+class _Drop:
+    """The parser of a lingering connection: what the client still sends goes nowhere."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+_DROP = _Drop()
 
 
 class _Sweeper:
