@@ -722,6 +722,29 @@ def test_source_only_change_reuses_every_dependency_and_model_layer(
 
 
 @pytest.mark.docker
+def test_a_docker_env_change_reinstalls_nothing_and_reaches_the_image(
+    engine: Engine, project: Project, image: tuple[str, Path]
+) -> None:
+    bentofile = project.root / "bentofile.yaml"
+    token = secrets.token_hex(4)
+    bentofile.write_text(BENTOFILE.replace("    BUNDLER_LOG_LEVEL: info\n", f"    EDITED: {token}\n"))
+    try:
+        bundle, info = project.build()
+    finally:
+        bentofile.write_text(BENTOFILE)
+    tag, lines = project.containerize(bundle, info)
+    cache = step_cache(lines)
+    for reused in ("RUN python3 -m venv", "COPY --from=venv /opt/venv", "COPY --from=own /opt/bundler"):
+        assert cached_step(cache, reused), f"{reused!r} was rebuilt:\n" + "\n".join(lines[-60:])
+    out = subprocess.run(
+        [engine.client, "run", "--rm", tag, "sh", "-c", 'echo "$EDITED|$BUNDLER_LOG_LEVEL"'],
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.strip() == f"{token}|", out.stderr
+
+
+@pytest.mark.docker
 def test_the_bundle_directory_is_left_untouched(project: Project, image: tuple[str, Path]) -> None:
     from bundler.store import verify_manifest
 
