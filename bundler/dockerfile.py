@@ -279,6 +279,15 @@ def _label_key(key: Any) -> str:
     return str(key)
 
 
+def _ca_env(path: str) -> str:
+    """Return the assignments that point pip's CA settings at ``path``."""
+    # pip's requests takes REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) over PIP_CERT: a base image that sets one
+    # (to its own CAs) would otherwise win over --ca-bundle.
+    return " ".join(
+        f"{key}={path}" for key in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+    )
+
+
 def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[str, Any]:
     lock = "env/python/requirements.lock.txt"
     wheels = "env/python/wheels"
@@ -294,7 +303,7 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[st
         # The CA bundle is a build secret: mounted for this RUN only, never written to a layer.
         run = f"RUN {pip_cache} --mount=type=secret,id=ca,target={CA_SECRET}"
         bundler_run = f"RUN {pip_cache}"
-        steps.append(f"if [ -f {CA_SECRET} ]; then export PIP_CERT={CA_SECRET} SSL_CERT_FILE={CA_SECRET}; fi")
+        steps.append(f"if [ -f {CA_SECRET} ]; then export {_ca_env(CA_SECRET)}; fi")
     elif ca_fetch:
         # The legacy builder has no secrets: fetch the CA from a one-shot server on the build host and
         # delete it when this RUN's shell exits, before the layer is committed.
@@ -302,7 +311,7 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[st
         steps += [
             f"trap {shlex.quote(f'rm -f {CA_FETCHED}')} EXIT",
             f'python3 -c {shlex.quote(_FETCH)} "${CA_URL_ARG}" {CA_FETCHED}',
-            f"export PIP_CERT={CA_FETCHED} SSL_CERT_FILE={CA_FETCHED}",
+            f"export {_ca_env(CA_FETCHED)}",
         ]
     steps.append(f"{pip} {_quoted([*cache, *options, '-r', lock])}")
     return {

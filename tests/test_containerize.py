@@ -805,6 +805,41 @@ def test_ca_bundle_is_used_as_a_secret_and_is_in_no_layer(
     assert not found, f"the CA bundle leaked into the image: {found}"
 
 
+NO_PROXY_CA_BASE = """\
+FROM python:3.11-slim
+# Debian's CA bundle only, without the proxy's CA; and set where pip's requests reads it first.
+RUN update-ca-certificates --fresh >/dev/null
+ENV REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+"""
+
+
+@pytest.mark.docker
+def test_ca_bundle_lets_a_base_without_the_proxy_ca_install_the_lock(
+    engine: Engine, project: Project, tmp_path: Path
+) -> None:
+    if not engine.buildkit:
+        pytest.skip("the legacy builder's CA fetch is tested on its own")
+    base = f"affine-no-ca-base:{secrets.token_hex(4)}"
+    context = tmp_path / "base"
+    context.mkdir()
+    (context / "Dockerfile").write_text(NO_PROXY_CA_BASE)
+    subprocess.run(
+        [engine.client, "build", "-q", "-t", base, str(context)],
+        check=True,
+        capture_output=True,
+        env=engine.environ(),
+    )
+    project.images.append(base)
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "service.py").write_text(SERVICE)
+    (root / "bentofile.yaml").write_text(BENTOFILE + f"  base_image: {base}\n")
+    bundle, info = project.build(root)
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")  # this machine's bundle, with the proxy's CA
+    _, lines = project.containerize(bundle, info, ca_bundle=ca, no_cache=True)
+    assert any("Successfully installed" in line for line in lines), "the pip step did not run"
+
+
 @pytest.mark.docker
 def test_offline_bundle_builds_with_no_network(engine: Engine, project: Project) -> None:
     bundle, info = project.build(offline=True)

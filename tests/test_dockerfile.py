@@ -196,6 +196,15 @@ def test_docker_env_that_pip_reads_is_set_for_the_dependency_install_too(key: st
     assert {f'{key}="x"', 'OTHER="1"'} <= set(final[_index(final, "ENV ")].split())  # and at run time
 
 
+@pytest.mark.parametrize("variant", [{"buildkit": True}, {"ca_fetch": True}])
+def test_the_ca_bundle_wins_over_ca_settings_the_base_image_has(variant: dict[str, bool]) -> None:
+    # pip's requests takes REQUESTS_CA_BUNDLE over PIP_CERT: a base image that sets it would win.
+    text = render_dockerfile(DOCKER, FACTS, **variant)
+    pip = next(line for line in _instructions(text) if "requirements.lock" in line)
+    ca = "/run/secrets/ca" if variant.get("buildkit") else "/tmp/bundler-ca.pem"
+    assert f"export PIP_CERT={ca} SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} CURL_CA_BUNDLE={ca}" in pip
+
+
 def test_default_image_runs_as_numeric_non_root_user_and_serves_on_port_3000() -> None:
     lines = _instructions(render_case("default"))
     assert [line for line in lines if line.startswith("FROM")] == [
