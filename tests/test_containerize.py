@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -316,6 +317,32 @@ def test_ca_bundle_on_a_hand_edited_dockerfile_or_without_host_network_is_refuse
     monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", "/nonexistent", "legacy"))
     with pytest.raises(ContainerizeError, match=r"needs the host network .* not --network bridge"):
         containerize(bundle, INFO, ca_bundle=ca, network="bridge", output=lambda _: None)
+
+
+@pytest.mark.parametrize("with_ca", [False, True])
+def test_a_pip_step_that_cannot_verify_tls_says_how_to_pass_the_proxy_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_ca: bool
+) -> None:
+    client = tmp_path / "docker"
+    verify_failed = (
+        "#11 2.527 WARNING: Retrying (Retry(total=4)) after connection broken by"
+        " 'SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify"
+        " failed: self-signed certificate in certificate chain (_ssl.c:992)'))': /simple/anyio/"
+    )
+    client.write_text(f"#!/bin/sh\necho {shlex.quote(verify_failed)}\nexit 1\n")
+    client.chmod(0o755)
+    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), "buildkit"))
+    bundle = fake_bundle(tmp_path / "bundle", INFO)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not the proxy's CA\n")
+    with pytest.raises(ContainerizeError) as err:
+        containerize(bundle, INFO, ca_bundle=ca if with_ca else None, output=lambda _: None)
+    message = str(err.value)
+    assert "CERTIFICATE_VERIFY_FAILED" in message  # the engine's lines, as before
+    if with_ca:
+        assert f"--ca-bundle {ca} does not hold the CA" in message
+    else:
+        assert "pass --ca-bundle FILE" in message and "bundler build --offline" in message
 
 
 def test_containerize_scratch_lives_in_the_store_and_a_killed_ones_is_swept(
