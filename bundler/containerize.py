@@ -438,6 +438,25 @@ def containerize(
         last = "\n".join(tail[-25:])
         raise ContainerizeError(
             f"{engine.kind} build of {bundle_dir} failed (exit {code}); the engine's last lines:\n{last}\n"
-            "Fix the cause above (a failed RUN names its step), then run containerize again"
+            f"{_failure_hint(tail, ca_bundle)}"
         )
     return image_tags
+
+
+def _failure_hint(tail: Sequence[str], ca_bundle: Path | None) -> str:
+    """Return what to do about a failed build, named when the engine's output says why."""
+    if any("CERTIFICATE_VERIFY_FAILED" in line for line in tail):
+        # The usual cause: a TLS-inspecting proxy whose CA the base image does not trust.
+        if ca_bundle is not None:
+            return (
+                f"pip in the build could not verify a TLS certificate: --ca-bundle {ca_bundle} does not hold"
+                " the CA that signed it (a TLS-inspecting proxy's?); pass the file that does, or build the"
+                " bundle with `bundler build --offline`, whose image build needs no network"
+            )
+        return (
+            "pip in the build could not verify a TLS certificate: a TLS-inspecting proxy whose CA the base"
+            " image does not trust? To fix: pass --ca-bundle FILE with that CA (e.g."
+            " /etc/ssl/certs/ca-certificates.crt where this machine trusts it), or build the bundle with"
+            " `bundler build --offline`, whose image build needs no network"
+        )
+    return "Fix the cause above (a failed RUN names its step), then run containerize again"

@@ -1,13 +1,15 @@
 """Render a bundle's Dockerfile and entrypoint from plain settings: pure functions, no I/O but templates.
 
-Layers go from least to most often changed (base, system packages, user, env, locked Python deps,
-bundler's own wheel, setup_script, models, source, metadata), so a source-only change rebuilds in seconds.
+Layers go from least to most often changed (base, system packages, user, bundler's env, locked Python
+deps, bundler's own wheel, docker.env and envs, setup_script, models, source, metadata), so a source-only
+change rebuilds in seconds and a docker.env change reinstalls nothing.
 It is a multi-stage build: stage ``locked`` drops bundler's wheel from the files the dependency layer sees;
-``base`` holds system packages, the user and the environment; ``deps`` installs the lock into the venv (with
-the offline wheels, which stay in that stage); ``own`` installs bundler's wheel into ``/opt/bundler``, so a
-new bundler release reuses the dependency layers; ``venv`` drops pip and setuptools, which serving does not
-need. The final stage copies only ``/opt/venv`` and ``/opt/bundler`` onto ``base`` and runs the import
-check there. Every value that reaches the Dockerfile is validated and quoted here, never in the template:
+``base`` holds system packages, the user and bundler's environment; ``deps`` gets the docker.env values pip
+reads and installs the lock into the venv (with the offline wheels, which stay in that stage); ``own``
+installs bundler's wheel into ``/opt/bundler``, so a new bundler release reuses the dependency layers;
+``venv`` drops pip and setuptools, which serving does not need. The final stage copies only ``/opt/venv`` and
+``/opt/bundler`` onto ``base`` and sets docker.env and envs, then runs the import check.
+Every value that reaches the Dockerfile is validated and quoted here, never in the template:
 a bentofile cannot inject shell commands or Dockerfile instructions.
 
 Python lives in a virtual environment at ``/opt/venv``: it works the same on ``python:<X.Y>-slim``, on a
@@ -63,6 +65,11 @@ CUDA_SYSTEM_PYTHON = "3.10"  # Ubuntu 22.04's python3
 
 _PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*(:[a-z0-9-]+)?([=<>]{1,2}[A-Za-z0-9.+~:_*-]+)?$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What pip reads from the environment: docker.env values it must see when the lock is installed.
+_INSTALL_ENV_RE = re.compile(
+    r"^(PIP_[A-Z0-9_]+|(HTTPS?|FTP|ALL|NO)_PROXY|(https?|ftp|all|no)_proxy"
+    r"|SSL_CERT_(FILE|DIR)|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE)$"
+)
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 _CUDA_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
@@ -211,7 +218,8 @@ def _base(docker: dict[str, Any], python: str) -> tuple[str, list[str], list[str
     return image, commands, ignore, interpreter
 
 
-def _env_lines(docker: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+def _env_lines() -> list[str]:
+    """Return bundler's own environment, which every stage shares."""
     env: dict[str, str] = {
         "PATH": f"{VENV}/bin:$PATH",
         "PYTHONUNBUFFERED": "1",
@@ -221,7 +229,12 @@ def _env_lines(docker: dict[str, Any], facts: dict[str, Any]) -> list[str]:
         "BUNDLER_HOME": f"{HOME}/.bundler",
         "PORT": str(PORT),
     }
-    lines = [f"{key}={value}" for key, value in env.items()]
+    return [f"{key}={value}" for key, value in env.items()]
+
+
+def _user_env(docker: dict[str, Any], facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return (name, NAME="quoted value") for docker.env, then envs (a later one wins, as in one ENV)."""
+    found: list[tuple[str, str]] = []
     for source in ("docker.env", "envs"):
         values = (docker.get("env") if source == "docker.env" else facts.get("envs")) or {}
         for key, value in sorted(dict(values).items()):
@@ -229,8 +242,8 @@ def _env_lines(docker: dict[str, Any], facts: dict[str, Any]) -> list[str]:
                 raise _fail(
                     f"{source}.{key}", key, "is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
                 )
-            lines.append(f"{key}={_dquote(value, f'{source}.{key}')}")
-    return lines
+            found.append((str(key), f"{key}={_dquote(value, f'{source}.{key}')}"))
+    return found
 
 
 def _dquote(value: Any, key: str) -> str:
@@ -266,6 +279,15 @@ def _label_key(key: Any) -> str:
     return str(key)
 
 
+def _ca_env(path: str) -> str:
+    """Return the assignments that point pip's CA settings at ``path``."""
+    # pip's requests takes REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) over PIP_CERT: a base image that sets one
+    # (to its own CAs) would otherwise win over --ca-bundle.
+    return " ".join(
+        f"{key}={path}" for key in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+    )
+
+
 def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[str, Any]:
     lock = "env/python/requirements.lock.txt"
     wheels = "env/python/wheels"
@@ -281,7 +303,7 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[st
         # The CA bundle is a build secret: mounted for this RUN only, never written to a layer.
         run = f"RUN {pip_cache} --mount=type=secret,id=ca,target={CA_SECRET}"
         bundler_run = f"RUN {pip_cache}"
-        steps.append(f"if [ -f {CA_SECRET} ]; then export PIP_CERT={CA_SECRET} SSL_CERT_FILE={CA_SECRET}; fi")
+        steps.append(f"if [ -f {CA_SECRET} ]; then export {_ca_env(CA_SECRET)}; fi")
     elif ca_fetch:
         # The legacy builder has no secrets: fetch the CA from a one-shot server on the build host and
         # delete it when this RUN's shell exits, before the layer is committed.
@@ -289,7 +311,7 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[st
         steps += [
             f"trap {shlex.quote(f'rm -f {CA_FETCHED}')} EXIT",
             f'python3 -c {shlex.quote(_FETCH)} "${CA_URL_ARG}" {CA_FETCHED}',
-            f"export PIP_CERT={CA_FETCHED} SSL_CERT_FILE={CA_FETCHED}",
+            f"export {_ca_env(CA_FETCHED)}",
         ]
     steps.append(f"{pip} {_quoted([*cache, *options, '-r', lock])}")
     return {
@@ -370,9 +392,9 @@ def settings_problems(docker: dict[str, Any], facts: dict[str, Any]) -> list[tup
     elif docker.get("cuda_version") and distro not in ("ubi8", "amazonlinux"):
         check(_cuda_base, str(docker["cuda_version"]))
     for key, value in (docker.get("env") or {}).items():
-        check(_env_lines, {"env": {key: value}}, {})
+        check(_user_env, {"env": {key: value}}, {})
     for key, value in (facts.get("envs") or {}).items():
-        check(_env_lines, {}, {"envs": {key: value}})
+        check(_user_env, {}, {"envs": {key: value}})
     for key, value in (facts.get("labels") or {}).items():
         check(_label_key, key)
         check(_dquote, value, f"labels.{key}")
@@ -405,6 +427,7 @@ def template_context(
             f" got {setup_script!r} (a bug in the caller)"
         )
     pip = _pip_steps(facts, buildkit, ca_fetch)
+    user_env = _user_env(docker, facts)
     return {
         "bundler_version": facts.get("bundler_version") or "unknown",
         "tag": facts["tag"],
@@ -415,7 +438,11 @@ def template_context(
             f"groupadd --gid {UID} {USER}",
             f"useradd --uid {UID} --gid {UID} --create-home --home-dir {HOME} --shell /bin/sh {USER}",
         ],
-        "env_lines": _env_lines(docker, facts),
+        "env_lines": _env_lines(),
+        # docker.env and envs change more often than the lock: set in the final stage, they reinstall
+        # nothing. The dependency stage gets only what pip itself reads (an index, a proxy, a CA).
+        "install_env_lines": [line for key, line in user_env if _INSTALL_ENV_RE.match(key)],
+        "user_env_lines": [line for _, line in user_env],
         "pip_run": pip["pip_run"],
         "pip_setup": [f"{interpreter} -m venv {VENV}", *pip["pip_steps"]],
         "bundler_run": pip["bundler_run"],

@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -316,6 +317,32 @@ def test_ca_bundle_on_a_hand_edited_dockerfile_or_without_host_network_is_refuse
     monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", "/nonexistent", "legacy"))
     with pytest.raises(ContainerizeError, match=r"needs the host network .* not --network bridge"):
         containerize(bundle, INFO, ca_bundle=ca, network="bridge", output=lambda _: None)
+
+
+@pytest.mark.parametrize("with_ca", [False, True])
+def test_a_pip_step_that_cannot_verify_tls_says_how_to_pass_the_proxy_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_ca: bool
+) -> None:
+    client = tmp_path / "docker"
+    verify_failed = (
+        "#11 2.527 WARNING: Retrying (Retry(total=4)) after connection broken by"
+        " 'SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify"
+        " failed: self-signed certificate in certificate chain (_ssl.c:992)'))': /simple/anyio/"
+    )
+    client.write_text(f"#!/bin/sh\necho {shlex.quote(verify_failed)}\nexit 1\n")
+    client.chmod(0o755)
+    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), "buildkit"))
+    bundle = fake_bundle(tmp_path / "bundle", INFO)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not the proxy's CA\n")
+    with pytest.raises(ContainerizeError) as err:
+        containerize(bundle, INFO, ca_bundle=ca if with_ca else None, output=lambda _: None)
+    message = str(err.value)
+    assert "CERTIFICATE_VERIFY_FAILED" in message  # the engine's lines, as before
+    if with_ca:
+        assert f"--ca-bundle {ca} does not hold the CA" in message
+    else:
+        assert "pass --ca-bundle FILE" in message and "bundler build --offline" in message
 
 
 def test_containerize_scratch_lives_in_the_store_and_a_killed_ones_is_swept(
@@ -722,6 +749,29 @@ def test_source_only_change_reuses_every_dependency_and_model_layer(
 
 
 @pytest.mark.docker
+def test_a_docker_env_change_reinstalls_nothing_and_reaches_the_image(
+    engine: Engine, project: Project, image: tuple[str, Path]
+) -> None:
+    bentofile = project.root / "bentofile.yaml"
+    token = secrets.token_hex(4)
+    bentofile.write_text(BENTOFILE.replace("    BUNDLER_LOG_LEVEL: info\n", f"    EDITED: {token}\n"))
+    try:
+        bundle, info = project.build()
+    finally:
+        bentofile.write_text(BENTOFILE)
+    tag, lines = project.containerize(bundle, info)
+    cache = step_cache(lines)
+    for reused in ("RUN python3 -m venv", "COPY --from=venv /opt/venv", "COPY --from=own /opt/bundler"):
+        assert cached_step(cache, reused), f"{reused!r} was rebuilt:\n" + "\n".join(lines[-60:])
+    out = subprocess.run(
+        [engine.client, "run", "--rm", tag, "sh", "-c", 'echo "$EDITED|$BUNDLER_LOG_LEVEL"'],
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.strip() == f"{token}|", out.stderr
+
+
+@pytest.mark.docker
 def test_the_bundle_directory_is_left_untouched(project: Project, image: tuple[str, Path]) -> None:
     from bundler.store import verify_manifest
 
@@ -780,6 +830,41 @@ def test_ca_bundle_is_used_as_a_secret_and_is_in_no_layer(
     layers, found = files_containing(engine, tag, marker.encode())
     assert layers > 3
     assert not found, f"the CA bundle leaked into the image: {found}"
+
+
+NO_PROXY_CA_BASE = """\
+FROM python:3.11-slim
+# Debian's CA bundle only, without the proxy's CA; and set where pip's requests reads it first.
+RUN update-ca-certificates --fresh >/dev/null
+ENV REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+"""
+
+
+@pytest.mark.docker
+def test_ca_bundle_lets_a_base_without_the_proxy_ca_install_the_lock(
+    engine: Engine, project: Project, tmp_path: Path
+) -> None:
+    if not engine.buildkit:
+        pytest.skip("the legacy builder's CA fetch is tested on its own")
+    base = f"affine-no-ca-base:{secrets.token_hex(4)}"
+    context = tmp_path / "base"
+    context.mkdir()
+    (context / "Dockerfile").write_text(NO_PROXY_CA_BASE)
+    subprocess.run(
+        [engine.client, "build", "-q", "-t", base, str(context)],
+        check=True,
+        capture_output=True,
+        env=engine.environ(),
+    )
+    project.images.append(base)
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "service.py").write_text(SERVICE)
+    (root / "bentofile.yaml").write_text(BENTOFILE + f"  base_image: {base}\n")
+    bundle, info = project.build(root)
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")  # this machine's bundle, with the proxy's CA
+    _, lines = project.containerize(bundle, info, ca_bundle=ca, no_cache=True)
+    assert any("Successfully installed" in line for line in lines), "the pip step did not run"
 
 
 @pytest.mark.docker

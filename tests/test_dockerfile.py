@@ -170,6 +170,41 @@ def test_layers_go_from_least_to_most_often_changed() -> None:
     assert all(not line.startswith("RUN") for line in after_src), after_src
 
 
+def test_a_docker_env_change_leaves_the_dependency_stages_alone() -> None:
+    """docker.env and envs change more often than the lock: they must not reinstall it, or bundler."""
+    changed = [
+        render_dockerfile({**DOCKER, "env": {"BUNDLER_LOG_LEVEL": level}}, {**FACTS, "envs": {"A": level}})
+        for level in ("info", "debug")
+    ]
+    lines = [_instructions(text) for text in changed]
+    final = [_index(stage, "FROM base") for stage in lines]
+    assert lines[0][: final[0]] == lines[1][: final[1]]  # locked, base, deps, own and venv: one cache
+    # In the final stage the values come before the setup_script and the import check, which see them.
+    env = _index(lines[0], "ENV BUNDLER_LOG_LEVEL=")
+    assert final[0] < env < _index(lines[0], 'RUN check="$(mktemp -d)"')
+    assert lines[0][env] == 'ENV BUNDLER_LOG_LEVEL="info" A="info"'  # envs after docker.env, as before
+
+
+@pytest.mark.parametrize(
+    "key", ["PIP_INDEX_URL", "PIP_TRUSTED_HOST", "HTTPS_PROXY", "no_proxy", "SSL_CERT_FILE"]
+)
+def test_docker_env_that_pip_reads_is_set_for_the_dependency_install_too(key: str) -> None:
+    lines = _instructions(render_dockerfile({**DOCKER, "env": {key: "x", "OTHER": "1"}}, FACTS))
+    deps = _index(lines, "FROM base AS deps")
+    assert lines[deps + 1 : deps + 3] == [f'ENV {key}="x"', "COPY --from=locked /locked/ ./env/python/"]
+    final = lines[_index(lines, "FROM base") :]
+    assert {f'{key}="x"', 'OTHER="1"'} <= set(final[_index(final, "ENV ")].split())  # and at run time
+
+
+@pytest.mark.parametrize("variant", [{"buildkit": True}, {"ca_fetch": True}])
+def test_the_ca_bundle_wins_over_ca_settings_the_base_image_has(variant: dict[str, bool]) -> None:
+    # pip's requests takes REQUESTS_CA_BUNDLE over PIP_CERT: a base image that sets it would win.
+    text = render_dockerfile(DOCKER, FACTS, **variant)
+    pip = next(line for line in _instructions(text) if "requirements.lock" in line)
+    ca = "/run/secrets/ca" if variant.get("buildkit") else "/tmp/bundler-ca.pem"
+    assert f"export PIP_CERT={ca} SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} CURL_CA_BUNDLE={ca}" in pip
+
+
 def test_default_image_runs_as_numeric_non_root_user_and_serves_on_port_3000() -> None:
     lines = _instructions(render_case("default"))
     assert [line for line in lines if line.startswith("FROM")] == [
