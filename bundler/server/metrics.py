@@ -3,17 +3,19 @@
 Each app gets its own CollectorRegistry so several apps in one process (tests, benchmarks) do not collide.
 Per-request figures are plain counters turned into metric families at scrape time (``RequestCollector``):
 prometheus-client's own ``inc()``/``observe()`` cost several microseconds each, which the hot path avoids.
-With ``workers > 1`` every worker process reports its own figures.
+With ``workers > 1`` every worker process reports its own figures. No family is one of prometheus-client's
+own metric classes: those keep their values in files under ``$PROMETHEUS_MULTIPROC_DIR`` when it is set,
+which these figures have no use for (and a missing or read-only directory would fail them).
 """
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -87,7 +89,8 @@ def _fmt(bound: float) -> str:
 
 
 class BatchCollector(Collector):
-    """``bundler_runner_batch_size`` and ``bundler_runner_inference_seconds`` histograms by runner.
+    """``bundler_runner_batch_size`` and ``bundler_runner_inference_seconds`` histograms, and the
+    ``bundler_runner_queue_depth`` gauge, by runner.
 
     Two prometheus-client ``Histogram.observe`` calls per batch cost more than the rest of the batch's
     bookkeeping (a lock per bucket and sum); plain counters rendered at scrape time say the same.
@@ -96,6 +99,7 @@ class BatchCollector(Collector):
     def __init__(self) -> None:
         self.sizes: dict[str, tuple[float, _Series]] = {}
         self.times: dict[str, tuple[float, _Series]] = {}
+        self.depths: dict[str, Callable[[], float]] = {}
 
     def add(self, runner: str) -> tuple[_Series, _Series]:
         """Return the (batch size, inference seconds) series of ``runner``, created on first use."""
@@ -109,6 +113,10 @@ class BatchCollector(Collector):
         yield _histogram(
             "bundler_runner_inference_seconds", "Time of one model call (a whole batch)", self.times
         )
+        depth = GaugeMetricFamily("bundler_runner_queue_depth", "Rows waiting for a batch", labels=["runner"])
+        for runner, read in sorted(self.depths.items()):
+            depth.add_metric([runner], read())
+        yield depth
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -133,9 +141,6 @@ class Metrics:
         r.register(self.requests)
         self.batches = BatchCollector()
         r.register(self.batches)
-        self.queue_depth = Gauge(
-            "bundler_runner_queue_depth", "Rows waiting for a batch", ["runner"], registry=r
-        )
         self.service = service
         self.observe_request = self.requests.observe
 
@@ -156,7 +161,7 @@ class BatchObserver:
         self.depth = 0
         # Read at scrape time: the batcher reports the depth twice per request, a Gauge.set (lock and
         # float box) each time costs more than this attribute store.
-        metrics.queue_depth.labels(runner).set_function(lambda: self.depth)
+        metrics.batches.depths[runner] = lambda: self.depth
 
     def on_batch(self, size: int, seconds: float) -> None:
         self._sizes.observe(size)
