@@ -283,6 +283,32 @@ def test_readyz_reports_a_runner_that_failed_to_load() -> None:
         assert "cannot serve: runner 'gated' failed to load" in api.json()["error"]
 
 
+def test_an_error_after_a_runner_loaded_is_reported_not_left_loading(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An error past async_init (wiring the runner's metrics) ended the loading task unseen: /readyz said
+    # "still loading" for good and the log said nothing until shutdown ("Task exception was never retrieved").
+    from bundler.server.app import ServiceApp
+
+    def broken(self: Any, runner: Any, name: str) -> None:
+        raise OSError("metrics file")
+
+    monkeypatch.setattr(ServiceApp, "_attach_observer", broken)
+    runner = GatedRunner()
+    runner.gate.set()
+    with caplog.at_level(logging.ERROR, logger="bundler.server"):
+        with running(build_app(make_service([runner]))) as url, httpx.Client(base_url=url) as c:
+            for _ in range(200):
+                r = c.get("/readyz")
+                if "failed" in r.json()["error"]:
+                    break
+                threading.Event().wait(0.01)
+    assert (
+        r.status_code == 503 and "runner 'gated' failed to load: OSError: metrics file" in r.json()["error"]
+    )
+    assert any("failed to load" in rec.getMessage() and rec.exc_info for rec in caplog.records)
+
+
 def test_metrics_count_requests_by_route_and_status(server: httpx.Client) -> None:
     for _ in range(3):
         server.post("/shout", content=b"a", headers={"content-type": "text/plain"})

@@ -331,11 +331,12 @@ class ServiceApp(Starlette):
             t0 = time.perf_counter()
             try:
                 await runner.async_init()
+                # Inside the try: an error here would end this task unseen, /readyz "loading" for good.
+                self._attach_observer(runner, name)
             except Exception as exc:
                 self.load_error = f"runner {name!r} failed to load: {type(exc).__name__}: {exc}"
                 log.error("%s", self.load_error, exc_info=exc)
                 return
-            self._attach_observer(runner, name)
             log.info("runner %r loaded in %.2fs", name, time.perf_counter() - t0)
         self.ready = True
 
