@@ -348,6 +348,9 @@ class ServiceApp(Starlette):
                 if batcher.observer is None:
                     batcher.observer = self.metrics.observer(name)
                 return
+        # No Batcher (a model saved batchable=False, or batching off): the runner times its calls itself.
+        if getattr(runner, "observer", False) is None and hasattr(runner, "waiting_calls"):
+            runner.observer = self.metrics.call_observer(name, lambda: runner.waiting_calls)
 
     # -- infrastructure routes -----------------------------------------------------------------------
     async def _live(self, request: Request) -> Response:

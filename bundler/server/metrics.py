@@ -20,7 +20,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-__all__ = ["CONTENT_TYPE_LATEST", "BatchCollector", "BatchObserver", "Metrics", "RequestCollector"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "BatchCollector",
+    "BatchObserver",
+    "CallObserver",
+    "Metrics",
+    "RequestCollector",
+]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -103,17 +110,23 @@ class BatchCollector(Collector):
 
     def add(self, runner: str) -> tuple[_Series, _Series]:
         """Return the (batch size, inference seconds) series of ``runner``, created on first use."""
-        now = time.time()
-        size = self.sizes.setdefault(runner, (now, _Series(BATCH_BUCKETS)))[1]
-        seconds = self.times.setdefault(runner, (now, _Series(LATENCY_BUCKETS)))[1]
-        return size, seconds
+        size = self.sizes.setdefault(runner, (time.time(), _Series(BATCH_BUCKETS)))[1]
+        return size, self.add_times(runner)
+
+    def add_times(self, runner: str) -> _Series:
+        """Return the inference seconds series of ``runner``, created on first use."""
+        return self.times.setdefault(runner, (time.time(), _Series(LATENCY_BUCKETS)))[1]
 
     def collect(self) -> Iterator[Metric]:
         yield _histogram("bundler_runner_batch_size", "Rows per model call", self.sizes)
         yield _histogram(
             "bundler_runner_inference_seconds", "Time of one model call (a whole batch)", self.times
         )
-        depth = GaugeMetricFamily("bundler_runner_queue_depth", "Rows waiting for a batch", labels=["runner"])
+        depth = GaugeMetricFamily(
+            "bundler_runner_queue_depth",
+            "Rows waiting for a batch (calls waiting for a thread, for a runner that does not batch)",
+            labels=["runner"],
+        )
         for runner, read in sorted(self.depths.items()):
             depth.add_metric([runner], read())
         yield depth
@@ -148,6 +161,10 @@ class Metrics:
         """Return the batch observer to hand one runner's Batcher."""
         return BatchObserver(self, runner)
 
+    def call_observer(self, runner: str, waiting: Callable[[], float]) -> CallObserver:
+        """Return the observer of a runner without a Batcher; ``waiting()`` is its queue depth."""
+        return CallObserver(self, runner, waiting)
+
     def render(self) -> bytes:
         """Return the Prometheus text exposition."""
         return generate_latest(self.registry)
@@ -169,3 +186,14 @@ class BatchObserver:
 
     def on_queue(self, depth: int) -> None:
         self.depth = depth
+
+
+class CallObserver:
+    """Receives ``on_call(seconds)`` from a runner that does not batch; its queue is read at scrape time.
+
+    Such a runner reports no batch sizes: its calls take what the API passed, on no batch axis.
+    """
+
+    def __init__(self, metrics: Metrics, runner: str, waiting: Callable[[], float]) -> None:
+        self.on_call = metrics.batches.add_times(runner).observe
+        metrics.batches.depths[runner] = waiting
