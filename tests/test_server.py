@@ -328,6 +328,26 @@ def test_metrics_count_requests_by_route_and_status(server: httpx.Client) -> Non
         assert f"# TYPE {family}" in text
 
 
+def test_latency_buckets_tell_sub_millisecond_calls_apart() -> None:
+    # A small model's call takes tens of microseconds and a small request a few hundred (docs/batching.md):
+    # with 0.5 ms as the first bound all of them fell in the first bucket, and any quantile read 0.25 ms.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bundler.server.metrics import Metrics
+
+    metrics = Metrics("svc")
+    observer = metrics.observer("mlp")
+    for seconds in (0.00004, 0.00006, 0.0002, 0.0004):
+        observer.on_batch(1, seconds)
+        metrics.observe_request("/predict", 200, seconds * 2)
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        if family.name in ("bundler_runner_inference_seconds", "bundler_request_duration_seconds"):
+            counts = [s.value for s in family.samples if s.name.endswith("_bucket")]
+            assert len(set(counts)) >= 3, family.name  # not all in one bucket, nor in two
+            bounds = [float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")]
+            assert bounds[0] <= 0.0001 and bounds[-2] == 10.0
+
+
 @pytest.mark.parametrize("mounted", [False, True])
 def test_apis_under_a_root_path_or_a_mount(mounted: bool) -> None:
     # Behind a path prefix the fast path misses and the router serves the APIs: its endpoints were called
