@@ -193,6 +193,31 @@ def test_500_is_logged_with_traceback_and_the_server_keeps_serving(
     assert server.post("/double", json=[1]).json() == [2.0]
 
 
+def test_a_500_outside_the_apis_is_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Starlette re-raises the error its handler answered, for the server to log: uvicorn printed the same
+    # traceback again ("Exception in ASGI application") after bundler's own.
+    from bundler.server.metrics import Metrics
+
+    def broken(self: Metrics) -> bytes:
+        raise RuntimeError("collector bug at /srv/secret")
+
+    monkeypatch.setattr(Metrics, "render", broken)
+    app = build_app(make_service())
+    # log_config=None: uvicorn's loggers propagate to the root logger, where caplog listens.
+    with caplog.at_level(logging.ERROR), running(app, log_config=None) as url:
+        r = httpx.get(url + "/metrics")
+        assert httpx.get(url + "/livez").status_code == 200
+    assert r.status_code == 500 and "secret" not in r.text and "RuntimeError" in r.json()["error"]
+    tracebacks = [rec for rec in caplog.records if rec.exc_info]
+    assert [(rec.name, rec.getMessage()) for rec in tracebacks] == [
+        ("bundler.server", "unhandled error in GET /metrics")
+    ]
+    monkeypatch.undo()
+    assert 'route="/metrics",service="demo",status="500"} 1.0' in app.metrics.render().decode()
+
+
 def test_overloaded_is_503_with_retry_after(server: httpx.Client) -> None:
     r = server.post("/busy", json={})
     assert r.status_code == 503

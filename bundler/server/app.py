@@ -36,6 +36,8 @@ __all__ = ["DEFAULT_MAX_BODY_SIZE", "ServiceApp", "build_app", "error_response",
 
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 log = logging.getLogger("bundler.server")
+# Set by ServiceApp._handle on the scope: the error it answered (and logged).
+ANSWERED_KEY = "bundler.answered"
 access_log = logging.getLogger("bundler.access")
 INFO = logging.INFO
 
@@ -207,6 +209,12 @@ class ServiceApp(Starlette):
         route = self._route_label(get_route_path(scope))
         try:
             await super().__call__(scope, receive, send_status)
+        except Exception as exc:
+            status = status or 500
+            # Starlette re-raises an error its handler answered, for the server to log: uvicorn would print
+            # the traceback _handle logged already a second time.
+            if scope.get(ANSWERED_KEY) is not exc:
+                raise
         except BaseException:
             status = status or 500
             raise
@@ -370,6 +378,7 @@ class ServiceApp(Starlette):
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def _handle(self, request: Request, exc: Exception) -> Response:
+        request.scope[ANSWERED_KEY] = exc
         return error_response(exc, f"{request.method} {printable(request.url.path)}")
 
 
