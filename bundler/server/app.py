@@ -345,7 +345,7 @@ class ServiceApp(Starlette):
                 self.load_error = f"runner {name!r} failed to load: {type(exc).__name__}: {exc}"
                 log.error("%s", self.load_error, exc_info=exc)
                 return
-            log.info("runner %r loaded in %.2fs", name, time.perf_counter() - t0)
+            log.info("runner %r loaded in %.2fs%s", name, time.perf_counter() - t0, _what_loaded(runner))
         self.ready = True
 
     def _attach_observer(self, runner: Any, name: str) -> None:
@@ -380,6 +380,18 @@ class ServiceApp(Starlette):
     async def _handle(self, request: Request, exc: Exception) -> Response:
         request.scope[ANSWERED_KEY] = exc
         return error_response(exc, f"{request.method} {printable(request.url.path)}")
+
+
+def _what_loaded(runner: Any) -> str:
+    """Return " (model <tag> on <providers>)" for a loaded runner: is it on the GPU, or on the CPU?"""
+    parts = []
+    model = getattr(runner, "model", None)
+    if model is not None:
+        parts.append(f"model {getattr(model, 'tag', model)}")
+    providers = getattr(getattr(runner, "session", None), "providers", None)
+    if providers:
+        parts.append(f"on {', '.join(map(str, providers))}")
+    return f" ({' '.join(parts)})" if parts else ""
 
 
 class _APIEndpoint:
