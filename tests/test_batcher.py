@@ -464,6 +464,46 @@ def test_failing_batch_fails_only_its_requests_and_serving_continues() -> None:
     np.testing.assert_array_equal(later[0], np.full((1, 2), 2.0))
 
 
+def test_requests_rerun_alone_after_a_failed_batch_are_in_the_metrics() -> None:
+    # A batch that one request's values failed is rerun request by request; those calls, which answer the
+    # batchmates, were never observed: the batch-size sum fell short of the rows run, the call count too.
+    release = threading.Event()
+    calls: list[int] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        release.wait(5)
+        if (feed["x"] < 0).any():
+            raise ValueError("index out of range")
+        calls.append(len(feed["x"]))
+        return [feed["x"] * 2]
+
+    observed: list[int] = []
+
+    class Observer:
+        def on_batch(self, size: int, seconds: float) -> None:
+            assert seconds >= 0
+            observed.append(size)
+
+        def on_queue(self, depth: int) -> None:
+            pass
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run_batch, BatchingConfig(), executor=pool, observer=Observer())
+            first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2))}))
+            await _settle()
+            rest = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 2), v)})) for v in (1, -1, 2)]
+            await _settle()
+            release.set()
+            results = await asyncio.gather(first, *rest, return_exceptions=True)
+            await batcher.close()
+            return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[2], ValueError) and sum(not isinstance(r, Exception) for r in results) == 3
+    assert calls == [1, 1, 1] and observed == calls  # the first alone, then the two good ones rerun alone
+
+
 def test_full_queue_is_refused_and_close_drains() -> None:
     gate = Gate()
 

@@ -152,7 +152,9 @@ def test_batch_metrics_render_like_prometheus_client_histograms() -> None:
                      registry=reference)  # fmt: skip
     seconds = Histogram("bundler_runner_inference_seconds", "Time of one model call (a whole batch)",
                         ["runner"], buckets=LATENCY_BUCKETS, registry=reference)  # fmt: skip
-    depth = Gauge("bundler_runner_queue_depth", "Rows waiting for a batch", ["runner"], registry=reference)
+    depth = Gauge("bundler_runner_queue_depth",
+                  "Rows waiting for a batch (calls waiting for a thread, for a runner that does not batch)",
+                  ["runner"], registry=reference)  # fmt: skip
     for rows, secs in batches:
         observer.on_batch(rows, secs)
         size.labels("mlp").observe(rows)

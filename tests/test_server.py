@@ -193,6 +193,31 @@ def test_500_is_logged_with_traceback_and_the_server_keeps_serving(
     assert server.post("/double", json=[1]).json() == [2.0]
 
 
+def test_a_500_outside_the_apis_is_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Starlette re-raises the error its handler answered, for the server to log: uvicorn printed the same
+    # traceback again ("Exception in ASGI application") after bundler's own.
+    from bundler.server.metrics import Metrics
+
+    def broken(self: Metrics) -> bytes:
+        raise RuntimeError("collector bug at /srv/secret")
+
+    monkeypatch.setattr(Metrics, "render", broken)
+    app = build_app(make_service())
+    # log_config=None: uvicorn's loggers propagate to the root logger, where caplog listens.
+    with caplog.at_level(logging.ERROR), running(app, log_config=None) as url:
+        r = httpx.get(url + "/metrics")
+        assert httpx.get(url + "/livez").status_code == 200
+    assert r.status_code == 500 and "secret" not in r.text and "RuntimeError" in r.json()["error"]
+    tracebacks = [rec for rec in caplog.records if rec.exc_info]
+    assert [(rec.name, rec.getMessage()) for rec in tracebacks] == [
+        ("bundler.server", "unhandled error in GET /metrics")
+    ]
+    monkeypatch.undo()
+    assert 'route="/metrics",service="demo",status="500"} 1.0' in app.metrics.render().decode()
+
+
 def test_overloaded_is_503_with_retry_after(server: httpx.Client) -> None:
     r = server.post("/busy", json={})
     assert r.status_code == 503
@@ -283,6 +308,32 @@ def test_readyz_reports_a_runner_that_failed_to_load() -> None:
         assert "cannot serve: runner 'gated' failed to load" in api.json()["error"]
 
 
+def test_an_error_after_a_runner_loaded_is_reported_not_left_loading(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An error past async_init (wiring the runner's metrics) ended the loading task unseen: /readyz said
+    # "still loading" for good and the log said nothing until shutdown ("Task exception was never retrieved").
+    from bundler.server.app import ServiceApp
+
+    def broken(self: Any, runner: Any, name: str) -> None:
+        raise OSError("metrics file")
+
+    monkeypatch.setattr(ServiceApp, "_attach_observer", broken)
+    runner = GatedRunner()
+    runner.gate.set()
+    with caplog.at_level(logging.ERROR, logger="bundler.server"):
+        with running(build_app(make_service([runner]))) as url, httpx.Client(base_url=url) as c:
+            for _ in range(200):
+                r = c.get("/readyz")
+                if "failed" in r.json()["error"]:
+                    break
+                threading.Event().wait(0.01)
+    assert (
+        r.status_code == 503 and "runner 'gated' failed to load: OSError: metrics file" in r.json()["error"]
+    )
+    assert any("failed to load" in rec.getMessage() and rec.exc_info for rec in caplog.records)
+
+
 def test_metrics_count_requests_by_route_and_status(server: httpx.Client) -> None:
     for _ in range(3):
         server.post("/shout", content=b"a", headers={"content-type": "text/plain"})
@@ -300,6 +351,26 @@ def test_metrics_count_requests_by_route_and_status(server: httpx.Client) -> Non
         "bundler_runner_queue_depth",
     ):
         assert f"# TYPE {family}" in text
+
+
+def test_latency_buckets_tell_sub_millisecond_calls_apart() -> None:
+    # A small model's call takes tens of microseconds and a small request a few hundred (docs/batching.md):
+    # with 0.5 ms as the first bound all of them fell in the first bucket, and any quantile read 0.25 ms.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bundler.server.metrics import Metrics
+
+    metrics = Metrics("svc")
+    observer = metrics.observer("mlp")
+    for seconds in (0.00004, 0.00006, 0.0002, 0.0004):
+        observer.on_batch(1, seconds)
+        metrics.observe_request("/predict", 200, seconds * 2)
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        if family.name in ("bundler_runner_inference_seconds", "bundler_request_duration_seconds"):
+            counts = [s.value for s in family.samples if s.name.endswith("_bucket")]
+            assert len(set(counts)) >= 3, family.name  # not all in one bucket, nor in two
+            bounds = [float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")]
+            assert bounds[0] <= 0.0001 and bounds[-2] == 10.0
 
 
 @pytest.mark.parametrize("mounted", [False, True])

@@ -220,3 +220,47 @@ def test_guide_image_classifier_through_the_client(run_calls: list[int]) -> None
     expected = reference_run(proto, {"input": arr})[0][0]
     np.testing.assert_allclose(out["probs"], expected, rtol=1e-5, atol=1e-6)
     assert out["label"] == int(expected.argmax()) and run_calls == [1]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"batchable": False}, {"enabled": False}],
+    ids=["batched", "not-batchable", "batching-off"],
+)
+def test_every_runner_reports_its_inference_time_and_queue_depth(options: dict[str, Any]) -> None:
+    # A runner without a batcher (the default batchable=False, or batching off) had no series at all: no
+    # inference time, and no queue depth for the autoscaler of docs/kubernetes.md to scale on.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    svc, _ = mlp_service(**options)
+    with running(build_app(svc)) as url:
+        wait_ready(url)
+        for route in ("/apredict", "/apredict", "/predict"):
+            assert httpx.post(url + route, json=np.ones((2, IN)).tolist()).status_code == 200
+        text = httpx.get(f"{url}/metrics").text
+    samples = {
+        (s.name, s.labels.get("le")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("runner") == "mlp"
+    }
+    assert samples[("bundler_runner_inference_seconds_count", None)] == 3
+    assert samples[("bundler_runner_inference_seconds_bucket", "+Inf")] == 3
+    assert samples[("bundler_runner_queue_depth", None)] == 0
+    if not options:
+        assert samples[("bundler_runner_batch_size_sum", None)] == 6  # rows run
+
+
+def test_the_startup_log_says_which_model_each_runner_loaded_and_on_which_providers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The log said "runner 'mlp' loaded in 0.05s" only: on a GPU node nothing told the operator whether the
+    # model ran on CUDA or had fallen back to the CPU.
+    import logging
+
+    svc, _ = mlp_service()
+    with caplog.at_level(logging.INFO, logger="bundler.server"), running(build_app(svc)) as url:
+        wait_ready(url)
+    (line,) = [r.getMessage() for r in caplog.records if "loaded in" in r.getMessage()]
+    tag = svc.runners[0].model.tag
+    assert re.fullmatch(rf"runner 'mlp' loaded in \d+\.\d\ds \(model {tag} on CPUExecutionProvider\)", line)

@@ -247,6 +247,39 @@ def test_serve_a_bundle_directory_with_its_own_model(tmp_path: Path, bundler_hom
         assert stop(proc) == 0
 
 
+def test_metrics_do_not_depend_on_prometheus_multiproc_dir(tmp_path: Path) -> None:
+    # With $PROMETHEUS_MULTIPROC_DIR set (gunicorn setups, base images), prometheus-client's Gauge keeps its
+    # value in a file there: a missing or read-only directory failed the queue-depth gauge once the model
+    # had loaded, and the server answered 503 "still loading" for good, with nothing in the log.
+    bundler.onnx.save_model(
+        "tiny", make_mlp(None, in_dim=4, hidden=8, out=2), signatures={"run": {"batchable": True}}
+    )
+    write(
+        tmp_path / "tinysvc.py",
+        """
+        import bundler
+        from bundler.io import NumpyNdarray
+
+        runner = bundler.onnx.get("tiny:latest").to_runner()
+        svc = bundler.Service("tiny-svc", runners=[runner])
+
+        @svc.api(input=NumpyNdarray(), output=NumpyNdarray())
+        async def predict(x):
+            return await runner.run.async_run(x)
+        """,
+    )
+    missing = tmp_path / "missing"
+    proc, url = start("tinysvc:svc", tmp_path, env={"PROMETHEUS_MULTIPROC_DIR": str(missing)})
+    try:
+        assert httpx.post(f"{url}/predict", json=np.ones((3, 4)).tolist()).status_code == 200
+        metrics = httpx.get(f"{url}/metrics").text
+    finally:
+        assert stop(proc) == 0
+    assert 'bundler_runner_queue_depth{runner="tiny"} 0.0' in metrics
+    assert 'bundler_runner_batch_size_sum{runner="tiny"} 3.0' in metrics
+    assert not missing.exists()
+
+
 @pytest.mark.slow
 def test_serve_with_two_workers(tmp_path: Path) -> None:
     write(tmp_path / "twosvc.py", SERVICE.format(name="two"))

@@ -500,20 +500,26 @@ class Batcher:
         last = self._run_seconds
         self._run_seconds = seconds if last == math.inf else 0.8 * last + 0.2 * seconds
 
-    def _run_alone(self, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray] | None, Exception | None]:
+    def _run_alone(
+        self, feed: dict[str, np.ndarray]
+    ) -> tuple[list[np.ndarray] | None, Exception | None, float]:
+        begin = time.perf_counter()
         try:
-            return self.run_batch(feed), None
+            return self.run_batch(feed), None, time.perf_counter() - begin
         except Exception as exc:
-            return None, exc
+            return None, exc, 0.0
 
     def _finish_alone(
         self,
-        alone: list[tuple[list[np.ndarray] | None, Exception | None]],
+        alone: list[tuple[list[np.ndarray] | None, Exception | None, float]],
         batch: list[_Request],
         slot: tuple[float, int],
     ) -> None:
         self._inflight.remove(slot)
-        for request, (outputs, error) in zip(batch, alone, strict=True):
+        for request, (outputs, error, seconds) in zip(batch, alone, strict=True):
+            if error is None and self.observer is not None:
+                # Model calls like any other (the metrics count rows run), here on the loop like the rest.
+                self.observer.on_batch(request.rows, seconds)
             if request.future.done():
                 continue
             if error is not None:

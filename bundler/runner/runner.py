@@ -13,7 +13,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -26,7 +26,13 @@ if TYPE_CHECKING:
     from .batcher import Batcher
     from .config import BatchingConfig
 
-__all__ = ["Runner", "RunnerMethod"]
+__all__ = ["CallObserver", "Runner", "RunnerMethod"]
+
+
+class CallObserver(Protocol):
+    """Receives the time of each model call of a runner that does not batch (a Batcher has its own)."""
+
+    def on_call(self, seconds: float) -> None: ...
 
 
 def _timed(run: Any, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
@@ -142,12 +148,18 @@ class Runner:
         # finished, and an average of their time (for Retry-After).
         self._calls = 0
         self._call_seconds = 0.0
+        self.observer: CallObserver | None = None  # set by the server, for its metrics
 
     # -- state ----------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
         """Return True once the model is loaded."""
         return self._session is not None
+
+    @property
+    def waiting_calls(self) -> int:
+        """Return the calls of an unbatched runner waiting for a thread (its queue, against max_queue)."""
+        return max(0, self._calls - self.config.max_concurrency)
 
     @property
     def session(self) -> OnnxSession:
@@ -194,6 +206,8 @@ class Runner:
             outputs, seconds = await self._loop.run_in_executor(self._executor, _timed, session.run, feed)
             last = self._call_seconds
             self._call_seconds = seconds if not last else 0.8 * last + 0.2 * seconds
+            if self.observer is not None:
+                self.observer.on_call(seconds)
             return outputs
         finally:
             self._calls -= 1

@@ -36,6 +36,8 @@ __all__ = ["DEFAULT_MAX_BODY_SIZE", "ServiceApp", "build_app", "error_response",
 
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 log = logging.getLogger("bundler.server")
+# Set by ServiceApp._handle on the scope: the error it answered (and logged).
+ANSWERED_KEY = "bundler.answered"
 access_log = logging.getLogger("bundler.access")
 INFO = logging.INFO
 
@@ -207,6 +209,12 @@ class ServiceApp(Starlette):
         route = self._route_label(get_route_path(scope))
         try:
             await super().__call__(scope, receive, send_status)
+        except Exception as exc:
+            status = status or 500
+            # Starlette re-raises an error its handler answered, for the server to log: uvicorn would print
+            # the traceback _handle logged already a second time.
+            if scope.get(ANSWERED_KEY) is not exc:
+                raise
         except BaseException:
             status = status or 500
             raise
@@ -331,12 +339,13 @@ class ServiceApp(Starlette):
             t0 = time.perf_counter()
             try:
                 await runner.async_init()
+                # Inside the try: an error here would end this task unseen, /readyz "loading" for good.
+                self._attach_observer(runner, name)
             except Exception as exc:
                 self.load_error = f"runner {name!r} failed to load: {type(exc).__name__}: {exc}"
                 log.error("%s", self.load_error, exc_info=exc)
                 return
-            self._attach_observer(runner, name)
-            log.info("runner %r loaded in %.2fs", name, time.perf_counter() - t0)
+            log.info("runner %r loaded in %.2fs%s", name, time.perf_counter() - t0, _what_loaded(runner))
         self.ready = True
 
     def _attach_observer(self, runner: Any, name: str) -> None:
@@ -347,6 +356,9 @@ class ServiceApp(Starlette):
                 if batcher.observer is None:
                     batcher.observer = self.metrics.observer(name)
                 return
+        # No Batcher (a model saved batchable=False, or batching off): the runner times its calls itself.
+        if getattr(runner, "observer", False) is None and hasattr(runner, "waiting_calls"):
+            runner.observer = self.metrics.call_observer(name, lambda: runner.waiting_calls)
 
     # -- infrastructure routes -----------------------------------------------------------------------
     async def _live(self, request: Request) -> Response:
@@ -366,7 +378,20 @@ class ServiceApp(Starlette):
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def _handle(self, request: Request, exc: Exception) -> Response:
+        request.scope[ANSWERED_KEY] = exc
         return error_response(exc, f"{request.method} {printable(request.url.path)}")
+
+
+def _what_loaded(runner: Any) -> str:
+    """Return " (model <tag> on <providers>)" for a loaded runner: is it on the GPU, or on the CPU?"""
+    parts = []
+    model = getattr(runner, "model", None)
+    if model is not None:
+        parts.append(f"model {getattr(model, 'tag', model)}")
+    providers = getattr(getattr(runner, "session", None), "providers", None)
+    if providers:
+        parts.append(f"on {', '.join(map(str, providers))}")
+    return f" ({' '.join(parts)})" if parts else ""
 
 
 class _APIEndpoint:
