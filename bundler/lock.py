@@ -4,7 +4,8 @@ The user's requirements and bundler's own serving runtime (:data:`SERVE_REQUIREM
 so a conflict between them is an error naming both sides, never a silent override. Each input line carries
 its origin as a trailing comment (``numpy==1.21.0  # from bentofile python.packages``) so errors can say
 where a requirement came from. A lock is cached under ``$BUNDLER_HOME/cache/locks/`` by a digest of all its
-inputs: an unchanged rebuild reads it back without running a resolver or touching the network.
+inputs: an unchanged rebuild reads it back without running a resolver or touching the network. Each entry
+carries the sha256 of its text, so one cut short or edited is resolved again, never trusted.
 """
 
 from __future__ import annotations
@@ -492,6 +493,23 @@ def _cache_key(
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
+def _read_cached(entry: Path) -> str | None:
+    """Return a cached lock's text, or None (removing the entry) when it is absent or not whole."""
+    try:
+        stored = json.loads(entry.read_text("utf-8"))
+        text = stored["text"]
+        whole = hashlib.sha256(text.encode()).hexdigest() == stored["sha256"]
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
+        whole = False
+    if not whole:
+        # Cut short or edited (a full disk, a copied home, a hand edit): resolve again, never install it.
+        entry.unlink(missing_ok=True)
+        return None
+    return str(text)
+
+
 def _header(options: LockOptions, key: str, hashed: bool) -> list[str]:
     platform = platform_for(options.platform)
     resolver = options.resolver if hashed else "no resolver"
@@ -546,9 +564,9 @@ def lock(
     )
     has_local = bool(local)
     requirements_txt = "\n".join([*index_inputs, *reqs, *(f"# constraint: {c}" for c in constraints)]) + "\n"
-    cached = home() / "cache" / "locks" / f"{key}.txt"
-    if cached.is_file():
-        text = cached.read_text("utf-8")
+    cached = home() / "cache" / "locks" / f"{key}.json"
+    text = _read_cached(cached)
+    if text is not None:
         return LockResult(
             text, hashlib.sha256(text.encode()).hexdigest(), True, options.lock_packages, requirements_txt
         )
@@ -573,10 +591,9 @@ def lock(
         # uv annotates with the temporary input's name; keep the text free of anything machine-specific.
         body = body.replace(str(wheels_dir.resolve()), "wheels").replace(str(wheels_dir), "wheels")
     text = "\n".join(head) + "\n" + body
-    atomic_write_text(cached, text)
-    return LockResult(
-        text, hashlib.sha256(text.encode()).hexdigest(), False, options.lock_packages, requirements_txt
-    )
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    atomic_write_text(cached, json.dumps({"sha256": digest, "text": text}, sort_keys=True))
+    return LockResult(text, digest, False, options.lock_packages, requirements_txt)
 
 
 def locked_names(lock_text: str) -> list[str]:

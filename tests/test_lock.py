@@ -292,7 +292,7 @@ def test_unchanged_inputs_reuse_the_cached_lock_without_a_resolver(
     reqs = collect_requirements(["six"], None, tmp_path)
     options = LockOptions(python_version="3.11", platform="linux/arm64")
     first = lock(reqs, options, wheels_dir=tmp_path / "w1")
-    assert not first.reused and len(list((bundler_home / "cache/locks").glob("*.txt"))) == 1
+    assert not first.reused and len(list((bundler_home / "cache/locks").glob("*.json"))) == 1
 
     # No resolver and no network from here on: uv is off PATH and every subprocess call fails.
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
@@ -307,6 +307,26 @@ def test_unchanged_inputs_reuse_the_cached_lock_without_a_resolver(
     # The same patch does stop a lock that is not cached, so the reuse above is real.
     with pytest.raises(LockError, match="resolver called"):
         lock(reqs, LockOptions(python_version="3.12", platform="linux/arm64"), wheels_dir=tmp_path / "w3")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited", "empty"])
+def test_a_damaged_cached_lock_is_not_trusted(tmp_path: Path, bundler_home: Path, damage: str) -> None:
+    reqs = collect_requirements(["six"], None, tmp_path)
+    options = LockOptions(python_version="3.11")
+    first = lock(reqs, options, wheels_dir=tmp_path / "w1")
+    (entry,) = (bundler_home / "cache/locks").iterdir()
+    raw = entry.read_bytes()
+    # A disk that filled up, a copy cut short, a hand edit: the bytes no longer match what was resolved.
+    damaged = {
+        "truncated": raw[: len(raw) // 2],
+        "edited": raw.replace(b"six==", b"six>="),
+        "empty": b"",
+    }[damage]
+    entry.write_bytes(damaged)
+    again = lock(reqs, options, wheels_dir=tmp_path / "w2")
+    assert not again.reused and again.text == first.text
+    # The entry is whole again for the next build.
+    assert lock(reqs, options, wheels_dir=tmp_path / "w3").reused
 
 
 def test_local_wheels_are_locked_by_hash(tmp_path: Path) -> None:
