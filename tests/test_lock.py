@@ -329,6 +329,39 @@ def test_a_damaged_cached_lock_is_not_trusted(tmp_path: Path, bundler_home: Path
     assert lock(reqs, options, wheels_dir=tmp_path / "w3").reused
 
 
+@pytest.mark.parametrize("where", ["python.find_links", "requirements file"])
+def test_packages_from_local_find_links_travel_with_the_bundle(tmp_path: Path, where: str) -> None:
+    def lock_from(project: Path, wheels_dir: Path) -> lock_mod.LockResult:
+        if where == "python.find_links":
+            reqs = collect_requirements(["linkedpkg"], None, project)
+            options = LockOptions(python_version="3.11", find_links=(str(project / "links"),))
+        else:
+            (project / "requirements.txt").write_text("--find-links ./links\nlinkedpkg\n")
+            reqs = collect_requirements([], Path("requirements.txt"), project)
+            options = LockOptions(python_version="3.11")
+        return lock(reqs, options, wheels_dir=wheels_dir)
+
+    wheel = _make_wheel(tmp_path / "a/links", "linkedpkg", "1.0.0")
+    first = lock_from(tmp_path / "a", tmp_path / "w1")
+    # The image has no host directory: the wheel the lock pins must be in the bundle, found by the lock.
+    assert [p.name for p in (tmp_path / "w1").iterdir()] == [wheel.name]
+    assert "--find-links wheels" in first.text.splitlines()
+    assert _pins(first.text)["linkedpkg"] == "1.0.0" and str(tmp_path) not in first.text
+
+    # The same project checked out elsewhere locks to the same bytes, from the cache, with the wheel.
+    (tmp_path / "b").mkdir()
+    _make_wheel(tmp_path / "b/links", "linkedpkg", "1.0.0")
+    again = lock_from(tmp_path / "b", tmp_path / "w2")
+    assert again.reused and again.text == first.text
+    assert [p.name for p in (tmp_path / "w2").iterdir()] == [wheel.name]
+
+    # A new wheel in the directory is a new input: resolved again, not the cached pin.
+    _make_wheel(tmp_path / "b/links", "linkedpkg", "1.1.0")
+    newer = lock_from(tmp_path / "b", tmp_path / "w3")
+    assert not newer.reused and _pins(newer.text)["linkedpkg"] == "1.1.0"
+    assert [p.name for p in (tmp_path / "w3").iterdir()] == ["linkedpkg-1.1.0-py3-none-any.whl"]
+
+
 def test_local_wheels_are_locked_by_hash(tmp_path: Path) -> None:
     wheels_dir = tmp_path / "env/python/wheels"
     wheel = _make_wheel(wheels_dir, "mylocal", "0.3.0", requires=("six>=1.15",))
