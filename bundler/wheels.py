@@ -400,9 +400,25 @@ def _pip_index_args(options: LockOptions) -> list[str]:
     return args
 
 
+# pip retries a request it cannot make, then says "No matching distribution": these lines tell the two apart.
+_NETWORK = re.compile(
+    r"connection broken by|Could not fetch URL|ProxyError|NewConnectionError|SSLError|Max retries exceeded"
+    r"|Temporary failure in name resolution|Read timed out"
+)
+
+
 def _missing_wheel_error(stderr: str, options: LockOptions, where: str) -> LockError:
     names = re.findall(r"(?:No matching distribution found for|satisfies the requirement) (\S+)", stderr)
     tail = "\n".join(stderr.strip().splitlines()[-6:])
+    network = [line.strip() for line in stderr.splitlines() if _NETWORK.search(line)]
+    if network:
+        indexes = [options.index_url or "https://pypi.org/simple", *options.extra_index_url]
+        return LockError(
+            f"cannot download the locked wheels ({where}): the package index"
+            f" ({', '.join(indexes)}) could not be reached:\n  {network[-1]}\n"
+            "check the network (proxy, SSL_CERT_FILE) and python.index_url / extra_index_url;"
+            " wheels downloaded once are reused from the cache without the network"
+        )
     if names:
         return LockError(
             f"no wheel of {names[-1]} for {options.platform}, CPython {options.python_version} ({where}):"

@@ -485,6 +485,22 @@ def test_offline_package_without_a_target_wheel_is_named(tmp_path: Path) -> None
     assert "python.wheels" in str(err.value)
 
 
+def test_offline_download_with_the_index_unreachable_is_a_network_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One retry, not pip's five: its "Retrying ... after connection broken by" warning is what tells a
+    # network failure from a package with no wheel (with no retry at all pip says neither).
+    monkeypatch.setenv("PIP_RETRIES", "1")
+    text = "bundler-test-unreachable==1.0 --hash=sha256:" + "0" * 64 + "\n"
+    options = LockOptions(python_version="3.11", offline=True, index_url="http://127.0.0.1:9/simple")
+    with pytest.raises(LockError) as err:
+        download_wheels(text, tmp_path / "dest", options)
+    message = str(err.value)
+    # Not "no wheel of ... for linux/amd64": the package may well have one; the index was never asked.
+    assert "could not be reached" in message and "no wheel of" not in message
+    assert "127.0.0.1" in message and "python.index_url" in message
+
+
 def test_pip_tools_resolver_on_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # pip-tools hashes every file of every pinned release one by one (tens of seconds for the whole serving
     # runtime here), so this checks the pip-tools path with a small stand-in; uv tests use the real set.
