@@ -307,6 +307,20 @@ def _build_one(target: str, out_dir: Path) -> Path:
     return wheels[0]
 
 
+def _shown(target: str) -> str:
+    """Name a direct reference in the bundle's requirements.txt: a local path by its last part only."""
+    if target.startswith(_VCS):
+        return target
+    try:
+        location = Requirement(target).url or target
+    except InvalidRequirement:
+        location = target
+    if location.startswith(_VCS):
+        return target
+    # A host path would make the bundle (and its tag) depend on where the project is checked out.
+    return "local path " + (location.rstrip("/").rsplit("/", 1)[-1] or location)
+
+
 def build_direct_wheels(lines: Iterable[str], wheels_dir: Path) -> list[str]:
     """Build VCS and local-path requirements into ``wheels_dir``; return lines with them pinned by name."""
     out = []
@@ -333,7 +347,7 @@ def build_direct_wheels(lines: Iterable[str], wheels_dir: Path) -> list[str]:
                     wheel = _copy_into(built, wheels_dir)
         wheel = _copy_into(wheel, wheels_dir)
         name, version, _, _ = parse_wheel_filename(wheel.name)
-        out.append(f"{name}=={version}  # built from {target}" + (f" ({origin})" if origin else ""))
+        out.append(f"{name}=={version}  # built from {_shown(target)}" + (f" ({origin})" if origin else ""))
     return out
 
 

@@ -415,6 +415,25 @@ def test_local_project_path_is_built_relative_to_the_context(tmp_path: Path) -> 
     assert sha256_file(built[0]) in next(p for p in parse_lock(result.text)[0] if p.name == "pathpkg").hashes
 
 
+def test_a_local_project_locks_the_same_wherever_it_is_checked_out(tmp_path: Path) -> None:
+    results = []
+    for checkout in ("a", "b/deeper"):
+        context = tmp_path / checkout
+        (context / "proj/pathpkg").mkdir(parents=True)
+        (context / "proj/pathpkg/__init__.py").write_text("")
+        (context / "proj/setup.py").write_text(
+            "from setuptools import setup\nsetup(name='pathpkg', version='0.0.7', packages=['pathpkg'])\n"
+        )
+        (context / "requirements.txt").write_text("./proj\n")
+        reqs = collect_requirements(["./proj"], Path("requirements.txt"), context)
+        results.append(lock(reqs, LockOptions(python_version="3.11"), wheels_dir=context / "w"))
+    # requirements.txt is a bundle file: a host path in it gives each checkout its own bundle tag.
+    assert results[0].requirements_txt == results[1].requirements_txt
+    assert results[0].text == results[1].text and str(tmp_path) not in results[0].requirements_txt
+    line = "pathpkg==0.0.7  # built from local path proj (from requirements.txt:1)"
+    assert line in results[0].requirements_txt.splitlines()
+
+
 def test_pip_args_reach_the_resolver_only_when_they_change_resolution(tmp_path: Path) -> None:
     spell = lock_mod._pip_args_for_resolver
     args = "--no-cache-dir --pre -i https://idx.example/simple --trusted-host=idx.example --upgrade"
