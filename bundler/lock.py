@@ -4,7 +4,8 @@ The user's requirements and bundler's own serving runtime (:data:`SERVE_REQUIREM
 so a conflict between them is an error naming both sides, never a silent override. Each input line carries
 its origin as a trailing comment (``numpy==1.21.0  # from bentofile python.packages``) so errors can say
 where a requirement came from. A lock is cached under ``$BUNDLER_HOME/cache/locks/`` by a digest of all its
-inputs: an unchanged rebuild reads it back without running a resolver or touching the network.
+inputs: an unchanged rebuild reads it back without running a resolver or touching the network. Each entry
+carries the sha256 of its text, so one cut short or edited is resolved again, never trusted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -476,11 +478,41 @@ class _ToolFailed(Exception):
 _RESOLVERS = {"uv": _run_uv, "pip-tools": _run_pip_tools}
 
 
+def _local_links(options: LockOptions, index_inputs: list[str]) -> list[Path]:
+    """Return the host directories (or files) that python.find_links and requirements files point pip at."""
+    values = [*options.find_links]
+    for line in index_inputs:
+        option, _, value = line.partition(" ")
+        if option in ("--find-links", "-f"):
+            values.append(value.strip())
+    return [Path(v) for v in dict.fromkeys(values) if "://" not in v]
+
+
+def _linked_files(links: list[Path]) -> dict[str, Path]:
+    """Map the sha256 of every distribution in host-local find-links places to its file."""
+    files: list[Path] = []
+    for link in links:
+        files += sorted(link.iterdir()) if link.is_dir() else [link]
+    return {sha256_file(f): f for f in reversed(files) if f.is_file() and f.name.lower().endswith(_ARCHIVE)}
+
+
+def _carry_linked(text: str, linked: dict[str, Path], wheels_dir: Path) -> None:
+    """Copy into ``wheels_dir`` the host find-links files the lock pins: the image cannot see the host."""
+    for package in parse_lock(text)[0]:
+        for digest in sorted(package.hashes & linked.keys()):
+            target = wheels_dir / linked[digest].name
+            if not target.exists():
+                shutil.copyfile(linked[digest], target)
+
+
 def _cache_key(
     requirements: list[str], constraints: list[str], options: LockOptions, local: list[str]
 ) -> str:
     fields = asdict(options)
     fields.pop("offline")  # the same lock serves online and offline bundles
+    # A host directory counts by what is in it (in `local`), not by where it is: a checkout elsewhere
+    # locks the same, and a wheel added to it is a new input.
+    fields["find_links"] = [f for f in options.find_links if "://" in f]
     blob = {
         "format": _FORMAT,
         "requirements": sorted(requirements),
@@ -490,6 +522,23 @@ def _cache_key(
         "options": fields,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _read_cached(entry: Path) -> str | None:
+    """Return a cached lock's text, or None (removing the entry) when it is absent or not whole."""
+    try:
+        stored = json.loads(entry.read_text("utf-8"))
+        text = stored["text"]
+        whole = hashlib.sha256(text.encode()).hexdigest() == stored["sha256"]
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
+        whole = False
+    if not whole:
+        # Cut short or edited (a full disk, a copied home, a hand edit): resolve again, never install it.
+        entry.unlink(missing_ok=True)
+        return None
+    return str(text)
 
 
 def _header(options: LockOptions, key: str, hashed: bool) -> list[str]:
@@ -538,17 +587,22 @@ def lock(
     ]
     inputs = [*reqs, *(f"{r}  # {BUNDLER_ORIGIN}" for r in SERVE_REQUIREMENTS)]
     index_inputs = [ln for ln in requirements if ln.startswith(_INDEX_OPTIONS)]
+    links = _local_links(options, index_inputs)
+    linked = _linked_files(links)
+    # Host find-links places enter the key by their files, not by their paths.
+    remote_index = [ln for ln in index_inputs if Path(ln.partition(" ")[2].strip()) not in links]
     key = _cache_key(
-        [_requirement(ln) for ln in inputs] + index_inputs,
+        [_requirement(ln) for ln in inputs] + remote_index,
         [_requirement(c) for c in constraints],
         options,
-        local,
+        local + [f"find-links: {f.name}={digest}" for digest, f in linked.items()],
     )
-    has_local = bool(local)
+    has_local = bool(local) or bool(linked)
     requirements_txt = "\n".join([*index_inputs, *reqs, *(f"# constraint: {c}" for c in constraints)]) + "\n"
-    cached = home() / "cache" / "locks" / f"{key}.txt"
-    if cached.is_file():
-        text = cached.read_text("utf-8")
+    cached = home() / "cache" / "locks" / f"{key}.json"
+    text = _read_cached(cached)
+    if text is not None:
+        _carry_linked(text, linked, wheels_dir)
         return LockResult(
             text, hashlib.sha256(text.encode()).hexdigest(), True, options.lock_packages, requirements_txt
         )
@@ -573,10 +627,10 @@ def lock(
         # uv annotates with the temporary input's name; keep the text free of anything machine-specific.
         body = body.replace(str(wheels_dir.resolve()), "wheels").replace(str(wheels_dir), "wheels")
     text = "\n".join(head) + "\n" + body
-    atomic_write_text(cached, text)
-    return LockResult(
-        text, hashlib.sha256(text.encode()).hexdigest(), False, options.lock_packages, requirements_txt
-    )
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    atomic_write_text(cached, json.dumps({"sha256": digest, "text": text}, sort_keys=True))
+    _carry_linked(text, linked, wheels_dir)
+    return LockResult(text, digest, False, options.lock_packages, requirements_txt)
 
 
 def locked_names(lock_text: str) -> list[str]:

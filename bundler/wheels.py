@@ -307,6 +307,20 @@ def _build_one(target: str, out_dir: Path) -> Path:
     return wheels[0]
 
 
+def _shown(target: str) -> str:
+    """Name a direct reference in the bundle's requirements.txt: a local path by its last part only."""
+    if target.startswith(_VCS):
+        return target
+    try:
+        location = Requirement(target).url or target
+    except InvalidRequirement:
+        location = target
+    if location.startswith(_VCS):
+        return target
+    # A host path would make the bundle (and its tag) depend on where the project is checked out.
+    return "local path " + (location.rstrip("/").rsplit("/", 1)[-1] or location)
+
+
 def build_direct_wheels(lines: Iterable[str], wheels_dir: Path) -> list[str]:
     """Build VCS and local-path requirements into ``wheels_dir``; return lines with them pinned by name."""
     out = []
@@ -333,7 +347,7 @@ def build_direct_wheels(lines: Iterable[str], wheels_dir: Path) -> list[str]:
                     wheel = _copy_into(built, wheels_dir)
         wheel = _copy_into(wheel, wheels_dir)
         name, version, _, _ = parse_wheel_filename(wheel.name)
-        out.append(f"{name}=={version}  # built from {target}" + (f" ({origin})" if origin else ""))
+        out.append(f"{name}=={version}  # built from {_shown(target)}" + (f" ({origin})" if origin else ""))
     return out
 
 
@@ -400,9 +414,25 @@ def _pip_index_args(options: LockOptions) -> list[str]:
     return args
 
 
+# pip retries a request it cannot make, then says "No matching distribution": these lines tell the two apart.
+_NETWORK = re.compile(
+    r"connection broken by|Could not fetch URL|ProxyError|NewConnectionError|SSLError|Max retries exceeded"
+    r"|Temporary failure in name resolution|Read timed out"
+)
+
+
 def _missing_wheel_error(stderr: str, options: LockOptions, where: str) -> LockError:
     names = re.findall(r"(?:No matching distribution found for|satisfies the requirement) (\S+)", stderr)
     tail = "\n".join(stderr.strip().splitlines()[-6:])
+    network = [line.strip() for line in stderr.splitlines() if _NETWORK.search(line)]
+    if network:
+        indexes = [options.index_url or "https://pypi.org/simple", *options.extra_index_url]
+        return LockError(
+            f"cannot download the locked wheels ({where}): the package index"
+            f" ({', '.join(indexes)}) could not be reached:\n  {network[-1]}\n"
+            "check the network (proxy, SSL_CERT_FILE) and python.index_url / extra_index_url;"
+            " wheels downloaded once are reused from the cache without the network"
+        )
     if names:
         return LockError(
             f"no wheel of {names[-1]} for {options.platform}, CPython {options.python_version} ({where}):"

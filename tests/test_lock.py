@@ -292,7 +292,7 @@ def test_unchanged_inputs_reuse_the_cached_lock_without_a_resolver(
     reqs = collect_requirements(["six"], None, tmp_path)
     options = LockOptions(python_version="3.11", platform="linux/arm64")
     first = lock(reqs, options, wheels_dir=tmp_path / "w1")
-    assert not first.reused and len(list((bundler_home / "cache/locks").glob("*.txt"))) == 1
+    assert not first.reused and len(list((bundler_home / "cache/locks").glob("*.json"))) == 1
 
     # No resolver and no network from here on: uv is off PATH and every subprocess call fails.
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
@@ -307,6 +307,59 @@ def test_unchanged_inputs_reuse_the_cached_lock_without_a_resolver(
     # The same patch does stop a lock that is not cached, so the reuse above is real.
     with pytest.raises(LockError, match="resolver called"):
         lock(reqs, LockOptions(python_version="3.12", platform="linux/arm64"), wheels_dir=tmp_path / "w3")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited", "empty"])
+def test_a_damaged_cached_lock_is_not_trusted(tmp_path: Path, bundler_home: Path, damage: str) -> None:
+    reqs = collect_requirements(["six"], None, tmp_path)
+    options = LockOptions(python_version="3.11")
+    first = lock(reqs, options, wheels_dir=tmp_path / "w1")
+    (entry,) = (bundler_home / "cache/locks").iterdir()
+    raw = entry.read_bytes()
+    # A disk that filled up, a copy cut short, a hand edit: the bytes no longer match what was resolved.
+    damaged = {
+        "truncated": raw[: len(raw) // 2],
+        "edited": raw.replace(b"six==", b"six>="),
+        "empty": b"",
+    }[damage]
+    entry.write_bytes(damaged)
+    again = lock(reqs, options, wheels_dir=tmp_path / "w2")
+    assert not again.reused and again.text == first.text
+    # The entry is whole again for the next build.
+    assert lock(reqs, options, wheels_dir=tmp_path / "w3").reused
+
+
+@pytest.mark.parametrize("where", ["python.find_links", "requirements file"])
+def test_packages_from_local_find_links_travel_with_the_bundle(tmp_path: Path, where: str) -> None:
+    def lock_from(project: Path, wheels_dir: Path) -> lock_mod.LockResult:
+        if where == "python.find_links":
+            reqs = collect_requirements(["linkedpkg"], None, project)
+            options = LockOptions(python_version="3.11", find_links=(str(project / "links"),))
+        else:
+            (project / "requirements.txt").write_text("--find-links ./links\nlinkedpkg\n")
+            reqs = collect_requirements([], Path("requirements.txt"), project)
+            options = LockOptions(python_version="3.11")
+        return lock(reqs, options, wheels_dir=wheels_dir)
+
+    wheel = _make_wheel(tmp_path / "a/links", "linkedpkg", "1.0.0")
+    first = lock_from(tmp_path / "a", tmp_path / "w1")
+    # The image has no host directory: the wheel the lock pins must be in the bundle, found by the lock.
+    assert [p.name for p in (tmp_path / "w1").iterdir()] == [wheel.name]
+    assert "--find-links wheels" in first.text.splitlines()
+    assert _pins(first.text)["linkedpkg"] == "1.0.0" and str(tmp_path) not in first.text
+
+    # The same project checked out elsewhere locks to the same bytes, from the cache, with the wheel.
+    (tmp_path / "b").mkdir()
+    _make_wheel(tmp_path / "b/links", "linkedpkg", "1.0.0")
+    again = lock_from(tmp_path / "b", tmp_path / "w2")
+    assert again.reused and again.text == first.text
+    assert [p.name for p in (tmp_path / "w2").iterdir()] == [wheel.name]
+
+    # A new wheel in the directory is a new input: resolved again, not the cached pin.
+    _make_wheel(tmp_path / "b/links", "linkedpkg", "1.1.0")
+    newer = lock_from(tmp_path / "b", tmp_path / "w3")
+    assert not newer.reused and _pins(newer.text)["linkedpkg"] == "1.1.0"
+    assert [p.name for p in (tmp_path / "w3").iterdir()] == ["linkedpkg-1.1.0-py3-none-any.whl"]
 
 
 def test_local_wheels_are_locked_by_hash(tmp_path: Path) -> None:
@@ -360,6 +413,25 @@ def test_local_project_path_is_built_relative_to_the_context(tmp_path: Path) -> 
     built = sorted((tmp_path / "w").glob("pathpkg-0.0.7-*.whl"))
     assert len(built) == 1 and _pins(result.text)["pathpkg"] == "0.0.7"
     assert sha256_file(built[0]) in next(p for p in parse_lock(result.text)[0] if p.name == "pathpkg").hashes
+
+
+def test_a_local_project_locks_the_same_wherever_it_is_checked_out(tmp_path: Path) -> None:
+    results = []
+    for checkout in ("a", "b/deeper"):
+        context = tmp_path / checkout
+        (context / "proj/pathpkg").mkdir(parents=True)
+        (context / "proj/pathpkg/__init__.py").write_text("")
+        (context / "proj/setup.py").write_text(
+            "from setuptools import setup\nsetup(name='pathpkg', version='0.0.7', packages=['pathpkg'])\n"
+        )
+        (context / "requirements.txt").write_text("./proj\n")
+        reqs = collect_requirements(["./proj"], Path("requirements.txt"), context)
+        results.append(lock(reqs, LockOptions(python_version="3.11"), wheels_dir=context / "w"))
+    # requirements.txt is a bundle file: a host path in it gives each checkout its own bundle tag.
+    assert results[0].requirements_txt == results[1].requirements_txt
+    assert results[0].text == results[1].text and str(tmp_path) not in results[0].requirements_txt
+    line = "pathpkg==0.0.7  # built from local path proj (from requirements.txt:1)"
+    assert line in results[0].requirements_txt.splitlines()
 
 
 def test_pip_args_reach_the_resolver_only_when_they_change_resolution(tmp_path: Path) -> None:
@@ -430,6 +502,22 @@ def test_offline_package_without_a_target_wheel_is_named(tmp_path: Path) -> None
         )
     assert "no wheel of docopt" in str(err.value) and "linux/amd64" in str(err.value)
     assert "python.wheels" in str(err.value)
+
+
+def test_offline_download_with_the_index_unreachable_is_a_network_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One retry, not pip's five: its "Retrying ... after connection broken by" warning is what tells a
+    # network failure from a package with no wheel (with no retry at all pip says neither).
+    monkeypatch.setenv("PIP_RETRIES", "1")
+    text = "bundler-test-unreachable==1.0 --hash=sha256:" + "0" * 64 + "\n"
+    options = LockOptions(python_version="3.11", offline=True, index_url="http://127.0.0.1:9/simple")
+    with pytest.raises(LockError) as err:
+        download_wheels(text, tmp_path / "dest", options)
+    message = str(err.value)
+    # Not "no wheel of ... for linux/amd64": the package may well have one; the index was never asked.
+    assert "could not be reached" in message and "no wheel of" not in message
+    assert "127.0.0.1" in message and "python.index_url" in message
 
 
 def test_pip_tools_resolver_on_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
