@@ -290,15 +290,21 @@ def test_readyz_is_503_until_runners_load_then_200() -> None:
     assert runner.shut_down
 
 
+def _readyz_once_failed(c: httpx.Client) -> httpx.Response:
+    """Return /readyz's answer once it reports a failed load (or the last one after 2 s)."""
+    for _ in range(200):
+        r = c.get("/readyz")
+        if "failed" in r.json()["error"]:
+            break
+        threading.Event().wait(0.01)
+    return r
+
+
 def test_readyz_reports_a_runner_that_failed_to_load() -> None:
     runner = GatedRunner(fail=True)
     runner.gate.set()
     with running(build_app(make_service([runner]))) as url, httpx.Client(base_url=url) as c:
-        for _ in range(200):
-            r = c.get("/readyz")
-            if "failed" in r.json()["error"]:
-                break
-            threading.Event().wait(0.01)
+        r = _readyz_once_failed(c)
         assert r.status_code == 503
         assert "runner 'gated' failed to load: RuntimeError: weights file is corrupt" in r.json()["error"]
         assert c.get("/livez").status_code == 200
@@ -323,11 +329,7 @@ def test_an_error_after_a_runner_loaded_is_reported_not_left_loading(
     runner.gate.set()
     with caplog.at_level(logging.ERROR, logger="bundler.server"):
         with running(build_app(make_service([runner]))) as url, httpx.Client(base_url=url) as c:
-            for _ in range(200):
-                r = c.get("/readyz")
-                if "failed" in r.json()["error"]:
-                    break
-                threading.Event().wait(0.01)
+            r = _readyz_once_failed(c)
     assert (
         r.status_code == 503 and "runner 'gated' failed to load: OSError: metrics file" in r.json()["error"]
     )
