@@ -209,15 +209,12 @@ class ServiceApp(Starlette):
         route = self._route_label(get_route_path(scope))
         try:
             await super().__call__(scope, receive, send_status)
-        except Exception as exc:
+        except BaseException as exc:
             status = status or 500
             # Starlette re-raises an error its handler answered, for the server to log: uvicorn would print
-            # the traceback _handle logged already a second time.
+            # the traceback _handle logged already a second time. Anything else (cancellation too) goes on.
             if scope.get(ANSWERED_KEY) is not exc:
                 raise
-        except BaseException:
-            status = status or 500
-            raise
         finally:
             # Returned without a response: the client went away first (handle_api answers nobody then).
             self._record(scope, status or 499, start, route=route)
