@@ -413,7 +413,15 @@ def import_model(path: str) -> None:
     """Import a model archive (sha256-verified; unsafe archives are refused)."""
     from . import models as m
 
-    click.echo(f"imported {m.import_model(path)!r}")
+    model = m.import_model(path)
+    click.echo(f"imported {model!r}")
+    notes = m.code_notes(model)
+    if notes:
+        # Like BentoML, bundler unpickles custom objects when asked: the importer must know what that runs.
+        _err(
+            f"note: model {model.tag} holds {' and '.join(notes)}; use it only if you trust whoever made"
+            f" {path}"
+        )
 
 
 # -- serving and images -----------------------------------------------------------------------------

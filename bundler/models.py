@@ -25,7 +25,7 @@ from .store import Entry, Store, Tag, model_store, sha256_file
 if TYPE_CHECKING:
     from .runner.runner import Runner
 
-__all__ = ["Model", "ModelInfo", "delete", "export_model", "get", "import_model", "list"]
+__all__ = ["Model", "ModelInfo", "code_notes", "delete", "export_model", "get", "import_model", "list"]
 
 BUNDLE_DIR_ENV = "BUNDLER_BUNDLE_DIR"
 CUSTOM_OBJECTS_FILE = "custom_objects.pkl"
@@ -189,6 +189,23 @@ def _load_custom_objects(model: Model) -> dict[str, Any]:
     return dict(objects)
 
 
+def code_notes(model: Model) -> builtins.list[str]:
+    """Return what in a stored model is code that using it can run: its pickled objects, its modules.
+
+    Read from the entry's files, not from what model.yaml says about them: an archive can say anything.
+    """
+    notes = []
+    if (model.path / CUSTOM_OBJECTS_FILE).exists():
+        notes.append("custom objects (a pickle: reading Model.custom_objects runs code from it)")
+    modules = model.path / EXTERNAL_MODULES_DIR
+    if modules.is_dir():
+        names = sorted(p.name.removesuffix(".py") for p in modules.iterdir() if p.name != "__pycache__")
+        notes.append(
+            f"external modules (Python code: {', '.join(names)}), importable once its custom objects load"
+        )
+    return notes
+
+
 def _kind(value: object) -> str:
     if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
         return "a function"
@@ -350,6 +367,9 @@ def _check_archived_model(archive: Path, staged: Path, tag: Tag, info: dict) -> 
             f"{where}: {rel} has sha256 {actual} but model.yaml says {expected}; the archive is damaged"
             " or was edited: export the model again"
         )
+    from .frameworks.onnx import check_external_data
+
+    check_external_data(staged / rel, where)
 
 
 def import_model(path: str | Path) -> Model:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -340,3 +341,76 @@ bundler.onnx.save_model("big", make_big(floats=1 << 20))
     saved = bundler.onnx.save_model("big", make_mlp())
     assert not staged.exists()
     assert [m.tag for m in bundler.models.list()] == [saved.tag]
+
+
+# -- what an imported model can make the importer run or read -------------------------------------------
+class Payload:
+    """Stands for any object in custom_objects: unpickling it runs whatever its class names."""
+
+
+def test_cli_import_says_when_a_model_holds_pickles_and_modules(tmp_path: Path) -> None:
+    # custom_objects.pkl is a pickle: Model.custom_objects runs code from the archive. Whoever imports a
+    # model from someone else must learn that at import time, not after it ran.
+    import tests.models as module
+
+    bundler.onnx.save_model("plain", make_mlp())
+    bundler.onnx.save_model("rich", make_mlp(), custom_objects={"p": Payload()}, external_modules=[module])
+    archives = {name: bundler.models.export_model(name, tmp_path) for name in ("plain", "rich")}
+    for name in archives:
+        bundler.models.delete(name)
+
+    def cli_import(archive: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bundler", "models", "import", str(archive)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            timeout=120,
+        )
+
+    plain = cli_import(archives["plain"])
+    assert plain.returncode == 0 and plain.stderr == "", plain.stderr
+    rich = cli_import(archives["rich"])
+    assert rich.returncode == 0, rich.stderr
+    assert "custom objects (a pickle: reading Model.custom_objects runs code" in rich.stderr
+    assert "external modules (Python code: tests)" in rich.stderr
+    assert "only if you trust whoever made" in rich.stderr
+    # The note comes from the files, not from what model.yaml claims about them.
+    notes = bundler.models.code_notes(bundler.models.get("rich"))
+    assert notes == bundler.models.code_notes(bundler.models.get("rich"))
+    assert len(notes) == 2
+
+
+def _model_reading(location: str) -> bytes:
+    """An ONNX model whose one initializer is external data at ``location`` (returned as its output)."""
+    from onnx import TensorProto, helper
+
+    t = TensorProto(name="w", data_type=TensorProto.UINT8, dims=[4], data_location=TensorProto.EXTERNAL)
+    t.external_data.add(key="location", value=location)
+    t.external_data.add(key="length", value="4")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [4])],
+        initializer=[t],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("location", ["/etc/hostname", "../../../../../../etc/hostname", "a/../../x"])
+def test_import_refuses_a_model_whose_external_data_lies_outside_it(tmp_path: Path, location: str) -> None:
+    # onnxruntime before 1.24 reads such external data wherever it points: an imported model would serve
+    # the host's files (keys, tokens) as its output.
+    onnx_bytes = _model_reading(location)
+    info = (
+        "name: spy\nversion: v1\nmodule: bundler.onnx\nmodel_file: saved_model.onnx\n"
+        f"sha256: {hashlib.sha256(onnx_bytes).hexdigest()}\n"
+    )
+    archive = _consistent_archive(
+        tmp_path / "spy.tar.gz", {"model.yaml": info.encode(), "saved_model.onnx": onnx_bytes}
+    )
+    with pytest.raises(UnsafeArchive, match=rf"external data at {re.escape(repr(location))}.*outside"):
+        bundler.models.import_model(archive)
+    assert bundler.models.list() == []

@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from ..casting import all_whole, int_range_overflow
-from ..exceptions import InferenceInputError, InvalidTag, ModelError, ProviderError
+from ..exceptions import InferenceInputError, InvalidTag, ModelError, ProviderError, UnsafeArchive
 from ..models import (
     CUSTOM_OBJECTS_FILE,
     EXTERNAL_MODULES_DIR,
@@ -267,11 +267,24 @@ def _check_signatures(
 def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
     """Return every tensor of a graph that can hold data: initializers and attributes, subgraphs too."""
     out = list(graph.initializer)
-    for node in graph.node:
+    for sparse in graph.sparse_initializer:
+        out += [sparse.values, sparse.indices]
+    out += _node_tensors(graph.node)
+    return out
+
+
+def _node_tensors(nodes: Any) -> list[onnx.TensorProto]:
+    """Return the tensors held by nodes' attributes (dense and sparse), their subgraphs' too."""
+    out = []
+    for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
                 out.append(attr.t)
             out.extend(attr.tensors)
+            if attr.HasField("sparse_tensor"):
+                out += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+            for sparse in attr.sparse_tensors:
+                out += [sparse.values, sparse.indices]
             if attr.HasField("g"):
                 out.extend(_tensors(attr.g))
             for g in attr.graphs:
@@ -281,12 +294,40 @@ def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
 
 def _external_locations(proto: onnx.ModelProto) -> list[str]:
     locations = []
-    for t in _tensors(proto.graph):
+    tensors = _tensors(proto.graph)
+    for function in proto.functions:  # a function's Constant nodes hold tensors too
+        tensors += _node_tensors(function.node)
+    for t in tensors:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             loc = next((e.value for e in t.external_data if e.key == "location"), "")
             if loc not in locations:
                 locations.append(loc)
     return locations
+
+
+def check_external_data(model_file: Path, where: str) -> None:
+    """Refuse a model file whose external data lies outside its directory (absolute, or through '..').
+
+    onnxruntime before 1.24 reads external data wherever it points, so a model from an archive could serve
+    the host's files as its output. Skipped where onnx is not installed (a serving-only environment) and
+    for files that do not parse (onnxruntime cannot load them either).
+    """
+    try:
+        import onnx as real_onnx
+    except ImportError:
+        return
+    try:
+        proto = real_onnx.load_model(str(model_file), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and onnx's own errors share no base class
+        return
+    for loc in _external_locations(proto):
+        rel = Path(loc)
+        if not loc or rel.is_absolute() or ".." in rel.parts or "\\" in loc:
+            raise UnsafeArchive(
+                f"{where}: refused: {model_file.name} reads external data at {loc!r}, outside the model's"
+                " directory (onnxruntime would read that file from this machine); export the model again"
+                " from a store that holds it"
+            )
 
 
 def _read_proto(path: Path, name: str) -> onnx.ModelProto:

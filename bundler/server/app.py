@@ -339,8 +339,12 @@ class ServiceApp(Starlette):
                 # Inside the try: an error here would end this task unseen, /readyz "loading" for good.
                 self._attach_observer(runner, name)
             except Exception as exc:
-                self.load_error = f"runner {name!r} failed to load: {type(exc).__name__}: {exc}"
-                log.error("%s", self.load_error, exc_info=exc)
+                log.error("runner %r failed to load: %s: %s", name, type(exc).__name__, exc, exc_info=exc)
+                # Clients (/readyz, the APIs) get the kind of error, not its message: that may hold the
+                # model's path on the host, or whatever the loading code had at hand (a token in a URL).
+                self.load_error = (
+                    f"runner {name!r} failed to load ({type(exc).__name__}); the server log says why"
+                )
                 return
             log.info("runner %r loaded in %.2fs%s", name, time.perf_counter() - t0, _what_loaded(runner))
         self.ready = True
