@@ -138,6 +138,12 @@ class Service:
                     f"Service {self.name!r}: api {what}={d!r} is not an IO descriptor;"
                     " use one of bundler.io.NumpyNdarray, JSON, Image, Text, File"
                 )
+        if isinstance(input, NumpyNdarray) and input.dtype is not None and input.dtype.kind not in "biuf":
+            # The input takes arrays of numbers only: every request would be refused (422).
+            raise BadInput(
+                f"Service {self.name!r}: api input=NumpyNdarray(dtype={str(input.dtype)!r}) takes arrays of"
+                " numbers only; declare a bool, int or float dtype, or take strings with JSON()"
+            )
 
         def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
             api_name = name if name is not None else getattr(func, "__name__", "")

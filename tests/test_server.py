@@ -566,6 +566,14 @@ def test_service_rejects_functions_it_cannot_call(func: Any, kwargs: dict, match
         make_service().api(input=JSON(), output=JSON(), **kwargs)(func)
 
 
+@pytest.mark.parametrize("dtype", ["object", "str", "complex64", "datetime64[s]"])
+def test_an_ndarray_input_of_a_dtype_no_request_can_meet_is_refused(dtype: str) -> None:
+    # Was taken, and every request was a 422 ("an array of numbers is expected").
+    with pytest.raises(BadInput, match=r"input=NumpyNdarray\(dtype='.*'\) takes arrays of numbers only"):
+        make_service().api(input=NumpyNdarray(dtype=dtype), output=JSON())(_noop)
+    make_service().api(input=JSON(), output=NumpyNdarray(dtype=dtype), name="strings")(_noop)  # outputs may
+
+
 def test_service_takes_functions_callable_with_the_input_alone() -> None:
     svc = make_service()
     svc.api(input=JSON(), output=JSON())(_defaults)
