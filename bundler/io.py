@@ -159,6 +159,22 @@ def _json_type(dtype: np.dtype | None) -> dict[str, Any]:
     return {"type": "string"}
 
 
+def _shape(shape: Any) -> tuple[int | str | None, ...] | None:
+    """Return a declared shape as a tuple, or a BadInput naming what a dimension may be."""
+    if shape is None:
+        return None
+    dims = tuple(shape) if isinstance(shape, (tuple, list)) else None
+    # A str was taken apart letter by letter: shape="nhw" became three symbolic dimensions.
+    if dims is None or not all(
+        d is None or (isinstance(d, (str, int, np.integer)) and not isinstance(d, bool)) for d in dims
+    ):
+        raise BadInput(
+            f"NumpyNdarray(shape={shape!r}): expected a tuple of dimensions, each an int, or -1, None or a"
+            " name for any size; e.g. shape=(-1, 3)"
+        )
+    return tuple(int(d) if isinstance(d, np.integer) else d for d in dims)
+
+
 def _dim_ok(want: int | str | None, got: int) -> bool:
     return want is None or isinstance(want, str) or want < 0 or want == got
 
@@ -184,7 +200,12 @@ class NumpyNdarray(IODescriptor):
             self.dtype = np.dtype(dtype) if dtype is not None else None
         except TypeError as exc:
             raise BadInput(f"NumpyNdarray(dtype={dtype!r}): not a numpy dtype (use e.g. 'float32')") from exc
-        self.shape = tuple(shape) if shape is not None else None
+        self.shape = _shape(shape)
+        for flag, value, given in (("dtype", enforce_dtype, dtype), ("shape", enforce_shape, shape)):
+            if value and given is None:
+                raise BadInput(
+                    f"NumpyNdarray(enforce_{flag}=True): there is no {flag} to enforce; pass {flag}=..."
+                )
         self.enforce_dtype = enforce_dtype
         self.enforce_shape = enforce_shape
         self.allow_nan = allow_nan
@@ -563,6 +584,14 @@ class JSON(IODescriptor):
     media_types = ("application/json",)
 
     def __init__(self, pydantic_model: type | None = None) -> None:
+        # Duck-typed: pydantic is the user's dependency, not imported unless a model is used.
+        if pydantic_model is not None and not (
+            isinstance(pydantic_model, type) and hasattr(pydantic_model, "model_validate")
+        ):
+            raise BadInput(
+                f"JSON(pydantic_model={pydantic_model!r}): expected a pydantic model class (a subclass of"
+                " pydantic.BaseModel), or no argument for any JSON value"
+            )
         self.pydantic_model = pydantic_model
         # The model's components key when a service names it (see pydantic_components), else its own name.
         self.component_name: str | None = None
@@ -669,6 +698,14 @@ class Image(IODescriptor):
         from PIL import ImageMode
 
         PILImage.init()  # registers every format plugin
+        if isinstance(formats, str):
+            raise BadInput(
+                f"Image(formats={formats!r}): expected a list of formats, e.g. formats=[{formats!r}]"
+            )
+        if max_pixels is not None and (type(max_pixels) is not int or max_pixels <= 0):
+            raise BadInput(
+                f"Image(max_pixels={max_pixels!r}): expected a positive number of pixels, e.g. 4096 * 4096"
+            )
         self.formats = {_PIL_FORMATS.get(f.lower(), f.upper()) for f in formats} if formats else None
         unknown = sorted((self.formats or set()) - set(PILImage.OPEN))
         if unknown:
@@ -854,6 +891,8 @@ class File(IODescriptor):
     media_types = ("application/octet-stream", "multipart/form-data")
 
     def __init__(self, mime_type: str = "application/octet-stream") -> None:
+        if not isinstance(mime_type, str) or not re.match(r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$", mime_type):
+            raise BadInput(f"File(mime_type={mime_type!r}): expected a media type, e.g. 'application/pdf'")
         self.output_media = mime_type
 
     def _accepts(self, mt: str) -> bool:

@@ -46,10 +46,27 @@ def _descriptor(node: ast.expr | None) -> str:
     return "unknown"
 
 
-def _api_decorator(dec: ast.expr) -> ast.Call | None:
+def _api_decorator(dec: ast.expr, attribute: str) -> ast.Call | None:
+    """Return ``dec`` when it is ``<svc>.api(...)``; another service's APIs are not this one's."""
     if isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "api":
-        return dec
+        owner = dec.func.value
+        if "." in attribute or not isinstance(owner, ast.Name) or owner.id == attribute:
+            return dec
     return None
+
+
+def _api_info(call: ast.Call, func_name: str | None) -> ApiInfo | None:
+    """Return what ``svc.api(...)`` says of an API as the runtime would name and route it."""
+    kw = {k.arg: k.value for k in call.keywords if k.arg}
+    name_node, route_node = kw.get("name"), kw.get("route")
+    given = name_node.value if isinstance(name_node, ast.Constant) else None
+    name = str(given) if given is not None else func_name
+    if name is None:
+        return None
+    # As Service.api does: a None route is the name, and slashes at either end are dropped.
+    route_value = route_node.value if isinstance(route_node, ast.Constant) else None
+    route = str(route_value).strip("/") if route_value is not None else name
+    return ApiInfo(name, route, _descriptor(kw.get("input")), _descriptor(kw.get("output")))
 
 
 def scan_service(module_path: Path, attribute: str) -> ServiceInfo:
@@ -84,16 +101,17 @@ def scan_service(module_path: Path, attribute: str) -> ServiceInfo:
                     info.service_name = first.value
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for dec in node.decorator_list:
-                call = _api_decorator(dec)
-                if call is None:
-                    continue
-                kw = {k.arg: k.value for k in call.keywords if k.arg}
-                name_node, route_node = kw.get("name"), kw.get("route")
-                name = str(name_node.value) if isinstance(name_node, ast.Constant) else node.name
-                route = str(route_node.value).lstrip("/") if isinstance(route_node, ast.Constant) else name
-                info.apis.append(
-                    ApiInfo(name, route, _descriptor(kw.get("input")), _descriptor(kw.get("output")))
-                )
+                call = _api_decorator(dec, attribute)
+                api = _api_info(call, node.name) if call is not None else None
+                if api is not None:
+                    info.apis.append(api)
+        if isinstance(node, ast.Call) and node.args and isinstance(node.func, ast.Call):
+            # svc.api(input=..., output=...)(predict): the decorator called by hand.
+            call = _api_decorator(node.func, attribute)
+            target = node.args[0]
+            api = _api_info(call, target.id if isinstance(target, ast.Name) else None) if call else None
+            if api is not None:
+                info.apis.append(api)
     info.model_tags = sorted(set(tags))
     info.apis.sort(key=lambda a: a.route)
     return info

@@ -43,6 +43,39 @@ class API:
         return self.func(value)
 
 
+def _check_function(where: str, func: Any) -> None:
+    """Refuse at definition time a function the server could not call with the decoded input alone."""
+    if not callable(func):
+        raise BadInput(f"{where}: {func!r} is not callable; decorate a function")
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise BadInput(
+            f"{where}: the function is a generator; streaming responses are not supported, so return"
+            " the whole value instead of yielding parts"
+        )
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # some builtins have no signature: nothing to check
+    try:
+        signature.bind(None)
+    except TypeError as exc:
+        context = [p for p in list(signature.parameters)[1:] if p in ("ctx", "context")]
+        hint = (
+            f"; bundler passes no context argument (BentoML's {context[0]!r}): remove that parameter"
+            if context
+            else ""
+        )
+        # Annotations left out: under `from __future__ import annotations` they print as quoted strings.
+        bare = signature.replace(
+            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+            return_annotation=signature.empty,
+        )
+        raise BadInput(
+            f"{where}: the function takes {bare} but is called with one argument, the"
+            f" decoded input ({exc}){hint}"
+        ) from None
+
+
 def _spec_list(runner: Any, which: str) -> list[Any] | None:
     """Return a runner's model input or output specs without loading the model, when it exposes them."""
     specs = getattr(runner, f"{which[:-1]}_specs", None)
@@ -105,11 +138,21 @@ class Service:
                     f"Service {self.name!r}: api {what}={d!r} is not an IO descriptor;"
                     " use one of bundler.io.NumpyNdarray, JSON, Image, Text, File"
                 )
+        if isinstance(input, NumpyNdarray) and input.dtype is not None and input.dtype.kind not in "biuf":
+            # The input takes arrays of numbers only: every request would be refused (422).
+            raise BadInput(
+                f"Service {self.name!r}: api input=NumpyNdarray(dtype={str(input.dtype)!r}) takes arrays of"
+                " numbers only; declare a bool, int or float dtype, or take strings with JSON()"
+            )
 
         def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
-            api_name = name or getattr(func, "__name__", None) or ""
-            if not _API_NAME_RE.match(api_name):
-                raise BadInput(f"Service {self.name!r}: API name {api_name!r} must be a Python identifier")
+            api_name = name if name is not None else getattr(func, "__name__", "")
+            if not isinstance(api_name, str) or not _API_NAME_RE.match(api_name):
+                hint = "" if name is not None else "; pass name=... (a lambda or partial has no usable name)"
+                raise BadInput(
+                    f"Service {self.name!r}: API name {api_name!r} must be a Python identifier{hint}"
+                )
+            _check_function(f"Service {self.name!r}, API {api_name!r}", func)
             if route is not None and not isinstance(route, str):
                 raise BadInput(f"Service {self.name!r}, API {api_name!r}: route {route!r} must be a string")
             api_route = (route if route is not None else api_name).strip("/")

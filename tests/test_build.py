@@ -17,7 +17,7 @@ import yaml
 from bundler import bundles
 from bundler.builder import build
 from bundler.exceptions import ConfigError
-from bundler.scan import uses_images
+from bundler.scan import scan_service, uses_images
 from bundler.store import bundle_store, verify_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -460,3 +460,32 @@ def test_a_read_only_bundle_store_is_a_clear_error(quickstart: Path, monkeypatch
     monkeypatch.setattr(os, "mkdir", mkdir)
     with pytest.raises(StoreError, match=rf"cannot write to the bundle store at {store.root}: Read-only"):
         build(quickstart)
+
+
+def test_scan_names_and_routes_apis_as_the_service_does(tmp_path: Path) -> None:
+    # The scan listed another service's API, named one "None" (name=None), kept a trailing slash in a
+    # route, and missed an API registered by calling the decorator: bundle.yaml's apis were not the served.
+    module = tmp_path / "service.py"
+    module.write_text(
+        "import bundler\n"
+        "from bundler.io import JSON, Text\n"
+        "svc = bundler.Service('s')\n"
+        "other = bundler.Service('o')\n"
+        "@svc.api(input=JSON(), output=JSON(), route='/v1/predict/')\n"
+        "def predict(x): return x\n"
+        "@svc.api(input=JSON(), output=Text(), name=None, route=None)\n"
+        "def label(x): return x\n"
+        "@other.api(input=JSON(), output=JSON())\n"
+        "def elsewhere(x): return x\n"
+        "def echo(x): return x\n"
+        "svc.api(input=Text(), output=Text(), name='echo2')(echo)\n",
+        encoding="utf-8",
+    )
+    scanned = [(a.name, a.route, a.input, a.output) for a in scan_service(module, "svc").apis]
+    assert scanned == [
+        ("echo2", "echo2", "Text", "Text"),
+        ("label", "label", "JSON", "Text"),
+        ("predict", "v1/predict", "JSON", "JSON"),
+    ]
+    served = runpy.run_path(str(module))["svc"]
+    assert sorted((a.name, a.route) for a in served.apis.values()) == [(n, r) for n, r, _, _ in scanned]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -712,3 +713,44 @@ def test_ndarray_json_to_an_integer_or_bool_dtype_casts_exact_values_only(
     else:
         with pytest.raises(ValidationFailed, match=expected):
             decode(d, body, "application/json")
+
+
+# -- declaration errors -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        # Each was taken: a str shape split into one dimension per letter, a non-int dimension or a
+        # non-positive max_pixels refused every request, a non-model pydantic_model or a non-str mime_type
+        # was a 500 on every call (or when the app was built), and formats="png" was read as P, N, G.
+        (lambda: NumpyNdarray(shape="nhw"), r"NumpyNdarray\(shape='nhw'\): expected a tuple of dimensions"),
+        (lambda: NumpyNdarray(shape=3), r"NumpyNdarray\(shape=3\): expected a tuple"),
+        (lambda: NumpyNdarray(shape=(1.5, 2)), r"NumpyNdarray\(shape=\(1.5, 2\)\)"),
+        (lambda: NumpyNdarray(shape=(True,)), r"NumpyNdarray\(shape=\(True,\)\)"),
+        (lambda: NumpyNdarray(enforce_shape=True), r"enforce_shape=True\): there is no shape.*pass shape="),
+        (lambda: NumpyNdarray(enforce_dtype=True), r"enforce_dtype=True\): there is no dtype.*pass dtype="),
+        (
+            lambda: JSON(pydantic_model=int),
+            r"JSON\(pydantic_model=<class 'int'>\): expected a pydantic model",
+        ),
+        (lambda: JSON(pydantic_model=Iris(sepal_length=1, sepal_width=2)), "expected a pydantic model class"),
+        (lambda: File(mime_type=3), r"File\(mime_type=3\): expected a media type"),
+        (lambda: File(mime_type="pdf"), r"File\(mime_type='pdf'\): expected a media type"),
+        (
+            lambda: Image(formats="png"),
+            r"Image\(formats='png'\): expected a list of formats, e.g. formats=\['png'\]",
+        ),
+        (lambda: Image(max_pixels=0), r"Image\(max_pixels=0\): expected a positive number of pixels"),
+        (lambda: Image(max_pixels="1000"), r"Image\(max_pixels='1000'\)"),
+    ],
+)
+def test_descriptor_arguments_are_checked_when_declared(make: Callable[[], object], match: str) -> None:
+    with pytest.raises(BadInput, match=match):
+        make()
+
+
+def test_descriptor_arguments_that_are_fine() -> None:
+    assert NumpyNdarray(shape=(np.int64(2), "batch", None, -1)).shape == (2, "batch", None, -1)
+    assert NumpyNdarray(shape=[1, 2], enforce_shape=True).shape == (1, 2)
+    assert File(mime_type="text/html; charset=latin-1").output_media == "text/html; charset=latin-1"
+    assert File(mime_type="application/vnd.api+json").output_media == "application/vnd.api+json"
+    assert JSON(pydantic_model=Iris).pydantic_model is Iris

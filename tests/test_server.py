@@ -6,6 +6,7 @@ Runners here are small stand-ins (readiness is what they test); tests/test_serve
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import re
@@ -518,6 +519,67 @@ def test_service_rejects_bad_apis(kwargs: dict, match: str) -> None:
     svc = make_service()
     with pytest.raises(BadInput, match=match):
         svc.api(input=JSON(), output=JSON(), **kwargs)(_noop)
+
+
+def _with_context(x: Any, ctx: Any) -> Any:
+    return x
+
+
+def _no_argument() -> Any:
+    return 1
+
+
+def _keyword_only(x: Any, *, scale: float) -> Any:
+    return x
+
+
+def _generator(x: Any) -> Any:
+    yield x
+
+
+async def _async_generator(x: Any) -> Any:
+    yield x
+
+
+def _defaults(x: Any, scale: float = 2.0, *args: Any, **kwargs: Any) -> Any:
+    return x
+
+
+@pytest.mark.parametrize(
+    ("func", "kwargs", "match"),
+    [
+        # Each was taken, and every request to it was a 500 (TypeError, or a generator left unencoded).
+        (_with_context, {}, r"takes \(x, ctx\).*no context argument \(BentoML's 'ctx'\)"),
+        (_no_argument, {}, r"takes \(\) but is called with one argument"),
+        (_keyword_only, {}, "missing a required argument: 'scale'"),
+        (_generator, {}, "streaming responses are not supported"),
+        (_async_generator, {}, "streaming responses are not supported"),
+        (5, {"name": "five"}, "5 is not callable"),
+        (lambda x: x, {}, r"'<lambda>' must be a Python identifier; pass name=\.\.\."),
+        (functools.partial(_noop), {}, r"API name '' must be a Python identifier; pass name="),
+        (_noop, {"name": ""}, "API name '' must be a Python identifier$"),
+        (_noop, {"name": 5}, "API name 5 must be a Python identifier"),
+    ],
+)
+def test_service_rejects_functions_it_cannot_call(func: Any, kwargs: dict, match: str) -> None:
+    with pytest.raises(BadInput, match=match):
+        make_service().api(input=JSON(), output=JSON(), **kwargs)(func)
+
+
+@pytest.mark.parametrize("dtype", ["object", "str", "complex64", "datetime64[s]"])
+def test_an_ndarray_input_of_a_dtype_no_request_can_meet_is_refused(dtype: str) -> None:
+    # Was taken, and every request was a 422 ("an array of numbers is expected").
+    with pytest.raises(BadInput, match=r"input=NumpyNdarray\(dtype='.*'\) takes arrays of numbers only"):
+        make_service().api(input=NumpyNdarray(dtype=dtype), output=JSON())(_noop)
+    make_service().api(input=JSON(), output=NumpyNdarray(dtype=dtype), name="strings")(_noop)  # outputs may
+
+
+def test_service_takes_functions_callable_with_the_input_alone() -> None:
+    svc = make_service()
+    svc.api(input=JSON(), output=JSON())(_defaults)
+    svc.api(input=JSON(), output=JSON(), name="partial")(functools.partial(_with_context, ctx=None))
+    svc.api(input=JSON(), output=JSON(), name="builtin")(len)
+    assert svc.apis["partial"](3) == 3
 
 
 def test_service_rejects_bad_names_descriptors_and_duplicate_runners() -> None:
