@@ -21,6 +21,7 @@ import yaml
 import bundler
 from bundler.exceptions import BadInput, NotFound
 from bundler.server.serve import load_service
+from bundler.store import verify_manifest, write_manifest
 from tests.models import make_mlp, reference_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,7 @@ def restore_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # load_service sets BUNDLER_BUNDLE_DIR for the process; let monkeypatch put it back after each test.
     monkeypatch.setenv("BUNDLER_BUNDLE_DIR", "")
     monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)  # set by serving a bundle
 
 
 # -- load_service ------------------------------------------------------------------------------------------
@@ -110,6 +112,19 @@ def test_two_bundles_with_the_same_module_name_do_not_shadow(tmp_path: Path) -> 
     first = load_service(str(make_bundle(tmp_path / "one", name="first")))
     second = load_service(str(make_bundle(tmp_path / "two", name="second")))
     assert (first.name, second.name) == ("first", "second")
+
+
+def test_serving_a_bundle_writes_no_bytecode_into_it(tmp_path: Path) -> None:
+    # Python caches the service's bytecode in src/__pycache__/: in a stored bundle that was a file outside
+    # its manifest, so `bundler serve quickstart:latest` made `bundler verify`, export and containerize
+    # refuse the bundle as "changed after `bundler build`" (the README's own quick start).
+    bundle = make_bundle(tmp_path / "b", name="demo", version="v1")
+    write_manifest(bundle)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    code = f"from bundler.server.serve import load_service; load_service({str(bundle)!r})"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=60)
+    assert verify_manifest(bundle) == []
+    assert not list(bundle.rglob("*.pyc"))
 
 
 def test_bundle_tag_from_the_store(bundler_home: Path, tmp_path: Path) -> None:

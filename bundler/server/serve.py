@@ -97,6 +97,9 @@ def _load_bundle(bundle: Path) -> Service:
     info, service = _read_service(meta, "it should name the service as 'module:svc'")
     # Model tags resolve inside the bundle first (see bundler.models).
     os.environ["BUNDLER_BUNDLE_DIR"] = str(bundle)
+    # src/__pycache__/ is outside the manifest: serving a stored bundle must not make it fail `bundler
+    # verify` (and so export and containerize). Worker processes come through here too.
+    sys.dont_write_bytecode = True
     module, attr = _split(service)
     svc = _import_service(module, attr, bundle / "src", str(meta))
     tag = info.get("tag") or ""
