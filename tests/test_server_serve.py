@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import bundler
-from bundler.exceptions import BadInput, NotFound
+from bundler.exceptions import BadInput, NotFound, StoreError
 from bundler.server.serve import load_service
 from bundler.store import verify_manifest, write_manifest
 from tests.models import make_mlp, reference_run
@@ -125,6 +125,25 @@ def test_serving_a_bundle_writes_no_bytecode_into_it(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=60)
     assert verify_manifest(bundle) == []
     assert not list(bundle.rglob("*.pyc"))
+
+
+def test_a_bundle_missing_a_model_it_ships_is_refused(tmp_path: Path) -> None:
+    # The home store has a model of that name: it was served, silently, in place of the bundle's own.
+    home_model = bundler.onnx.save_model("tiny", make_mlp(None, in_dim=4, hidden=8, out=2))
+    bundle = make_bundle(tmp_path / "b", name="demo", version="v1")
+    info = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    info["models"] = [{"tag": "tiny:shipped1", "module": "bundler.onnx"}]
+    write(bundle / "bundle.yaml", yaml.safe_dump(info))
+    with pytest.raises(
+        StoreError, match=r"bundle.yaml: the bundle ships model tiny:shipped1, but .*model.yaml"
+    ):
+        load_service(str(bundle))
+    shutil.copytree(home_model.path, bundle / "models" / "tiny" / "shipped1")
+    (bundle / "models" / "tiny" / "shipped1" / "saved_model.onnx").unlink()
+    with pytest.raises(StoreError, match=r"tiny/shipped1/saved_model.onnx is missing"):
+        load_service(str(bundle))
+    shutil.copy(home_model.model_file, bundle / "models" / "tiny" / "shipped1")
+    assert load_service(str(bundle)).name == "demo"
 
 
 def test_bundle_tag_from_the_store(bundler_home: Path, tmp_path: Path) -> None:

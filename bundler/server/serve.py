@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..exceptions import BadInput, BundlerError, NotFound
+from ..exceptions import BadInput, BundlerError, NotFound, StoreError
 from ..service import Service
 from ..store import Tag, bundle_store
 
@@ -91,10 +91,40 @@ def _read_service(path: Path, fix: str) -> tuple[dict, str]:
     return info, service
 
 
+def _check_models(bundle: Path, info: dict, where: str) -> None:
+    """Raise StoreError when a model the bundle lists is not in its ``models/``.
+
+    Model tags resolve in the bundle, then in the home store: without this, the home store's model of that
+    name (another version, other weights) would be served under the bundle's version.
+    """
+    for model in info.get("models") or []:
+        tag = model.get("tag") if isinstance(model, dict) else None
+        if not isinstance(tag, str):
+            continue
+        name, _, version = tag.partition(":")
+        entry = bundle / "models" / name / version
+        try:
+            model_info = yaml.safe_load((entry / "model.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            missing = entry / "model.yaml"
+        else:
+            model_file = (
+                model_info.get("model_file", "saved_model.onnx") if isinstance(model_info, dict) else ""
+            )
+            missing = entry / str(model_file)
+            if model_file and missing.is_file():
+                continue
+        raise StoreError(
+            f"{where}: the bundle ships model {tag}, but {missing} is missing or unreadable; the bundle is"
+            " damaged: build it again, or import it again from its archive"
+        )
+
+
 def _load_bundle(bundle: Path) -> Service:
     bundle = bundle.resolve()
     meta = bundle / BUNDLE_META
     info, service = _read_service(meta, "it should name the service as 'module:svc'")
+    _check_models(bundle, info, str(meta))
     # Model tags resolve inside the bundle first (see bundler.models).
     os.environ["BUNDLER_BUNDLE_DIR"] = str(bundle)
     # src/__pycache__/ is outside the manifest: serving a stored bundle must not make it fail `bundler
