@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -144,6 +145,24 @@ def test_a_bundle_missing_a_model_it_ships_is_refused(tmp_path: Path) -> None:
         load_service(str(bundle))
     shutil.copy(home_model.model_file, bundle / "models" / "tiny" / "shipped1")
     assert load_service(str(bundle)).name == "demo"
+
+
+def test_a_bundle_changed_after_build_is_served_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As `bundler verify` would report (containerize refuses it); its models are not hashed at each start.
+    bundle = make_bundle(tmp_path / "b", name="demo", version="v1")
+    write(bundle / "models" / "m" / "v1" / "model.yaml", "name: m\n")
+    write_manifest(bundle)
+    caplog.set_level(logging.WARNING, logger="bundler.server")
+    load_service(str(bundle))
+    assert not caplog.records
+    write(bundle / "src" / "service.py", SERVICE.format(name="edited"))
+    write(bundle / "models" / "m" / "v1" / "model.yaml", "name: m2\n")
+    load_service(str(bundle))
+    [record] = caplog.records
+    assert "bundle demo:v1 fails its manifest check (src/service.py: sha256 differs" in record.getMessage()
+    assert "models/" not in record.getMessage()
 
 
 def test_bundle_tag_from_the_store(bundler_home: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from ..exceptions import BadInput, BundlerError, NotFound, StoreError
 from ..service import Service
-from ..store import Tag, bundle_store
+from ..store import Tag, bundle_store, verify_manifest
 
 __all__ = ["app_factory", "load_service", "serve"]
 
@@ -120,11 +120,31 @@ def _check_models(bundle: Path, info: dict, where: str) -> None:
         )
 
 
+# What serving runs: checked at start (cheap), unlike models/ (hashing them would slow every start) and
+# env/ (an image holds only part of it).
+_CHECKED_AT_START = ("src/", BUNDLE_META)
+
+
+def _warn_if_changed(bundle: Path, info: dict) -> None:
+    """Log a warning naming the source files that differ from the bundle's manifest (as `bundler verify`)."""
+    problems = verify_manifest(bundle, only=_CHECKED_AT_START)
+    if problems:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        log.warning(
+            "bundle %s fails its manifest check (%s): it was changed after `bundler build`, and"
+            " `bundler containerize` refuses it; serving it as it is (build it again for a version that"
+            " covers the change)",
+            info.get("tag") or bundle,
+            shown,
+        )
+
+
 def _load_bundle(bundle: Path) -> Service:
     bundle = bundle.resolve()
     meta = bundle / BUNDLE_META
     info, service = _read_service(meta, "it should name the service as 'module:svc'")
     _check_models(bundle, info, str(meta))
+    _warn_if_changed(bundle, info)
     # Model tags resolve inside the bundle first (see bundler.models).
     os.environ["BUNDLER_BUNDLE_DIR"] = str(bundle)
     # src/__pycache__/ is outside the manifest: serving a stored bundle must not make it fail `bundler
