@@ -91,6 +91,14 @@ def test_directory_without_bundle_yaml_is_refused(tmp_path: Path) -> None:
         load_service("empty", working_dir=tmp_path)
 
 
+@pytest.mark.parametrize("target", ["/no/such/bundle", "./gone", "builds/gone/"])
+def test_a_missing_directory_is_named_as_one(tmp_path: Path, target: str) -> None:
+    # It said "found no module '/no/such/bundle' ... and no bundle '/no/such/bundle' in the store" (a wrong
+    # BUNDLE_DIR in the image's entrypoint gets this message).
+    with pytest.raises(NotFound, match=r"serve '.+': no such directory /.+; give a bundle directory"):
+        load_service(target, working_dir=tmp_path)
+
+
 def test_project_directory_uses_the_bentofile_service(tmp_path: Path) -> None:
     project = tmp_path / "proj"
     write(project / "svcmod_c.py", SERVICE.format(name="from-project"))

@@ -200,6 +200,12 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
             pass
         else:
             return _load_bundle(path)
+    looks_like_path = "/" in target or os.sep in target or target.startswith(".")
+    if looks_like_path and not target.partition(":")[0].endswith(".py"):  # neither a tag nor a module
+        raise NotFound(
+            f"serve {target!r}: no such directory {as_path}; give a bundle directory, a bundle tag or"
+            " 'module:svc'"
+        )
     raise NotFound(
         f"serve {target!r}: found no module {module!r} in {base} and no bundle {target!r} in the store"
         " (see `bundler list`); give 'module:svc', a bundle tag or a bundle directory"
