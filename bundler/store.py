@@ -159,8 +159,11 @@ def write_manifest(root: Path) -> str:
     return text
 
 
-def verify_manifest(root: Path) -> list[str]:
-    """Check every file under root against its manifest; return one problem per differing file."""
+def verify_manifest(root: Path, only: tuple[str, ...] | None = None) -> list[str]:
+    """Check every file under root against its manifest; return one problem per differing file.
+
+    ``only`` limits the check to the files whose path starts with one of these prefixes.
+    """
     mpath = root / MANIFEST
     if not mpath.is_file():
         return [f"{root}: {MANIFEST} is missing"]
@@ -171,9 +174,10 @@ def verify_manifest(root: Path) -> list[str]:
     expected: dict[str, str] = {}
     for line in text.splitlines():
         digest, _, rel = line.partition("  ")
-        expected[rel] = digest
+        if only is None or rel.startswith(only):
+            expected[rel] = digest
     problems = []
-    present = set(_files(root))
+    present = {rel for rel in _files(root) if only is None or rel.startswith(only)}
     for rel, digest in sorted(expected.items()):
         if rel not in present:
             problems.append(f"{rel}: missing")

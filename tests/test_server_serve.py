@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -19,8 +20,9 @@ import pytest
 import yaml
 
 import bundler
-from bundler.exceptions import BadInput, NotFound
+from bundler.exceptions import BadInput, NotFound, StoreError
 from bundler.server.serve import load_service
+from bundler.store import verify_manifest, write_manifest
 from tests.models import make_mlp, reference_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +57,7 @@ def restore_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # load_service sets BUNDLER_BUNDLE_DIR for the process; let monkeypatch put it back after each test.
     monkeypatch.setenv("BUNDLER_BUNDLE_DIR", "")
     monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)  # set by serving a bundle
 
 
 # -- load_service ------------------------------------------------------------------------------------------
@@ -88,6 +91,14 @@ def test_directory_without_bundle_yaml_is_refused(tmp_path: Path) -> None:
         load_service("empty", working_dir=tmp_path)
 
 
+@pytest.mark.parametrize("target", ["/no/such/bundle", "./gone", "builds/gone/"])
+def test_a_missing_directory_is_named_as_one(tmp_path: Path, target: str) -> None:
+    # It said "found no module '/no/such/bundle' ... and no bundle '/no/such/bundle' in the store" (a wrong
+    # BUNDLE_DIR in the image's entrypoint gets this message).
+    with pytest.raises(NotFound, match=r"serve '.+': no such directory /.+; give a bundle directory"):
+        load_service(target, working_dir=tmp_path)
+
+
 def test_project_directory_uses_the_bentofile_service(tmp_path: Path) -> None:
     project = tmp_path / "proj"
     write(project / "svcmod_c.py", SERVICE.format(name="from-project"))
@@ -110,6 +121,56 @@ def test_two_bundles_with_the_same_module_name_do_not_shadow(tmp_path: Path) -> 
     first = load_service(str(make_bundle(tmp_path / "one", name="first")))
     second = load_service(str(make_bundle(tmp_path / "two", name="second")))
     assert (first.name, second.name) == ("first", "second")
+
+
+def test_serving_a_bundle_writes_no_bytecode_into_it(tmp_path: Path) -> None:
+    # Python caches the service's bytecode in src/__pycache__/: in a stored bundle that was a file outside
+    # its manifest, so `bundler serve quickstart:latest` made `bundler verify`, export and containerize
+    # refuse the bundle as "changed after `bundler build`" (the README's own quick start).
+    bundle = make_bundle(tmp_path / "b", name="demo", version="v1")
+    write_manifest(bundle)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    code = f"from bundler.server.serve import load_service; load_service({str(bundle)!r})"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=60)
+    assert verify_manifest(bundle) == []
+    assert not list(bundle.rglob("*.pyc"))
+
+
+def test_a_bundle_missing_a_model_it_ships_is_refused(tmp_path: Path) -> None:
+    # The home store has a model of that name: it was served, silently, in place of the bundle's own.
+    home_model = bundler.onnx.save_model("tiny", make_mlp(None, in_dim=4, hidden=8, out=2))
+    bundle = make_bundle(tmp_path / "b", name="demo", version="v1")
+    info = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    info["models"] = [{"tag": "tiny:shipped1", "module": "bundler.onnx"}]
+    write(bundle / "bundle.yaml", yaml.safe_dump(info))
+    with pytest.raises(
+        StoreError, match=r"bundle.yaml: the bundle ships model tiny:shipped1, but .*model.yaml"
+    ):
+        load_service(str(bundle))
+    shutil.copytree(home_model.path, bundle / "models" / "tiny" / "shipped1")
+    (bundle / "models" / "tiny" / "shipped1" / "saved_model.onnx").unlink()
+    with pytest.raises(StoreError, match=r"tiny/shipped1/saved_model.onnx is missing"):
+        load_service(str(bundle))
+    shutil.copy(home_model.model_file, bundle / "models" / "tiny" / "shipped1")
+    assert load_service(str(bundle)).name == "demo"
+
+
+def test_a_bundle_changed_after_build_is_served_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As `bundler verify` would report (containerize refuses it); its models are not hashed at each start.
+    bundle = make_bundle(tmp_path / "b", name="demo", version="v1")
+    write(bundle / "models" / "m" / "v1" / "model.yaml", "name: m\n")
+    write_manifest(bundle)
+    caplog.set_level(logging.WARNING, logger="bundler.server")
+    load_service(str(bundle))
+    assert not caplog.records
+    write(bundle / "src" / "service.py", SERVICE.format(name="edited"))
+    write(bundle / "models" / "m" / "v1" / "model.yaml", "name: m2\n")
+    load_service(str(bundle))
+    [record] = caplog.records
+    assert "bundle demo:v1 fails its manifest check (src/service.py: sha256 differs" in record.getMessage()
+    assert "models/" not in record.getMessage()
 
 
 def test_bundle_tag_from_the_store(bundler_home: Path, tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from ..exceptions import BadInput, BundlerError, NotFound
+from ..exceptions import BadInput, BundlerError, NotFound, StoreError
 from ..service import Service
-from ..store import Tag, bundle_store
+from ..store import Tag, bundle_store, verify_manifest
 
 __all__ = ["app_factory", "load_service", "serve"]
 
@@ -91,12 +91,65 @@ def _read_service(path: Path, fix: str) -> tuple[dict, str]:
     return info, service
 
 
+def _check_models(bundle: Path, info: dict, where: str) -> None:
+    """Raise StoreError when a model the bundle lists is not in its ``models/``.
+
+    Model tags resolve in the bundle, then in the home store: without this, the home store's model of that
+    name (another version, other weights) would be served under the bundle's version.
+    """
+    for model in info.get("models") or []:
+        tag = model.get("tag") if isinstance(model, dict) else None
+        if not isinstance(tag, str):
+            continue
+        name, _, version = tag.partition(":")
+        entry = bundle / "models" / name / version
+        try:
+            model_info = yaml.safe_load((entry / "model.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            missing = entry / "model.yaml"
+        else:
+            model_file = (
+                model_info.get("model_file", "saved_model.onnx") if isinstance(model_info, dict) else ""
+            )
+            missing = entry / str(model_file)
+            if model_file and missing.is_file():
+                continue
+        raise StoreError(
+            f"{where}: the bundle ships model {tag}, but {missing} is missing or unreadable; the bundle is"
+            " damaged: build it again, or import it again from its archive"
+        )
+
+
+# What serving runs: checked at start (cheap), unlike models/ (hashing them would slow every start) and
+# env/ (an image holds only part of it).
+_CHECKED_AT_START = ("src/", BUNDLE_META)
+
+
+def _warn_if_changed(bundle: Path, info: dict) -> None:
+    """Log a warning naming the source files that differ from the bundle's manifest (as `bundler verify`)."""
+    problems = verify_manifest(bundle, only=_CHECKED_AT_START)
+    if problems:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        log.warning(
+            "bundle %s fails its manifest check (%s): it was changed after `bundler build`, and"
+            " `bundler containerize` refuses it; serving it as it is (build it again for a version that"
+            " covers the change)",
+            info.get("tag") or bundle,
+            shown,
+        )
+
+
 def _load_bundle(bundle: Path) -> Service:
     bundle = bundle.resolve()
     meta = bundle / BUNDLE_META
     info, service = _read_service(meta, "it should name the service as 'module:svc'")
+    _check_models(bundle, info, str(meta))
+    _warn_if_changed(bundle, info)
     # Model tags resolve inside the bundle first (see bundler.models).
     os.environ["BUNDLER_BUNDLE_DIR"] = str(bundle)
+    # src/__pycache__/ is outside the manifest: serving a stored bundle must not make it fail `bundler
+    # verify` (and so export and containerize). Worker processes come through here too.
+    sys.dont_write_bytecode = True
     module, attr = _split(service)
     svc = _import_service(module, attr, bundle / "src", str(meta))
     tag = info.get("tag") or ""
@@ -147,6 +200,12 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
             pass
         else:
             return _load_bundle(path)
+    looks_like_path = "/" in target or os.sep in target or target.startswith(".")
+    if looks_like_path and not target.partition(":")[0].endswith(".py"):  # neither a tag nor a module
+        raise NotFound(
+            f"serve {target!r}: no such directory {as_path}; give a bundle directory, a bundle tag or"
+            " 'module:svc'"
+        )
     raise NotFound(
         f"serve {target!r}: found no module {module!r} in {base} and no bundle {target!r} in the store"
         " (see `bundler list`); give 'module:svc', a bundle tag or a bundle directory"
