@@ -162,12 +162,18 @@ def test_the_best_of_several_docker_clients_wins(tmp_path: Path, monkeypatch: py
     assert detect_engine() == Engine("docker", str(best), "buildkit")
 
 
+def _write_pid(pid_file: Path) -> str:
+    """Return shell lines that write the pid to ``pid_file`` whole (the test reads it once it exists)."""
+    mv = shutil.which("mv", path="/usr/bin:/bin")  # by path: some tests' PATH holds only fake clients
+    return f"echo $$ > {pid_file}.tmp\n{mv} {pid_file}.tmp {pid_file}\n"
+
+
 def test_an_interrupted_build_stops_the_engine_client(tmp_path: Path) -> None:
     """SIGINT sent to bundler alone (a CI runner, a supervisor) must not leave the build running on, to tag
     the image after bundler has said "interrupted"."""
     pid_file = tmp_path / "pid"
     client = tmp_path / "docker"
-    client.write_text(f'#!/bin/sh\necho "#1 building"\necho $$ > {pid_file}\nexec sleep 60\n')
+    client.write_text(f'#!/bin/sh\necho "#1 building"\n{_write_pid(pid_file)}exec sleep 60\n')
     client.chmod(0o755)
 
     def interrupt(line: str) -> None:
@@ -196,7 +202,7 @@ def test_sigterm_or_sighup_stops_the_engine_client_like_ctrl_c(
         'if [ "$1" = version ]; then echo 20.10.24; exit 0; fi\n'
         'if [ "$1 $2" = "buildx version" ]; then echo v0.11.2; exit 0; fi\n'
         'if [ "$1 $2" != "buildx build" ]; then exit 1; fi\n'
-        f'echo "#1 building"\necho $$ > {pid_file}\nexec {shutil.which("sleep", path="/usr/bin:/bin")} 60\n'
+        f'echo "#1 building"\n{_write_pid(pid_file)}exec {shutil.which("sleep", path="/usr/bin:/bin")} 60\n'
     )
     client.chmod(0o755)
     store = bundle_store()
