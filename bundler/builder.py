@@ -138,19 +138,15 @@ def _conda_yaml(cfg: Any) -> bytes | None:
     return yaml.safe_dump(env, sort_keys=False).encode()
 
 
-def _python_version(cfg: Any) -> str:
-    """Return the image's Python X.Y: docker.python_version, else the Python that runs bundler."""
-    return cfg.docker.python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
 def _lock(
     cfg: Any, wheels_dir: Path, platform: str, resolver: str, offline: bool, images: bool, say: Say
 ) -> tuple[Any, Any]:
     from . import lock as lockmod
     from .conda import pip_lists
+    from .config import image_python
 
     py = cfg.python
-    python_version = _python_version(cfg)
+    python_version = image_python(cfg.docker.python_version)
     options = lockmod.LockOptions(
         python_version=python_version,
         platform=platform,

@@ -11,13 +11,13 @@ install. So the pip requirements listed there (``conda.pip``, a ``- pip: [...]``
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .config import image_python
 from .lock import Listed
 
 __all__ = ["SATISFIED", "CondaEnv", "build_warnings", "not_installed", "pip_lists", "read_conda"]
@@ -122,7 +122,7 @@ def build_warnings(cfg: Any, *, environment_file: bool = True) -> list[str]:
     """Return what a validated ``BentoConfig``'s image will lack of its conda section (see not_installed)."""
     if cfg.conda is None:
         return []
-    python_version = cfg.docker.python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
     return not_installed(
-        read_conda(cfg.conda, cfg.context, environment_file=environment_file), python_version
+        read_conda(cfg.conda, cfg.context, environment_file=environment_file),
+        image_python(cfg.docker.python_version),
     )

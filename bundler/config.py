@@ -36,6 +36,7 @@ __all__ = [
     "Problem",
     "PythonOptions",
     "find_bentofile",
+    "image_python",
     "load_bentofile",
     "validate_file",
 ]
@@ -59,6 +60,11 @@ _TYPE_NAMES = {
 }
 
 Path_ = tuple[str | int, ...]
+
+
+def image_python(python_version: str | None = None) -> str:
+    """Return the image's Python X.Y: docker.python_version when set, else the Python that runs bundler."""
+    return python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 # -- problems ----------------------------------------------------------------------------------------
@@ -671,8 +677,7 @@ def _docker_problems(
     except (OSError, UnicodeDecodeError):
         env = {}  # an unreadable .env file is a context problem already
     facts = {
-        # The build's default: the Python that runs bundler.
-        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "python_version": image_python(),  # the default the build falls back to
         "envs": {e["name"]: _text(e.get("value")) for e in checked["envs"]},
         "labels": {str(k): _text(v) for k, v in checked["labels"].items()},
     }
