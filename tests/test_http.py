@@ -317,15 +317,8 @@ def slow_service() -> Iterator[str]:
 @pytest.mark.parametrize(
     "parts",
     [
-        # slowloris: a byte of the head at a time, never finishing it
-        [
-            b"POST /echo HTTP/1.1\r\n",
-            b"Host: x\r\n",
-            b"X-a: 1\r\n",
-            b"X-b: 2\r\n",
-            b"X-c: 3\r\n",
-            b"X-d: 4\r\n",
-        ],
+        # slowloris: a line of the head at a time, never finishing it, and still sending after the 408
+        [b"POST /echo HTTP/1.1\r\n", b"Host: x\r\n"] + [b"X-%d: 1\r\n" % i for i in range(7)],
         # a body that stops short of its Content-Length
         [b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n[1"],
     ],
@@ -338,16 +331,21 @@ def test_a_request_that_is_not_sent_whole_in_time_gets_408(
     with _connect(slow_service) as sock:
         sock.settimeout(6)
         started = time.monotonic()
-        for part in parts:  # the head's parts keep bytes coming, 0.5 s apart, past the timeout
-            if select.select([sock], [], [], 0)[0]:
-                break  # answered: more bytes now could only reset the connection
+        answered = None
+        for part in parts:  # the head's parts keep bytes coming, 0.5 s apart, past the timeout and the 408
+            if answered is None and select.select([sock], [], [], 0)[0]:
+                answered = time.monotonic() - started
+            # The server lingers after its answer: what the client still sends is dropped, not reset.
             sock.sendall(part)
             time.sleep(0.5 if len(parts) > 1 else 0)
+        if answered is None:
+            select.select([sock], [], [], 6)
+            answered = time.monotonic() - started
         head, body, rest = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
         assert b"not received within 1.5 s" in body
         assert rest == b"" and sock.recv(1) == b""
-        assert 1.5 < time.monotonic() - started < 4.5
+        assert 1.5 < answered < 3.5
     # A request sent whole takes as long as the app does (2.5 s), past the timeout.
     with _connect(slow_service) as sock:
         sock.settimeout(6)
@@ -376,6 +374,25 @@ def test_a_request_that_is_not_http_gets_a_json_400(url: str, request_bytes: byt
         assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
         assert json.loads(body)["error"].startswith("the request is not valid HTTP/1.1")
         assert sock.recv(1) == b""
+
+
+def test_a_lingering_connection_is_closed_once_the_client_goes_quiet(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "LINGER_IDLE", 1.0)
+    with _connect(url) as sock:
+        sock.settimeout(6)
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        head, _, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 400") and sock.recv(1) == b""  # the server's end of the stream
+        for _ in range(3):  # lingering: what comes is read and dropped
+            sock.sendall(b"more garbage\r\n")
+            time.sleep(0.3)
+        time.sleep(3)  # quiet past LINGER_IDLE (and a sweep): closed for good, so bytes now are refused
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            for _ in range(20):
+                sock.sendall(b"x")
+                time.sleep(0.05)
 
 
 def _send_until_answered(sock: socket.socket, parts: Iterator[bytes]) -> int:

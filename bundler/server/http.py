@@ -16,11 +16,12 @@ store, not a timer. Nor does uvicorn bound a request's head: httptools joins a h
 split over reads by concatenation, so one client sending hundreds of MB of header held the loop for
 seconds at a time; a head still unfinished ``REQUEST_HEAD_MAX`` bytes past its first read gets 431.
 
-An answer that ends the connection before the request's body is read (a 413) does not close it at once:
-the body's bytes left unread would make the kernel reset the connection, and a client that sends its
-whole body before reading (urllib, http.client) would get a broken pipe or a reset, never the 413. The
-server sends the answer and its end of the stream, then reads and drops what comes for up to
-``LINGER_MAX`` seconds (nginx's lingering close) before it closes.
+An answer that ends the connection before the request is read whole (a 413, and the server's own 400,
+408 and 431) does not close it at once: bytes the client still sends would make the kernel reset the
+connection, and a client that sends its whole request before reading (urllib, http.client) would get a
+broken pipe or a reset, never the answer. The server sends the answer and its end of the stream, then
+reads and drops what comes until the client closes, sends nothing for ``LINGER_IDLE`` seconds, or
+``LINGER_MAX`` seconds have passed (nginx's lingering close).
 
 And a client that closes its connection before its answer has begun gets its request cancelled (uvicorn
 only flags the request): waiting in a runner's queue, it is dropped before it costs a model call.
@@ -39,6 +40,7 @@ import orjson
 __all__ = [
     "GONE_KEY",
     "HEAD_HELD_MAX",
+    "LINGER_IDLE",
     "LINGER_MAX",
     "REQUEST_HEAD_MAX",
     "REQUEST_READ_TIMEOUT",
@@ -55,9 +57,10 @@ REQUEST_READ_TIMEOUT = 30.0
 # 4 x 8 kB of headers, node 16 kB; a long token or cookie fits, a header that never ends does not).
 REQUEST_HEAD_MAX = 64 * 1024
 
-# Seconds a connection answered before its request's body was read still reads (and drops) that body
-# before it closes (nginx's lingering_time).
+# Seconds a connection answered before its request was read whole still reads (and drops) what comes
+# before it closes (nginx's lingering_time), and how long it waits for more (nginx's lingering_timeout).
 LINGER_MAX = 30.0
+LINGER_IDLE = 5.0
 
 # Scope keys: the asyncio task serving an API request (set by the app), and the flag set before that task
 # is cancelled because its client went away (so the app answers nobody, counting a 499).
@@ -149,6 +152,8 @@ if _Base is not None:
         # Whose head _head_read counts (a _head_cycle), and its bytes past its first read.
         _counted: Any = ()
         _head_bytes = 0
+        # Set once the server has answered and given up on the request being read (400, 408, 431).
+        _cut_short = False
         parser: Any  # httptools' parser; _DROP once the connection lingers
 
         def connection_made(self, transport: asyncio.Transport) -> None:
@@ -164,7 +169,7 @@ if _Base is not None:
         def data_received(self, data: bytes) -> None:
             self._data_at = _Sweeper.now
             super().data_received(data)
-            if self.cycle is self._head_cycle:  # a request's head is still coming (rare: most come whole)
+            if self.cycle is self._head_cycle and self.parser is not _DROP:  # a head is still coming (rare)
                 self._head_read(len(data))
 
         def _head_read(self, size: int) -> None:
@@ -197,23 +202,35 @@ if _Base is not None:
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
             )
+            self._cut_short = True
+            cycle = self.cycle
+            if cycle is not None:  # an app waiting for the rest of the body gets a disconnect, now
+                cycle.disconnected = True
+                cycle.message_event.set()
             self.transport.close()
 
         def _linger(self) -> bool:
-            """Close a connection answered before its request's body was read lingering; True if so."""
+            """Close a connection answered before its request was read whole lingering; True if so."""
+            if self.parser is _DROP:
+                return False  # lingering already: close
             cycle = self.cycle
-            if cycle is None or not (cycle.response_complete and cycle.more_body) or self.parser is _DROP:
+            if not self._cut_short and (cycle is None or not (cycle.response_complete and cycle.more_body)):
                 return False
             self.parser = _DROP  # what else comes is dropped unparsed (a second close() closes)
+            self._began = 0.0
+            self._data_at = _Sweeper.now  # the sweep closes it once the client has gone quiet
             self.transport.write_eof()  # the answer is whole: the client reads it, then the end
             self.flow.resume_reading()
             self.loop.call_later(LINGER_MAX, self.transport.close)
             return True
 
         def read_timed_out(self, now: float) -> bool:
-            """Return whether the request being read has outrun REQUEST_READ_TIMEOUT (False: none is)."""
+            """Return whether the request being read has outrun REQUEST_READ_TIMEOUT (False: none is).
+
+            A lingering connection times out once the client has sent nothing for LINGER_IDLE seconds.
+            """
             if not self._began:
-                return False
+                return self.parser is _DROP and now - self._data_at > LINGER_IDLE
             cycle = self.cycle
             if cycle is self._head_cycle:  # still reading the head
                 return now - self._began > REQUEST_READ_TIMEOUT
@@ -226,6 +243,9 @@ if _Base is not None:
             """Answer 408 (unless a response has begun) and close the connection."""
             self._began = 0.0
             if self.transport.is_closing():
+                return
+            if self.parser is _DROP:  # a lingering connection gone quiet
+                self.transport.close()
                 return
             cycle = self.cycle
             if cycle is self._head_cycle or not cycle.response_started:
