@@ -879,6 +879,8 @@ class Text(IODescriptor):
                     f" {exc.reason}); return a str, or use File(mime_type=...) for binary data"
                 ) from exc
             return _response(body, self.output_media)
+        if value is None:  # str() would answer the text "None": most likely a function without a return
+            raise TypeError("Text output: the API returned None; return a str (is a return missing?)")
         return _response(str(value).encode("utf-8"), self.output_media)
 
     def openapi_schema(self) -> dict[str, Any]:

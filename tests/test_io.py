@@ -556,6 +556,9 @@ def test_text_output_of_bytes_is_their_text_not_their_repr() -> None:
     assert Text().to_response(bytearray(b"abc")).body == b"abc"
     with pytest.raises(TypeError, match="Text output: the API returned bytes that are not UTF-8"):
         Text().to_response(b"\xff")
+    with pytest.raises(TypeError, match="returned None; return a str"):
+        Text().to_response(None)  # was the text "None"
+    assert Text().to_response(3.5).body == b"3.5"
 
 
 def test_file_raw_and_multipart() -> None:
