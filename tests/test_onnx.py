@@ -231,12 +231,23 @@ def test_bad_model_arguments(tmp_path: Path) -> None:
         bundler.onnx.save_model("m", tmp_path / "junk.onnx")
     with pytest.raises(ModelError, match=r"labels must map str to str; 'v': 1"):
         bundler.onnx.save_model("m", make_mlp(), labels={"v": 1})  # type: ignore[dict-item]
-    with pytest.raises(ModelError, match=r"metadata\['w'\] is a ndarray"):
-        bundler.onnx.save_model("m", make_mlp(), metadata={"w": np.zeros(2)})
+    with pytest.raises(ModelError, match=r"metadata\['w'\] is a complex"):
+        bundler.onnx.save_model("m", make_mlp(), metadata={"w": 1 + 2j})
     loop: list[object] = []
     loop.append(loop)
     with pytest.raises(ModelError, match=r"metadata\['loop'\] contains itself"):
         bundler.onnx.save_model("m", make_mlp(), metadata={"loop": loop})
+
+
+def test_metadata_takes_numpy_values_as_bentoml_does() -> None:
+    # Refused before ("metadata['cv'] is a dict ..."): sklearn's cross_validate gives arrays, numpy
+    # reductions give numpy scalars. BentoML stores them as lists and Python numbers; so does bundler.
+    metadata = {"cv": {"test_score": np.array([0.5, 0.75])}, "acc": np.float32(0.5), "n": [np.int64(3)]}
+    model = bundler.onnx.save_model("m", make_mlp(), metadata=metadata)
+    want = {"cv": {"test_score": [0.5, 0.75]}, "acc": 0.5, "n": [3]}
+    assert model.info.metadata == want
+    assert bundler.onnx.get("m").info.metadata == want
+    assert type(bundler.onnx.get("m").info.metadata["n"][0]) is int
 
 
 def test_model_yaml_writes_shared_metadata_out_without_aliases() -> None:
