@@ -314,6 +314,20 @@ def test_unavailable_provider_is_a_provider_error() -> None:
         bundler.onnx.load_model("mlp", providers="CPUExecutionProvider")  # type: ignore[arg-type]
 
 
+def test_provider_with_options_may_be_a_list_pair() -> None:
+    # A [name, options] pair (as from YAML or JSON config) was called "not available on this machine";
+    # onnxruntime itself takes only tuples. Now it is made a tuple; anything else is named.
+    bundler.onnx.save_model("mlp", make_mlp())
+    cpu = "CPUExecutionProvider"
+    session = bundler.onnx.load_model("mlp", providers=[[cpu, {"arena_extend_strategy": "kSameAsRequested"}]])
+    assert session.get_providers() == [cpu]
+    assert bundler.onnx.load_model("mlp", providers=[(cpu, {})]).get_providers() == [cpu]
+    with pytest.raises(
+        ProviderError, match=r"providers\[1\] is 3; give a provider name or a \(name, options"
+    ):
+        bundler.onnx.load_model("mlp", providers=[cpu, 3])
+
+
 def test_user_session_options_are_used_as_given() -> None:
     bundler.onnx.save_model("mlp", make_mlp())
     options = ort.SessionOptions()

@@ -590,12 +590,27 @@ def default_session_options() -> onnxruntime.SessionOptions:
     return options
 
 
+def _provider_entry(entry: Any, index: int) -> Any:
+    """Return a providers entry as onnxruntime takes it: a name, or a (name, options dict) tuple."""
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, (tuple, list)) and len(entry) == 2:
+        name, options = entry
+        if isinstance(name, str) and isinstance(options, Mapping):
+            return (name, dict(options))  # onnxruntime refuses a [name, options] list
+    raise ProviderError(
+        f"providers[{index}] is {entry!r}; give a provider name or a (name, options dict) pair,"
+        " e.g. ('CUDAExecutionProvider', {'device_id': 0})"
+    )
+
+
 def resolve_providers(requested: Sequence[Any] | None, available: Sequence[str]) -> list[Any]:
     """Return the providers to use; ProviderError when a requested one is not available here."""
     if requested is None:
         return default_providers(available, cuda_device_count() if CUDA in available else 0)
     if isinstance(requested, str):
         raise ProviderError(f"providers must be a list of provider names, e.g. [{requested!r}]")
+    requested = [_provider_entry(p, i) for i, p in enumerate(requested)]
     names = [p[0] if isinstance(p, tuple) else p for p in requested]
     missing = [n for n in names if n not in available]
     if missing:
