@@ -191,8 +191,8 @@ class NumpyNdarray(IODescriptor):
     def __init__(
         self,
         dtype: str | np.dtype | type | None = None,
-        shape: tuple[int | str | None, ...] | list[int | str | None] | None = None,
         enforce_dtype: bool = False,
+        shape: tuple[int | str | None, ...] | list[int | str | None] | None = None,
         enforce_shape: bool = False,
         allow_nan: bool = False,
     ) -> None:

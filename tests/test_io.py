@@ -108,6 +108,15 @@ def test_ndarray_npy_is_cast_unless_dtype_is_enforced() -> None:
         decode(NumpyNdarray(dtype="float32", enforce_dtype=True), npy(src), "application/octet-stream")
 
 
+def test_ndarray_takes_bentomls_positional_arguments() -> None:
+    # BentoML's order is (dtype, enforce_dtype, shape, enforce_shape): NumpyNdarray("float32", True) took
+    # True for the shape and was refused.
+    d = NumpyNdarray("float32", True, (-1, 2), True)
+    assert (d.dtype, d.enforce_dtype, d.shape, d.enforce_shape) == (np.float32, True, (-1, 2), True)
+    with pytest.raises(ValidationFailed, match="dtype float64 given, float32 expected"):
+        decode(d, npy(np.ones((1, 2))), "application/octet-stream")
+
+
 @pytest.mark.parametrize(
     ("shape", "body", "ok"),
     [
