@@ -179,6 +179,20 @@ def _dim_ok(want: int | str | None, got: int) -> bool:
     return want is None or isinstance(want, str) or want < 0 or want == got
 
 
+def _reshaped(arr: np.ndarray, shape: tuple[int | str | None, ...]) -> np.ndarray:
+    """Return ``arr`` reshaped to a declared shape, as BentoML does with a shape it does not enforce.
+
+    Unchanged where the sizes do not allow it, or where more than one dimension is free.
+    """
+    dims = [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+    if dims.count(-1) > 1:
+        return arr
+    try:
+        return arr.reshape(dims)
+    except ValueError:
+        return arr
+
+
 def _fmt_shape(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join("?" if d is None or isinstance(d, str) or d < 0 else str(d) for d in shape) + ")"
 
@@ -271,13 +285,14 @@ class NumpyNdarray(IODescriptor):
                 f"NumpyNdarray input: an array of numbers is expected, got dtype {arr.dtype}",
                 detail=[{"loc": ["body"], "msg": f"non-numeric dtype {arr.dtype}"}],
             )
-        if self.enforce_shape and self.shape is not None:
-            if arr.ndim != len(self.shape) or not all(map(_dim_ok, self.shape, arr.shape)):
+        shape = self.shape
+        if shape is not None and (arr.ndim != len(shape) or not all(map(_dim_ok, shape, arr.shape))):
+            if self.enforce_shape:
                 raise ValidationFailed(
-                    f"NumpyNdarray input: shape {_fmt_shape(arr.shape)} given,"
-                    f" {_fmt_shape(self.shape)} expected",
-                    detail=[{"loc": ["body"], "msg": f"expected shape {_fmt_shape(self.shape)}"}],
+                    f"NumpyNdarray input: shape {_fmt_shape(arr.shape)} given, {_fmt_shape(shape)} expected",
+                    detail=[{"loc": ["body"], "msg": f"expected shape {_fmt_shape(shape)}"}],
                 )
+            arr = _reshaped(arr, shape)
         if not self.allow_nan and arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
             raise ValidationFailed(
                 "NumpyNdarray input: NaN or infinity in the array (not allowed by this API)",

@@ -118,6 +118,23 @@ def test_ndarray_takes_bentomls_positional_arguments() -> None:
 
 
 @pytest.mark.parametrize(
+    ("shape", "body", "got"),
+    [
+        ((-1, 4), b"[1, 2, 3, 4, 5, 6, 7, 8]", (2, 4)),  # reshaped, as BentoML does
+        ((2, 2), b"[[1, 2, 3, 4]]", (2, 2)),
+        (("batch", 3), b"[1, 2, 3]", (1, 3)),
+        ((-1, 3), b"[1, 2, 3, 4]", (4,)),  # the sizes do not allow it: passed on as it came
+        ((None, None), b"[1, 2, 3, 4]", (4,)),  # two free dimensions: no one way to reshape
+        ((-1, 2), b"[[1, 2]]", (1, 2)),
+    ],
+)
+def test_ndarray_shape_not_enforced_is_reshaped_to(shape: tuple, body: bytes, got: tuple) -> None:
+    # The declared shape was ignored unless enforced; BentoML reshapes to it ("input_array will be
+    # reshaped to (2,2)"), so a service sending flat lists got a wrong-rank array from bundler.
+    assert decode(NumpyNdarray(shape=shape), body, "application/json").shape == got
+
+
+@pytest.mark.parametrize(
     ("shape", "body", "ok"),
     [
         ((-1, 3), b"[[1,2,3],[4,5,6]]", True),
