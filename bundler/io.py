@@ -691,17 +691,32 @@ async def _upload(request: Request, what: str) -> tuple[bytes, str]:
     raise BadInput(f"{what} input: the multipart form holds no file; upload one (e.g. curl -F file=@x.png)")
 
 
+def _format_of(by_mime: dict[str, str], arg: str, media: object) -> str:
+    """Return Pillow's format name for an image media type given to ``Image(arg=...)``."""
+    fmt = by_mime.get(media.lower()) if isinstance(media, str) else None
+    if fmt is None:
+        raise BadInput(f"Image({arg}=...): {media!r} is not an image type Pillow knows; e.g. 'image/png'")
+    return fmt
+
+
 class Image(IODescriptor):
-    """A PIL image from an ``image/*`` body or a multipart upload; returns PNG (or ``output_format``)."""
+    """A PIL image from an ``image/*`` body or a multipart upload; returns PNG (or ``output_format``).
+
+    BentoML's ``mime_type`` (the output's type) and ``allowed_mime_types`` say what ``output_format`` and
+    ``formats`` say with Pillow's format names.
+    """
 
     media_types = ("image/*", "multipart/form-data")
 
     def __init__(
         self,
-        formats: list[str] | tuple[str, ...] | None = None,
         pilmode: str | None = None,
+        mime_type: str | None = None,
+        *,
+        allowed_mime_types: list[str] | tuple[str, ...] | None = None,
+        formats: list[str] | tuple[str, ...] | None = None,
         max_pixels: int | None = None,
-        output_format: str = "PNG",
+        output_format: str | None = None,
     ) -> None:
         if importlib.util.find_spec("PIL") is None:
             raise ImportError(
@@ -713,6 +728,20 @@ class Image(IODescriptor):
         from PIL import ImageMode
 
         PILImage.init()  # registers every format plugin
+        by_mime = {media: fmt for fmt, media in PILImage.MIME.items()}
+        if mime_type is not None:
+            if output_format is not None:
+                raise BadInput("Image(mime_type=..., output_format=...): give one, they say the same")
+            output_format = _format_of(by_mime, "mime_type", mime_type)
+        if allowed_mime_types is not None:
+            if formats is not None:
+                raise BadInput("Image(allowed_mime_types=..., formats=...): give one, they say the same")
+            if isinstance(allowed_mime_types, str):
+                raise BadInput(
+                    f"Image(allowed_mime_types={allowed_mime_types!r}): expected a list of types,"
+                    f" e.g. allowed_mime_types=[{allowed_mime_types!r}]"
+                )
+            formats = [_format_of(by_mime, "allowed_mime_types", m) for m in allowed_mime_types]
         if isinstance(formats, str):
             raise BadInput(
                 f"Image(formats={formats!r}): expected a list of formats, e.g. formats=[{formats!r}]"
@@ -734,7 +763,7 @@ class Image(IODescriptor):
                 raise BadInput(f"Image(pilmode={pilmode!r}): not a Pillow mode; e.g. RGB, RGBA, L") from None
         self.pilmode = pilmode
         self.max_pixels = max_pixels
-        self.output_format = str(output_format).upper()
+        self.output_format = str(output_format or "PNG").upper()
         if self.output_format not in PILImage.SAVE:
             raise BadInput(
                 f"Image(output_format={output_format!r}): Pillow writes no such format; e.g. PNG, JPEG"

@@ -714,6 +714,28 @@ def test_image_options_are_checked_when_the_api_is_defined(kwargs: dict, match: 
     assert Image(formats=["jpg", "png"], pilmode="RGB", output_format="jpeg").output_media == "image/jpeg"
 
 
+def test_image_takes_bentomls_arguments() -> None:
+    # Image(mime_type="image/png") and Image(allowed_mime_types=[...]) (BentoML's) raised TypeError, and
+    # Image("L") took "L" for a list of formats.
+    image = Image("L", "image/jpeg", allowed_mime_types=["image/png", "image/webp"])
+    assert (image.pilmode, image.output_format, image.output_media) == ("L", "JPEG", "image/jpeg")
+    assert image.formats == {"PNG", "WEBP"}
+    with pytest.raises(UnsupportedMediaType, match="format JPEG is not accepted"):
+        Image(allowed_mime_types=["image/png"]).decode(jpeg_bytes())
+    with pytest.raises(BadInput, match=r"Image\(mime_type=...\): 'text/plain' is not an image type"):
+        Image(mime_type="text/plain")
+    with pytest.raises(BadInput, match=r"allowed_mime_types='image/png'\): expected a list"):
+        Image(allowed_mime_types="image/png")  # type: ignore[arg-type]
+    with pytest.raises(BadInput, match=r"give one, they say the same"):
+        Image(mime_type="image/png", output_format="PNG")
+
+
+def jpeg_bytes() -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", (4, 4)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize(
     ("dtype", "body", "expected"),
     [
