@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import signal
 import sys
 import threading
@@ -98,8 +99,30 @@ def _say(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def _json_key(key: Any) -> str:
+    """Return a dict key as json.dumps writes it (1 -> "1", None -> "null"), so keys of mixed types sort."""
+    if isinstance(key, str):
+        return key
+    return json.dumps(key) if key is None or isinstance(key, (bool, int, float)) else str(key)
+
+
+def _json_ready(value: Any) -> Any:
+    """Return ``value`` as strict JSON takes it: keys as strings, NaN and infinities as null.
+
+    Model metadata may hold int keys (sorting them among str ones raised TypeError) and NaN (printed as
+    NaN, which jq and JSON.parse refuse).
+    """
+    if isinstance(value, dict):
+        return {_json_key(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    click.echo(json.dumps(_json_ready(data), indent=2, sort_keys=True, default=str, allow_nan=False))
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:

@@ -179,6 +179,20 @@ def _dim_ok(want: int | str | None, got: int) -> bool:
     return want is None or isinstance(want, str) or want < 0 or want == got
 
 
+def _reshaped(arr: np.ndarray, shape: tuple[int | str | None, ...]) -> np.ndarray:
+    """Return ``arr`` reshaped to a declared shape, as BentoML does with a shape it does not enforce.
+
+    Unchanged where the sizes do not allow it, or where more than one dimension is free.
+    """
+    dims = [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+    if dims.count(-1) > 1:
+        return arr
+    try:
+        return arr.reshape(dims)
+    except ValueError:
+        return arr
+
+
 def _fmt_shape(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join("?" if d is None or isinstance(d, str) or d < 0 else str(d) for d in shape) + ")"
 
@@ -191,8 +205,8 @@ class NumpyNdarray(IODescriptor):
     def __init__(
         self,
         dtype: str | np.dtype | type | None = None,
-        shape: tuple[int | str | None, ...] | list[int | str | None] | None = None,
         enforce_dtype: bool = False,
+        shape: tuple[int | str | None, ...] | list[int | str | None] | None = None,
         enforce_shape: bool = False,
         allow_nan: bool = False,
     ) -> None:
@@ -271,13 +285,14 @@ class NumpyNdarray(IODescriptor):
                 f"NumpyNdarray input: an array of numbers is expected, got dtype {arr.dtype}",
                 detail=[{"loc": ["body"], "msg": f"non-numeric dtype {arr.dtype}"}],
             )
-        if self.enforce_shape and self.shape is not None:
-            if arr.ndim != len(self.shape) or not all(map(_dim_ok, self.shape, arr.shape)):
+        shape = self.shape
+        if shape is not None and (arr.ndim != len(shape) or not all(map(_dim_ok, shape, arr.shape))):
+            if self.enforce_shape:
                 raise ValidationFailed(
-                    f"NumpyNdarray input: shape {_fmt_shape(arr.shape)} given,"
-                    f" {_fmt_shape(self.shape)} expected",
-                    detail=[{"loc": ["body"], "msg": f"expected shape {_fmt_shape(self.shape)}"}],
+                    f"NumpyNdarray input: shape {_fmt_shape(arr.shape)} given, {_fmt_shape(shape)} expected",
+                    detail=[{"loc": ["body"], "msg": f"expected shape {_fmt_shape(shape)}"}],
                 )
+            arr = _reshaped(arr, shape)
         if not self.allow_nan and arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
             raise ValidationFailed(
                 "NumpyNdarray input: NaN or infinity in the array (not allowed by this API)",
@@ -676,17 +691,32 @@ async def _upload(request: Request, what: str) -> tuple[bytes, str]:
     raise BadInput(f"{what} input: the multipart form holds no file; upload one (e.g. curl -F file=@x.png)")
 
 
+def _format_of(by_mime: dict[str, str], arg: str, media: object) -> str:
+    """Return Pillow's format name for an image media type given to ``Image(arg=...)``."""
+    fmt = by_mime.get(media.lower()) if isinstance(media, str) else None
+    if fmt is None:
+        raise BadInput(f"Image({arg}=...): {media!r} is not an image type Pillow knows; e.g. 'image/png'")
+    return fmt
+
+
 class Image(IODescriptor):
-    """A PIL image from an ``image/*`` body or a multipart upload; returns PNG (or ``output_format``)."""
+    """A PIL image from an ``image/*`` body or a multipart upload; returns PNG (or ``output_format``).
+
+    BentoML's ``mime_type`` (the output's type) and ``allowed_mime_types`` say what ``output_format`` and
+    ``formats`` say with Pillow's format names.
+    """
 
     media_types = ("image/*", "multipart/form-data")
 
     def __init__(
         self,
-        formats: list[str] | tuple[str, ...] | None = None,
         pilmode: str | None = None,
+        mime_type: str | None = None,
+        *,
+        allowed_mime_types: list[str] | tuple[str, ...] | None = None,
+        formats: list[str] | tuple[str, ...] | None = None,
         max_pixels: int | None = None,
-        output_format: str = "PNG",
+        output_format: str | None = None,
     ) -> None:
         if importlib.util.find_spec("PIL") is None:
             raise ImportError(
@@ -698,6 +728,20 @@ class Image(IODescriptor):
         from PIL import ImageMode
 
         PILImage.init()  # registers every format plugin
+        by_mime = {media: fmt for fmt, media in PILImage.MIME.items()}
+        if mime_type is not None:
+            if output_format is not None:
+                raise BadInput("Image(mime_type=..., output_format=...): give one, they say the same")
+            output_format = _format_of(by_mime, "mime_type", mime_type)
+        if allowed_mime_types is not None:
+            if formats is not None:
+                raise BadInput("Image(allowed_mime_types=..., formats=...): give one, they say the same")
+            if isinstance(allowed_mime_types, str):
+                raise BadInput(
+                    f"Image(allowed_mime_types={allowed_mime_types!r}): expected a list of types,"
+                    f" e.g. allowed_mime_types=[{allowed_mime_types!r}]"
+                )
+            formats = [_format_of(by_mime, "allowed_mime_types", m) for m in allowed_mime_types]
         if isinstance(formats, str):
             raise BadInput(
                 f"Image(formats={formats!r}): expected a list of formats, e.g. formats=[{formats!r}]"
@@ -719,7 +763,7 @@ class Image(IODescriptor):
                 raise BadInput(f"Image(pilmode={pilmode!r}): not a Pillow mode; e.g. RGB, RGBA, L") from None
         self.pilmode = pilmode
         self.max_pixels = max_pixels
-        self.output_format = str(output_format).upper()
+        self.output_format = str(output_format or "PNG").upper()
         if self.output_format not in PILImage.SAVE:
             raise BadInput(
                 f"Image(output_format={output_format!r}): Pillow writes no such format; e.g. PNG, JPEG"

@@ -103,9 +103,9 @@ class Model:
 
     def to_runner(
         self,
+        name: str | None = None,
         max_batch_size: int | None = None,
         max_latency_ms: float | None = None,
-        name: str | None = None,
         *,
         method_configs: dict[str, dict[str, Any]] | None = None,
         embedded: bool = False,
@@ -113,7 +113,8 @@ class Model:
     ) -> Runner:
         """Return a Runner for this model; batching options apply when the model was saved batchable.
 
-        As in BentoML: ``name=""`` means the model's name, ``method_configs={"run": {...}}`` holds batching
+        As in BentoML: ``name`` comes first (``to_runner("sr_runner")``), ``name=""`` means the model's
+        name, ``method_configs={"run": {...}}`` holds batching
         options for the ``run`` method (they win over the arguments), and ``embedded`` is accepted:
         bundler's runners always run inside the API server's process.
         """

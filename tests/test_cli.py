@@ -133,6 +133,22 @@ def test_get_prints_yaml_json_or_the_path_with_the_full_tag(bundler_home: Path, 
     assert data["tag"] == "svc:v1"  # the same key for a model as for a bundle (and in `list -o json`)
 
 
+def test_get_json_is_strict_json_for_any_stored_metadata(bundler_home: Path) -> None:
+    import json
+
+    from bundler.onnx import save_model
+    from tests.models import make_mlp
+
+    # save_model takes int keys (as BentoML does) and NaN: `-o json` raised TypeError (sorting 1 among
+    # str keys), and printed NaN, which jq and JSON.parse refuse.
+    save_model("m", make_mlp(), metadata={"classes": {0: "cat", "other": "dog"}, "loss": float("nan")})
+    r = CliRunner().invoke(cli.main, ["models", "get", "m", "-o", "json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert data["metadata"] == {"classes": {"0": "cat", "other": "dog"}, "loss": None}
+    assert "loss: .nan" in CliRunner().invoke(cli.main, ["models", "get", "m"]).stdout  # YAML keeps NaN
+
+
 @pytest.mark.parametrize("flag", ["-y", "--yes", "--assume-yes"])
 @pytest.mark.parametrize("kind", ["bundles", "models"])
 def test_delete_takes_bentomls_assume_yes(bundler_home: Path, kind: str, flag: str) -> None:

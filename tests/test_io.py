@@ -108,6 +108,32 @@ def test_ndarray_npy_is_cast_unless_dtype_is_enforced() -> None:
         decode(NumpyNdarray(dtype="float32", enforce_dtype=True), npy(src), "application/octet-stream")
 
 
+def test_ndarray_takes_bentomls_positional_arguments() -> None:
+    # BentoML's order is (dtype, enforce_dtype, shape, enforce_shape): NumpyNdarray("float32", True) took
+    # True for the shape and was refused.
+    d = NumpyNdarray("float32", True, (-1, 2), True)
+    assert (d.dtype, d.enforce_dtype, d.shape, d.enforce_shape) == (np.float32, True, (-1, 2), True)
+    with pytest.raises(ValidationFailed, match="dtype float64 given, float32 expected"):
+        decode(d, npy(np.ones((1, 2))), "application/octet-stream")
+
+
+@pytest.mark.parametrize(
+    ("shape", "body", "got"),
+    [
+        ((-1, 4), b"[1, 2, 3, 4, 5, 6, 7, 8]", (2, 4)),  # reshaped, as BentoML does
+        ((2, 2), b"[[1, 2, 3, 4]]", (2, 2)),
+        (("batch", 3), b"[1, 2, 3]", (1, 3)),
+        ((-1, 3), b"[1, 2, 3, 4]", (4,)),  # the sizes do not allow it: passed on as it came
+        ((None, None), b"[1, 2, 3, 4]", (4,)),  # two free dimensions: no one way to reshape
+        ((-1, 2), b"[[1, 2]]", (1, 2)),
+    ],
+)
+def test_ndarray_shape_not_enforced_is_reshaped_to(shape: tuple, body: bytes, got: tuple) -> None:
+    # The declared shape was ignored unless enforced; BentoML reshapes to it ("input_array will be
+    # reshaped to (2,2)"), so a service sending flat lists got a wrong-rank array from bundler.
+    assert decode(NumpyNdarray(shape=shape), body, "application/json").shape == got
+
+
 @pytest.mark.parametrize(
     ("shape", "body", "ok"),
     [
@@ -689,6 +715,28 @@ def test_image_options_are_checked_when_the_api_is_defined(kwargs: dict, match: 
     with pytest.raises(BadInput, match=match):
         Image(**kwargs)
     assert Image(formats=["jpg", "png"], pilmode="RGB", output_format="jpeg").output_media == "image/jpeg"
+
+
+def test_image_takes_bentomls_arguments() -> None:
+    # Image(mime_type="image/png") and Image(allowed_mime_types=[...]) (BentoML's) raised TypeError, and
+    # Image("L") took "L" for a list of formats.
+    image = Image("L", "image/jpeg", allowed_mime_types=["image/png", "image/webp"])
+    assert (image.pilmode, image.output_format, image.output_media) == ("L", "JPEG", "image/jpeg")
+    assert image.formats == {"PNG", "WEBP"}
+    with pytest.raises(UnsupportedMediaType, match="format JPEG is not accepted"):
+        Image(allowed_mime_types=["image/png"]).decode(jpeg_bytes())
+    with pytest.raises(BadInput, match=r"Image\(mime_type=...\): 'text/plain' is not an image type"):
+        Image(mime_type="text/plain")
+    with pytest.raises(BadInput, match=r"allowed_mime_types='image/png'\): expected a list"):
+        Image(allowed_mime_types="image/png")  # type: ignore[arg-type]
+    with pytest.raises(BadInput, match=r"give one, they say the same"):
+        Image(mime_type="image/png", output_format="PNG")
+
+
+def jpeg_bytes() -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", (4, 4)).save(buf, format="JPEG")
+    return buf.getvalue()
 
 
 @pytest.mark.parametrize(

@@ -231,12 +231,23 @@ def test_bad_model_arguments(tmp_path: Path) -> None:
         bundler.onnx.save_model("m", tmp_path / "junk.onnx")
     with pytest.raises(ModelError, match=r"labels must map str to str; 'v': 1"):
         bundler.onnx.save_model("m", make_mlp(), labels={"v": 1})  # type: ignore[dict-item]
-    with pytest.raises(ModelError, match=r"metadata\['w'\] is a ndarray"):
-        bundler.onnx.save_model("m", make_mlp(), metadata={"w": np.zeros(2)})
+    with pytest.raises(ModelError, match=r"metadata\['w'\] is a complex"):
+        bundler.onnx.save_model("m", make_mlp(), metadata={"w": 1 + 2j})
     loop: list[object] = []
     loop.append(loop)
     with pytest.raises(ModelError, match=r"metadata\['loop'\] contains itself"):
         bundler.onnx.save_model("m", make_mlp(), metadata={"loop": loop})
+
+
+def test_metadata_takes_numpy_values_as_bentoml_does() -> None:
+    # Refused before ("metadata['cv'] is a dict ..."): sklearn's cross_validate gives arrays, numpy
+    # reductions give numpy scalars. BentoML stores them as lists and Python numbers; so does bundler.
+    metadata = {"cv": {"test_score": np.array([0.5, 0.75])}, "acc": np.float32(0.5), "n": [np.int64(3)]}
+    model = bundler.onnx.save_model("m", make_mlp(), metadata=metadata)
+    want = {"cv": {"test_score": [0.5, 0.75]}, "acc": 0.5, "n": [3]}
+    assert model.info.metadata == want
+    assert bundler.onnx.get("m").info.metadata == want
+    assert type(bundler.onnx.get("m").info.metadata["n"][0]) is int
 
 
 def test_model_yaml_writes_shared_metadata_out_without_aliases() -> None:
@@ -301,6 +312,20 @@ def test_unavailable_provider_is_a_provider_error() -> None:
         bundler.onnx.load_model(model)
     with pytest.raises(ProviderError, match=r"must be a list"):
         bundler.onnx.load_model("mlp", providers="CPUExecutionProvider")  # type: ignore[arg-type]
+
+
+def test_provider_with_options_may_be_a_list_pair() -> None:
+    # A [name, options] pair (as from YAML or JSON config) was called "not available on this machine";
+    # onnxruntime itself takes only tuples. Now it is made a tuple; anything else is named.
+    bundler.onnx.save_model("mlp", make_mlp())
+    cpu = "CPUExecutionProvider"
+    session = bundler.onnx.load_model("mlp", providers=[[cpu, {"arena_extend_strategy": "kSameAsRequested"}]])
+    assert session.get_providers() == [cpu]
+    assert bundler.onnx.load_model("mlp", providers=[(cpu, {})]).get_providers() == [cpu]
+    with pytest.raises(
+        ProviderError, match=r"providers\[1\] is 3; give a provider name or a \(name, options"
+    ):
+        bundler.onnx.load_model("mlp", providers=[cpu, 3])
 
 
 def test_user_session_options_are_used_as_given() -> None:

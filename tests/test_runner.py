@@ -106,6 +106,9 @@ def test_to_runner_takes_bentomls_arguments() -> None:
     # BentoML: name="" is the default (the model's name); embedded runners run in the API process,
     # which is where bundler's runners always run.
     assert model.to_runner(name="").name == "mlp"
+    # BentoML's first parameter is the name: to_runner("sr_runner") took it as max_batch_size.
+    assert model.to_runner("mlp-runner").name == "mlp-runner"
+    assert model.to_runner("mlp-runner", 8, 50).config.max_batch_size == 8
     assert model.to_runner(embedded=True).name == "mlp"
     runner = model.to_runner(
         max_batch_size=8, method_configs={"run": {"max_batch_size": 4, "max_latency_ms": 50}}

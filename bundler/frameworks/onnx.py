@@ -167,8 +167,24 @@ def _check_labels(labels: object, name: str) -> dict[str, str]:
     return out
 
 
+def _plain(value: Any, depth: int = 0) -> Any:
+    """Return ``value`` with numpy scalars and arrays made Python's, as BentoML stores metadata."""
+    if depth > 100:  # a list that contains itself: dump_yaml words the error
+        return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {_plain(k, depth + 1): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    return value
+
+
 def _check_metadata(metadata: object, name: str) -> dict:
-    out = _mapping(metadata, "metadata", name)
+    # sklearn's cross_validate gives arrays, numpy reductions give np.float32: stored as lists and floats.
+    out = _plain(_mapping(metadata, "metadata", name))
     for k, v in out.items():
         try:
             dump_yaml({k: v})
@@ -180,7 +196,7 @@ def _check_metadata(metadata: object, name: str) -> dict:
         except yaml.YAMLError as exc:
             raise ModelError(
                 f"save_model({name!r}): metadata[{k!r}] is a {type(v).__name__}, which cannot be stored;"
-                " use str, int, float, bool, None and lists or dicts of those (float(x) for numpy scalars)"
+                " use str, int, float, bool, None, numpy numbers and arrays, and lists or dicts of those"
             ) from exc
     return out
 
@@ -574,12 +590,27 @@ def default_session_options() -> onnxruntime.SessionOptions:
     return options
 
 
+def _provider_entry(entry: Any, index: int) -> Any:
+    """Return a providers entry as onnxruntime takes it: a name, or a (name, options dict) tuple."""
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, (tuple, list)) and len(entry) == 2:
+        name, options = entry
+        if isinstance(name, str) and isinstance(options, Mapping):
+            return (name, dict(options))  # onnxruntime refuses a [name, options] list
+    raise ProviderError(
+        f"providers[{index}] is {entry!r}; give a provider name or a (name, options dict) pair,"
+        " e.g. ('CUDAExecutionProvider', {'device_id': 0})"
+    )
+
+
 def resolve_providers(requested: Sequence[Any] | None, available: Sequence[str]) -> list[Any]:
     """Return the providers to use; ProviderError when a requested one is not available here."""
     if requested is None:
         return default_providers(available, cuda_device_count() if CUDA in available else 0)
     if isinstance(requested, str):
         raise ProviderError(f"providers must be a list of provider names, e.g. [{requested!r}]")
+    requested = [_provider_entry(p, i) for i, p in enumerate(requested)]
     names = [p[0] if isinstance(p, tuple) else p for p in requested]
     missing = [n for n in names if n not in available]
     if missing:
