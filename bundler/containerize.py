@@ -38,6 +38,12 @@ _START_HINT = (
     "start the engine (`sudo systemctl start docker`, or `dockerd &`; in this project's CI run"
     " shared/tools/container-env.sh), or pick another with --backend podman|buildah"
 )
+# A running daemon whose socket this user may not open: starting it again would not help.
+_ACCESS_HINT = (
+    "let this user use the engine (`sudo usermod -aG docker $USER`, then log in again; or run as root),"
+    " or pick another with --backend podman|buildah"
+)
+_NO_ACCESS = "may not use the Docker daemon"
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,8 @@ def _inspect_docker(client: str) -> Engine | str:
         kit = pool.submit(_probe, [client, "build", "--help"], {**os.environ, "DOCKER_BUILDKIT": "1"})
     if info.result().returncode != 0:
         last = (info.result().stderr.strip().splitlines() or ["no answer"])[-1]
+        if "permission denied" in last.lower():
+            return f"{client}: this user {_NO_ACCESS} ({last})"
         return f"{client}: the Docker daemon does not answer ({last})"
     mode = (
         "buildx"
@@ -148,9 +156,8 @@ def detect_engine(backend: str | None = None) -> Engine:
             " (Debian/Ubuntu: `apt-get install docker.io`; or Docker Engine, Podman, Buildah),"
             f" then {_START_HINT}"
         )
-    raise EngineUnavailable(
-        f"no usable container engine ({tried}): {'; '.join(problems)}. To fix: {_START_HINT}"
-    )
+    hint = _ACCESS_HINT if any(_NO_ACCESS in p for p in problems) else _START_HINT
+    raise EngineUnavailable(f"no usable container engine ({tried}): {'; '.join(problems)}. To fix: {hint}")
 
 
 def _check_intact(bundle_dir: Path, info: Mapping[str, Any]) -> None:

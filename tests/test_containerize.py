@@ -142,6 +142,25 @@ def test_daemon_not_running_is_reported_in_words_by_a_client_whose_info_hides_it
     assert "template" not in message
 
 
+def test_a_daemon_the_user_may_not_use_says_how_to_get_access_not_to_start_it(only_fakes: Path) -> None:
+    """A running daemon whose socket the user cannot open (not in the docker group): the usual first try."""
+    client = only_fakes / "docker"
+    client.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = version ]; then echo; echo "permission denied while trying to connect to the Docker'
+        ' daemon socket at unix:///var/run/docker.sock: Get \\"http://%2Fvar%2Frun%2Fdocker.sock/v1.24/version\\":'
+        ' dial unix /var/run/docker.sock: connect: permission denied" >&2; exit 1; fi\n'
+        "exit 0\n"
+    )
+    client.chmod(0o755)
+    with pytest.raises(EngineUnavailable) as info:
+        detect_engine("docker")
+    message = str(info.value)
+    assert f"{client}: this user may not use the Docker daemon (permission denied while trying" in message
+    assert "does not answer" not in message and "systemctl start" not in message
+    assert "usermod -aG docker" in message
+
+
 @pytest.mark.parametrize(
     ("buildx", "buildkit", "mode"),
     [(True, False, "buildx"), (False, True, "buildkit"), (False, False, "legacy")],
