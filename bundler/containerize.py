@@ -13,6 +13,7 @@ import collections
 import contextlib
 import http.server
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -450,8 +451,30 @@ def containerize(
     return image_tags
 
 
+# The base image the engine failed to get: BuildKit's error summary, or the legacy builder's last step.
+_METADATA_FAILED = re.compile(r"^\s*> \[internal\] load metadata for (\S+):$")
+_LEGACY_STEP = re.compile(r"^Step \d+/\d+ : (?:FROM (\S+))?")
+
+
+def _unpulled_base(tail: Sequence[str]) -> str | None:
+    """Return the base image the engine's output says it could not get, if that is why the build failed."""
+    for line in tail:
+        if match := _METADATA_FAILED.match(line):
+            return match[1]
+    steps = [m for line in tail if (m := _LEGACY_STEP.match(line))]
+    return steps[-1][1] if steps else None  # None also when the failed step is not a FROM
+
+
 def _failure_hint(tail: Sequence[str], ca_bundle: Path | None) -> str:
     """Return what to do about a failed build, named when the engine's output says why."""
+    base = _unpulled_base(tail)
+    if base is not None:
+        return (
+            f"the engine could not get the base image {base}: check its name, `docker login` to its"
+            f" registry if it is private, or give the engine a copy (`docker pull {base}` where a registry"
+            " is reachable, `docker load` where none is); bentofile.yaml chooses it with docker.base_image"
+            " (or docker.python_version and docker.distro), then `bundler build` again"
+        )
     if any("CERTIFICATE_VERIFY_FAILED" in line for line in tail):
         # The usual cause: a TLS-inspecting proxy whose CA the base image does not trust.
         if ca_bundle is not None:

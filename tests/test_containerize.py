@@ -370,6 +370,45 @@ def test_a_pip_step_that_cannot_verify_tls_says_how_to_pass_the_proxy_ca(
         assert "pass --ca-bundle FILE" in message and "bundler build --offline" in message
 
 
+_NO_HOST = 'Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io: no such host'
+
+
+@pytest.mark.parametrize(
+    ("mode", "engine_output"),
+    [
+        (
+            "buildkit",  # Debian's 20.10 client; buildx prints the same "> [internal] load metadata" block
+            "#3 [internal] load metadata for docker.io/library/python:3.12-slim\n"
+            f"#3 ERROR: failed to do request: Head: {_NO_HOST}\n"
+            "------\n > [internal] load metadata for docker.io/library/python:3.12-slim:\n------\n"
+            "failed to solve with frontend dockerfile.v0: failed to create LLB definition: failed to do",
+        ),
+        (
+            "legacy",
+            "Sending build context to Docker daemon  259.1kB\n\n"
+            f"Step 1/30 : FROM python:3.12-slim AS locked\n{_NO_HOST}",
+        ),
+    ],
+    ids=["buildkit", "legacy"],
+)
+def test_a_base_image_the_engine_cannot_pull_is_named_with_how_to_provide_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, engine_output: str
+) -> None:
+    client = tmp_path / "docker"
+    client.write_text(f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(engine_output)}\nexit 1\n")
+    client.chmod(0o755)
+    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), mode))
+    bundle = fake_bundle(tmp_path / "bundle", INFO)
+    with pytest.raises(ContainerizeError) as err:
+        containerize(bundle, INFO, output=lambda _: None)
+    message = str(err.value)
+    assert "no such host" in message  # the engine's lines, as before
+    image = "docker.io/library/python:3.12-slim" if mode == "buildkit" else "python:3.12-slim"
+    assert f"the engine could not get the base image {image}" in message
+    assert f"docker pull {image}" in message and "docker.base_image" in message
+    assert "a failed RUN" not in message
+
+
 def test_containerize_scratch_lives_in_the_store_and_a_killed_ones_is_swept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
