@@ -151,6 +151,13 @@ def detect_engine(backend: str | None = None) -> Engine:
         if engine is not None:
             return engine
     tried = backend or "/".join(KINDS)
+    if not problems and backend in ("podman", "buildah"):
+        # Daemonless: nothing to start once installed.
+        others = "|".join(k for k in KINDS if k != backend)
+        raise EngineUnavailable(
+            f"no usable container engine: no {backend} client found on PATH. To fix: install it"
+            f" (Debian/Ubuntu: `apt-get install {backend}`), or pick another with --backend {others}"
+        )
     if not problems:
         raise EngineUnavailable(
             f"no usable container engine: no {tried} client found on PATH. To fix: install one"

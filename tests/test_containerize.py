@@ -114,6 +114,22 @@ def test_no_engine_is_a_clear_error_saying_what_to_start(only_fakes: Path) -> No
     assert "systemctl start docker" in message and "container-env.sh" in message
 
 
+@pytest.mark.parametrize("backend", ["podman", "buildah"])
+def test_a_missing_daemonless_backend_says_how_to_install_it_not_docker(
+    only_fakes: Path, backend: str
+) -> None:
+    _fake_client(only_fakes / "docker")  # docker is here, but not what was asked for
+    with pytest.raises(EngineUnavailable) as info:
+        detect_engine(backend)
+    message = str(info.value)
+    assert f"no {backend} client found on PATH" in message
+    assert f"apt-get install {backend}" in message
+    assert "docker.io" not in message and "systemctl start docker" not in message
+    assert f"--backend {backend}" not in message  # not "pick another" naming the one that is missing
+    other = "buildah" if backend == "podman" else "podman"
+    assert f"--backend docker|{other}" in message
+
+
 def test_daemon_not_running_is_reported_per_client(only_fakes: Path) -> None:
     client = _fake_client(only_fakes / "docker", daemon=False)
     with pytest.raises(EngineUnavailable) as info:
