@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import http.server
 import os
 import re
-import secrets
 import subprocess
 import tempfile
 import threading
@@ -45,6 +45,7 @@ _ACCESS_HINT = (
     " or pick another with --backend podman|buildah"
 )
 _NO_ACCESS = "may not use the Docker daemon"
+_CA_PORTS = (20000, 10000)  # first port and how many: below Linux's ephemeral ports (32768-60999)
 
 
 @dataclass(frozen=True)
@@ -273,9 +274,16 @@ def _rerender(bundle_dir: Path, info: Mapping[str, Any], **variant: bool) -> str
 
 @contextlib.contextmanager
 def _serve_once(path: Path) -> Iterator[str]:
-    """Serve one file on the loopback at an unguessable URL for as long as the block runs."""
+    """Serve one file on the loopback at a URL named by its content for as long as the block runs.
+
+    The URL is a build arg, and the legacy builder keys a RUN's cache on its build args: the same URL for
+    the same file (a port picked from its digest, outside the ephemeral range) keeps the pip layer cached
+    from one containerize to the next. A CA certificate is public, so a name that is its digest hides
+    nothing; when that port is taken, any free port serves (that build reinstalls the lock).
+    """
     data = Path(path).read_bytes()
-    token = secrets.token_urlsafe(24)
+    digest = hashlib.sha256(data).hexdigest()
+    token = digest[:32]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -290,7 +298,12 @@ def _serve_once(path: Path) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    try:
+        server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", _CA_PORTS[0] + int(digest, 16) % _CA_PORTS[1]), Handler
+        )
+    except OSError:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -468,6 +468,25 @@ def test_one_shot_server_serves_only_its_token(tmp_path: Path) -> None:
         httpx.get(url, timeout=2)
 
 
+def test_the_ca_url_is_the_same_each_build_so_the_legacy_builder_reuses_its_pip_layer(tmp_path: Path) -> None:
+    """The legacy builder keys a RUN's cache on the build args it sees: a new URL each time reinstalled the
+    whole lock on every containerize --ca-bundle."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    with cz._serve_once(ca) as first:
+        pass
+    with cz._serve_once(ca) as second:
+        assert httpx.get(second).content == ca.read_bytes()
+    assert second == first
+    # Its port taken (another build serving the same CA): another port, still served.
+    with cz._serve_once(ca) as held, cz._serve_once(ca) as other:
+        assert held == first and other != held
+        assert httpx.get(other).content == ca.read_bytes()
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nanother\n")
+    with cz._serve_once(ca) as changed:
+        assert changed != first
+
+
 def test_not_a_bundle_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ContainerizeError, match=r"is not a bundle: .* is missing; run `bundler build` first"):
         containerize(tmp_path, {"name": "a", "version": "1"}, output=lambda _: None)
