@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import http.server
 import os
-import secrets
+import re
 import subprocess
 import tempfile
 import threading
@@ -38,6 +39,13 @@ _START_HINT = (
     "start the engine (`sudo systemctl start docker`, or `dockerd &`; in this project's CI run"
     " shared/tools/container-env.sh), or pick another with --backend podman|buildah"
 )
+# A running daemon whose socket this user may not open: starting it again would not help.
+_ACCESS_HINT = (
+    "let this user use the engine (`sudo usermod -aG docker $USER`, then log in again; or run as root),"
+    " or pick another with --backend podman|buildah"
+)
+_NO_ACCESS = "may not use the Docker daemon"
+_CA_PORTS = (20000, 10000)  # first port and how many: below Linux's ephemeral ports (32768-60999)
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,8 @@ def _inspect_docker(client: str) -> Engine | str:
         kit = pool.submit(_probe, [client, "build", "--help"], {**os.environ, "DOCKER_BUILDKIT": "1"})
     if info.result().returncode != 0:
         last = (info.result().stderr.strip().splitlines() or ["no answer"])[-1]
+        if "permission denied" in last.lower():
+            return f"{client}: this user {_NO_ACCESS} ({last})"
         return f"{client}: the Docker daemon does not answer ({last})"
     mode = (
         "buildx"
@@ -142,15 +152,21 @@ def detect_engine(backend: str | None = None) -> Engine:
         if engine is not None:
             return engine
     tried = backend or "/".join(KINDS)
+    if not problems and backend in ("podman", "buildah"):
+        # Daemonless: nothing to start once installed.
+        others = "|".join(k for k in KINDS if k != backend)
+        raise EngineUnavailable(
+            f"no usable container engine: no {backend} client found on PATH. To fix: install it"
+            f" (Debian/Ubuntu: `apt-get install {backend}`), or pick another with --backend {others}"
+        )
     if not problems:
         raise EngineUnavailable(
             f"no usable container engine: no {tried} client found on PATH. To fix: install one"
             " (Debian/Ubuntu: `apt-get install docker.io`; or Docker Engine, Podman, Buildah),"
             f" then {_START_HINT}"
         )
-    raise EngineUnavailable(
-        f"no usable container engine ({tried}): {'; '.join(problems)}. To fix: {_START_HINT}"
-    )
+    hint = _ACCESS_HINT if any(_NO_ACCESS in p for p in problems) else _START_HINT
+    raise EngineUnavailable(f"no usable container engine ({tried}): {'; '.join(problems)}. To fix: {hint}")
 
 
 def _check_intact(bundle_dir: Path, info: Mapping[str, Any]) -> None:
@@ -258,9 +274,16 @@ def _rerender(bundle_dir: Path, info: Mapping[str, Any], **variant: bool) -> str
 
 @contextlib.contextmanager
 def _serve_once(path: Path) -> Iterator[str]:
-    """Serve one file on the loopback at an unguessable URL for as long as the block runs."""
+    """Serve one file on the loopback at a URL named by its content for as long as the block runs.
+
+    The URL is a build arg, and the legacy builder keys a RUN's cache on its build args: the same URL for
+    the same file (a port picked from its digest, outside the ephemeral range) keeps the pip layer cached
+    from one containerize to the next. A CA certificate is public, so a name that is its digest hides
+    nothing; when that port is taken, any free port serves (that build reinstalls the lock).
+    """
     data = Path(path).read_bytes()
-    token = secrets.token_urlsafe(24)
+    digest = hashlib.sha256(data).hexdigest()
+    token = digest[:32]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -275,7 +298,12 @@ def _serve_once(path: Path) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    try:
+        server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", _CA_PORTS[0] + int(digest, 16) % _CA_PORTS[1]), Handler
+        )
+    except OSError:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -443,8 +471,30 @@ def containerize(
     return image_tags
 
 
+# The base image the engine failed to get: BuildKit's error summary, or the legacy builder's last step.
+_METADATA_FAILED = re.compile(r"^\s*> \[internal\] load metadata for (\S+):$")
+_LEGACY_STEP = re.compile(r"^Step \d+/\d+ : (?:FROM (\S+))?")
+
+
+def _unpulled_base(tail: Sequence[str]) -> str | None:
+    """Return the base image the engine's output says it could not get, if that is why the build failed."""
+    for line in tail:
+        if match := _METADATA_FAILED.match(line):
+            return match[1]
+    steps = [m for line in tail if (m := _LEGACY_STEP.match(line))]
+    return steps[-1][1] if steps else None  # None also when the failed step is not a FROM
+
+
 def _failure_hint(tail: Sequence[str], ca_bundle: Path | None) -> str:
     """Return what to do about a failed build, named when the engine's output says why."""
+    base = _unpulled_base(tail)
+    if base is not None:
+        return (
+            f"the engine could not get the base image {base}: check its name, `docker login` to its"
+            f" registry if it is private, or give the engine a copy (`docker pull {base}` where a registry"
+            " is reachable, `docker load` where none is); bentofile.yaml chooses it with docker.base_image"
+            " (or docker.python_version and docker.distro), then `bundler build` again"
+        )
     if any("CERTIFICATE_VERIFY_FAILED" in line for line in tail):
         # The usual cause: a TLS-inspecting proxy whose CA the base image does not trust.
         if ca_bundle is not None:

@@ -7,7 +7,8 @@ It is a multi-stage build: stage ``locked`` drops bundler's wheel from the files
 ``base`` holds system packages, the user and bundler's environment; ``deps`` gets the docker.env values pip
 reads and installs the lock into the venv (with the offline wheels, which stay in that stage); ``own``
 installs bundler's wheel into ``/opt/bundler``, so a new bundler release reuses the dependency layers;
-``venv`` drops pip and setuptools, which serving does not need. The final stage copies only ``/opt/venv`` and
+``venv`` drops pip and setuptools, which serving does not need (kept for a setup_script or a
+dockerfile_template, which may ``pip install`` into the venv). The final stage copies only ``/opt/venv`` and
 ``/opt/bundler`` onto ``base`` and sets docker.env and envs, then runs the import check.
 Every value that reaches the Dockerfile is validated and quoted here, never in the template:
 a bentofile cannot inject shell commands or Dockerfile instructions.
@@ -333,7 +334,7 @@ def _venv_finish(keep_pip: bool) -> list[str]:
         f"{VENV}/bin/python -c {shlex.quote(pth)}",
         f"ln -s {BUNDLER_DIR}/bin/bundler {VENV}/bin/bundler",
     ]
-    if not keep_pip:  # a setup_script may `pip install` into the venv
+    if not keep_pip:  # a setup_script or a dockerfile_template may `pip install` into the venv
         # `python -m venv` put pip (and setuptools before 3.12) there to install the lock; serving needs
         # neither. pip removes exactly the files it recorded; a lock that pins either one keeps it.
         uninstall = f'grep -qi "^$p==" {lock} || {VENV}/bin/python -m pip uninstall -y -q "$p"'
@@ -448,7 +449,8 @@ def template_context(
         "bundler_run": pip["bundler_run"],
         "bundler_install": pip["bundler_install"],
         "bundler_dir": BUNDLER_DIR,
-        "venv_finish": _venv_finish(keep_pip=bool(setup_script)),
+        # BentoML's docs `RUN pip install ...` in a template: `pip` must be the venv's, not the base's.
+        "venv_finish": _venv_finish(keep_pip=bool(setup_script or docker.get("dockerfile_template"))),
         "setup_script": setup_script,
         "venv": VENV,
         # onnxruntime writes a device id and a session file under HOME and TMPDIR on import: point both at

@@ -114,6 +114,22 @@ def test_no_engine_is_a_clear_error_saying_what_to_start(only_fakes: Path) -> No
     assert "systemctl start docker" in message and "container-env.sh" in message
 
 
+@pytest.mark.parametrize("backend", ["podman", "buildah"])
+def test_a_missing_daemonless_backend_says_how_to_install_it_not_docker(
+    only_fakes: Path, backend: str
+) -> None:
+    _fake_client(only_fakes / "docker")  # docker is here, but not what was asked for
+    with pytest.raises(EngineUnavailable) as info:
+        detect_engine(backend)
+    message = str(info.value)
+    assert f"no {backend} client found on PATH" in message
+    assert f"apt-get install {backend}" in message
+    assert "docker.io" not in message and "systemctl start docker" not in message
+    assert f"--backend {backend}" not in message  # not "pick another" naming the one that is missing
+    other = "buildah" if backend == "podman" else "podman"
+    assert f"--backend docker|{other}" in message
+
+
 def test_daemon_not_running_is_reported_per_client(only_fakes: Path) -> None:
     client = _fake_client(only_fakes / "docker", daemon=False)
     with pytest.raises(EngineUnavailable) as info:
@@ -140,6 +156,25 @@ def test_daemon_not_running_is_reported_in_words_by_a_client_whose_info_hides_it
     message = str(info.value)
     assert f"{client}: the Docker daemon does not answer (Cannot connect to the Docker daemon at" in message
     assert "template" not in message
+
+
+def test_a_daemon_the_user_may_not_use_says_how_to_get_access_not_to_start_it(only_fakes: Path) -> None:
+    """A running daemon whose socket the user cannot open (not in the docker group): the usual first try."""
+    client = only_fakes / "docker"
+    client.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = version ]; then echo; echo "permission denied while trying to connect to the Docker'
+        ' daemon socket at unix:///var/run/docker.sock: Get \\"http://%2Fvar%2Frun%2Fdocker.sock/v1.24/version\\":'
+        ' dial unix /var/run/docker.sock: connect: permission denied" >&2; exit 1; fi\n'
+        "exit 0\n"
+    )
+    client.chmod(0o755)
+    with pytest.raises(EngineUnavailable) as info:
+        detect_engine("docker")
+    message = str(info.value)
+    assert f"{client}: this user may not use the Docker daemon (permission denied while trying" in message
+    assert "does not answer" not in message and "systemctl start" not in message
+    assert "usermod -aG docker" in message
 
 
 @pytest.mark.parametrize(
@@ -351,6 +386,45 @@ def test_a_pip_step_that_cannot_verify_tls_says_how_to_pass_the_proxy_ca(
         assert "pass --ca-bundle FILE" in message and "bundler build --offline" in message
 
 
+_NO_HOST = 'Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io: no such host'
+
+
+@pytest.mark.parametrize(
+    ("mode", "engine_output"),
+    [
+        (
+            "buildkit",  # Debian's 20.10 client; buildx prints the same "> [internal] load metadata" block
+            "#3 [internal] load metadata for docker.io/library/python:3.12-slim\n"
+            f"#3 ERROR: failed to do request: Head: {_NO_HOST}\n"
+            "------\n > [internal] load metadata for docker.io/library/python:3.12-slim:\n------\n"
+            "failed to solve with frontend dockerfile.v0: failed to create LLB definition: failed to do",
+        ),
+        (
+            "legacy",
+            "Sending build context to Docker daemon  259.1kB\n\n"
+            f"Step 1/30 : FROM python:3.12-slim AS locked\n{_NO_HOST}",
+        ),
+    ],
+    ids=["buildkit", "legacy"],
+)
+def test_a_base_image_the_engine_cannot_pull_is_named_with_how_to_provide_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, engine_output: str
+) -> None:
+    client = tmp_path / "docker"
+    client.write_text(f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(engine_output)}\nexit 1\n")
+    client.chmod(0o755)
+    monkeypatch.setattr(cz, "detect_engine", lambda backend=None: Engine("docker", str(client), mode))
+    bundle = fake_bundle(tmp_path / "bundle", INFO)
+    with pytest.raises(ContainerizeError) as err:
+        containerize(bundle, INFO, output=lambda _: None)
+    message = str(err.value)
+    assert "no such host" in message  # the engine's lines, as before
+    image = "docker.io/library/python:3.12-slim" if mode == "buildkit" else "python:3.12-slim"
+    assert f"the engine could not get the base image {image}" in message
+    assert f"docker pull {image}" in message and "docker.base_image" in message
+    assert "a failed RUN" not in message
+
+
 def test_containerize_scratch_lives_in_the_store_and_a_killed_ones_is_swept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -392,6 +466,25 @@ def test_one_shot_server_serves_only_its_token(tmp_path: Path) -> None:
         assert httpx.get(url.rsplit("/", 1)[0] + "/guess").status_code == 404
     with pytest.raises(httpx.ConnectError):
         httpx.get(url, timeout=2)
+
+
+def test_the_ca_url_is_the_same_each_build_so_the_legacy_builder_reuses_its_pip_layer(tmp_path: Path) -> None:
+    """The legacy builder keys a RUN's cache on the build args it sees: a new URL each time reinstalled the
+    whole lock on every containerize --ca-bundle."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    with cz._serve_once(ca) as first:
+        pass
+    with cz._serve_once(ca) as second:
+        assert httpx.get(second).content == ca.read_bytes()
+    assert second == first
+    # Its port taken (another build serving the same CA): another port, still served.
+    with cz._serve_once(ca) as held, cz._serve_once(ca) as other:
+        assert held == first and other != held
+        assert httpx.get(other).content == ca.read_bytes()
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nanother\n")
+    with cz._serve_once(ca) as changed:
+        assert changed != first
 
 
 def test_not_a_bundle_is_a_clear_error(tmp_path: Path) -> None:

@@ -256,9 +256,12 @@ def test_only_the_venv_and_bundler_reach_the_final_stage_and_pip_is_dropped() ->
     finish = lines[_index(lines, "FROM deps AS venv") + 1]
     assert "bundler.pth" in finish and "/opt/bundler" in finish
     assert 'for p in setuptools pip; do grep -qi "^$p==" env/python/requirements.lock.txt' in finish
-    # A setup_script may `pip install` into the venv, so with one the venv keeps its pip.
-    setup = _instructions(render_case("setup-script"))
-    assert "pip uninstall" not in setup[_index(setup, "FROM deps AS venv") + 1]
+    # A setup_script may `pip install` into the venv, so with one the venv keeps its pip; so may a
+    # dockerfile_template (BentoML's docs `RUN pip install ...` in one): dropped, `pip` would be the base
+    # image's, and install into a Python that serving never imports from.
+    for case in ("setup-script", "user-template"):
+        kept = _instructions(render_case(case))
+        assert "pip uninstall" not in kept[_index(kept, "FROM deps AS venv") + 1], case
 
 
 def test_the_dependency_layer_never_sees_bundlers_own_wheel() -> None:
@@ -396,7 +399,9 @@ def test_user_template_that_drops_the_base_stage_is_refused() -> None:
 
 
 def test_user_template_keeps_every_base_layer_and_adds_its_own() -> None:
-    base = _instructions(render_case("default"))
+    # The base as any template renders it (the venv keeps its pip for the template's own RUNs).
+    extends = {**DOCKER, "dockerfile_template": "{% extends bento_base_template %}\n"}
+    base = _instructions(render_dockerfile(extends, FACTS))
     custom = _instructions(render_case("user-template"))
     assert "ARG DEBIAN_FRONTEND=noninteractive" in custom
     assert 'RUN echo "user bundler owns /home/bundler/bundle" > /tmp/marker' in custom
