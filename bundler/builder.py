@@ -238,6 +238,12 @@ def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels
                 "env/docker/setup_script", source=cfg.context / cfg.docker.setup_script, executable=True
             )
         )
+    if cfg.docker.dockerfile_template:
+        # A file of the bundle like any other, so that an edit to it gives a new version; containerize
+        # re-renders the BuildKit variant from it (bundler.containerize.TEMPLATE_COPY).
+        plan.files.append(
+            PlannedFile("env/docker/Dockerfile.template", source=cfg.context / cfg.docker.dockerfile_template)
+        )
 
     settings = cfg.to_dict()
     settings.pop("path", None)
@@ -400,10 +406,6 @@ def write_bundle(cfg: Any, plan: Plan, say: Say, *, replace: bool = False) -> tu
         dockerfile, entrypoint = _render_docker(cfg, plan, tag)
         (staged / "env/docker").mkdir(parents=True, exist_ok=True)
         (staged / "env/docker/Dockerfile").write_text(dockerfile, encoding="utf-8")
-        if cfg.docker.dockerfile_template:
-            # containerize re-renders the BuildKit variant from it (bundler.containerize.TEMPLATE_COPY).
-            template = (cfg.context / cfg.docker.dockerfile_template).read_bytes()
-            (staged / "env/docker/Dockerfile.template").write_bytes(template)
         ep = staged / "env/docker/entrypoint.sh"
         ep.write_text(entrypoint, encoding="utf-8")
         ep.chmod(0o755)

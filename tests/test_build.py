@@ -405,6 +405,25 @@ def test_the_bundle_carries_no_bytecode_and_keeps_the_dockerfile_template(
     assert "ENV EXTRA=1" in (path / "env/docker/Dockerfile").read_text()
 
 
+def test_an_edited_dockerfile_template_gives_a_new_version(quickstart: Path) -> None:
+    # Only the template's path is a setting: its content must count too, or the edit is never built.
+    template = (
+        "{%% extends bento_base_template %%}\n"
+        "{%% block SETUP_BENTO_ENVARS %%}{{ super() }}\nENV STEP=%d\n{%% endblock %%}\n"
+    )
+    (quickstart / "docker.j2").write_text(template % 1)
+    bentofile = (quickstart / "bentofile.yaml").read_text()
+    (quickstart / "bentofile.yaml").write_text(
+        bentofile.replace("docker:\n", "docker:\n  dockerfile_template: ./docker.j2\n")
+    )
+    first = build(quickstart)
+    (quickstart / "docker.j2").write_text(template % 2)
+    second = build(quickstart)
+    assert second.created and second.tag != first.tag
+    assert "ENV STEP=2" in (second.path / "env/docker/Dockerfile").read_text()
+    assert (second.path / "env/docker/Dockerfile.template").read_text() == template % 2
+
+
 def test_a_model_named_in_the_build_file_and_loaded_by_the_service_goes_in_once(quickstart: Path) -> None:
     # The build file says "quickstart", the service "quickstart:latest": the same stored version.
     with (quickstart / "bentofile.yaml").open("a") as f:
