@@ -42,7 +42,12 @@ class _Ignores:
         for name in IGNORE_FILES:
             f = directory / name
             if f.is_file():
-                self.specs.append((rel_dir, _spec(f.read_text(encoding="utf-8").splitlines())))
+                try:
+                    text = f.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    why = "it is not UTF-8" if isinstance(exc, UnicodeDecodeError) else exc.strerror or exc
+                    raise BadInput(f"{f}: cannot read the ignore file ({why}); fix or remove it") from exc
+                self.specs.append((rel_dir, _spec(text.splitlines())))
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         for base, spec in self.specs:
