@@ -28,7 +28,7 @@ from . import __version__
 from .exceptions import BadInput, BuildError, BundlerError, NotFound
 from .scan import ServiceInfo, scan_service, uses_images
 from .sources import select_sources
-from .store import Tag, bundle_store, dump_yaml, model_store, sha256_file, verify_manifest
+from .store import Tag, bundle_store, dump_yaml, home, model_store, sha256_file, verify_manifest
 
 __all__ = ["BuildResult", "build"]
 
@@ -206,7 +206,9 @@ def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels
     svc = scan_service(module_path, attribute)
     plan = Plan(_bundle_name(cfg, svc))
 
-    sources = select_sources(cfg.context, list(cfg.include), list(cfg.exclude))
+    # A home inside the project (BUNDLER_HOME=.bundler in CI) holds the stores: bundled, each build would
+    # carry every earlier one (and the one being written), a new version every time.
+    sources = select_sources(cfg.context, list(cfg.include), list(cfg.exclude), skip=(home(),))
     _check_service_included(cfg, module_path, sources)
     for src in sources:
         plan.files.append(PlannedFile(f"src/{src.rel}", source=src.path, executable=src.executable))

@@ -67,16 +67,22 @@ def _inside(path: Path, root: Path) -> bool:
 _UNLISTABLE = frozenset(map(chr, [*range(32), 127]))
 
 
-def select_sources(context: Path, include: list[str], exclude: list[str]) -> list[SourceFile]:
-    """Return the files of the build context that go into ``src/``, sorted by path."""
+def select_sources(
+    context: Path, include: list[str], exclude: list[str], *, skip: tuple[Path, ...] = ()
+) -> list[SourceFile]:
+    """Return the files of the build context that go into ``src/``, sorted by path.
+
+    Directories in ``skip`` (the bundler home) are never walked, whatever the patterns say.
+    """
     root = context.resolve()
+    skipped = {p.resolve() for p in skip}
     includes = _spec(include or ["*"])
     ignores = _Ignores([*ALWAYS_EXCLUDED, *exclude])
     out: dict[str, SourceFile] = {}
 
     def walk(directory: Path, rel_dir: str, ancestors: frozenset[Path] = frozenset()) -> None:
         real = directory.resolve()
-        if real in ancestors:  # a link back up the tree: a loop
+        if real in ancestors or (rel_dir and real in skipped):  # a link back up the tree (a loop), the home
             return
         ancestors = ancestors | {real}
         ignores.load(rel_dir, directory)

@@ -103,6 +103,27 @@ def test_a_relative_bundler_home_builds(tmp_path: Path, monkeypatch: pytest.Monk
     assert verify_manifest(result.path) == []
 
 
+def test_a_bundler_home_inside_the_project_is_not_bundled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # BUNDLER_HOME=.bundler in CI: each build would carry the stores, every earlier bundle among them.
+    work = tmp_path / "project"
+    shutil.copytree(ROOT / "examples/quickstart", work, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("BUNDLER_HOME", str(work / ".bundler"))
+    runpy.run_path(str(work / "make_model.py"), run_name="__main__")
+    bentofile = (work / "bentofile.yaml").read_text()
+    (work / "bentofile.yaml").write_text(bentofile.replace('  - "service.py"', '  - "*"'))
+    first = build(work)
+    second = build(work)
+    assert (second.tag, second.created) == (first.tag, False)
+    assert sorted(p.name for p in (first.path / "src").iterdir()) == [
+        "README.md",
+        "bentofile.yaml",
+        "make_model.py",
+        "service.py",
+    ]
+
+
 def test_tag_does_not_follow_source_date_epoch(
     quickstart: Path, bundler_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
