@@ -415,6 +415,26 @@ def test_local_project_path_is_built_relative_to_the_context(tmp_path: Path) -> 
     assert sha256_file(built[0]) in next(p for p in parse_lock(result.text)[0] if p.name == "pathpkg").hashes
 
 
+def test_a_local_project_is_built_from_a_copy_and_left_as_it_was(tmp_path: Path) -> None:
+    # pip builds a directory in place: setuptools' build/ and *.egg-info would land in the user's project,
+    # and build/lib would carry a module deleted since into the next wheel.
+    proj = tmp_path / "proj"
+    (proj / "pathpkg").mkdir(parents=True)
+    (proj / "pathpkg/__init__.py").write_text("")
+    (proj / "pathpkg/old.py").write_text("")
+    (proj / "setup.py").write_text(
+        "from setuptools import setup\nsetup(name='pathpkg', version='0.0.7', packages=['pathpkg'])\n"
+    )
+    before = sorted(p.relative_to(proj).as_posix() for p in proj.rglob("*"))
+    reqs = collect_requirements(["./proj"], None, tmp_path)
+    lock(reqs, LockOptions(python_version="3.11"), wheels_dir=tmp_path / "w1")
+    assert sorted(p.relative_to(proj).as_posix() for p in proj.rglob("*")) == before
+    (proj / "pathpkg/old.py").unlink()
+    lock(reqs, LockOptions(python_version="3.11"), wheels_dir=tmp_path / "w2")
+    (wheel,) = (tmp_path / "w2").glob("pathpkg-0.0.7-*.whl")
+    assert "pathpkg/old.py" not in zipfile.ZipFile(wheel).namelist()
+
+
 def test_a_local_project_locks_the_same_wherever_it_is_checked_out(tmp_path: Path) -> None:
     results = []
     for checkout in ("a", "b/deeper"):
