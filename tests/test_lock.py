@@ -220,6 +220,19 @@ def test_missing_local_paths_are_bad_input_before_any_build(tmp_path: Path) -> N
     ]
 
 
+def test_an_editable_path_in_python_packages_is_read_as_in_a_requirements_file(tmp_path: Path) -> None:
+    # `-e ./pkg` was kept whole: the resolver, in its own temporary directory, found no ./pkg there.
+    (tmp_path / "pkg").mkdir()
+    got = collect_requirements(["-e ./pkg", "--editable=./pkg"], None, tmp_path)
+    assert got == [f"{tmp_path / 'pkg'}  # from bentofile python.packages"] * 2
+    with pytest.raises(ConfigError) as err:
+        collect_requirements(["-e ./gone"], None, tmp_path)
+    assert err.value.problems == [
+        f"bentofile python.packages[0]: './gone': no such file or directory {tmp_path}/gone; fix the path"
+        " (relative to the build file)"
+    ]
+
+
 def test_listed_conda_pip_requirements_get_their_origin_and_the_same_checks(tmp_path: Path) -> None:
     env_dir = tmp_path / "conda"
     (env_dir / "pkg").mkdir(parents=True)
