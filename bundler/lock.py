@@ -294,6 +294,14 @@ class Listed:
 def _listed(items: Listed, out: list[str], bad: list[str]) -> None:
     for i, entry in enumerate(items.entries):
         p = _not_editable(entry)
+        option, _, value = p.partition("=" if p.startswith("--") and "=" in p.split(" ", 1)[0] else " ")
+        if option in _INDEX_OPTIONS:
+            # As in a requirements file: a local find-links place is relative to where it is written.
+            value = value.strip()
+            out.append(
+                f"{option} {_absolute(value, items.base) if option in ('--find-links', '-f') else value}"
+            )
+            continue
         bad += _line_problems(p, items.base, f"{items.where}[{i}]", items.base_name)
         if p:
             out.append(f"{_absolute(p, items.base)}  # {items.origin}")

@@ -342,12 +342,15 @@ def test_a_damaged_cached_lock_is_not_trusted(tmp_path: Path, bundler_home: Path
     assert lock(reqs, options, wheels_dir=tmp_path / "w3").reused
 
 
-@pytest.mark.parametrize("where", ["python.find_links", "requirements file"])
+@pytest.mark.parametrize("where", ["python.find_links", "requirements file", "python.packages"])
 def test_packages_from_local_find_links_travel_with_the_bundle(tmp_path: Path, where: str) -> None:
     def lock_from(project: Path, wheels_dir: Path) -> lock_mod.LockResult:
         if where == "python.find_links":
             reqs = collect_requirements(["linkedpkg"], None, project)
             options = LockOptions(python_version="3.11", find_links=(str(project / "links"),))
+        elif where == "python.packages":  # read as in a requirements file, relative to the build file
+            reqs = collect_requirements(["--find-links ./links", "linkedpkg"], None, project)
+            options = LockOptions(python_version="3.11")
         else:
             (project / "requirements.txt").write_text("--find-links ./links\nlinkedpkg\n")
             reqs = collect_requirements([], Path("requirements.txt"), project)
