@@ -616,7 +616,12 @@ def lock(
         local + [f"find-links: {f.name}={digest}" for digest, f in linked.items()],
     )
     has_local = bool(local) or bool(linked)
-    requirements_txt = "\n".join([*index_inputs, *reqs, *(f"# constraint: {c}" for c in constraints)]) + "\n"
+    # A host directory in the bundle's requirements.txt would give each checkout its own bundle tag; the
+    # files the lock pins from it travel in wheels/, as the lock says.
+    shown_index = dict.fromkeys(
+        "--find-links wheels" if Path(ln.partition(" ")[2].strip()) in links else ln for ln in index_inputs
+    )
+    requirements_txt = "\n".join([*shown_index, *reqs, *(f"# constraint: {c}" for c in constraints)]) + "\n"
     cached = home() / "cache" / "locks" / f"{key}.json"
     text = _read_cached(cached)
     if text is not None:

@@ -369,6 +369,7 @@ def test_packages_from_local_find_links_travel_with_the_bundle(tmp_path: Path, w
     _make_wheel(tmp_path / "b/links", "linkedpkg", "1.0.0")
     again = lock_from(tmp_path / "b", tmp_path / "w2")
     assert again.reused and again.text == first.text
+    assert again.requirements_txt == first.requirements_txt and str(tmp_path) not in first.requirements_txt
     assert [p.name for p in (tmp_path / "w2").iterdir()] == [wheel.name]
 
     # A new wheel in the directory is a new input: resolved again, not the cached pin.
