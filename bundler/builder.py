@@ -28,7 +28,7 @@ from . import __version__
 from .exceptions import BadInput, BuildError, BundlerError, NotFound
 from .scan import ServiceInfo, scan_service, uses_images
 from .sources import select_sources
-from .store import Tag, bundle_store, dump_yaml, model_store, sha256_file, verify_manifest
+from .store import Tag, bundle_store, dump_yaml, home, model_store, sha256_file, verify_manifest
 
 __all__ = ["BuildResult", "build"]
 
@@ -206,7 +206,9 @@ def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels
     svc = scan_service(module_path, attribute)
     plan = Plan(_bundle_name(cfg, svc))
 
-    sources = select_sources(cfg.context, list(cfg.include), list(cfg.exclude))
+    # A home inside the project (BUNDLER_HOME=.bundler in CI) holds the stores: bundled, each build would
+    # carry every earlier one (and the one being written), a new version every time.
+    sources = select_sources(cfg.context, list(cfg.include), list(cfg.exclude), skip=(home(),))
     _check_service_included(cfg, module_path, sources)
     for src in sources:
         plan.files.append(PlannedFile(f"src/{src.rel}", source=src.path, executable=src.executable))
@@ -237,6 +239,12 @@ def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels
             PlannedFile(
                 "env/docker/setup_script", source=cfg.context / cfg.docker.setup_script, executable=True
             )
+        )
+    if cfg.docker.dockerfile_template:
+        # A file of the bundle like any other, so that an edit to it gives a new version; containerize
+        # re-renders the BuildKit variant from it (bundler.containerize.TEMPLATE_COPY).
+        plan.files.append(
+            PlannedFile("env/docker/Dockerfile.template", source=cfg.context / cfg.docker.dockerfile_template)
         )
 
     settings = cfg.to_dict()
@@ -400,10 +408,6 @@ def write_bundle(cfg: Any, plan: Plan, say: Say, *, replace: bool = False) -> tu
         dockerfile, entrypoint = _render_docker(cfg, plan, tag)
         (staged / "env/docker").mkdir(parents=True, exist_ok=True)
         (staged / "env/docker/Dockerfile").write_text(dockerfile, encoding="utf-8")
-        if cfg.docker.dockerfile_template:
-            # containerize re-renders the BuildKit variant from it (bundler.containerize.TEMPLATE_COPY).
-            template = (cfg.context / cfg.docker.dockerfile_template).read_bytes()
-            (staged / "env/docker/Dockerfile.template").write_bytes(template)
         ep = staged / "env/docker/entrypoint.sh"
         ep.write_text(entrypoint, encoding="utf-8")
         ep.chmod(0o755)

@@ -197,10 +197,19 @@ def _absolute(value: str, base: Path) -> str:
     return value
 
 
+def _not_editable(requirement: str) -> str:
+    """Return a requirement without `-e`/`--editable`: an image installs the project, never a checkout."""
+    text = requirement.strip()
+    for flag in ("-e ", "--editable ", "--editable="):
+        if text.startswith(flag):
+            return text[len(flag) :].strip()
+    return text
+
+
 def missing_path(requirement: str, base: Path) -> str | None:
     """Return the local path a requirement names (relative to base) when nothing is there, else None."""
     # pip would fail to build it, with a message that names neither the file nor the line.
-    target = re.split(r"\s|;", _absolute(requirement.strip(), base), maxsplit=1)[0]
+    target = re.split(r"\s|;", _absolute(_not_editable(requirement), base), maxsplit=1)[0]
     target = re.sub(r"\[[^\]]*\]$", "", target)  # ./pkg[extra]
     if not target.startswith("/") or Path(target).exists():
         return None
@@ -283,10 +292,19 @@ class Listed:
 
 
 def _listed(items: Listed, out: list[str], bad: list[str]) -> None:
-    for i, p in enumerate(items.entries):
+    for i, entry in enumerate(items.entries):
+        p = _not_editable(entry)
+        option, _, value = p.partition("=" if p.startswith("--") and "=" in p.split(" ", 1)[0] else " ")
+        if option in _INDEX_OPTIONS:
+            # As in a requirements file: a local find-links place is relative to where it is written.
+            value = value.strip()
+            out.append(
+                f"{option} {_absolute(value, items.base) if option in ('--find-links', '-f') else value}"
+            )
+            continue
         bad += _line_problems(p, items.base, f"{items.where}[{i}]", items.base_name)
-        if p.strip():
-            out.append(f"{_absolute(p.strip(), items.base)}  # {items.origin}")
+        if p:
+            out.append(f"{_absolute(p, items.base)}  # {items.origin}")
 
 
 def collect_requirements(
@@ -598,7 +616,12 @@ def lock(
         local + [f"find-links: {f.name}={digest}" for digest, f in linked.items()],
     )
     has_local = bool(local) or bool(linked)
-    requirements_txt = "\n".join([*index_inputs, *reqs, *(f"# constraint: {c}" for c in constraints)]) + "\n"
+    # A host directory in the bundle's requirements.txt would give each checkout its own bundle tag; the
+    # files the lock pins from it travel in wheels/, as the lock says.
+    shown_index = dict.fromkeys(
+        "--find-links wheels" if Path(ln.partition(" ")[2].strip()) in links else ln for ln in index_inputs
+    )
+    requirements_txt = "\n".join([*shown_index, *reqs, *(f"# constraint: {c}" for c in constraints)]) + "\n"
     cached = home() / "cache" / "locks" / f"{key}.json"
     text = _read_cached(cached)
     if text is not None:

@@ -42,7 +42,12 @@ class _Ignores:
         for name in IGNORE_FILES:
             f = directory / name
             if f.is_file():
-                self.specs.append((rel_dir, _spec(f.read_text(encoding="utf-8").splitlines())))
+                try:
+                    text = f.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    why = "it is not UTF-8" if isinstance(exc, UnicodeDecodeError) else exc.strerror or exc
+                    raise BadInput(f"{f}: cannot read the ignore file ({why}); fix or remove it") from exc
+                self.specs.append((rel_dir, _spec(text.splitlines())))
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         for base, spec in self.specs:
@@ -62,16 +67,22 @@ def _inside(path: Path, root: Path) -> bool:
 _UNLISTABLE = frozenset(map(chr, [*range(32), 127]))
 
 
-def select_sources(context: Path, include: list[str], exclude: list[str]) -> list[SourceFile]:
-    """Return the files of the build context that go into ``src/``, sorted by path."""
+def select_sources(
+    context: Path, include: list[str], exclude: list[str], *, skip: tuple[Path, ...] = ()
+) -> list[SourceFile]:
+    """Return the files of the build context that go into ``src/``, sorted by path.
+
+    Directories in ``skip`` (the bundler home) are never walked, whatever the patterns say.
+    """
     root = context.resolve()
+    skipped = {p.resolve() for p in skip}
     includes = _spec(include or ["*"])
     ignores = _Ignores([*ALWAYS_EXCLUDED, *exclude])
     out: dict[str, SourceFile] = {}
 
     def walk(directory: Path, rel_dir: str, ancestors: frozenset[Path] = frozenset()) -> None:
         real = directory.resolve()
-        if real in ancestors:  # a link back up the tree: a loop
+        if real in ancestors or (rel_dir and real in skipped):  # a link back up the tree (a loop), the home
             return
         ancestors = ancestors | {real}
         ignores.load(rel_dir, directory)

@@ -537,6 +537,11 @@ class Store:
             raise StoreError(f"{self.kind} {t} fails its manifest check: " + "; ".join(problems))
         as_dir = isinstance(dest, str) and dest.endswith(("/", os.sep))
         dest = Path(dest)
+        where = os.path.realpath(dest if as_dir or dest.is_dir() else dest.parent)
+        for root in {self.root, home() / "models", home() / "bundles"}:
+            if (where + os.sep).startswith(os.path.realpath(root) + os.sep):
+                # In a stored entry, the archive would be a file its manifest does not list: a damaged entry.
+                raise BadInput(f"cannot write the archive into the store ({root}); name a place outside it")
         if as_dir:
             try:
                 dest.mkdir(parents=True, exist_ok=True)

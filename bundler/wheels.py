@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags
@@ -286,16 +288,34 @@ def direct_reference(line: str) -> str | None:
     return None
 
 
+def _local_dir(source: str) -> Path | None:
+    """Return the local project directory a requirement's source names, else None (a URL or a file)."""
+    url = urlsplit(source)
+    if url.fragment or url.scheme not in (
+        "",
+        "file",
+    ):  # file:///repo#subdirectory=pkg: pip picks the directory
+        return None
+    path = Path(url2pathname(url.path)) if url.scheme else Path(source)
+    return path if path.is_dir() else None
+
+
 def _build_one(target: str, out_dir: Path) -> Path:
     try:
         # pip 23 rejects `name @ git+file://...`; the bare URL builds the same project.
         source = Requirement(target).url or target
     except InvalidRequirement:
         source = target
-    proc = run_tool(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out_dir), source],
-        what=f"build {target}",
-    )
+    with tempfile.TemporaryDirectory(prefix="bundler-src-") as tmp:
+        local = _local_dir(source)
+        if local is not None:
+            # pip builds a directory in place: setuptools would leave build/ and *.egg-info in the user's
+            # project (sources of the next build), and a stale build/lib in the next wheel. Build a copy.
+            copy = Path(tmp) / "project"
+            shutil.copytree(local, copy, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", ".venv"))
+            source = str(copy)
+        args = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out_dir)]
+        proc = run_tool([*args, source], what=f"build {target}")
     wheels = sorted(out_dir.glob("*.whl"))
     if proc.returncode != 0 or len(wheels) != 1:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])

@@ -103,6 +103,27 @@ def test_a_relative_bundler_home_builds(tmp_path: Path, monkeypatch: pytest.Monk
     assert verify_manifest(result.path) == []
 
 
+def test_a_bundler_home_inside_the_project_is_not_bundled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # BUNDLER_HOME=.bundler in CI: each build would carry the stores, every earlier bundle among them.
+    work = tmp_path / "project"
+    shutil.copytree(ROOT / "examples/quickstart", work, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("BUNDLER_HOME", str(work / ".bundler"))
+    runpy.run_path(str(work / "make_model.py"), run_name="__main__")
+    bentofile = (work / "bentofile.yaml").read_text()
+    (work / "bentofile.yaml").write_text(bentofile.replace('  - "service.py"', '  - "*"'))
+    first = build(work)
+    second = build(work)
+    assert (second.tag, second.created) == (first.tag, False)
+    assert sorted(p.name for p in (first.path / "src").iterdir()) == [
+        "README.md",
+        "bentofile.yaml",
+        "make_model.py",
+        "service.py",
+    ]
+
+
 def test_tag_does_not_follow_source_date_epoch(
     quickstart: Path, bundler_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -403,6 +424,25 @@ def test_the_bundle_carries_no_bytecode_and_keeps_the_dockerfile_template(
     assert not [p for p in path.rglob("*") if p.name == "__pycache__" or p.suffix == ".pyc"]
     assert (path / "env/docker/Dockerfile.template").read_text() == (quickstart / "docker.j2").read_text()
     assert "ENV EXTRA=1" in (path / "env/docker/Dockerfile").read_text()
+
+
+def test_an_edited_dockerfile_template_gives_a_new_version(quickstart: Path) -> None:
+    # Only the template's path is a setting: its content must count too, or the edit is never built.
+    template = (
+        "{%% extends bento_base_template %%}\n"
+        "{%% block SETUP_BENTO_ENVARS %%}{{ super() }}\nENV STEP=%d\n{%% endblock %%}\n"
+    )
+    (quickstart / "docker.j2").write_text(template % 1)
+    bentofile = (quickstart / "bentofile.yaml").read_text()
+    (quickstart / "bentofile.yaml").write_text(
+        bentofile.replace("docker:\n", "docker:\n  dockerfile_template: ./docker.j2\n")
+    )
+    first = build(quickstart)
+    (quickstart / "docker.j2").write_text(template % 2)
+    second = build(quickstart)
+    assert second.created and second.tag != first.tag
+    assert "ENV STEP=2" in (second.path / "env/docker/Dockerfile").read_text()
+    assert (second.path / "env/docker/Dockerfile.template").read_text() == template % 2
 
 
 def test_a_model_named_in_the_build_file_and_loaded_by_the_service_goes_in_once(quickstart: Path) -> None:

@@ -220,6 +220,19 @@ def test_missing_local_paths_are_bad_input_before_any_build(tmp_path: Path) -> N
     ]
 
 
+def test_an_editable_path_in_python_packages_is_read_as_in_a_requirements_file(tmp_path: Path) -> None:
+    # `-e ./pkg` was kept whole: the resolver, in its own temporary directory, found no ./pkg there.
+    (tmp_path / "pkg").mkdir()
+    got = collect_requirements(["-e ./pkg", "--editable=./pkg"], None, tmp_path)
+    assert got == [f"{tmp_path / 'pkg'}  # from bentofile python.packages"] * 2
+    with pytest.raises(ConfigError) as err:
+        collect_requirements(["-e ./gone"], None, tmp_path)
+    assert err.value.problems == [
+        f"bentofile python.packages[0]: './gone': no such file or directory {tmp_path}/gone; fix the path"
+        " (relative to the build file)"
+    ]
+
+
 def test_listed_conda_pip_requirements_get_their_origin_and_the_same_checks(tmp_path: Path) -> None:
     env_dir = tmp_path / "conda"
     (env_dir / "pkg").mkdir(parents=True)
@@ -329,12 +342,15 @@ def test_a_damaged_cached_lock_is_not_trusted(tmp_path: Path, bundler_home: Path
     assert lock(reqs, options, wheels_dir=tmp_path / "w3").reused
 
 
-@pytest.mark.parametrize("where", ["python.find_links", "requirements file"])
+@pytest.mark.parametrize("where", ["python.find_links", "requirements file", "python.packages"])
 def test_packages_from_local_find_links_travel_with_the_bundle(tmp_path: Path, where: str) -> None:
     def lock_from(project: Path, wheels_dir: Path) -> lock_mod.LockResult:
         if where == "python.find_links":
             reqs = collect_requirements(["linkedpkg"], None, project)
             options = LockOptions(python_version="3.11", find_links=(str(project / "links"),))
+        elif where == "python.packages":  # read as in a requirements file, relative to the build file
+            reqs = collect_requirements(["--find-links ./links", "linkedpkg"], None, project)
+            options = LockOptions(python_version="3.11")
         else:
             (project / "requirements.txt").write_text("--find-links ./links\nlinkedpkg\n")
             reqs = collect_requirements([], Path("requirements.txt"), project)
@@ -353,6 +369,7 @@ def test_packages_from_local_find_links_travel_with_the_bundle(tmp_path: Path, w
     _make_wheel(tmp_path / "b/links", "linkedpkg", "1.0.0")
     again = lock_from(tmp_path / "b", tmp_path / "w2")
     assert again.reused and again.text == first.text
+    assert again.requirements_txt == first.requirements_txt and str(tmp_path) not in first.requirements_txt
     assert [p.name for p in (tmp_path / "w2").iterdir()] == [wheel.name]
 
     # A new wheel in the directory is a new input: resolved again, not the cached pin.
@@ -413,6 +430,26 @@ def test_local_project_path_is_built_relative_to_the_context(tmp_path: Path) -> 
     built = sorted((tmp_path / "w").glob("pathpkg-0.0.7-*.whl"))
     assert len(built) == 1 and _pins(result.text)["pathpkg"] == "0.0.7"
     assert sha256_file(built[0]) in next(p for p in parse_lock(result.text)[0] if p.name == "pathpkg").hashes
+
+
+def test_a_local_project_is_built_from_a_copy_and_left_as_it_was(tmp_path: Path) -> None:
+    # pip builds a directory in place: setuptools' build/ and *.egg-info would land in the user's project,
+    # and build/lib would carry a module deleted since into the next wheel.
+    proj = tmp_path / "proj"
+    (proj / "pathpkg").mkdir(parents=True)
+    (proj / "pathpkg/__init__.py").write_text("")
+    (proj / "pathpkg/old.py").write_text("")
+    (proj / "setup.py").write_text(
+        "from setuptools import setup\nsetup(name='pathpkg', version='0.0.7', packages=['pathpkg'])\n"
+    )
+    before = sorted(p.relative_to(proj).as_posix() for p in proj.rglob("*"))
+    reqs = collect_requirements(["./proj"], None, tmp_path)
+    lock(reqs, LockOptions(python_version="3.11"), wheels_dir=tmp_path / "w1")
+    assert sorted(p.relative_to(proj).as_posix() for p in proj.rglob("*")) == before
+    (proj / "pathpkg/old.py").unlink()
+    lock(reqs, LockOptions(python_version="3.11"), wheels_dir=tmp_path / "w2")
+    (wheel,) = (tmp_path / "w2").glob("pathpkg-0.0.7-*.whl")
+    assert "pathpkg/old.py" not in zipfile.ZipFile(wheel).namelist()
 
 
 def test_a_local_project_locks_the_same_wherever_it_is_checked_out(tmp_path: Path) -> None:

@@ -41,6 +41,13 @@ def test_ignore_files_apply_relative_to_their_directory(tmp_path: Path) -> None:
     assert _rels(tmp_path) == [".bentoignore", "a/.bundlerignore", "a/keep.py", "b/drop.log", "service.py"]
 
 
+def test_an_ignore_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    _tree(tmp_path, ["service.py", "sub/x.py"])
+    (tmp_path / "sub/.bentoignore").write_bytes(b"caf\xe9.txt\n")
+    with pytest.raises(BadInput, match=r"sub/.bentoignore: cannot read the ignore file \(it is not UTF-8\)"):
+        _rels(tmp_path)
+
+
 def test_ignored_directories_are_pruned_never_walked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _tree(tmp_path, ["service.py", "venv/lib/x.py"])
     walked: list[str] = []

@@ -360,6 +360,19 @@ def test_export_to_a_directory_with_a_trailing_slash_makes_it(tmp_path: Path) ->
     assert (tmp_path / "a-file").read_text() == "x"
 
 
+def test_export_into_the_store_is_refused_and_damages_nothing(bundler_home: Path) -> None:
+    from bundler.exceptions import BadInput
+
+    store = Store(bundler_home / "bundles", "bundle", "bundle.yaml")
+    entry = _add(store, "svc", "v1")
+    models = bundler_home / "models"
+    for dest in (entry, f"{entry}/", entry / "svc.tar.gz", f"{entry}/sub/", models / "m/v1/x.tar.gz"):
+        with pytest.raises(BadInput, match=r"cannot write the archive into the store"):
+            store.export("svc:v1", dest)
+    assert store.verify("svc:v1") == []
+    assert not (entry / "sub").exists()
+
+
 def test_cli_export_to_a_new_directory(bundler_home: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
