@@ -291,10 +291,7 @@ def direct_reference(line: str) -> str | None:
 def _local_dir(source: str) -> Path | None:
     """Return the local project directory a requirement's source names, else None (a URL or a file)."""
     url = urlsplit(source)
-    if url.fragment or url.scheme not in (
-        "",
-        "file",
-    ):  # file:///repo#subdirectory=pkg: pip picks the directory
+    if url.fragment or url.scheme not in ("", "file"):  # file:///repo#subdirectory=pkg: pip picks the dir
         return None
     path = Path(url2pathname(url.path)) if url.scheme else Path(source)
     return path if path.is_dir() else None
