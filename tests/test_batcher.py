@@ -554,6 +554,73 @@ def test_cancelled_requests_are_not_run() -> None:
     assert [b["x"].ravel().tolist() for b in gate.batches] == [[1.0], [3.0]]
 
 
+def test_requests_whose_callers_left_leave_the_queue_gauge_and_make_room() -> None:
+    # Dropped at dispatch without a word to the observer, their rows stayed in the queue-depth gauge for
+    # good; and until that dispatch (after the call in flight) they filled max_queue, refusing newcomers.
+    gate = Gate()
+    depths: list[int] = []
+
+    class Observer:
+        def on_batch(self, size: int, seconds: float) -> None:
+            pass
+
+        def on_queue(self, depth: int) -> None:
+            depths.append(depth)
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            config = BatchingConfig(max_batch_size=1, max_queue=2)
+            batcher = Batcher(gate, config, executor=pool, observer=Observer())
+            running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+            await _settle()
+            gone = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 9.0)})) for _ in range(2)]
+            await _settle()
+            for g in gone:
+                g.cancel()
+            await _settle()
+            assert batcher.queued_rows == 2 and depths[-1] == 2
+            kept = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 3.0)}))
+            await _settle()
+            assert batcher.queued_rows == 1 and depths[-1] == 1
+            gate.release.set()
+            results = [await running, await kept]
+            await batcher.close()
+            return results
+
+    results = asyncio.run(main())
+    assert float(results[1][0][0, 0]) == 6.0
+    assert depths[-1] == 0
+    assert [b["x"].ravel().tolist() for b in gate.batches] == [[1.0], [3.0]]
+
+
+def test_abandoned_requests_dropped_at_dispatch_leave_the_queue_gauge() -> None:
+    gate = Gate()
+    depths: list[int] = []
+
+    class Observer:
+        def on_batch(self, size: int, seconds: float) -> None:
+            pass
+
+        def on_queue(self, depth: int) -> None:
+            depths.append(depth)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(gate, BatchingConfig(), executor=pool, observer=Observer())
+            running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+            await _settle()
+            gone = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))})) for _ in range(3)]
+            await _settle()
+            for g in gone:
+                g.cancel()
+            gate.release.set()
+            await running
+            await batcher.close()
+
+    asyncio.run(main())
+    assert max(depths) == 3 and depths[-1] == 0 and len(gate.batches) == 1
+
+
 def test_output_without_batch_axis_and_mismatched_rows_are_clear_errors() -> None:
     gate = Gate()
 

@@ -268,7 +268,14 @@ class Batcher:
             return await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, feed)
         now = self.clock()
         scheduler = self.scheduler
-        scheduler.admit(now, rows, self._queued_rows, self._inflight)
+        try:
+            scheduler.admit(now, rows, self._queued_rows, self._inflight)
+        except Overloaded:
+            # Requests whose callers went away count until a dispatch drops them, which a slow call in
+            # flight delays: drop them now, and refuse only if what is left is still too much.
+            if not self._drop_abandoned():
+                raise
+            scheduler.admit(now, rows, self._queued_rows, self._inflight)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         scheduler.on_arrival(now)
@@ -382,6 +389,7 @@ class Batcher:
 
     def _oldest_queue(self) -> tuple[Any, deque[_Request] | None]:
         best_key, best, best_at = None, None, math.inf
+        depth = self._queued_rows
         for key, queue in list(self._queues.items()):
             # Drop requests whose callers gave up (client disconnected) before they cost a run.
             while queue and queue[0].future.done():
@@ -390,7 +398,28 @@ class Batcher:
                 del self._queues[key]
             elif queue[0].arrival < best_at:
                 best_key, best, best_at = key, queue, queue[0].arrival
+        if self._queued_rows != depth and self.observer is not None:
+            self.observer.on_queue(self._queued_rows)  # else the gauge keeps the rows of callers gone
         return best_key, best
+
+    def _drop_abandoned(self) -> bool:
+        """Drop every queued request whose caller went away; return whether there was one."""
+        depth = self._queued_rows
+        for key, queue in list(self._queues.items()):
+            kept = [r for r in queue if not r.future.done()]
+            if len(kept) == len(queue):
+                continue
+            self._queued_rows -= sum(r.rows for r in queue) - sum(r.rows for r in kept)
+            if kept:
+                queue.clear()
+                queue.extend(kept)
+            else:
+                del self._queues[key]
+        if self._queued_rows == depth:
+            return False
+        if self.observer is not None:
+            self.observer.on_queue(self._queued_rows)
+        return True
 
     def _wait(self, wake_at: float | None, now: float) -> bool:
         """Arrange to pump again at ``wake_at``; return False when waiting cannot pay off (dispatch now)."""
