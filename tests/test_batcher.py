@@ -148,6 +148,18 @@ def test_missing_config_file_and_unknown_argument() -> None:
         resolve_batching("m", environ={}, max_batch_size=2.5)  # type: ignore[arg-type]
 
 
+def test_config_file_not_utf8_and_numpy_integers(tmp_path: Path) -> None:
+    # A Latin-1 file raised a bare UnicodeDecodeError; np.int64(8) "is not an integer".
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("runners:\n  batching: {max_batch_size: 8}  # größe\n".encode("latin-1"))
+    with pytest.raises(
+        BadInput, match=r"latin1\.yaml: not UTF-8 text \(byte 46 is b'\\xf6'\); save it as UTF-8"
+    ):
+        resolve_batching("m", environ={"BUNDLER_CONFIG": str(path)})
+    got = resolve_batching("m", environ={}, max_batch_size=np.int64(8), max_queue=np.uint16(64))
+    assert (got.max_batch_size, got.max_queue) == (8, 64) and type(got.max_batch_size) is int
+
+
 # ---------------------------------------------------------------- pure scheduling
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -129,6 +130,11 @@ def _file_sections(path: Path, runner_name: str) -> list[tuple[str, dict[str, An
         raise BadInput(
             f"BUNDLER_CONFIG: cannot read {path}: {exc.strerror}; fix the path or unset BUNDLER_CONFIG"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise BadInput(
+            f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r});"
+            " save it as UTF-8 or unset BUNDLER_CONFIG"
+        ) from exc
     except yaml.YAMLError as exc:
         raise BadInput(f"{path}: not valid YAML: {exc}; fix the file or unset BUNDLER_CONFIG") from exc
     if data is None:
@@ -195,8 +201,8 @@ def _coerce(field: str, value: Any, *, where: str) -> Any:
     # The rest are integers: max_batch_size, max_queue, max_concurrency >= 1; batch_dim >= 0.
     lowest = 0 if field == "batch_dim" else 1
     number_int: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number_int = value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number_int = int(value)  # numpy's integers too (a value from a sweep)
     elif isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
         number_int = int(value)
     if number_int is None or number_int < lowest:
