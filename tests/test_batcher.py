@@ -659,6 +659,36 @@ def test_output_without_batch_axis_and_mismatched_rows_are_clear_errors() -> Non
     first, *pair = asyncio.run(main())
     assert first[0].shape == ()  # a lone request gets the outputs as they are
     assert all(isinstance(p, ModelError) and "batchable=False" in str(p) for p in pair)
+    assert "shape [] (no axis 0) for a batch of 2 rows from 2 requests" in str(pair[0])
+
+
+def test_an_output_with_other_rows_than_the_batch_says_so() -> None:
+    # A model whose output has the batch axis but twice its rows was told "every output needs the batch
+    # axis", which it has.
+    gate = Gate()
+
+    def double(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        gate(feed)
+        return [np.concatenate([feed["x"], feed["x"]])]
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(double, BatchingConfig(), executor=pool)
+            first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3))}))
+            await _settle()
+            pair = [asyncio.ensure_future(batcher.submit({"x": np.ones((2, 3))})) for _ in range(2)]
+            await _settle()
+            gate.release.set()
+            results = await asyncio.gather(first, *pair, return_exceptions=True)
+            await batcher.close()
+            return results
+
+    first, *pair = asyncio.run(main())
+    assert first[0].shape == (2, 3)
+    message = "output of shape [8, 3] (8 rows on axis 0) for a batch of 4 rows from 2 requests"
+    assert all(
+        isinstance(p, ModelError) and message in str(p) and "one row per input row" in str(p) for p in pair
+    )
 
 
 def test_batcher_lowers_the_gil_switch_interval_only() -> None:

@@ -607,9 +607,11 @@ class Batcher:
         dim = self.batch_dim
         for out in outputs:
             if out.ndim <= dim or out.shape[dim] != rows:
+                got = f"{out.shape[dim]} rows on axis {dim}" if out.ndim > dim else f"no axis {dim}"
                 raise ModelError(
-                    f"a batchable model returned an output of shape {list(out.shape)} for {rows} rows"
-                    f" on axis {dim}; every output needs the batch axis: save it with batchable=False"
+                    f"a batchable model returned an output of shape {list(out.shape)} ({got}) for a batch"
+                    f" of {rows} rows from {len(batch)} requests; every output needs the batch axis with one"
+                    " row per input row: save the model with batchable=False"
                 )
         lead = (slice(None),) * dim
         start = 0
