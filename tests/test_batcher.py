@@ -936,6 +936,40 @@ def test_a_lone_request_on_an_idle_runner_runs_at_once_without_the_queue() -> No
     assert calls == [1, 1, 1, 1, 1]
 
 
+def test_a_request_far_bigger_than_the_usual_calls_leaves_the_loop() -> None:
+    """Whether a call runs on the loop went by the usual call's time alone: after small requests, one of
+    40,000 rows (or a large image) ran on the loop, and health probes and every other client waited for it."""
+    threads: list[tuple[str, int]] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        threads.append((threading.current_thread().name, len(feed["x"])))
+        return [feed["x"] * 2]
+
+    async def warm(pool: ThreadPoolExecutor) -> Batcher:
+        batcher = Batcher(run_batch, BatchingConfig(max_batch_size=2048), executor=pool)
+        for _ in range(4):
+            await batcher.submit({"x": np.zeros((1, 8))})  # the first is timed in the executor
+            await asyncio.sleep(0)
+        return batcher
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
+            alone = await warm(pool)
+            (big,) = await alone.submit({"x": np.ones((40_000, 8))})
+            assert big.shape == (40_000, 8)
+            await alone.close()
+            batched = await warm(pool)
+            # The first goes alone; the other two queue behind it and make one batch of 1,001 rows.
+            await asyncio.gather(*(batched.submit({"x": np.zeros((n, 8))}) for n in (1, 1, 1000)))
+            await batched.close()
+
+    asyncio.run(main())
+    assert [name for name, _ in threads[1:4]] == ["MainThread"] * 3, threads  # small calls: on the loop
+    assert threads[4] == ("worker_0", 40_000), threads
+    assert [name for name, _ in threads[6:10]] == ["MainThread"] * 4, threads  # the gather's first too
+    assert threads[10:] == [("worker_0", 1001)], threads
+
+
 def test_time_a_worker_waits_for_a_core_does_not_keep_short_calls_off_the_loop() -> None:
     """In a worker the call's CPU time decides, not its wall time (which counts waiting for a core)."""
     threads: list[str] = []

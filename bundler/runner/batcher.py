@@ -200,6 +200,14 @@ class Scheduler:
         return DISPATCH if wake <= now else Decision(False, wake)
 
 
+def _elements(feed: dict[str, np.ndarray]) -> int:
+    """Return the number of input elements of a call (what its time grows with)."""
+    n = 0
+    for array in feed.values():  # a loop: sum() over a generator costs twice as much
+        n += array.size
+    return n
+
+
 def _retry(seconds: float) -> float:
     return max(round(seconds, 3), 0.001)
 
@@ -252,6 +260,7 @@ class Batcher:
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._run_seconds = math.inf  # EWMA of the model call alone; unknown until a first call is timed
+        self._run_elements = 0.0  # EWMA of the input elements of those calls (same weights)
 
     @property
     def queued_rows(self) -> int:
@@ -283,11 +292,15 @@ class Batcher:
         if (
             not (self._queued_rows or self._inflight or self._company)
             and self._run_seconds < INLINE_ALONE_MAX_S
-            and scheduler.decide(now, 1, rows, now).dispatch
         ):
-            # Alone on an idle runner, and the policy would not wait for company: what the queue would do
-            # (run it on the loop at once, see _dispatch) without the queue, future and hand-over.
-            return self._run_now(feed, rows, now)
+            elements = _elements(feed)
+            if (
+                self._expected_seconds(elements) < INLINE_ALONE_MAX_S
+                and scheduler.decide(now, 1, rows, now).dispatch
+            ):
+                # Alone on an idle runner, and the policy would not wait for company: what the queue would
+                # do (run it on the loop at once, see _dispatch) without the queue, future and hand-over.
+                return self._run_now(feed, rows, now, elements)
         request = _Request(feed, rows, now, loop.create_future())
         queue = self._queues.get(key)
         if queue is None:
@@ -300,7 +313,7 @@ class Batcher:
             self._pump()  # (a look-again due by now pumps in the loop's next iteration anyway)
         return await request.future
 
-    def _run_now(self, feed: dict[str, np.ndarray], rows: int, now: float) -> list[np.ndarray]:
+    def _run_now(self, feed: dict[str, np.ndarray], rows: int, now: float, elements: int) -> list[np.ndarray]:
         """Run one request on the loop now; like a batch of one, its slot is busy until the next iteration."""
         slot = (now, rows)
         self._inflight.append(slot)
@@ -314,7 +327,7 @@ class Batcher:
             raise
         finally:
             seconds = time.perf_counter() - begin
-            self._time_call(seconds)
+            self._time_call(seconds, elements)
         if self.observer is not None:
             self.observer.on_batch(rows, seconds)
         self._loop.call_soon(self._release, slot, True)
@@ -475,13 +488,15 @@ class Batcher:
         slot = (self.clock(), rows)
         self._inflight.append(slot)
         alone = len(batch) == 1 and not self._queued_rows
-        if self._run_seconds < (INLINE_ALONE_MAX_S if alone else INLINE_MAX_S):
-            self._work(feed, batch, slot, inline=True)
+        on_loop_s = INLINE_ALONE_MAX_S if alone else INLINE_MAX_S
+        elements = _elements(feed)
+        if self._expected_seconds(elements) < on_loop_s:
+            self._work(feed, batch, slot, elements, inline=True)
             return
         try:
             # A bare executor job that calls back into the loop once: no asyncio/concurrent future pair
             # per batch, and the results are handed out in the first loop iteration after the run.
-            self.executor.submit(self._work, feed, batch, slot)
+            self.executor.submit(self._work, feed, batch, slot, elements)
         except RuntimeError as exc:  # the executor is shut down
             self._finish(None, exc, 0.0, batch, slot)
 
@@ -490,6 +505,7 @@ class Batcher:
         feed: dict[str, np.ndarray],
         batch: list[_Request],
         slot: tuple[float, int],
+        elements: int,
         inline: bool = False,
     ) -> None:
         begin = time.perf_counter()
@@ -504,7 +520,7 @@ class Batcher:
         # Whether calls run on the loop goes by their own time. In a worker that is the thread's CPU time:
         # its wall time also counts waiting for the core the busy loop holds, and would keep a short call
         # off the loop for good (MLP, 64 connections: 22-row calls took 163 us there, 39 us on the loop).
-        self._time_call(seconds if inline else time.thread_time() - cpu)
+        self._time_call(seconds if inline else time.thread_time() - cpu, elements)
         assert self._loop is not None
         call_soon = self._loop.call_soon if inline else self._loop.call_soon_threadsafe
         if inline and not (isinstance(error, Exception) and len(batch) > 1):
@@ -524,10 +540,25 @@ class Batcher:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting any more
             call_soon(self._finish, outputs, error, seconds, batch, slot)
 
-    def _time_call(self, seconds: float) -> None:
-        """Fold one model call's own time into the EWMA that decides which calls run on the loop."""
+    def _time_call(self, seconds: float, elements: int) -> None:
+        """Fold one model call's own time and size into the EWMAs that decide which calls run on the loop."""
         last = self._run_seconds
-        self._run_seconds = seconds if last == math.inf else 0.8 * last + 0.2 * seconds
+        if last == math.inf:
+            self._run_seconds, self._run_elements = seconds, elements
+        else:
+            self._run_seconds = 0.8 * last + 0.2 * seconds
+            self._run_elements = 0.8 * self._run_elements + 0.2 * elements
+
+    def _expected_seconds(self, elements: int) -> float:
+        """Return how long a call on ``elements`` inputs may take: the usual call's time, scaled to its size.
+
+        The usual time alone would put a request of 40,000 rows (or one large image) on the loop because
+        the calls before it were small, and the loop (health probes, every other client) would wait for it.
+        """
+        usual = self._run_elements
+        if elements <= usual or usual <= 0:
+            return self._run_seconds
+        return self._run_seconds * elements / usual
 
     def _run_alone(
         self, feed: dict[str, np.ndarray]
