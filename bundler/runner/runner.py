@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -26,13 +28,50 @@ if TYPE_CHECKING:
     from .batcher import Batcher
     from .config import BatchingConfig
 
-__all__ = ["CallObserver", "Runner", "RunnerMethod"]
+__all__ = ["CallObserver", "Runner", "RunnerMethod", "ThreadCalls"]
+
+_thread = threading.local()  # .calls: the ThreadCalls of the API request this thread is running, if any
 
 
 class CallObserver(Protocol):
     """Receives the time of each model call of a runner that does not batch (a Batcher has its own)."""
 
     def on_call(self, seconds: float) -> None: ...
+
+
+class ThreadCalls:
+    """The runner calls a sync API's thread waits on, for one request: cancelled when its client leaves.
+
+    ``runner.run.run()`` in an API thread hands its call to the server loop and blocks on the result; the
+    server cancels the request's task when the client disconnects, but not the thread, so the call was still
+    batched and run for nobody, and the thread stayed blocked meanwhile.
+    """
+
+    __slots__ = ("futures", "gone")
+
+    def __init__(self) -> None:
+        self.futures: list[concurrent.futures.Future[Any]] = []
+        self.gone = False
+
+    def call(self, func: Callable[[Any], Any], value: Any) -> Any:
+        """Return ``func(value)``, run in this (API) thread with its runner calls tracked."""
+        _thread.calls = self
+        try:
+            return func(value)
+        finally:
+            _thread.calls = None
+
+    def add(self, future: concurrent.futures.Future[Any]) -> None:
+        """Track one call (from the API thread); a call made after the client left is cancelled at once."""
+        self.futures.append(future)
+        if self.gone:  # checked after the append: cancel() (on the loop) sees the future or we see gone
+            future.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the calls (on the server loop): queued ones are dropped, the thread stops waiting."""
+        self.gone = True
+        for future in self.futures:
+            future.cancel()
 
 
 def _timed(run: Any, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
@@ -64,7 +103,11 @@ class RunnerMethod:
                     f" `await runner.{self.name}.async_run(...)`"
                 )
             # From an API worker thread: hop onto the server loop so this call joins a batch.
-            return asyncio.run_coroutine_threadsafe(self.async_run(*args, **kwargs), loop).result()
+            future = asyncio.run_coroutine_threadsafe(self.async_run(*args, **kwargs), loop)
+            calls = getattr(_thread, "calls", None)
+            if calls is not None:
+                calls.add(future)
+            return future.result()
         session = r._require()
         return session.format(session.run(session.prepare(args, kwargs)))
 
