@@ -227,6 +227,11 @@ def test_admission_refuses_full_queue_and_missed_deadlines() -> None:
     with pytest.raises(Overloaded, match=r"queue is full \(16 of max_queue=16 rows waiting\)") as full:
         scheduler.admit(0.0, 1, 16, [(0.0, 8)])
     assert full.value.retry_after > 0
+    # A request bigger than the whole queue was told the queue "is full (3 of max_queue=16 rows waiting)".
+    with pytest.raises(
+        Overloaded, match=r"a request of 17 rows is more than max_queue=16 rows, and is taken"
+    ):
+        scheduler.admit(0.0, 17, 3, [(0.0, 8)])
     # 8 rows in flight (18 ms) + 3 full batches of 8 (54 ms) + 1 row (11 ms) = 83 ms: fits 100 ms
     roomy = _scheduler(max_queue=1000)
     roomy.admit(0.0, 1, 24, [(0.0, 8)])

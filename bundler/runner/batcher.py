@@ -155,11 +155,19 @@ class Scheduler:
         """Raise Overloaded if ``rows`` more rows overflow the queue or cannot finish within the budget."""
         config = self.config
         if queued_rows and queued_rows + rows > config.max_queue:
-            raise Overloaded(
-                f"runner queue is full ({queued_rows} of max_queue={config.max_queue} rows waiting);"
-                " retry later or raise max_queue",
-                retry_after=_retry(self.backlog(now, queued_rows, inflight)),
-            )
+            if rows > config.max_queue:
+                # The queue is not full: this request alone is more than it holds, as it will be on a retry.
+                message = (
+                    f"a request of {rows} rows is more than max_queue={config.max_queue} rows, and is taken"
+                    f" only while nothing else waits; send at most {config.max_queue} rows a request, or"
+                    " raise max_queue"
+                )
+            else:
+                message = (
+                    f"runner queue is full ({queued_rows} of max_queue={config.max_queue} rows waiting);"
+                    " retry later or raise max_queue"
+                )
+            raise Overloaded(message, retry_after=_retry(self.backlog(now, queued_rows, inflight)))
         if not (queued_rows or inflight):
             return  # an idle runner takes anything: refusing would not make it faster
         cost = self.cost
