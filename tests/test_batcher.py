@@ -129,6 +129,18 @@ def test_bad_env_values_name_the_variable(env: dict[str, str], message: str) -> 
         ("runners: [1]\n", "runners: expected a mapping"),
         ("runners:\n  m: 3\n", r"runners.m: expected a mapping with a 'batching' key"),
         ("- a\n", "expected a mapping at the top"),
+        # A batching option one level too high was ignored without a word (the defaults applied).
+        (
+            "runners:\n  m:\n    max_batch_size: 4\n",
+            r"runners.m: 'max_batch_size' is a batching option, which would be ignored here; move it under"
+            r" runners.m.batching",
+        ),
+        ("runners:\n  max_queue: 4\n", r"runners: 'max_queue' is a batching option.* under runners.batching"),
+        ("max_latency_ms: 4\n", r"the top level: 'max_latency_ms' is a batching option"),
+        (
+            "batching: {max_queue: 4}\n",
+            r"batching: it would be ignored at the top level; move it under runners",
+        ),
         ("runners: {batching: [\n", "not valid YAML"),
     ],
 )

@@ -141,11 +141,15 @@ def _file_sections(path: Path, runner_name: str) -> list[tuple[str, dict[str, An
         return []
     if not isinstance(data, dict):
         raise BadInput(f"{path}: expected a mapping at the top with a 'runners' key")
+    _refuse_misplaced(path, data, "the top level", "runners.batching")
+    if "batching" in data:
+        raise BadInput(f"{path}: batching: it would be ignored at the top level; move it under runners:")
     runners = data.get("runners")
     if runners is None:
         return []
     if not isinstance(runners, dict):
         raise BadInput(f"{path}: runners: expected a mapping of runner names and 'batching'")
+    _refuse_misplaced(path, runners, "runners", "runners.batching")
     sections = []
     for key, where in (("batching", "runners.batching"), (runner_name, f"runners.{runner_name}")):
         section = runners.get(key)
@@ -154,6 +158,7 @@ def _file_sections(path: Path, runner_name: str) -> list[tuple[str, dict[str, An
         if key == runner_name:
             if not isinstance(section, dict):
                 raise BadInput(f"{path}: {where}: expected a mapping with a 'batching' key")
+            _refuse_misplaced(path, section, where, f"{where}.batching")
             section, where = section.get("batching"), f"{where}.batching"
             if section is None:
                 continue
@@ -171,6 +176,16 @@ def _file_sections(path: Path, runner_name: str) -> list[tuple[str, dict[str, An
                 )
         sections.append((f"{path}: {where}", section))
     return sections
+
+
+def _refuse_misplaced(path: Path, mapping: dict, where: str, into: str) -> None:
+    """Raise BadInput for a batching option one level too high, where it would be silently ignored."""
+    for name in mapping:
+        if name in _FIELDS:
+            raise BadInput(
+                f"{path}: {where}: {name!r} is a batching option, which would be ignored here;"
+                f" move it under {into}"
+            )
 
 
 def _unknown_message(name: str, where: str) -> str:
