@@ -247,6 +247,11 @@ def test_admission_refuses_full_queue_and_missed_deadlines() -> None:
     # 8 rows in flight (18 ms) + 3 full batches of 8 (54 ms) + 1 row (11 ms) = 83 ms: fits 100 ms
     roomy = _scheduler(max_queue=1000)
     roomy.admit(0.0, 1, 24, [(0.0, 8)])
+    # ... but not after 30 ms of the budget went waiting for a sync API's thread
+    with pytest.raises(
+        Overloaded, match=r"\(about 83 ms of work is ahead after 30 ms waiting for an API thread\)"
+    ):
+        roomy.admit(0.0, 1, 24, [(0.0, 8)], waited=0.03)
     with pytest.raises(Overloaded, match="cannot answer within max_latency_ms=100") as late:
         roomy.admit(0.0, 1, 40, [(0.0, 8)])
     # retry after the work ahead: 18 ms + 5 * 18 ms

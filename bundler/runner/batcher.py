@@ -151,8 +151,14 @@ class Scheduler:
             ahead += predict(min(size, rest + math.ceil(joining))) / self.config.max_concurrency
         return ahead
 
-    def admit(self, now: float, rows: int, queued_rows: int, inflight: list[tuple[float, int]]) -> None:
-        """Raise Overloaded if ``rows`` more rows overflow the queue or cannot finish within the budget."""
+    def admit(
+        self, now: float, rows: int, queued_rows: int, inflight: list[tuple[float, int]], waited: float = 0.0
+    ) -> None:
+        """Raise Overloaded if ``rows`` more rows overflow the queue or cannot finish within the budget.
+
+        ``waited``: seconds of the budget the request spent before it got here (a sync API's wait for its
+        thread, in a pool whose queue nothing else bounds).
+        """
         config = self.config
         if queued_rows and queued_rows + rows > config.max_queue:
             if rows > config.max_queue:
@@ -180,13 +186,15 @@ class Scheduler:
         bound_s = bound * (a + b * size)
         for _, n in inflight:
             bound_s += a + b * n
-        if bound_s <= self.budget * config.max_concurrency:
+        budget = self.budget - waited
+        if bound_s <= budget * config.max_concurrency:
             return
         expected = self.backlog(now, queued_rows + rows, inflight)
-        if expected > self.budget:
+        if expected > budget:
+            spent = f" after {waited * 1000:.0f} ms waiting for an API thread" if waited >= 0.001 else ""
             raise Overloaded(
                 f"runner cannot answer within max_latency_ms={config.max_latency_ms:g}"
-                f" (about {expected * 1000:.0f} ms of work is ahead); retry later or add replicas",
+                f" (about {expected * 1000:.0f} ms of work is ahead{spent}); retry later or add replicas",
                 retry_after=_retry(self.backlog(now, queued_rows, inflight)),
             )
 
@@ -275,8 +283,11 @@ class Batcher:
         """Return the number of rows waiting (not yet in ONNX Runtime)."""
         return self._queued_rows
 
-    async def submit(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run ``feed`` as part of a batch; return this request's rows of each output."""
+    async def submit(self, feed: dict[str, np.ndarray], waited: float = 0.0) -> list[np.ndarray]:
+        """Run ``feed`` as part of a batch; return this request's rows of each output.
+
+        ``waited``: seconds of its latency budget the request has spent already (see Scheduler.admit).
+        """
         if self._closing:
             raise Overloaded("runner is shutting down; retry on another replica", retry_after=1.0)
         key, rows = self._signature(feed)
@@ -286,13 +297,13 @@ class Batcher:
         now = self.clock()
         scheduler = self.scheduler
         try:
-            scheduler.admit(now, rows, self._queued_rows, self._inflight)
+            scheduler.admit(now, rows, self._queued_rows, self._inflight, waited)
         except Overloaded:
             # Requests whose callers went away count until a dispatch drops them, which a slow call in
             # flight delays: drop them now, and refuse only if what is left is still too much.
             if not self._drop_abandoned():
                 raise
-            scheduler.admit(now, rows, self._queued_rows, self._inflight)
+            scheduler.admit(now, rows, self._queued_rows, self._inflight, waited)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         scheduler.on_arrival(now)
