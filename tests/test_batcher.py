@@ -627,6 +627,50 @@ def test_requests_whose_callers_left_leave_the_queue_gauge_and_make_room() -> No
     assert [b["x"].ravel().tolist() for b in gate.batches] == [[1.0], [3.0]]
 
 
+def test_refusals_look_through_the_queue_only_after_a_caller_left() -> None:
+    """Each refused submit looked through the whole queue for requests whose callers had left: up to
+    max_queue checks a refusal, under overload, when the refusals must cost next to nothing."""
+    gate = Gate()
+    looks = [0]
+
+    class Counted:
+        def __init__(self, future: asyncio.Future) -> None:
+            self.future = future
+
+        def done(self) -> bool:
+            looks[0] += 1
+            return self.future.done()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.future, name)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(gate, BatchingConfig(max_batch_size=1, max_queue=8), executor=pool)
+            running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+            await _settle()
+            queued = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))})) for _ in range(8)]
+            await _settle()
+            for queue in batcher._queues.values():
+                for request in queue:
+                    request.future = Counted(request.future)  # type: ignore[assignment]
+            for _ in range(50):
+                with pytest.raises(Overloaded, match="queue is full"):
+                    await batcher.submit({"x": np.ones((1, 1))})
+            assert looks[0] == 0
+            queued[3].cancel()
+            await _settle()
+            room = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 5.0)}))  # its place
+            await _settle()
+            assert 0 < looks[0] <= 8 and batcher.queued_rows == 8
+            gate.release.set()
+            await asyncio.gather(running, room, *queued, return_exceptions=True)
+            assert float(room.result()[0][0, 0]) == 10.0
+            await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_abandoned_requests_dropped_at_dispatch_leave_the_queue_gauge() -> None:
     gate = Gate()
     depths: list[int] = []

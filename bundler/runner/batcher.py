@@ -273,6 +273,7 @@ class Batcher:
         self._company = False  # whether the last batch held more than one request
         self._gathered = False  # whether the next batch has looked again for company already
         self._closing = False
+        self._abandoned = False  # whether a caller has left a queued request since _drop_abandoned looked
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._run_seconds = math.inf  # EWMA of the model call alone; unknown until a first call is timed
@@ -330,7 +331,11 @@ class Batcher:
             self.observer.on_queue(self._queued_rows)
         if self._timer is None or self._timer_at > now:
             self._pump()  # (a look-again due by now pumps in the loop's next iteration anyway)
-        return await request.future
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            self._abandoned = True  # the caller left (its client disconnected): _drop_abandoned may look
+            raise
 
     def _run_now(self, feed: dict[str, np.ndarray], rows: int, now: float, elements: int) -> list[np.ndarray]:
         """Run one request on the loop now; like a batch of one, its slot is busy until the next iteration."""
@@ -436,6 +441,9 @@ class Batcher:
 
     def _drop_abandoned(self) -> bool:
         """Drop every queued request whose caller went away; return whether there was one."""
+        if not self._abandoned:
+            return False  # nobody left: under overload every refusal would look through the queue
+        self._abandoned = False
         depth = self._queued_rows
         for key, queue in list(self._queues.items()):
             kept = [r for r in queue if not r.future.done()]
