@@ -195,6 +195,42 @@ def test_requests_whose_clients_went_away_are_dropped_before_their_run(
     assert f'requests_total{{route="{route}",service="mlp-svc",status="499"}} 4.0' in metrics
 
 
+def test_a_queue_full_of_requests_whose_clients_left_takes_a_new_one(
+    monkeypatch: pytest.MonkeyPatch, run_calls: list[int]
+) -> None:
+    # The server refuses before decoding when every runner queue is full; requests whose clients had left
+    # filled it until the call in flight ended, so a new client got 503 "at capacity" from an idle queue.
+    counting = OnnxSession.run
+
+    def slow(self: OnnxSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        time.sleep(0.5)
+        return counting(self, feed)
+
+    monkeypatch.setattr(OnnxSession, "run", slow)
+    svc, _ = mlp_service(max_batch_size=1, max_queue=2)
+    x = np.ones((1, IN), np.float32).tolist()
+
+    async def main(url: str) -> list[int]:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30) as patient,
+            httpx.AsyncClient(base_url=url, timeout=0.2) as impatient,
+        ):
+            first = asyncio.create_task(patient.post("/apredict", json=x))  # holds the runner 0.5 s
+            await asyncio.sleep(0.1)
+            gone = await asyncio.gather(
+                *(impatient.post("/apredict", json=x) for _ in range(2)), return_exceptions=True
+            )
+            assert all(isinstance(g, httpx.TimeoutException) for g in gone)
+            late = await patient.post("/apredict", json=x)
+            return [(await first).status_code, late.status_code]
+
+    with running(build_app(svc)) as url:
+        wait_ready(url)
+        run_calls.clear()
+        assert asyncio.run(main(url)) == [200, 200]
+    assert run_calls == [1, 1]
+
+
 def test_guide_image_classifier_through_the_client(run_calls: list[int]) -> None:
     """The guide's ResNet service shape: Image in, JSON out, runner.run.run in a sync API."""
     from PIL import Image as PILImage

@@ -284,6 +284,12 @@ class Batcher:
         """Return the number of rows waiting (not yet in ONNX Runtime)."""
         return self._queued_rows
 
+    def has_room(self) -> bool:
+        """Return whether fewer than max_queue rows wait (requests whose callers left do not count)."""
+        if self._queued_rows < self.config.max_queue:
+            return True
+        return self._drop_abandoned() and self._queued_rows < self.config.max_queue
+
     async def submit(self, feed: dict[str, np.ndarray], waited: float = 0.0) -> list[np.ndarray]:
         """Run ``feed`` as part of a batch; return this request's rows of each output.
 

@@ -295,7 +295,7 @@ class ServiceApp(Starlette):
         batchers = []
         for r in runners:
             b = getattr(r, "batcher", None)
-            if b is None or b.queued_rows < b.config.max_queue:
+            if b is None or b.has_room():
                 return
             batchers.append(b)
         raise Overloaded(
