@@ -129,6 +129,18 @@ def test_bad_env_values_name_the_variable(env: dict[str, str], message: str) -> 
         ("runners: [1]\n", "runners: expected a mapping"),
         ("runners:\n  m: 3\n", r"runners.m: expected a mapping with a 'batching' key"),
         ("- a\n", "expected a mapping at the top"),
+        # A batching option one level too high was ignored without a word (the defaults applied).
+        (
+            "runners:\n  m:\n    max_batch_size: 4\n",
+            r"runners.m: 'max_batch_size' is a batching option, which would be ignored here; move it under"
+            r" runners.m.batching",
+        ),
+        ("runners:\n  max_queue: 4\n", r"runners: 'max_queue' is a batching option.* under runners.batching"),
+        ("max_latency_ms: 4\n", r"the top level: 'max_latency_ms' is a batching option"),
+        (
+            "batching: {max_queue: 4}\n",
+            r"batching: it would be ignored at the top level; move it under runners",
+        ),
         ("runners: {batching: [\n", "not valid YAML"),
     ],
 )
@@ -146,6 +158,18 @@ def test_missing_config_file_and_unknown_argument() -> None:
         resolve_batching("m", environ={}, max_latency=3)
     with pytest.raises(BadInput, match=r"argument max_batch_size: 2\.5 is not an integer"):
         resolve_batching("m", environ={}, max_batch_size=2.5)  # type: ignore[arg-type]
+
+
+def test_config_file_not_utf8_and_numpy_integers(tmp_path: Path) -> None:
+    # A Latin-1 file raised a bare UnicodeDecodeError; np.int64(8) "is not an integer".
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("runners:\n  batching: {max_batch_size: 8}  # größe\n".encode("latin-1"))
+    with pytest.raises(
+        BadInput, match=r"latin1\.yaml: not UTF-8 text \(byte 46 is b'\\xf6'\); save it as UTF-8"
+    ):
+        resolve_batching("m", environ={"BUNDLER_CONFIG": str(path)})
+    got = resolve_batching("m", environ={}, max_batch_size=np.int64(8), max_queue=np.uint16(64))
+    assert (got.max_batch_size, got.max_queue) == (8, 64) and type(got.max_batch_size) is int
 
 
 # ---------------------------------------------------------------- pure scheduling
@@ -215,9 +239,19 @@ def test_admission_refuses_full_queue_and_missed_deadlines() -> None:
     with pytest.raises(Overloaded, match=r"queue is full \(16 of max_queue=16 rows waiting\)") as full:
         scheduler.admit(0.0, 1, 16, [(0.0, 8)])
     assert full.value.retry_after > 0
+    # A request bigger than the whole queue was told the queue "is full (3 of max_queue=16 rows waiting)".
+    with pytest.raises(
+        Overloaded, match=r"a request of 17 rows is more than max_queue=16 rows, and is taken"
+    ):
+        scheduler.admit(0.0, 17, 3, [(0.0, 8)])
     # 8 rows in flight (18 ms) + 3 full batches of 8 (54 ms) + 1 row (11 ms) = 83 ms: fits 100 ms
     roomy = _scheduler(max_queue=1000)
     roomy.admit(0.0, 1, 24, [(0.0, 8)])
+    # ... but not after 30 ms of the budget went waiting for a sync API's thread
+    with pytest.raises(
+        Overloaded, match=r"\(about 83 ms of work is ahead after 30 ms waiting for an API thread\)"
+    ):
+        roomy.admit(0.0, 1, 24, [(0.0, 8)], waited=0.03)
     with pytest.raises(Overloaded, match="cannot answer within max_latency_ms=100") as late:
         roomy.admit(0.0, 1, 40, [(0.0, 8)])
     # retry after the work ahead: 18 ms + 5 * 18 ms
@@ -554,6 +588,117 @@ def test_cancelled_requests_are_not_run() -> None:
     assert [b["x"].ravel().tolist() for b in gate.batches] == [[1.0], [3.0]]
 
 
+def test_requests_whose_callers_left_leave_the_queue_gauge_and_make_room() -> None:
+    # Dropped at dispatch without a word to the observer, their rows stayed in the queue-depth gauge for
+    # good; and until that dispatch (after the call in flight) they filled max_queue, refusing newcomers.
+    gate = Gate()
+    depths: list[int] = []
+
+    class Observer:
+        def on_batch(self, size: int, seconds: float) -> None:
+            pass
+
+        def on_queue(self, depth: int) -> None:
+            depths.append(depth)
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            config = BatchingConfig(max_batch_size=1, max_queue=2)
+            batcher = Batcher(gate, config, executor=pool, observer=Observer())
+            running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+            await _settle()
+            gone = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 9.0)})) for _ in range(2)]
+            await _settle()
+            for g in gone:
+                g.cancel()
+            await _settle()
+            assert batcher.queued_rows == 2 and depths[-1] == 2
+            kept = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 3.0)}))
+            await _settle()
+            assert batcher.queued_rows == 1 and depths[-1] == 1
+            gate.release.set()
+            results = [await running, await kept]
+            await batcher.close()
+            return results
+
+    results = asyncio.run(main())
+    assert float(results[1][0][0, 0]) == 6.0
+    assert depths[-1] == 0
+    assert [b["x"].ravel().tolist() for b in gate.batches] == [[1.0], [3.0]]
+
+
+def test_refusals_look_through_the_queue_only_after_a_caller_left() -> None:
+    """Each refused submit looked through the whole queue for requests whose callers had left: up to
+    max_queue checks a refusal, under overload, when the refusals must cost next to nothing."""
+    gate = Gate()
+    looks = [0]
+
+    class Counted:
+        def __init__(self, future: asyncio.Future) -> None:
+            self.future = future
+
+        def done(self) -> bool:
+            looks[0] += 1
+            return self.future.done()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.future, name)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(gate, BatchingConfig(max_batch_size=1, max_queue=8), executor=pool)
+            running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+            await _settle()
+            queued = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))})) for _ in range(8)]
+            await _settle()
+            for queue in batcher._queues.values():
+                for request in queue:
+                    request.future = Counted(request.future)  # type: ignore[assignment]
+            for _ in range(50):
+                with pytest.raises(Overloaded, match="queue is full"):
+                    await batcher.submit({"x": np.ones((1, 1))})
+            assert looks[0] == 0
+            queued[3].cancel()
+            await _settle()
+            room = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 5.0)}))  # its place
+            await _settle()
+            assert 0 < looks[0] <= 8 and batcher.queued_rows == 8
+            gate.release.set()
+            await asyncio.gather(running, room, *queued, return_exceptions=True)
+            assert float(room.result()[0][0, 0]) == 10.0
+            await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_abandoned_requests_dropped_at_dispatch_leave_the_queue_gauge() -> None:
+    gate = Gate()
+    depths: list[int] = []
+
+    class Observer:
+        def on_batch(self, size: int, seconds: float) -> None:
+            pass
+
+        def on_queue(self, depth: int) -> None:
+            depths.append(depth)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(gate, BatchingConfig(), executor=pool, observer=Observer())
+            running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
+            await _settle()
+            gone = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))})) for _ in range(3)]
+            await _settle()
+            for g in gone:
+                g.cancel()
+            gate.release.set()
+            await running
+            await batcher.close()
+
+    asyncio.run(main())
+    assert max(depths) == 3 and depths[-1] == 0 and len(gate.batches) == 1
+
+
 def test_output_without_batch_axis_and_mismatched_rows_are_clear_errors() -> None:
     gate = Gate()
 
@@ -580,6 +725,36 @@ def test_output_without_batch_axis_and_mismatched_rows_are_clear_errors() -> Non
     first, *pair = asyncio.run(main())
     assert first[0].shape == ()  # a lone request gets the outputs as they are
     assert all(isinstance(p, ModelError) and "batchable=False" in str(p) for p in pair)
+    assert "shape [] (no axis 0) for a batch of 2 rows from 2 requests" in str(pair[0])
+
+
+def test_an_output_with_other_rows_than_the_batch_says_so() -> None:
+    # A model whose output has the batch axis but twice its rows was told "every output needs the batch
+    # axis", which it has.
+    gate = Gate()
+
+    def double(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        gate(feed)
+        return [np.concatenate([feed["x"], feed["x"]])]
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(double, BatchingConfig(), executor=pool)
+            first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3))}))
+            await _settle()
+            pair = [asyncio.ensure_future(batcher.submit({"x": np.ones((2, 3))})) for _ in range(2)]
+            await _settle()
+            gate.release.set()
+            results = await asyncio.gather(first, *pair, return_exceptions=True)
+            await batcher.close()
+            return results
+
+    first, *pair = asyncio.run(main())
+    assert first[0].shape == (2, 3)
+    message = "output of shape [8, 3] (8 rows on axis 0) for a batch of 4 rows from 2 requests"
+    assert all(
+        isinstance(p, ModelError) and message in str(p) and "one row per input row" in str(p) for p in pair
+    )
 
 
 def test_batcher_lowers_the_gil_switch_interval_only() -> None:
@@ -825,6 +1000,40 @@ def test_a_lone_request_on_an_idle_runner_runs_at_once_without_the_queue() -> No
 
     asyncio.run(main())
     assert calls == [1, 1, 1, 1, 1]
+
+
+def test_a_request_far_bigger_than_the_usual_calls_leaves_the_loop() -> None:
+    """Whether a call runs on the loop went by the usual call's time alone: after small requests, one of
+    40,000 rows (or a large image) ran on the loop, and health probes and every other client waited for it."""
+    threads: list[tuple[str, int]] = []
+
+    def run_batch(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        threads.append((threading.current_thread().name, len(feed["x"])))
+        return [feed["x"] * 2]
+
+    async def warm(pool: ThreadPoolExecutor) -> Batcher:
+        batcher = Batcher(run_batch, BatchingConfig(max_batch_size=2048), executor=pool)
+        for _ in range(4):
+            await batcher.submit({"x": np.zeros((1, 8))})  # the first is timed in the executor
+            await asyncio.sleep(0)
+        return batcher
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
+            alone = await warm(pool)
+            (big,) = await alone.submit({"x": np.ones((40_000, 8))})
+            assert big.shape == (40_000, 8)
+            await alone.close()
+            batched = await warm(pool)
+            # The first goes alone; the other two queue behind it and make one batch of 1,001 rows.
+            await asyncio.gather(*(batched.submit({"x": np.zeros((n, 8))}) for n in (1, 1, 1000)))
+            await batched.close()
+
+    asyncio.run(main())
+    assert [name for name, _ in threads[1:4]] == ["MainThread"] * 3, threads  # small calls: on the loop
+    assert threads[4] == ("worker_0", 40_000), threads
+    assert [name for name, _ in threads[6:10]] == ["MainThread"] * 4, threads  # the gather's first too
+    assert threads[10:] == [("worker_0", 1001)], threads
 
 
 def test_time_a_worker_waits_for_a_core_does_not_keep_short_calls_off_the_loop() -> None:

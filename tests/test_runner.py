@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 import bundler.onnx
 from bundler.exceptions import BadInput, InferenceInputError, ModelError, ProviderError
-from bundler.runner.runner import Runner
+from bundler.runner.runner import Runner, ThreadCalls
 from tests.models import make_mlp, make_multi_io, missing_provider, reference_run
 
 MLP = make_mlp()
@@ -236,6 +236,34 @@ def test_sync_run_from_api_threads_goes_through_the_loop(batchable: Runner) -> N
     # faster than a thread hop (batcher.INLINE_MAX_S); never in the API threads that called run.run.
     loop_thread = threading.current_thread().name  # asyncio.run ran the loop on this thread
     assert all(name.startswith("runner-mlp") or name == loop_thread for name, _ in calls), calls
+
+
+def test_a_sync_api_call_counts_the_wait_for_its_thread(batchable: Runner) -> None:
+    # A sync API's request waits for one of the server's API threads, in a pool whose queue nothing bounds;
+    # that wait was not part of its latency budget, so under overload such requests waited far past
+    # max_latency_ms (15 s against 10 s), where an async API's were refused with 503.
+    seen: list[float] = []
+
+    async def main() -> None:
+        await batchable.async_init()
+        assert batchable.batcher is not None
+        submit = batchable.batcher.submit
+
+        async def spy(feed: dict[str, np.ndarray], waited: float = 0.0) -> list[np.ndarray]:
+            seen.append(waited)
+            return await submit(feed, waited)
+
+        batchable.batcher.submit = spy  # type: ignore[method-assign]
+        calls = ThreadCalls()
+        calls.queued_at -= 2.5  # as if it had waited 2.5 s for a thread
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(None, calls.call, batchable.run.run, np.ones((1, 64)))
+        np.testing.assert_allclose(out, _expected(np.ones((1, 64))), rtol=1e-5, atol=1e-6)
+        await batchable.run.async_run(np.ones((1, 64)))  # an async API's call has waited for nothing
+        await batchable.shutdown()
+
+    asyncio.run(main())
+    assert len(seen) == 2 and 2.5 <= seen[0] < 10 and seen[1] == 0.0
 
 
 def test_served_plain_runner_runs_in_its_pool() -> None:

@@ -154,12 +154,14 @@ def test_a_full_runner_queue_is_503_with_retry_after(run_calls: list[int], optio
             np.testing.assert_allclose(np.asarray(r.json(), np.float32), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("route", ["/apredict", "/predict"], ids=["async-api", "sync-api"])
 @pytest.mark.parametrize("options", [{}, {"enabled": False}], ids=["batched", "batching-off"])
 def test_requests_whose_clients_went_away_are_dropped_before_their_run(
-    monkeypatch: pytest.MonkeyPatch, run_calls: list[int], options: dict[str, Any]
+    monkeypatch: pytest.MonkeyPatch, run_calls: list[int], options: dict[str, Any], route: str
 ) -> None:
     # The server never told the runner that a client had gone: every abandoned request still ran (and
-    # was counted as a 200), which under overload is work for nobody while live requests wait.
+    # was counted as a 200), which under overload is work for nobody while live requests wait. A sync API
+    # (runner.run.run in its thread, as in the guide) kept running them after that was fixed for async ones.
     counting = OnnxSession.run
 
     def slow(self: OnnxSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -178,7 +180,7 @@ def test_requests_whose_clients_went_away_are_dropped_before_their_run(
             first = asyncio.create_task(busy.post("/apredict", json=x))  # holds the runner 0.5 s
             await asyncio.sleep(0.1)
             gone = await asyncio.gather(
-                *(impatient.post("/apredict", json=x) for _ in range(4)), return_exceptions=True
+                *(impatient.post(route, json=x) for _ in range(4)), return_exceptions=True
             )
             assert all(isinstance(g, httpx.TimeoutException) for g in gone)
             return await first
@@ -190,7 +192,43 @@ def test_requests_whose_clients_went_away_are_dropped_before_their_run(
         time.sleep(0.3)
         metrics = httpx.get(f"{url}/metrics").text
     assert run_calls == [1], "the four requests whose clients left were run"
-    assert re.search(r'requests_total\{route="/apredict",service="mlp-svc",status="499"\} 4\.0', metrics)
+    assert f'requests_total{{route="{route}",service="mlp-svc",status="499"}} 4.0' in metrics
+
+
+def test_a_queue_full_of_requests_whose_clients_left_takes_a_new_one(
+    monkeypatch: pytest.MonkeyPatch, run_calls: list[int]
+) -> None:
+    # The server refuses before decoding when every runner queue is full; requests whose clients had left
+    # filled it until the call in flight ended, so a new client got 503 "at capacity" from an idle queue.
+    counting = OnnxSession.run
+
+    def slow(self: OnnxSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        time.sleep(0.5)
+        return counting(self, feed)
+
+    monkeypatch.setattr(OnnxSession, "run", slow)
+    svc, _ = mlp_service(max_batch_size=1, max_queue=2)
+    x = np.ones((1, IN), np.float32).tolist()
+
+    async def main(url: str) -> list[int]:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30) as patient,
+            httpx.AsyncClient(base_url=url, timeout=0.2) as impatient,
+        ):
+            first = asyncio.create_task(patient.post("/apredict", json=x))  # holds the runner 0.5 s
+            await asyncio.sleep(0.1)
+            gone = await asyncio.gather(
+                *(impatient.post("/apredict", json=x) for _ in range(2)), return_exceptions=True
+            )
+            assert all(isinstance(g, httpx.TimeoutException) for g in gone)
+            late = await patient.post("/apredict", json=x)
+            return [(await first).status_code, late.status_code]
+
+    with running(build_app(svc)) as url:
+        wait_ready(url)
+        run_calls.clear()
+        assert asyncio.run(main(url)) == [200, 200]
+    assert run_calls == [1, 1]
 
 
 def test_guide_image_classifier_through_the_client(run_calls: list[int]) -> None:

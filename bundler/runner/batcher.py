@@ -151,15 +151,29 @@ class Scheduler:
             ahead += predict(min(size, rest + math.ceil(joining))) / self.config.max_concurrency
         return ahead
 
-    def admit(self, now: float, rows: int, queued_rows: int, inflight: list[tuple[float, int]]) -> None:
-        """Raise Overloaded if ``rows`` more rows overflow the queue or cannot finish within the budget."""
+    def admit(
+        self, now: float, rows: int, queued_rows: int, inflight: list[tuple[float, int]], waited: float = 0.0
+    ) -> None:
+        """Raise Overloaded if ``rows`` more rows overflow the queue or cannot finish within the budget.
+
+        ``waited``: seconds of the budget the request spent before it got here (a sync API's wait for its
+        thread, in a pool whose queue nothing else bounds).
+        """
         config = self.config
         if queued_rows and queued_rows + rows > config.max_queue:
-            raise Overloaded(
-                f"runner queue is full ({queued_rows} of max_queue={config.max_queue} rows waiting);"
-                " retry later or raise max_queue",
-                retry_after=_retry(self.backlog(now, queued_rows, inflight)),
-            )
+            if rows > config.max_queue:
+                # The queue is not full: this request alone is more than it holds, as it will be on a retry.
+                message = (
+                    f"a request of {rows} rows is more than max_queue={config.max_queue} rows, and is taken"
+                    f" only while nothing else waits; send at most {config.max_queue} rows a request, or"
+                    " raise max_queue"
+                )
+            else:
+                message = (
+                    f"runner queue is full ({queued_rows} of max_queue={config.max_queue} rows waiting);"
+                    " retry later or raise max_queue"
+                )
+            raise Overloaded(message, retry_after=_retry(self.backlog(now, queued_rows, inflight)))
         if not (queued_rows or inflight):
             return  # an idle runner takes anything: refusing would not make it faster
         cost = self.cost
@@ -172,13 +186,15 @@ class Scheduler:
         bound_s = bound * (a + b * size)
         for _, n in inflight:
             bound_s += a + b * n
-        if bound_s <= self.budget * config.max_concurrency:
+        budget = self.budget - waited
+        if bound_s <= budget * config.max_concurrency:
             return
         expected = self.backlog(now, queued_rows + rows, inflight)
-        if expected > self.budget:
+        if expected > budget:
+            spent = f" after {waited * 1000:.0f} ms waiting for an API thread" if waited >= 0.001 else ""
             raise Overloaded(
                 f"runner cannot answer within max_latency_ms={config.max_latency_ms:g}"
-                f" (about {expected * 1000:.0f} ms of work is ahead); retry later or add replicas",
+                f" (about {expected * 1000:.0f} ms of work is ahead{spent}); retry later or add replicas",
                 retry_after=_retry(self.backlog(now, queued_rows, inflight)),
             )
 
@@ -198,6 +214,14 @@ class Scheduler:
         flip = last + (a - queued * b) / (queued + 1)
         wake = min(flip, deadline)
         return DISPATCH if wake <= now else Decision(False, wake)
+
+
+def _elements(feed: dict[str, np.ndarray]) -> int:
+    """Return the number of input elements of a call (what its time grows with)."""
+    n = 0
+    for array in feed.values():  # a loop: sum() over a generator costs twice as much
+        n += array.size
+    return n
 
 
 def _retry(seconds: float) -> float:
@@ -249,17 +273,28 @@ class Batcher:
         self._company = False  # whether the last batch held more than one request
         self._gathered = False  # whether the next batch has looked again for company already
         self._closing = False
+        self._abandoned = False  # whether a caller has left a queued request since _drop_abandoned looked
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._run_seconds = math.inf  # EWMA of the model call alone; unknown until a first call is timed
+        self._run_elements = 0.0  # EWMA of the input elements of those calls (same weights)
 
     @property
     def queued_rows(self) -> int:
         """Return the number of rows waiting (not yet in ONNX Runtime)."""
         return self._queued_rows
 
-    async def submit(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run ``feed`` as part of a batch; return this request's rows of each output."""
+    def has_room(self) -> bool:
+        """Return whether fewer than max_queue rows wait (requests whose callers left do not count)."""
+        if self._queued_rows < self.config.max_queue:
+            return True
+        return self._drop_abandoned() and self._queued_rows < self.config.max_queue
+
+    async def submit(self, feed: dict[str, np.ndarray], waited: float = 0.0) -> list[np.ndarray]:
+        """Run ``feed`` as part of a batch; return this request's rows of each output.
+
+        ``waited``: seconds of its latency budget the request has spent already (see Scheduler.admit).
+        """
         if self._closing:
             raise Overloaded("runner is shutting down; retry on another replica", retry_after=1.0)
         key, rows = self._signature(feed)
@@ -268,7 +303,14 @@ class Batcher:
             return await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, feed)
         now = self.clock()
         scheduler = self.scheduler
-        scheduler.admit(now, rows, self._queued_rows, self._inflight)
+        try:
+            scheduler.admit(now, rows, self._queued_rows, self._inflight, waited)
+        except Overloaded:
+            # Requests whose callers went away count until a dispatch drops them, which a slow call in
+            # flight delays: drop them now, and refuse only if what is left is still too much.
+            if not self._drop_abandoned():
+                raise
+            scheduler.admit(now, rows, self._queued_rows, self._inflight, waited)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         scheduler.on_arrival(now)
@@ -276,11 +318,15 @@ class Batcher:
         if (
             not (self._queued_rows or self._inflight or self._company)
             and self._run_seconds < INLINE_ALONE_MAX_S
-            and scheduler.decide(now, 1, rows, now).dispatch
         ):
-            # Alone on an idle runner, and the policy would not wait for company: what the queue would do
-            # (run it on the loop at once, see _dispatch) without the queue, future and hand-over.
-            return self._run_now(feed, rows, now)
+            elements = _elements(feed)
+            if (
+                self._expected_seconds(elements) < INLINE_ALONE_MAX_S
+                and scheduler.decide(now, 1, rows, now).dispatch
+            ):
+                # Alone on an idle runner, and the policy would not wait for company: what the queue would
+                # do (run it on the loop at once, see _dispatch) without the queue, future and hand-over.
+                return self._run_now(feed, rows, now, elements)
         request = _Request(feed, rows, now, loop.create_future())
         queue = self._queues.get(key)
         if queue is None:
@@ -291,9 +337,13 @@ class Batcher:
             self.observer.on_queue(self._queued_rows)
         if self._timer is None or self._timer_at > now:
             self._pump()  # (a look-again due by now pumps in the loop's next iteration anyway)
-        return await request.future
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            self._abandoned = True  # the caller left (its client disconnected): _drop_abandoned may look
+            raise
 
-    def _run_now(self, feed: dict[str, np.ndarray], rows: int, now: float) -> list[np.ndarray]:
+    def _run_now(self, feed: dict[str, np.ndarray], rows: int, now: float, elements: int) -> list[np.ndarray]:
         """Run one request on the loop now; like a batch of one, its slot is busy until the next iteration."""
         slot = (now, rows)
         self._inflight.append(slot)
@@ -307,7 +357,7 @@ class Batcher:
             raise
         finally:
             seconds = time.perf_counter() - begin
-            self._time_call(seconds)
+            self._time_call(seconds, elements)
         if self.observer is not None:
             self.observer.on_batch(rows, seconds)
         self._loop.call_soon(self._release, slot, True)
@@ -382,6 +432,7 @@ class Batcher:
 
     def _oldest_queue(self) -> tuple[Any, deque[_Request] | None]:
         best_key, best, best_at = None, None, math.inf
+        depth = self._queued_rows
         for key, queue in list(self._queues.items()):
             # Drop requests whose callers gave up (client disconnected) before they cost a run.
             while queue and queue[0].future.done():
@@ -390,7 +441,31 @@ class Batcher:
                 del self._queues[key]
             elif queue[0].arrival < best_at:
                 best_key, best, best_at = key, queue, queue[0].arrival
+        if self._queued_rows != depth and self.observer is not None:
+            self.observer.on_queue(self._queued_rows)  # else the gauge keeps the rows of callers gone
         return best_key, best
+
+    def _drop_abandoned(self) -> bool:
+        """Drop every queued request whose caller went away; return whether there was one."""
+        if not self._abandoned:
+            return False  # nobody left: under overload every refusal would look through the queue
+        self._abandoned = False
+        depth = self._queued_rows
+        for key, queue in list(self._queues.items()):
+            kept = [r for r in queue if not r.future.done()]
+            if len(kept) == len(queue):
+                continue
+            self._queued_rows -= sum(r.rows for r in queue) - sum(r.rows for r in kept)
+            if kept:
+                queue.clear()
+                queue.extend(kept)
+            else:
+                del self._queues[key]
+        if self._queued_rows == depth:
+            return False
+        if self.observer is not None:
+            self.observer.on_queue(self._queued_rows)
+        return True
 
     def _wait(self, wake_at: float | None, now: float) -> bool:
         """Arrange to pump again at ``wake_at``; return False when waiting cannot pay off (dispatch now)."""
@@ -446,13 +521,15 @@ class Batcher:
         slot = (self.clock(), rows)
         self._inflight.append(slot)
         alone = len(batch) == 1 and not self._queued_rows
-        if self._run_seconds < (INLINE_ALONE_MAX_S if alone else INLINE_MAX_S):
-            self._work(feed, batch, slot, inline=True)
+        on_loop_s = INLINE_ALONE_MAX_S if alone else INLINE_MAX_S
+        elements = _elements(feed)
+        if self._expected_seconds(elements) < on_loop_s:
+            self._work(feed, batch, slot, elements, inline=True)
             return
         try:
             # A bare executor job that calls back into the loop once: no asyncio/concurrent future pair
             # per batch, and the results are handed out in the first loop iteration after the run.
-            self.executor.submit(self._work, feed, batch, slot)
+            self.executor.submit(self._work, feed, batch, slot, elements)
         except RuntimeError as exc:  # the executor is shut down
             self._finish(None, exc, 0.0, batch, slot)
 
@@ -461,6 +538,7 @@ class Batcher:
         feed: dict[str, np.ndarray],
         batch: list[_Request],
         slot: tuple[float, int],
+        elements: int,
         inline: bool = False,
     ) -> None:
         begin = time.perf_counter()
@@ -475,7 +553,7 @@ class Batcher:
         # Whether calls run on the loop goes by their own time. In a worker that is the thread's CPU time:
         # its wall time also counts waiting for the core the busy loop holds, and would keep a short call
         # off the loop for good (MLP, 64 connections: 22-row calls took 163 us there, 39 us on the loop).
-        self._time_call(seconds if inline else time.thread_time() - cpu)
+        self._time_call(seconds if inline else time.thread_time() - cpu, elements)
         assert self._loop is not None
         call_soon = self._loop.call_soon if inline else self._loop.call_soon_threadsafe
         if inline and not (isinstance(error, Exception) and len(batch) > 1):
@@ -495,10 +573,25 @@ class Batcher:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting any more
             call_soon(self._finish, outputs, error, seconds, batch, slot)
 
-    def _time_call(self, seconds: float) -> None:
-        """Fold one model call's own time into the EWMA that decides which calls run on the loop."""
+    def _time_call(self, seconds: float, elements: int) -> None:
+        """Fold one model call's own time and size into the EWMAs that decide which calls run on the loop."""
         last = self._run_seconds
-        self._run_seconds = seconds if last == math.inf else 0.8 * last + 0.2 * seconds
+        if last == math.inf:
+            self._run_seconds, self._run_elements = seconds, elements
+        else:
+            self._run_seconds = 0.8 * last + 0.2 * seconds
+            self._run_elements = 0.8 * self._run_elements + 0.2 * elements
+
+    def _expected_seconds(self, elements: int) -> float:
+        """Return how long a call on ``elements`` inputs may take: the usual call's time, scaled to its size.
+
+        The usual time alone would put a request of 40,000 rows (or one large image) on the loop because
+        the calls before it were small, and the loop (health probes, every other client) would wait for it.
+        """
+        usual = self._run_elements
+        if elements <= usual or usual <= 0:
+            return self._run_seconds
+        return self._run_seconds * elements / usual
 
     def _run_alone(
         self, feed: dict[str, np.ndarray]
@@ -578,9 +671,11 @@ class Batcher:
         dim = self.batch_dim
         for out in outputs:
             if out.ndim <= dim or out.shape[dim] != rows:
+                got = f"{out.shape[dim]} rows on axis {dim}" if out.ndim > dim else f"no axis {dim}"
                 raise ModelError(
-                    f"a batchable model returned an output of shape {list(out.shape)} for {rows} rows"
-                    f" on axis {dim}; every output needs the batch axis: save it with batchable=False"
+                    f"a batchable model returned an output of shape {list(out.shape)} ({got}) for a batch"
+                    f" of {rows} rows from {len(batch)} requests; every output needs the batch axis with one"
+                    " row per input row: save the model with batchable=False"
                 )
         lead = (slice(None),) * dim
         start = 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -129,17 +130,26 @@ def _file_sections(path: Path, runner_name: str) -> list[tuple[str, dict[str, An
         raise BadInput(
             f"BUNDLER_CONFIG: cannot read {path}: {exc.strerror}; fix the path or unset BUNDLER_CONFIG"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise BadInput(
+            f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r});"
+            " save it as UTF-8 or unset BUNDLER_CONFIG"
+        ) from exc
     except yaml.YAMLError as exc:
         raise BadInput(f"{path}: not valid YAML: {exc}; fix the file or unset BUNDLER_CONFIG") from exc
     if data is None:
         return []
     if not isinstance(data, dict):
         raise BadInput(f"{path}: expected a mapping at the top with a 'runners' key")
+    _refuse_misplaced(path, data, "the top level", "runners.batching")
+    if "batching" in data:
+        raise BadInput(f"{path}: batching: it would be ignored at the top level; move it under runners:")
     runners = data.get("runners")
     if runners is None:
         return []
     if not isinstance(runners, dict):
         raise BadInput(f"{path}: runners: expected a mapping of runner names and 'batching'")
+    _refuse_misplaced(path, runners, "runners", "runners.batching")
     sections = []
     for key, where in (("batching", "runners.batching"), (runner_name, f"runners.{runner_name}")):
         section = runners.get(key)
@@ -148,6 +158,7 @@ def _file_sections(path: Path, runner_name: str) -> list[tuple[str, dict[str, An
         if key == runner_name:
             if not isinstance(section, dict):
                 raise BadInput(f"{path}: {where}: expected a mapping with a 'batching' key")
+            _refuse_misplaced(path, section, where, f"{where}.batching")
             section, where = section.get("batching"), f"{where}.batching"
             if section is None:
                 continue
@@ -165,6 +176,16 @@ def _file_sections(path: Path, runner_name: str) -> list[tuple[str, dict[str, An
                 )
         sections.append((f"{path}: {where}", section))
     return sections
+
+
+def _refuse_misplaced(path: Path, mapping: dict, where: str, into: str) -> None:
+    """Raise BadInput for a batching option one level too high, where it would be silently ignored."""
+    for name in mapping:
+        if name in _FIELDS:
+            raise BadInput(
+                f"{path}: {where}: {name!r} is a batching option, which would be ignored here;"
+                f" move it under {into}"
+            )
 
 
 def _unknown_message(name: str, where: str) -> str:
@@ -195,8 +216,8 @@ def _coerce(field: str, value: Any, *, where: str) -> Any:
     # The rest are integers: max_batch_size, max_queue, max_concurrency >= 1; batch_dim >= 0.
     lowest = 0 if field == "batch_dim" else 1
     number_int: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number_int = value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number_int = int(value)  # numpy's integers too (a value from a sweep)
     elif isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
         number_int = int(value)
     if number_int is None or number_int < lowest:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -26,13 +28,54 @@ if TYPE_CHECKING:
     from .batcher import Batcher
     from .config import BatchingConfig
 
-__all__ = ["CallObserver", "Runner", "RunnerMethod"]
+__all__ = ["CallObserver", "Runner", "RunnerMethod", "ThreadCalls"]
+
+_thread = threading.local()  # .calls: the ThreadCalls of the API request this thread is running, if any
 
 
 class CallObserver(Protocol):
     """Receives the time of each model call of a runner that does not batch (a Batcher has its own)."""
 
     def on_call(self, seconds: float) -> None: ...
+
+
+class ThreadCalls:
+    """The runner calls a sync API's thread waits on, for one request: cancelled when its client leaves.
+
+    ``runner.run.run()`` in an API thread hands its call to the server loop and blocks on the result; the
+    server cancels the request's task when the client disconnects, but not the thread, so the call was still
+    batched and run for nobody, and the thread stayed blocked meanwhile. ``waited`` is how long the request
+    waited for the thread: part of its latency budget, which the batcher's admission counts.
+    """
+
+    __slots__ = ("futures", "gone", "queued_at", "waited")
+
+    def __init__(self) -> None:
+        self.futures: list[concurrent.futures.Future[Any]] = []
+        self.gone = False
+        self.queued_at = time.monotonic()  # the Batcher's clock
+        self.waited = 0.0
+
+    def call(self, func: Callable[[Any], Any], value: Any) -> Any:
+        """Return ``func(value)``, run in this (API) thread with its runner calls tracked."""
+        self.waited = time.monotonic() - self.queued_at
+        _thread.calls = self
+        try:
+            return func(value)
+        finally:
+            _thread.calls = None
+
+    def add(self, future: concurrent.futures.Future[Any]) -> None:
+        """Track one call (from the API thread); a call made after the client left is cancelled at once."""
+        self.futures.append(future)
+        if self.gone:  # checked after the append: cancel() (on the loop) sees the future or we see gone
+            future.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the calls (on the server loop): queued ones are dropped, the thread stops waiting."""
+        self.gone = True
+        for future in self.futures:
+            future.cancel()
 
 
 def _timed(run: Any, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
@@ -64,12 +107,23 @@ class RunnerMethod:
                     f" `await runner.{self.name}.async_run(...)`"
                 )
             # From an API worker thread: hop onto the server loop so this call joins a batch.
-            return asyncio.run_coroutine_threadsafe(self.async_run(*args, **kwargs), loop).result()
+            calls = getattr(_thread, "calls", None)
+            waited = calls.waited if calls is not None else 0.0
+            future = asyncio.run_coroutine_threadsafe(self._run(args, kwargs, waited), loop)
+            if calls is not None:
+                calls.add(future)
+            return future.result()
         session = r._require()
         return session.format(session.run(session.prepare(args, kwargs)))
 
     async def async_run(self, *args: Any, **kwargs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
         """Run the model without blocking the event loop (batched when the model is batchable)."""
+        return await self._run(args, kwargs, 0.0)
+
+    async def _run(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], waited: float
+    ) -> np.ndarray | tuple[np.ndarray, ...]:
+        """async_run, for a request that has spent ``waited`` seconds of its budget already."""
         r = self.runner
         session = r._require()
         current = asyncio.get_running_loop()
@@ -77,11 +131,11 @@ class RunnerMethod:
         served = loop is not None and not loop.is_closed()
         if loop is not None and served and current is not loop:
             # The batcher belongs to the server loop; run there and await from here.
-            future = asyncio.run_coroutine_threadsafe(self.async_run(*args, **kwargs), loop)
+            future = asyncio.run_coroutine_threadsafe(self._run(args, kwargs, waited), loop)
             return await asyncio.wrap_future(future)
         feed = session.prepare(args, kwargs)
         if served and r.batcher is not None:
-            outputs = await r.batcher.submit(feed)
+            outputs = await r.batcher.submit(feed, waited)
         elif served:
             outputs = await r._call_unbatched(session, feed)
         else:

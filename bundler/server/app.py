@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route, get_route_path
 from starlette.types import Message, Receive, Scope, Send
 
 from ..exceptions import BadInput, BundlerError, Overloaded, PayloadTooLarge, ServiceUnavailable
+from ..runner.runner import ThreadCalls
 from ..service import API, Service
 from .docs import docs_routes
 from .http import GONE_KEY, TASK_KEY
@@ -238,6 +239,7 @@ class ServiceApp(Starlette):
         """Serve one API request: read (bounded), decode, call, encode; every error as JSON."""
         start = time.perf_counter()
         request = None
+        calls = None
         # For HttpProtocol.connection_lost, which cancels the work of a client that left before its answer.
         # (Given the loop, current_task skips looking it up: 55 ns, not 230, on Python 3.11.)
         scope[TASK_KEY] = current_task(self._loop)
@@ -256,13 +258,19 @@ class ServiceApp(Starlette):
             if api.is_async:
                 result = await api.func(value)
             else:
-                result = await asyncio.get_running_loop().run_in_executor(self.executor, api.func, value)
+                # The runner calls its thread makes are cancelled with this task (the client left).
+                calls = ThreadCalls()
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, calls.call, api.func, value
+                )
             response = api.output.to_response(result, request)
         except ClientDisconnect:
             if record:
                 self._record(scope, 499, start)
             return
         except asyncio.CancelledError:
+            if calls is not None:
+                calls.cancel()
             if not scope.get(GONE_KEY):
                 raise
             # The client went away and HttpProtocol cancelled its request (queued ones never run).
@@ -287,7 +295,7 @@ class ServiceApp(Starlette):
         batchers = []
         for r in runners:
             b = getattr(r, "batcher", None)
-            if b is None or b.queued_rows < b.config.max_queue:
+            if b is None or b.has_room():
                 return
             batchers.append(b)
         raise Overloaded(
