@@ -94,7 +94,8 @@ def parse_quantity(value: str, what: str) -> Decimal:
             "'512Mi' or '4Gi' for memory; suffixes are case-sensitive: Ki Mi Gi Ti, k M G T, m)"
         )
     suffix = m.group("suffix") or ""
-    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+    if suffix not in _SUFFIX:
+        # A decimal exponent ('1e3', '1E-3'); 'E' and 'Ei' are the exa suffixes.
         return Decimal(m.group("num") + suffix)
     return Decimal(m.group("num")) * _SUFFIX[suffix]
 

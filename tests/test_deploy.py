@@ -342,6 +342,9 @@ def test_default_image_is_what_containerize_tags(tmp_path: Path, name: str, imag
         ("1e3", "1000"),
         ("1k", "1000"),
         ("1Mi", str(2**20)),
+        ("1E", str(10**18)),
+        ("1Ei", str(2**60)),
+        ("2E3", "2000"),
     ],
 )
 def test_parse_quantity(text: str, value: str) -> None:
