@@ -587,13 +587,16 @@ def write_manifests(manifests: list[dict], out_dir: Path) -> list[Path]:
 
 
 def deploy_kubernetes(
-    tag: str, out_dir: Path, *, say: Callable[[str], Any] | None = None, **options: Any
+    tag: str, out_dir: Path | str, *, say: Callable[[str], Any] | None = None, **options: Any
 ) -> list[Path]:
     """Write Kubernetes manifests for a stored bundle into ``out_dir`` (options: ``kubernetes_manifests``)."""
+    if not str(out_dir):
+        # An unset shell variable (-o "$DIR"): Path("") is the current directory, which nobody asked for.
+        raise BadInput("-o: no directory given (an empty path); name the directory for the manifests")
     entry = bundle_store().get(tag)
     info = dict(entry.info)
     info.setdefault("tag", str(entry.tag))
-    paths = write_manifests(kubernetes_manifests(info, entry.path, **options), out_dir)
+    paths = write_manifests(kubernetes_manifests(info, entry.path, **options), Path(out_dir))
     bundle_name = str(info.get("name") or "")
     derived = _k8s_name(bundle_name)
     if say is not None and options.get("name") is None and derived != bundle_name:

@@ -495,6 +495,19 @@ def test_cli_output_dir_errors_are_one_line(tmp_path: Path) -> None:
         assert len(result.output.splitlines()) == 1
 
 
+def test_cli_refuses_an_empty_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-o "$DIR" with DIR unset: exit 2, not four manifests in the current directory."""
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    _store_bundle()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:v1", "-o", ""])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: -o: no directory given (an empty path)")
+    assert os.listdir(tmp_path) == []
+
+
 def test_deploy_kubernetes_from_the_store(tmp_path: Path) -> None:
     """Without lock_digest in bundle.yaml, the digest is the sha256 of the bundle's lock file."""
     store = bundle_store()
