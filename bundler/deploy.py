@@ -60,6 +60,7 @@ PRESTOP_SLEEP_S = 10
 DRAIN_S = 30
 GRACE_MARGIN_S = 5
 CPU_TARGET_UTILIZATION = 70
+MAX_REPLICAS = 2**31 - 1  # minReplicas and maxReplicas are int32 in the API
 
 _QUANTITY_RE = re.compile(
     r"^(?P<num>(?:\d+(?:\.\d*)?|\.\d+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
@@ -110,20 +111,23 @@ def _check_options(
     gpu: int,
     port: int,
 ) -> tuple[int, int]:
-    for what, value in (("--replicas", replicas), ("--min-replicas", min_replicas)):
+    for what, value in (
+        ("--replicas", replicas),
+        ("--min-replicas", min_replicas),
+        ("--max-replicas", max_replicas),
+    ):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise BadInput(f"{what}: {value!r} must be a whole number of at least 1")
-    if max_replicas is not None and (
-        isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or max_replicas < 1
-    ):
-        raise BadInput(f"--max-replicas: {max_replicas!r} must be a whole number of at least 1")
+        if value is not None and value > MAX_REPLICAS:
+            # The autoscaler's replica counts are int32: the API server refuses the whole object.
+            raise BadInput(f"{what}: {value!r} is more than Kubernetes counts replicas to ({MAX_REPLICAS})")
     if min_replicas is not None and replicas not in (1, min_replicas):
         raise BadInput(
             f"--replicas {replicas} and --min-replicas {min_replicas} disagree: --replicas is the "
             "autoscaler's minimum; give one of them"
         )
     low = min_replicas if min_replicas is not None else replicas
-    high = max_replicas if max_replicas is not None else 4 * low
+    high = max_replicas if max_replicas is not None else min(4 * low, MAX_REPLICAS)
     if low > high:
         raise BadInput(
             f"--min-replicas {low} is more than --max-replicas {high}: give a maximum of at least {low}"

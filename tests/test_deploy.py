@@ -188,6 +188,12 @@ def test_probes_drain_and_autoscaler(tmp_path: Path) -> None:
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == "http"
 
 
+def test_default_maximum_stays_an_int32(tmp_path: Path) -> None:
+    """4 x a large minimum would overflow the API's int32 maxReplicas: the default stops at its limit."""
+    spec = _kinds(kubernetes_manifests(INFO, tmp_path, min_replicas=2**30))["HorizontalPodAutoscaler"]["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2**30, 2**31 - 1)
+
+
 def test_replicas_defaults(tmp_path: Path) -> None:
     hpa = _kinds(kubernetes_manifests(INFO, tmp_path, replicas=3))["HorizontalPodAutoscaler"]["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 12)
@@ -270,6 +276,8 @@ def test_gpu_on_a_bundle_built_for_cuda(tmp_path: Path, lock: list[str], docker:
         ({"replicas": True}, r"--replicas: True must be"),
         ({"min_replicas": 5, "max_replicas": 2}, r"--min-replicas 5 is more than --max-replicas 2"),
         ({"max_replicas": 0}, r"--max-replicas: 0 must be"),
+        ({"max_replicas": 2**31}, r"--max-replicas: 2147483648 is more than Kubernetes counts replicas to"),
+        ({"min_replicas": 2**31}, r"--min-replicas: 2147483648 is more than Kubernetes counts"),
         ({"replicas": 3, "min_replicas": 2}, r"--replicas 3 and --min-replicas 2 disagree"),
         ({"cpu": "1 core"}, r"--cpu: '1 core' is not a Kubernetes quantity"),
         ({"cpu": "0"}, r"--cpu: '0' must be more than 0"),
