@@ -456,6 +456,21 @@ def test_write_manifests_replaces_only_its_own_files_for_the_same_bundle(tmp_pat
     assert (mine / "service.yaml").read_text() == "apiVersion: v1\nkind: Service\n"
 
 
+def test_write_manifests_refuses_what_is_not_a_file_it_wrote_before_writing_any(tmp_path: Path) -> None:
+    """A directory or a dangling link where a manifest goes: refused by name, and nothing written."""
+    manifests = kubernetes_manifests(INFO, tmp_path)
+    (tmp_path / "a" / "hpa.yaml").mkdir(parents=True)
+    with pytest.raises(BadInput, match=r"^-o .*/a: .*/a/hpa.yaml is a directory, where the manifest"):
+        write_manifests(manifests, tmp_path / "a")
+    assert os.listdir(tmp_path / "a") == ["hpa.yaml"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "pdb.yaml").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(BadInput, match=r"/b/pdb.yaml is not a file `bundler deploy kubernetes` wrote"):
+        write_manifests(manifests, tmp_path / "b")
+    assert os.listdir(tmp_path / "b") == ["pdb.yaml"]
+    assert (tmp_path / "b" / "pdb.yaml").is_symlink()
+
+
 def test_write_manifests_refuses_a_file_as_directory(tmp_path: Path) -> None:
     target = tmp_path / "out"
     target.write_text("x")
