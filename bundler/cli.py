@@ -579,7 +579,8 @@ def deploy() -> None:
     default=None,
     help="Name of the Kubernetes objects (default: the bundle name, '.' and '_' turned into '-').",
 )
-@click.option("-o", "--output-dir", "out_dir", required=True, type=click.Path(path_type=Path))
+# A str: "" must not become "." (the manifests would land in the current directory).
+@click.option("-o", "--output-dir", "out_dir", required=True, type=click.Path(path_type=str))
 @handle_errors
 def deploy_kubernetes(
     tag: str,
@@ -592,7 +593,7 @@ def deploy_kubernetes(
     gpu: int,
     namespace: str | None,
     object_name: str | None,
-    out_dir: Path,
+    out_dir: str,
 ) -> None:
     """Write Kubernetes manifests (Deployment, Service, HPA, PDB) for the bundle TAG."""
     from .deploy import deploy_kubernetes as write_for_tag

@@ -188,6 +188,12 @@ def test_probes_drain_and_autoscaler(tmp_path: Path) -> None:
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == "http"
 
 
+def test_default_maximum_stays_an_int32(tmp_path: Path) -> None:
+    """4 x a large minimum would overflow the API's int32 maxReplicas: the default stops at its limit."""
+    spec = _kinds(kubernetes_manifests(INFO, tmp_path, min_replicas=2**30))["HorizontalPodAutoscaler"]["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2**30, 2**31 - 1)
+
+
 def test_replicas_defaults(tmp_path: Path) -> None:
     hpa = _kinds(kubernetes_manifests(INFO, tmp_path, replicas=3))["HorizontalPodAutoscaler"]["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 12)
@@ -270,6 +276,8 @@ def test_gpu_on_a_bundle_built_for_cuda(tmp_path: Path, lock: list[str], docker:
         ({"replicas": True}, r"--replicas: True must be"),
         ({"min_replicas": 5, "max_replicas": 2}, r"--min-replicas 5 is more than --max-replicas 2"),
         ({"max_replicas": 0}, r"--max-replicas: 0 must be"),
+        ({"max_replicas": 2**31}, r"--max-replicas: 2147483648 is more than Kubernetes counts replicas to"),
+        ({"min_replicas": 2**31}, r"--min-replicas: 2147483648 is more than Kubernetes counts"),
         ({"replicas": 3, "min_replicas": 2}, r"--replicas 3 and --min-replicas 2 disagree"),
         ({"cpu": "1 core"}, r"--cpu: '1 core' is not a Kubernetes quantity"),
         ({"cpu": "0"}, r"--cpu: '0' must be more than 0"),
@@ -342,6 +350,9 @@ def test_default_image_is_what_containerize_tags(tmp_path: Path, name: str, imag
         ("1e3", "1000"),
         ("1k", "1000"),
         ("1Mi", str(2**20)),
+        ("1E", str(10**18)),
+        ("1Ei", str(2**60)),
+        ("2E3", "2000"),
     ],
 )
 def test_parse_quantity(text: str, value: str) -> None:
@@ -445,6 +456,21 @@ def test_write_manifests_replaces_only_its_own_files_for_the_same_bundle(tmp_pat
     assert (mine / "service.yaml").read_text() == "apiVersion: v1\nkind: Service\n"
 
 
+def test_write_manifests_refuses_what_is_not_a_file_it_wrote_before_writing_any(tmp_path: Path) -> None:
+    """A directory or a dangling link where a manifest goes: refused by name, and nothing written."""
+    manifests = kubernetes_manifests(INFO, tmp_path)
+    (tmp_path / "a" / "hpa.yaml").mkdir(parents=True)
+    with pytest.raises(BadInput, match=r"^-o .*/a: .*/a/hpa.yaml is a directory, where the manifest"):
+        write_manifests(manifests, tmp_path / "a")
+    assert os.listdir(tmp_path / "a") == ["hpa.yaml"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "pdb.yaml").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(BadInput, match=r"/b/pdb.yaml is not a file `bundler deploy kubernetes` wrote"):
+        write_manifests(manifests, tmp_path / "b")
+    assert os.listdir(tmp_path / "b") == ["pdb.yaml"]
+    assert (tmp_path / "b" / "pdb.yaml").is_symlink()
+
+
 def test_write_manifests_refuses_a_file_as_directory(tmp_path: Path) -> None:
     target = tmp_path / "out"
     target.write_text("x")
@@ -490,6 +516,19 @@ def test_cli_output_dir_errors_are_one_line(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         assert result.output.startswith(f"error: -o {out}: cannot write the manifests there")
         assert len(result.output.splitlines()) == 1
+
+
+def test_cli_refuses_an_empty_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-o "$DIR" with DIR unset: exit 2, not four manifests in the current directory."""
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    _store_bundle()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "sr:v1", "-o", ""])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: -o: no directory given (an empty path)")
+    assert os.listdir(tmp_path) == []
 
 
 def test_deploy_kubernetes_from_the_store(tmp_path: Path) -> None:
