@@ -143,6 +143,20 @@ def _cuda_base(cuda: str) -> str:
     return f"nvidia/cuda:{cuda}-{cudnn}-runtime-{CUDA_UBUNTU}"
 
 
+def _user_setup() -> list[str]:
+    """Return the commands that make the image's user, uid and gid UID.
+
+    Some bases have an account with that id already (ubuntu:24.04's ``ubuntu``, uid and gid 1000), where
+    groupadd and useradd fail: it gives way, as Dockerfiles for those bases do with ``userdel ubuntu``.
+    """
+    return [
+        f'if user="$(getent passwd {UID})"; then userdel "${{user%%:*}}"; fi',
+        f'if group="$(getent group {UID})"; then groupdel "${{group%%:*}}"; fi',
+        f"groupadd --gid {UID} {USER}",
+        f"useradd --uid {UID} --gid {UID} --create-home --home-dir {HOME} --shell /bin/sh {USER}",
+    ]
+
+
 def _quoted(words: list[str]) -> str:
     return " ".join(shlex.quote(word) for word in words)
 
@@ -435,10 +449,7 @@ def template_context(
         "base_image": image,
         "root_setup": root_setup,
         "hadolint_ignore": ignore,
-        "user_setup": [
-            f"groupadd --gid {UID} {USER}",
-            f"useradd --uid {UID} --gid {UID} --create-home --home-dir {HOME} --shell /bin/sh {USER}",
-        ],
+        "user_setup": _user_setup(),
         "env_lines": _env_lines(),
         # docker.env and envs change more often than the lock: set in the final stage, they reinstall
         # nothing. The dependency stage gets only what pip itself reads (an index, a proxy, a CA).

@@ -1188,3 +1188,32 @@ def test_a_bundle_changed_after_its_build_is_not_containerized(
     dockerfile = bundle / "env" / "docker" / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + 'LABEL edited="by hand"\n')
     assert containerize(bundle, INFO, output=lambda _: None) == ["a:v1"]
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [
+        "",  # python:3.11-slim: nobody has id 1000
+        # ubuntu:24.04's account: user and group `ubuntu`, 1000 both (groupadd failed: "GID '1000' already
+        # exists", so containerize failed on such a base)
+        "groupadd --gid 1000 ubuntu && useradd --uid 1000 --gid 1000 --create-home ubuntu",
+        "groupadd --gid 1000 staff2",  # only the group
+    ],
+    ids=["none", "user-and-group", "group-only"],
+)
+def test_the_image_user_is_made_on_a_base_that_has_an_account_with_its_id(
+    engine: Engine, existing: str
+) -> None:
+    from bundler.dockerfile import HOME, UID, USER, _user_setup
+
+    script = " && ".join(
+        [existing or "true", *_user_setup(), f"id -nu {UID}", f"id -ng {UID}", "echo ~bundler"]
+    )
+    result = subprocess.run(
+        [engine.client, "run", "--rm", "--network", "none", "python:3.11-slim", "sh", "-ec", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [USER, USER, HOME]

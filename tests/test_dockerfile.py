@@ -138,11 +138,11 @@ def test_layers_go_from_least_to_most_often_changed() -> None:
     assert (
         _index(lines_pkgs, "FROM")
         < _index(lines_pkgs, "RUN apt-get update")
-        < _index(lines_pkgs, "RUN groupadd")
+        < _index(lines_pkgs, "RUN if user=")
     )
     order = [
         "FROM python:3.11-slim AS base",
-        "RUN groupadd",
+        "RUN if user=",
         "ENV",
         "FROM base AS deps",
         "COPY --from=locked /locked/ ./env/python/",
