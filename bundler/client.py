@@ -6,15 +6,19 @@
 Inputs are encoded by the API's input descriptor (ndarray -> .npy, lists -> JSON, PIL image -> PNG, str ->
 UTF-8 text; bytes, open files and pathlib.Paths -> their contents); outputs are decoded by the response's
 Content-Type and the API's output descriptor. Error statuses raise ``bundler.exceptions.HTTPError`` with
-``status_code``, ``body``, ``detail``; a server that does not answer (refused, timed out) status_code 0.
+``status_code``, ``body``, ``detail`` and ``retry_after`` (a 503's Retry-After, in seconds); a server that
+does not answer (refused, timed out) status_code 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import math
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,8 @@ class APISpec:
 def parse_openapi(doc: dict[str, Any]) -> dict[str, APISpec]:
     """Return API name -> APISpec from a bundler OpenAPI document (operations with ``x-bundler-io``)."""
     apis = {}
-    for path, ops in (doc.get("paths") or {}).items():
+    paths = doc.get("paths")
+    for path, ops in (paths if isinstance(paths, dict) else {}).items():
         op = ops.get("post") if isinstance(ops, dict) else None
         if not isinstance(op, dict) or "x-bundler-io" not in op:
             continue
@@ -157,14 +162,7 @@ def decode(spec: APISpec, response: httpx.Response) -> Any:
     """Return the Python value of a successful response, or raise HTTPError for an error status."""
     ctype = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if response.status_code >= 400:
-        try:
-            body: Any = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            body = response.text
-        error = body.get("error") if isinstance(body, dict) else body
-        raise HTTPError(
-            f"API {spec.name!r} answered {response.status_code}: {error}", response.status_code, body
-        )
+        raise _status_error(f"API {spec.name!r}", response)
     kind = spec.output.get("type")
     if ctype in (_NPY, "application/x-npy") and kind == "NumpyNdarray":
         import numpy as np
@@ -186,6 +184,61 @@ def decode(spec: APISpec, response: httpx.Response) -> Any:
     if ctype.startswith("text/"):
         return response.text
     return response.content
+
+
+def _status_error(what: str, response: httpx.Response) -> HTTPError:
+    """Return the HTTPError for an error answer: its status, body (parsed JSON or text) and Retry-After."""
+    try:
+        body: Any = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = response.text
+    error = body.get("error") if isinstance(body, dict) else body
+    if response.headers.get("content-type", "").startswith("text/html"):
+        error = None  # a proxy's or another server's error page: its markup is no message (body keeps it)
+    message = f"{what} answered {response.status_code}: {error or response.reason_phrase}"
+    if response.is_redirect:
+        message += f" (to {response.headers.get('location')}; give the client that URL)"
+    retry_after = _retry_after(response.headers.get("retry-after"))
+    if retry_after is not None:
+        message += f" (retry after {retry_after:g} s)"
+    return HTTPError(message, response.status_code, body, retry_after)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Return a Retry-After header's delay in seconds: it is a number of seconds or an HTTP date."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = max(0.0, round((when - datetime.now(timezone.utc)).total_seconds()))
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _read_docs(url: str, response: httpx.Response) -> dict[str, Any]:
+    """Return the OpenAPI document a ``/docs.json`` response holds, or raise HTTPError saying why not."""
+    where = f"{url}/docs.json"
+    if not response.is_success:
+        raise _status_error(where, response)
+    try:
+        doc = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        # Another server on that port (a notebook, a proxy's page): not a traceback from the JSON parser.
+        ctype = response.headers.get("content-type") or "no Content-Type"
+        raise HTTPError(
+            f"{where} is not an OpenAPI document ({ctype}): is {url} a bundler server?",
+            response.status_code,
+            response.text,
+        )
+    return doc
 
 
 def _unreachable(what: str, exc: httpx.HTTPError, timeout: Any) -> HTTPError:
@@ -227,11 +280,13 @@ class Client:
         self._http = httpx.Client(base_url=self.url, timeout=timeout, **httpx_options)
         try:
             response = self._http.get("/docs.json")
-            response.raise_for_status()
+            self.openapi: dict[str, Any] = _read_docs(self.url, response)
         except httpx.HTTPError as exc:
             self._http.close()
             raise _unreachable(f"{self.url}/docs.json could not be read", exc, self.timeout) from exc
-        self.openapi: dict[str, Any] = response.json()
+        except HTTPError:
+            self._http.close()
+            raise
         self.apis = parse_openapi(self.openapi)
 
     def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:
@@ -279,10 +334,9 @@ class AsyncClient:
             if self.apis is None:
                 try:
                     response = await self._http.get("/docs.json")
-                    response.raise_for_status()
                 except httpx.HTTPError as exc:
                     raise _unreachable(f"{self.url}/docs.json could not be read", exc, self.timeout) from exc
-                self.apis = parse_openapi(response.json())
+                self.apis = parse_openapi(_read_docs(self.url, response))
             return self.apis
 
     async def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
 
 import bundler
-from bundler.client import AsyncClient, Client
-from bundler.exceptions import BadInput, HTTPError, NotFound, UnknownAPI
+from bundler.client import AsyncClient, Client, _retry_after
+from bundler.exceptions import BadInput, HTTPError, NotFound, Overloaded, UnknownAPI
 from bundler.io import JSON, File, Image, NumpyNdarray, Text
 from bundler.server.app import build_app
 from bundler.server.testing import running
@@ -65,6 +68,10 @@ def make_service() -> bundler.Service:
     def size(data: bytes) -> str:
         return str(len(data))
 
+    @svc.api(input=JSON(), output=JSON())
+    def throttled(obj: Any) -> Any:
+        raise Overloaded("too busy", retry_after=float(obj))
+
     return svc
 
 
@@ -76,7 +83,18 @@ def url() -> Iterator[str]:
 
 def test_client_calls_every_descriptor(url: str) -> None:
     with Client(url) as c:
-        assert set(c.apis) == {"square", "norm", "flip", "upper", "rev", "zeros", "call", "nap", "size"}
+        assert set(c.apis) == {
+            "square",
+            "norm",
+            "flip",
+            "upper",
+            "rev",
+            "zeros",
+            "call",
+            "nap",
+            "size",
+            "throttled",
+        }
         arr = np.arange(6, dtype=np.float32).reshape(2, 3)
         out = c.square(arr)  # .npy both ways: the dtype survives
         assert out.dtype == np.float32 and out.tolist() == (arr * arr).tolist()
@@ -120,6 +138,73 @@ def test_client_errors_carry_status_and_body(url: str) -> None:
 def test_client_for_a_server_that_is_not_there() -> None:
     with pytest.raises(HTTPError, match=r"docs\.json could not be read"):
         Client("http://127.0.0.1:9", timeout=2)
+
+
+def test_client_for_a_url_that_serves_no_openapi_document(url: str) -> None:
+    # A 404 for /docs.json (a wrong path) was status_code 0, "could not be read" with httpx's MDN link; a
+    # page that is not JSON (another server on that port) was orjson's JSONDecodeError from deep inside.
+    with pytest.raises(HTTPError, match=r"/v2/docs\.json answered 404: no such route") as info:
+        Client(url + "/v2")
+    assert info.value.status_code == 404 and "developer.mozilla.org" not in str(info.value)
+
+    async def page(request: Any) -> Response:
+        return HTMLResponse("<html><body>a notebook</body></html>")
+
+    async def missing(request: Any) -> Response:
+        return HTMLResponse("<html><body><h1>Not Found</h1></body></html>", status_code=404)
+
+    other = Starlette(routes=[Route("/docs.json", page), Route("/v2/docs.json", missing)])
+    with running(other) as base:
+        with pytest.raises(
+            HTTPError, match=r"docs\.json is not an OpenAPI document \(text/html.*a bundler server\?"
+        ):
+            Client(base)
+        with pytest.raises(HTTPError, match=r"/v2/docs\.json answered 404: Not Found$") as info:
+            Client(base + "/v2")
+        assert "<h1>" in str(info.value.body)
+
+        async def main() -> None:
+            with pytest.raises(HTTPError, match=r"is not an OpenAPI document"):
+                async with AsyncClient(base):
+                    pass
+
+        asyncio.run(main())
+
+
+def test_client_errors_carry_retry_after(url: str) -> None:
+    # A 503's Retry-After was dropped: a caller could not back off as long as the server asked.
+    with (
+        Client(url) as c,
+        pytest.raises(HTTPError, match=r"answered 503: too busy \(retry after 3 s\)") as info,
+    ):
+        c.throttled(2.5)
+    assert info.value.status_code == 503 and info.value.retry_after == 3
+    with Client(url) as c, pytest.raises(HTTPError) as info:
+        c.norm({"x": "far"})
+    assert info.value.retry_after is None
+
+    async def main() -> None:
+        async with AsyncClient(url) as c:
+            with pytest.raises(HTTPError) as info:
+                await c.throttled(7)
+            assert info.value.retry_after == 7
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("3", 3.0),
+        ("0", 0.0),
+        ("-1", None),
+        ("nan", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+    ],
+)
+def test_retry_after_header_values(header: str, seconds: float | None) -> None:
+    assert _retry_after(header) == seconds
 
 
 def test_async_client(url: str) -> None:
