@@ -72,7 +72,12 @@ def encode(spec: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
 
         if isinstance(value, np.ndarray):
             buf = io.BytesIO()
-            np.save(buf, value, allow_pickle=False)
+            try:
+                np.save(buf, value, allow_pickle=False)
+            except ValueError as exc:  # an object array: .npy holds it only pickled, which is refused
+                raise BadInput(
+                    f"API {spec.name!r}: an array of dtype {value.dtype} cannot be sent; give numbers"
+                ) from exc
             return buf.getvalue(), {**headers, "content-type": _NPY}
         return _json_bytes(spec, value), {**headers, "content-type": "application/json"}
     if kind == "Image":
@@ -82,7 +87,11 @@ def encode(spec: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
         if isinstance(value, (bytes, bytearray, memoryview)):
             # str() would send the repr, "b'abc'"; bytes are sent as they are (the server checks UTF-8).
             return bytes(value), {**headers, "content-type": "text/plain; charset=utf-8"}
-        return str(value).encode("utf-8"), {**headers, "content-type": "text/plain; charset=utf-8"}
+        try:
+            data = str(value).encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (from os.fsdecode, a bad decode)
+            raise BadInput(f"API {spec.name!r}: the text cannot be sent as UTF-8 ({exc.reason})") from exc
+        return data, {**headers, "content-type": "text/plain; charset=utf-8"}
     if kind == "File":
         return _file_bytes(spec, value), {**headers, "content-type": _NPY}
     if hasattr(value, "model_dump"):
@@ -90,9 +99,15 @@ def encode(spec: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
     return _json_bytes(spec, value), {**headers, "content-type": "application/json"}
 
 
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "model_dump"):  # pydantic models inside lists and dicts, as at the top
+        return value.model_dump(mode="json")
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 def _json_bytes(spec: APISpec, value: Any) -> bytes:
     try:
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(value, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError as exc:
         raise BadInput(f"API {spec.name!r}: the input cannot be sent as JSON ({exc})") from exc
 
@@ -136,14 +151,25 @@ def _image_bytes(spec: APISpec, value: Any) -> bytes:
     from PIL import Image
 
     if isinstance(value, np.ndarray):
-        value = Image.fromarray(value)
+        try:
+            value = Image.fromarray(value)
+        except TypeError as exc:
+            raise BadInput(
+                f"API {spec.name!r} takes an Image: a {value.dtype} array of shape {value.shape} is no image"
+                " Pillow knows; give a uint8 array (H, W), (H, W, 3) or (H, W, 4)"
+            ) from exc
     if not isinstance(value, Image.Image):
         raise BadInput(
             f"API {spec.name!r} takes an Image: give a PIL image, a numpy array, encoded bytes, an open"
             f" file or a pathlib.Path, not a {type(value).__name__}"
         )
     buf = io.BytesIO()
-    value.save(buf, format="PNG")
+    try:
+        value.save(buf, format="PNG")
+    except (OSError, ValueError):
+        # A mode PNG cannot hold (F, CMYK, I;16B): TIFF holds them all, unchanged, and the server reads it.
+        buf = io.BytesIO()
+        value.save(buf, format="TIFF")
     return buf.getvalue()
 
 
@@ -155,6 +181,8 @@ def _image_type(data: bytes) -> str:
         return "image/webp"
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "image/gif"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
     return "image/png"  # the server reads the format from the bytes; any image/* is accepted
 
 

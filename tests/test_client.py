@@ -264,3 +264,21 @@ def test_client_timeouts_say_so_sync_and_async(url: str) -> None:
             assert info.value.status_code == 0
 
     asyncio.run(main())
+
+
+def test_client_refuses_or_sends_inputs_it_cannot_encode_as_such(url: str) -> None:
+    # An object array, a float array as an image, a lone surrogate: numpy's ValueError, Pillow's TypeError
+    # and a UnicodeEncodeError escaped; a CMYK or float image ("cannot write mode F as PNG") and a pydantic
+    # model inside a list could not be sent at all.
+    with Client(url) as c:
+        with pytest.raises(BadInput, match=r"API 'square': an array of dtype object cannot be sent"):
+            c.square(np.array([1, "a"], dtype=object))
+        with pytest.raises(BadInput, match=r"API 'flip' takes an Image: a float32 array .*give a uint8"):
+            c.flip(np.zeros((2, 3, 3), np.float32))
+        with pytest.raises(BadInput, match=r"API 'upper': the text cannot be sent as UTF-8"):
+            c.upper("\ud800")
+        for mode in ("CMYK", "F"):
+            assert c.flip(PILImage.new(mode, (3, 2))).size == (3, 2)
+        assert c.call("call", [Point(x=1, y=2), {"p": Point(x=3, y=4)}]) == {
+            "called": [{"x": 1.0, "y": 2.0}, {"p": {"x": 3.0, "y": 4.0}}]
+        }
