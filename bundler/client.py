@@ -280,6 +280,12 @@ def _unreachable(what: str, exc: httpx.HTTPError, timeout: Any) -> HTTPError:
     return HTTPError(f"{what}: {reason}", 0)
 
 
+def _base_url(url: str) -> str:
+    """Return the server's URL without a trailing slash; "host:port" is taken as http, as BentoML does."""
+    url = str(url).rstrip("/")
+    return url if "://" in url else f"http://{url}"
+
+
 def _spec(apis: dict[str, APISpec], name: str, url: str) -> APISpec:
     if not isinstance(name, str):
         # client.call(value) where an API is itself named "call": the client's own method won the name.
@@ -303,7 +309,7 @@ class Client:
     def __init__(
         self, url: str, *, timeout: float | httpx.Timeout | None = 30.0, **httpx_options: Any
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = _base_url(url)
         self.timeout = timeout
         self._http = httpx.Client(base_url=self.url, timeout=timeout, **httpx_options)
         try:
@@ -351,7 +357,7 @@ class AsyncClient:
     def __init__(
         self, url: str, *, timeout: float | httpx.Timeout | None = 30.0, **httpx_options: Any
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = _base_url(url)
         self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, **httpx_options)
         self.apis: dict[str, APISpec] | None = None

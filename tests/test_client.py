@@ -282,3 +282,15 @@ def test_client_refuses_or_sends_inputs_it_cannot_encode_as_such(url: str) -> No
         assert c.call("call", [Point(x=1, y=2), {"p": Point(x=3, y=4)}]) == {
             "called": [{"x": 1.0, "y": 2.0}, {"p": {"x": 3.0, "y": 4.0}}]
         }
+
+
+def test_client_takes_host_and_port_without_a_scheme(url: str) -> None:
+    # BentoML's Client.from_url("localhost:3000") means http; httpx refused it ("missing an 'http://'").
+    with Client(url.removeprefix("http://")) as c:
+        assert c.url == url and c.upper("a") == "A"
+
+    async def main() -> str:
+        async with AsyncClient(url.removeprefix("http://") + "/") as c:
+            return await c.upper("b")
+
+    assert asyncio.run(main()) == "B"
