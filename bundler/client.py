@@ -300,7 +300,12 @@ def _spec(apis: dict[str, APISpec], name: str, url: str) -> APISpec:
 
 
 def _unknown(apis: dict[str, APISpec], name: str, url: str) -> UnknownAPI:
-    return UnknownAPI(f"{url}: no API named {name!r}; it serves {', '.join(sorted(apis)) or 'none'}")
+    message = f"{url}: no API named {name!r}; it serves {', '.join(sorted(apis)) or 'none'}"
+    api = name.removeprefix("async_")
+    if api != name and (api in apis or api == "call"):
+        # BentoML's Client has async_<api> and async_call; here the AsyncClient's own methods are awaited.
+        message += f" (for BentoML's {name}: await AsyncClient(url).{api}(...))"
+    return UnknownAPI(message)
 
 
 class Client:

@@ -133,6 +133,13 @@ def test_client_errors_carry_status_and_body(url: str) -> None:
         assert c.call("call", {"a": 1}) == {"called": {"a": 1}}
         with pytest.raises(BadInput, match=r"takes the API's name first.*client.call\('call', value\)"):
             c.call({"a": 1})
+        # BentoML's Client also has async_<api> and async_call: say where they are, not only "no API".
+        with pytest.raises(
+            UnknownAPI, match=r"'async_norm'; .* \(for BentoML's async_norm: await AsyncClient"
+        ):
+            _ = c.async_norm
+        with pytest.raises(UnknownAPI, match=r"await AsyncClient\(url\)\.call\(\.\.\.\)\)$"):
+            c.call("async_call", 1)
 
 
 def test_client_for_a_server_that_is_not_there() -> None:
