@@ -188,9 +188,22 @@ def _image_type(data: bytes) -> str:
 
 def decode(spec: APISpec, response: httpx.Response) -> Any:
     """Return the Python value of a successful response, or raise HTTPError for an error status."""
-    ctype = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if response.status_code >= 400:
+    if not response.is_success:
+        # A redirect too (a proxy sending http to https): its empty body is no answer.
         raise _status_error(f"API {spec.name!r}", response)
+    ctype = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    try:
+        return _decode_body(spec, ctype, response)
+    except (ValueError, OSError) as exc:  # orjson's, numpy's and Pillow's errors for a body not as labelled
+        raise HTTPError(
+            f"API {spec.name!r} answered {response.status_code} with a body that is not the {ctype} it"
+            f" says ({exc})",
+            response.status_code,
+            response.content,
+        ) from exc
+
+
+def _decode_body(spec: APISpec, ctype: str, response: httpx.Response) -> Any:
     kind = spec.output.get("type")
     if ctype in (_NPY, "application/x-npy") and kind == "NumpyNdarray":
         import numpy as np
@@ -225,7 +238,7 @@ def _status_error(what: str, response: httpx.Response) -> HTTPError:
         error = None  # a proxy's or another server's error page: its markup is no message (body keeps it)
     message = f"{what} answered {response.status_code}: {error or response.reason_phrase}"
     if response.is_redirect:
-        message += f" (to {response.headers.get('location')}; give the client that URL)"
+        message += f" (redirected to {response.headers.get('location')})"
     retry_after = _retry_after(response.headers.get("retry-after"))
     if retry_after is not None:
         message += f" (retry after {retry_after:g} s)"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image as PILImage
 from pydantic import BaseModel
 from starlette.applications import Starlette
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 import bundler
@@ -301,3 +301,31 @@ def test_client_takes_host_and_port_without_a_scheme(url: str) -> None:
             return await c.upper("b")
 
     assert asyncio.run(main()) == "B"
+
+
+def test_client_refuses_redirects_and_bodies_not_as_labelled() -> None:
+    # A redirect (a proxy sending http to https) returned its empty body, b"", as the API's answer; a
+    # body that is not what its Content-Type says was orjson's JSONDecodeError from deep inside.
+    doc = make_service().openapi()
+
+    async def docs(request: Any) -> Response:
+        return JSONResponse(doc)
+
+    async def moved(request: Any) -> Response:
+        return RedirectResponse("https://example.invalid/call", status_code=308)
+
+    async def garbled(request: Any) -> Response:
+        return Response(b"<html>oops</html>", media_type="application/json")
+
+    routes = [
+        Route("/docs.json", docs),
+        Route("/call", moved, methods=["POST"]),
+        Route("/square", garbled, methods=["POST"]),
+    ]
+    with running(Starlette(routes=routes)) as base, Client(base) as c:
+        with pytest.raises(HTTPError, match=r"'call' answered 308: .*redirected to https://example\.invalid"):
+            c.call("call", {"a": 1})
+        with pytest.raises(
+            HTTPError, match=r"'square' answered 200 with a body that is not the application/json"
+        ):
+            c.square([1])
