@@ -379,6 +379,7 @@ class AsyncClient:
         self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, **httpx_options)
         self.apis: dict[str, APISpec] | None = None
+        self.openapi: dict[str, Any] | None = None  # /docs.json, as the sync client's, once read
         self._lock = asyncio.Lock()
 
     async def _apis(self) -> dict[str, APISpec]:
@@ -388,7 +389,8 @@ class AsyncClient:
                     response = await self._http.get("/docs.json")
                 except httpx.HTTPError as exc:
                     raise _unreachable(f"{self.url}/docs.json could not be read", exc, self.timeout) from exc
-                self.apis = parse_openapi(_read_docs(self.url, response))
+                self.openapi = _read_docs(self.url, response)
+                self.apis = parse_openapi(self.openapi)
             return self.apis
 
     async def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:

@@ -217,6 +217,8 @@ def test_retry_after_header_values(header: str, seconds: float | None) -> None:
 def test_async_client(url: str) -> None:
     async def main() -> list[Any]:
         async with AsyncClient(url) as c:
+            # The OpenAPI document, as Client.openapi (it was an API "method" named openapi).
+            assert c.openapi is not None and "/square" in c.openapi["paths"]
             results = await asyncio.gather(*(c.call("square", np.full(2, i, np.int64)) for i in range(8)))
             text = await c.upper("abc")
             with pytest.raises(HTTPError) as info:
