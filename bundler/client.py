@@ -6,15 +6,19 @@
 Inputs are encoded by the API's input descriptor (ndarray -> .npy, lists -> JSON, PIL image -> PNG, str ->
 UTF-8 text; bytes, open files and pathlib.Paths -> their contents); outputs are decoded by the response's
 Content-Type and the API's output descriptor. Error statuses raise ``bundler.exceptions.HTTPError`` with
-``status_code``, ``body``, ``detail``; a server that does not answer (refused, timed out) status_code 0.
+``status_code``, ``body``, ``detail`` and ``retry_after`` (a 503's Retry-After, in seconds); a server that
+does not answer (refused, timed out) status_code 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import math
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,8 @@ class APISpec:
 def parse_openapi(doc: dict[str, Any]) -> dict[str, APISpec]:
     """Return API name -> APISpec from a bundler OpenAPI document (operations with ``x-bundler-io``)."""
     apis = {}
-    for path, ops in (doc.get("paths") or {}).items():
+    paths = doc.get("paths")
+    for path, ops in (paths if isinstance(paths, dict) else {}).items():
         op = ops.get("post") if isinstance(ops, dict) else None
         if not isinstance(op, dict) or "x-bundler-io" not in op:
             continue
@@ -67,7 +72,12 @@ def encode(spec: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
 
         if isinstance(value, np.ndarray):
             buf = io.BytesIO()
-            np.save(buf, value, allow_pickle=False)
+            try:
+                np.save(buf, value, allow_pickle=False)
+            except ValueError as exc:  # an object array: .npy holds it only pickled, which is refused
+                raise BadInput(
+                    f"API {spec.name!r}: an array of dtype {value.dtype} cannot be sent; give numbers"
+                ) from exc
             return buf.getvalue(), {**headers, "content-type": _NPY}
         return _json_bytes(spec, value), {**headers, "content-type": "application/json"}
     if kind == "Image":
@@ -77,7 +87,11 @@ def encode(spec: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
         if isinstance(value, (bytes, bytearray, memoryview)):
             # str() would send the repr, "b'abc'"; bytes are sent as they are (the server checks UTF-8).
             return bytes(value), {**headers, "content-type": "text/plain; charset=utf-8"}
-        return str(value).encode("utf-8"), {**headers, "content-type": "text/plain; charset=utf-8"}
+        try:
+            data = str(value).encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (from os.fsdecode, a bad decode)
+            raise BadInput(f"API {spec.name!r}: the text cannot be sent as UTF-8 ({exc.reason})") from exc
+        return data, {**headers, "content-type": "text/plain; charset=utf-8"}
     if kind == "File":
         return _file_bytes(spec, value), {**headers, "content-type": _NPY}
     if hasattr(value, "model_dump"):
@@ -85,9 +99,15 @@ def encode(spec: APISpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
     return _json_bytes(spec, value), {**headers, "content-type": "application/json"}
 
 
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "model_dump"):  # pydantic models inside lists and dicts, as at the top
+        return value.model_dump(mode="json")
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 def _json_bytes(spec: APISpec, value: Any) -> bytes:
     try:
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(value, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError as exc:
         raise BadInput(f"API {spec.name!r}: the input cannot be sent as JSON ({exc})") from exc
 
@@ -131,14 +151,25 @@ def _image_bytes(spec: APISpec, value: Any) -> bytes:
     from PIL import Image
 
     if isinstance(value, np.ndarray):
-        value = Image.fromarray(value)
+        try:
+            value = Image.fromarray(value)
+        except TypeError as exc:
+            raise BadInput(
+                f"API {spec.name!r} takes an Image: a {value.dtype} array of shape {value.shape} is no image"
+                " Pillow knows; give a uint8 array (H, W), (H, W, 3) or (H, W, 4)"
+            ) from exc
     if not isinstance(value, Image.Image):
         raise BadInput(
             f"API {spec.name!r} takes an Image: give a PIL image, a numpy array, encoded bytes, an open"
             f" file or a pathlib.Path, not a {type(value).__name__}"
         )
     buf = io.BytesIO()
-    value.save(buf, format="PNG")
+    try:
+        value.save(buf, format="PNG")
+    except (OSError, ValueError):
+        # A mode PNG cannot hold (F, CMYK, I;16B): TIFF holds them all, unchanged, and the server reads it.
+        buf = io.BytesIO()
+        value.save(buf, format="TIFF")
     return buf.getvalue()
 
 
@@ -150,21 +181,29 @@ def _image_type(data: bytes) -> str:
         return "image/webp"
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "image/gif"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
     return "image/png"  # the server reads the format from the bytes; any image/* is accepted
 
 
 def decode(spec: APISpec, response: httpx.Response) -> Any:
     """Return the Python value of a successful response, or raise HTTPError for an error status."""
+    if not response.is_success:
+        # A redirect too (a proxy sending http to https): its empty body is no answer.
+        raise _status_error(f"API {spec.name!r}", response)
     ctype = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if response.status_code >= 400:
-        try:
-            body: Any = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            body = response.text
-        error = body.get("error") if isinstance(body, dict) else body
+    try:
+        return _decode_body(spec, ctype, response)
+    except (ValueError, OSError) as exc:  # orjson's, numpy's and Pillow's errors for a body not as labelled
         raise HTTPError(
-            f"API {spec.name!r} answered {response.status_code}: {error}", response.status_code, body
-        )
+            f"API {spec.name!r} answered {response.status_code} with a body that is not the {ctype} it"
+            f" says ({exc})",
+            response.status_code,
+            response.content,
+        ) from exc
+
+
+def _decode_body(spec: APISpec, ctype: str, response: httpx.Response) -> Any:
     kind = spec.output.get("type")
     if ctype in (_NPY, "application/x-npy") and kind == "NumpyNdarray":
         import numpy as np
@@ -188,6 +227,61 @@ def decode(spec: APISpec, response: httpx.Response) -> Any:
     return response.content
 
 
+def _status_error(what: str, response: httpx.Response) -> HTTPError:
+    """Return the HTTPError for an error answer: its status, body (parsed JSON or text) and Retry-After."""
+    try:
+        body: Any = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = response.text
+    error = body.get("error") if isinstance(body, dict) else body
+    if response.headers.get("content-type", "").startswith("text/html"):
+        error = None  # a proxy's or another server's error page: its markup is no message (body keeps it)
+    message = f"{what} answered {response.status_code}: {error or response.reason_phrase}"
+    if response.is_redirect:
+        message += f" (redirected to {response.headers.get('location')})"
+    retry_after = _retry_after(response.headers.get("retry-after"))
+    if retry_after is not None:
+        message += f" (retry after {retry_after:g} s)"
+    return HTTPError(message, response.status_code, body, retry_after)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Return a Retry-After header's delay in seconds: it is a number of seconds or an HTTP date."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = max(0.0, round((when - datetime.now(timezone.utc)).total_seconds()))
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _read_docs(url: str, response: httpx.Response) -> dict[str, Any]:
+    """Return the OpenAPI document a ``/docs.json`` response holds, or raise HTTPError saying why not."""
+    where = f"{url}/docs.json"
+    if not response.is_success:
+        raise _status_error(where, response)
+    try:
+        doc = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        # Another server on that port (a notebook, a proxy's page): not a traceback from the JSON parser.
+        ctype = response.headers.get("content-type") or "no Content-Type"
+        raise HTTPError(
+            f"{where} is not an OpenAPI document ({ctype}): is {url} a bundler server?",
+            response.status_code,
+            response.text,
+        )
+    return doc
+
+
 def _unreachable(what: str, exc: httpx.HTTPError, timeout: Any) -> HTTPError:
     """Return the HTTPError (status 0) for a request that got no answer: refused, timed out, cut off."""
     if isinstance(exc, httpx.TimeoutException):
@@ -197,6 +291,12 @@ def _unreachable(what: str, exc: httpx.HTTPError, timeout: Any) -> HTTPError:
     else:
         reason = str(exc) or type(exc).__name__
     return HTTPError(f"{what}: {reason}", 0)
+
+
+def _base_url(url: str) -> str:
+    """Return the server's URL without a trailing slash; "host:port" is taken as http, as BentoML does."""
+    url = str(url).rstrip("/")
+    return url if "://" in url else f"http://{url}"
 
 
 def _spec(apis: dict[str, APISpec], name: str, url: str) -> APISpec:
@@ -213,7 +313,12 @@ def _spec(apis: dict[str, APISpec], name: str, url: str) -> APISpec:
 
 
 def _unknown(apis: dict[str, APISpec], name: str, url: str) -> UnknownAPI:
-    return UnknownAPI(f"{url}: no API named {name!r}; it serves {', '.join(sorted(apis)) or 'none'}")
+    message = f"{url}: no API named {name!r}; it serves {', '.join(sorted(apis)) or 'none'}"
+    api = name.removeprefix("async_")
+    if api != name and (api in apis or api == "call"):
+        # BentoML's Client has async_<api> and async_call; here the AsyncClient's own methods are awaited.
+        message += f" (for BentoML's {name}: await AsyncClient(url).{api}(...))"
+    return UnknownAPI(message)
 
 
 class Client:
@@ -222,16 +327,18 @@ class Client:
     def __init__(
         self, url: str, *, timeout: float | httpx.Timeout | None = 30.0, **httpx_options: Any
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = _base_url(url)
         self.timeout = timeout
         self._http = httpx.Client(base_url=self.url, timeout=timeout, **httpx_options)
         try:
             response = self._http.get("/docs.json")
-            response.raise_for_status()
+            self.openapi: dict[str, Any] = _read_docs(self.url, response)
         except httpx.HTTPError as exc:
             self._http.close()
             raise _unreachable(f"{self.url}/docs.json could not be read", exc, self.timeout) from exc
-        self.openapi: dict[str, Any] = response.json()
+        except HTTPError:
+            self._http.close()
+            raise
         self.apis = parse_openapi(self.openapi)
 
     def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:
@@ -268,10 +375,11 @@ class AsyncClient:
     def __init__(
         self, url: str, *, timeout: float | httpx.Timeout | None = 30.0, **httpx_options: Any
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = _base_url(url)
         self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, **httpx_options)
         self.apis: dict[str, APISpec] | None = None
+        self.openapi: dict[str, Any] | None = None  # /docs.json, as the sync client's, once read
         self._lock = asyncio.Lock()
 
     async def _apis(self) -> dict[str, APISpec]:
@@ -279,10 +387,10 @@ class AsyncClient:
             if self.apis is None:
                 try:
                     response = await self._http.get("/docs.json")
-                    response.raise_for_status()
                 except httpx.HTTPError as exc:
                     raise _unreachable(f"{self.url}/docs.json could not be read", exc, self.timeout) from exc
-                self.apis = parse_openapi(response.json())
+                self.openapi = _read_docs(self.url, response)
+                self.apis = parse_openapi(self.openapi)
             return self.apis
 
     async def call(self, api_name: str, *args: Any, **kwargs: Any) -> Any:

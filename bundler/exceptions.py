@@ -164,11 +164,15 @@ class EngineUnavailable(ContainerizeError):
 
 
 class HTTPError(BundlerError):
-    """An error status from a served API; ``status_code``, ``body`` (parsed JSON or text) and ``detail``."""
+    """An error status from a served API; ``status_code``, ``body`` (parsed JSON or text), ``detail`` and
+    ``retry_after`` (seconds from a 503's Retry-After header, else None)."""
 
-    def __init__(self, message: str, status_code: int, body: object = None) -> None:
+    def __init__(
+        self, message: str, status_code: int, body: object = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.http_status = status_code
         self.body = body
         self.detail = body.get("detail") if isinstance(body, dict) else None
+        self.retry_after = retry_after

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 import bundler
-from bundler.client import AsyncClient, Client
-from bundler.exceptions import BadInput, HTTPError, NotFound, UnknownAPI
+from bundler.client import AsyncClient, Client, _retry_after
+from bundler.exceptions import BadInput, HTTPError, NotFound, Overloaded, UnknownAPI
 from bundler.io import JSON, File, Image, NumpyNdarray, Text
 from bundler.server.app import build_app
 from bundler.server.testing import running
@@ -65,6 +68,10 @@ def make_service() -> bundler.Service:
     def size(data: bytes) -> str:
         return str(len(data))
 
+    @svc.api(input=JSON(), output=JSON())
+    def throttled(obj: Any) -> Any:
+        raise Overloaded("too busy", retry_after=float(obj))
+
     return svc
 
 
@@ -76,7 +83,18 @@ def url() -> Iterator[str]:
 
 def test_client_calls_every_descriptor(url: str) -> None:
     with Client(url) as c:
-        assert set(c.apis) == {"square", "norm", "flip", "upper", "rev", "zeros", "call", "nap", "size"}
+        assert set(c.apis) == {
+            "square",
+            "norm",
+            "flip",
+            "upper",
+            "rev",
+            "zeros",
+            "call",
+            "nap",
+            "size",
+            "throttled",
+        }
         arr = np.arange(6, dtype=np.float32).reshape(2, 3)
         out = c.square(arr)  # .npy both ways: the dtype survives
         assert out.dtype == np.float32 and out.tolist() == (arr * arr).tolist()
@@ -115,6 +133,13 @@ def test_client_errors_carry_status_and_body(url: str) -> None:
         assert c.call("call", {"a": 1}) == {"called": {"a": 1}}
         with pytest.raises(BadInput, match=r"takes the API's name first.*client.call\('call', value\)"):
             c.call({"a": 1})
+        # BentoML's Client also has async_<api> and async_call: say where they are, not only "no API".
+        with pytest.raises(
+            UnknownAPI, match=r"'async_norm'; .* \(for BentoML's async_norm: await AsyncClient"
+        ):
+            _ = c.async_norm
+        with pytest.raises(UnknownAPI, match=r"await AsyncClient\(url\)\.call\(\.\.\.\)\)$"):
+            c.call("async_call", 1)
 
 
 def test_client_for_a_server_that_is_not_there() -> None:
@@ -122,9 +147,78 @@ def test_client_for_a_server_that_is_not_there() -> None:
         Client("http://127.0.0.1:9", timeout=2)
 
 
+def test_client_for_a_url_that_serves_no_openapi_document(url: str) -> None:
+    # A 404 for /docs.json (a wrong path) was status_code 0, "could not be read" with httpx's MDN link; a
+    # page that is not JSON (another server on that port) was orjson's JSONDecodeError from deep inside.
+    with pytest.raises(HTTPError, match=r"/v2/docs\.json answered 404: no such route") as info:
+        Client(url + "/v2")
+    assert info.value.status_code == 404 and "developer.mozilla.org" not in str(info.value)
+
+    async def page(request: Any) -> Response:
+        return HTMLResponse("<html><body>a notebook</body></html>")
+
+    async def missing(request: Any) -> Response:
+        return HTMLResponse("<html><body><h1>Not Found</h1></body></html>", status_code=404)
+
+    other = Starlette(routes=[Route("/docs.json", page), Route("/v2/docs.json", missing)])
+    with running(other) as base:
+        with pytest.raises(
+            HTTPError, match=r"docs\.json is not an OpenAPI document \(text/html.*a bundler server\?"
+        ):
+            Client(base)
+        with pytest.raises(HTTPError, match=r"/v2/docs\.json answered 404: Not Found$") as info:
+            Client(base + "/v2")
+        assert "<h1>" in str(info.value.body)
+
+        async def main() -> None:
+            with pytest.raises(HTTPError, match=r"is not an OpenAPI document"):
+                async with AsyncClient(base):
+                    pass
+
+        asyncio.run(main())
+
+
+def test_client_errors_carry_retry_after(url: str) -> None:
+    # A 503's Retry-After was dropped: a caller could not back off as long as the server asked.
+    with (
+        Client(url) as c,
+        pytest.raises(HTTPError, match=r"answered 503: too busy \(retry after 3 s\)") as info,
+    ):
+        c.throttled(2.5)
+    assert info.value.status_code == 503 and info.value.retry_after == 3
+    with Client(url) as c, pytest.raises(HTTPError) as info:
+        c.norm({"x": "far"})
+    assert info.value.retry_after is None
+
+    async def main() -> None:
+        async with AsyncClient(url) as c:
+            with pytest.raises(HTTPError) as info:
+                await c.throttled(7)
+            assert info.value.retry_after == 7
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("3", 3.0),
+        ("0", 0.0),
+        ("-1", None),
+        ("nan", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+    ],
+)
+def test_retry_after_header_values(header: str, seconds: float | None) -> None:
+    assert _retry_after(header) == seconds
+
+
 def test_async_client(url: str) -> None:
     async def main() -> list[Any]:
         async with AsyncClient(url) as c:
+            # The OpenAPI document, as Client.openapi (it was an API "method" named openapi).
+            assert c.openapi is not None and "/square" in c.openapi["paths"]
             results = await asyncio.gather(*(c.call("square", np.full(2, i, np.int64)) for i in range(8)))
             text = await c.upper("abc")
             with pytest.raises(HTTPError) as info:
@@ -179,3 +273,61 @@ def test_client_timeouts_say_so_sync_and_async(url: str) -> None:
             assert info.value.status_code == 0
 
     asyncio.run(main())
+
+
+def test_client_refuses_or_sends_inputs_it_cannot_encode_as_such(url: str) -> None:
+    # An object array, a float array as an image, a lone surrogate: numpy's ValueError, Pillow's TypeError
+    # and a UnicodeEncodeError escaped; a CMYK or float image ("cannot write mode F as PNG") and a pydantic
+    # model inside a list could not be sent at all.
+    with Client(url) as c:
+        with pytest.raises(BadInput, match=r"API 'square': an array of dtype object cannot be sent"):
+            c.square(np.array([1, "a"], dtype=object))
+        with pytest.raises(BadInput, match=r"API 'flip' takes an Image: a float32 array .*give a uint8"):
+            c.flip(np.zeros((2, 3, 3), np.float32))
+        with pytest.raises(BadInput, match=r"API 'upper': the text cannot be sent as UTF-8"):
+            c.upper("\ud800")
+        for mode in ("CMYK", "F"):
+            assert c.flip(PILImage.new(mode, (3, 2))).size == (3, 2)
+        assert c.call("call", [Point(x=1, y=2), {"p": Point(x=3, y=4)}]) == {
+            "called": [{"x": 1.0, "y": 2.0}, {"p": {"x": 3.0, "y": 4.0}}]
+        }
+
+
+def test_client_takes_host_and_port_without_a_scheme(url: str) -> None:
+    # BentoML's Client.from_url("localhost:3000") means http; httpx refused it ("missing an 'http://'").
+    with Client(url.removeprefix("http://")) as c:
+        assert c.url == url and c.upper("a") == "A"
+
+    async def main() -> str:
+        async with AsyncClient(url.removeprefix("http://") + "/") as c:
+            return await c.upper("b")
+
+    assert asyncio.run(main()) == "B"
+
+
+def test_client_refuses_redirects_and_bodies_not_as_labelled() -> None:
+    # A redirect (a proxy sending http to https) returned its empty body, b"", as the API's answer; a
+    # body that is not what its Content-Type says was orjson's JSONDecodeError from deep inside.
+    doc = make_service().openapi()
+
+    async def docs(request: Any) -> Response:
+        return JSONResponse(doc)
+
+    async def moved(request: Any) -> Response:
+        return RedirectResponse("https://example.invalid/call", status_code=308)
+
+    async def garbled(request: Any) -> Response:
+        return Response(b"<html>oops</html>", media_type="application/json")
+
+    routes = [
+        Route("/docs.json", docs),
+        Route("/call", moved, methods=["POST"]),
+        Route("/square", garbled, methods=["POST"]),
+    ]
+    with running(Starlette(routes=routes)) as base, Client(base) as c:
+        with pytest.raises(HTTPError, match=r"'call' answered 308: .*redirected to https://example\.invalid"):
+            c.call("call", {"a": 1})
+        with pytest.raises(
+            HTTPError, match=r"'square' answered 200 with a body that is not the application/json"
+        ):
+            c.square([1])
