@@ -34,6 +34,8 @@ NPY_TYPES = ("application/octet-stream", "application/x-npy")
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 # Decoding big images blocks; above this many body bytes it moves to a worker thread.
 _THREAD_DECODE_BYTES = 256 * 1024
+# Validation errors a 422's detail lists at most.
+MAX_ERRORS = 100
 
 
 def _header(request: Request, name: bytes) -> str:
@@ -628,10 +630,14 @@ class JSON(IODescriptor):
         try:
             return self.pydantic_model.model_validate(data)  # type: ignore[attr-defined]
         except ValidationError as exc:
+            # One error per bad item: a 1 MB list of wrong-typed values made a 25 MB answer. The count says
+            # how many there were, the detail lists the first ones.
+            count = exc.error_count()
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            shown = f" (the first {MAX_ERRORS} listed)" if count > MAX_ERRORS else ""
             raise ValidationFailed(
-                f"JSON input: {exc.error_count()} validation error(s) for {self.pydantic_model.__name__}",
-                detail=orjson.loads(orjson.dumps(errors, default=str)),
+                f"JSON input: {count} validation error(s) for {self.pydantic_model.__name__}{shown}",
+                detail=orjson.loads(orjson.dumps(errors[:MAX_ERRORS], default=str)),
             ) from exc
 
     def to_response(self, value: Any, request: Request | None = None) -> Response:
