@@ -236,7 +236,7 @@ class NumpyNdarray(IODescriptor):
             try:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
-                raise BadInput(f"NumpyNdarray input: the body is not valid JSON ({exc})") from exc
+                raise _json_error("NumpyNdarray", body, exc) from exc
             try:
                 if self.dtype is None:
                     arr = np.asarray(data)  # no cast, so nothing can overflow: no error-state change
@@ -384,6 +384,26 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     if any(type(d) is not int or d < 0 for d in shape):
         raise ValueError(f"its header's shape {shape!r} is not a tuple of non-negative integers")
     return shape, fortran, dtype
+
+
+def _json_error(what: str, body: bytes, exc: orjson.JSONDecodeError) -> BadInput:
+    """Return the BadInput for a body orjson refused, saying why where orjson's words mislead.
+
+    orjson reports any byte that is not UTF-8 as "str is not valid UTF-8: surrogates not allowed".
+    """
+    if body.startswith(_NPY_MAGIC) and what == "NumpyNdarray":
+        return BadInput(
+            f"{what} input: the body is an .npy array, not JSON;"
+            " send it with Content-Type: application/octet-stream"
+        )
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return BadInput(
+            f"{what} input: the body is not valid JSON: JSON is UTF-8 and this is not"
+            f" (byte {error.start}: {error.reason})"
+        )
+    return BadInput(f"{what} input: the body is not valid JSON ({exc})")
 
 
 def _reason(exc: BaseException) -> str:
@@ -622,7 +642,7 @@ class JSON(IODescriptor):
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise BadInput(f"JSON input: the body is not valid JSON ({exc})") from exc
+            raise _json_error("JSON", body, exc) from exc
         if self.pydantic_model is None:
             return data
         from pydantic import ValidationError

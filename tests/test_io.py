@@ -319,6 +319,33 @@ def test_json_pydantic_422_lists_the_first_errors_only() -> None:
 
 
 @pytest.mark.parametrize(
+    ("descriptor", "body", "match"),
+    [
+        # orjson said "str is not valid UTF-8: surrogates not allowed" for all three.
+        (
+            NumpyNdarray(),
+            npy(np.zeros(2)),
+            r"the body is an \.npy array, not JSON; send it with Content-Type: appl",
+        ),
+        (
+            JSON(),
+            '{"a": "é"}'.encode("latin-1"),
+            r"JSON is UTF-8 and this is not \(byte 7: invalid continuation",
+        ),
+        (
+            NumpyNdarray(),
+            "[1]".encode("utf-16"),
+            r"JSON is UTF-8 and this is not \(byte 0: invalid start byte\)",
+        ),
+        (JSON(), b'{"a": 1', r"the body is not valid JSON \(unexpected end of data"),
+    ],
+)
+def test_json_bodies_that_do_not_parse_say_why(descriptor: Any, body: bytes, match: str) -> None:
+    with pytest.raises(BadInput, match=match):
+        decode(descriptor, body, "application/json")
+
+
+@pytest.mark.parametrize(
     ("body", "ctype", "error"),
     [(b"{", "application/json", BadInput), (b"{}", "text/plain", UnsupportedMediaType)],
 )
