@@ -831,7 +831,9 @@ class Image(IODescriptor):
             raise PayloadTooLarge(
                 f"Image input: {w}x{h} = {w * h} pixels is over the limit of {limit} pixels"
             )
-        if self.formats is not None and img.format not in self.formats:
+        # A phone camera's JPEG often carries more pictures (depth map, preview): Pillow names it MPO.
+        fmt = "JPEG" if img.format == "MPO" else img.format
+        if self.formats is not None and fmt not in self.formats and img.format not in self.formats:
             raise UnsupportedMediaType(
                 f"Image input: format {img.format} is not accepted;"
                 f" send one of {', '.join(sorted(self.formats))}"

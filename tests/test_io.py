@@ -772,6 +772,18 @@ def test_image_takes_bentomls_arguments() -> None:
         Image(mime_type="image/png", output_format="PNG")
 
 
+def test_an_image_that_accepts_jpeg_takes_a_multi_picture_jpeg() -> None:
+    # A camera's JPEG with a depth map or preview in it (MPF) opens as format "MPO": it got 415 "format MPO
+    # is not accepted; send one of JPEG" from an API taking JPEG.
+    buf = io.BytesIO()
+    first, second = PILImage.new("RGB", (8, 6), (250, 0, 0)), PILImage.new("RGB", (8, 6), (0, 250, 0))
+    first.save(buf, "MPO", save_all=True, append_images=[second])
+    img = Image(allowed_mime_types=["image/jpeg"]).decode(buf.getvalue())
+    assert img.size == (8, 6) and img.getpixel((0, 0))[0] > 200
+    with pytest.raises(UnsupportedMediaType, match="format MPO is not accepted; send one of PNG"):
+        Image(formats=["png"]).decode(buf.getvalue())
+
+
 def jpeg_bytes() -> bytes:
     buf = io.BytesIO()
     PILImage.new("RGB", (4, 4)).save(buf, format="JPEG")
