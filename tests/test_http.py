@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 
 import bundler
@@ -500,3 +501,17 @@ def test_a_request_asking_to_upgrade_is_served_with_its_body(url: str, framing: 
         head, body, rest = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 200") and body == b'{"status":"ok"}', (head, body)
         assert _read_response(sock, rest)[1] == b"[42]"
+
+
+def test_a_websocket_upgrade_gets_a_json_answer(url: str) -> None:
+    # No route takes a WebSocket: uvicorn's WebSocket protocol answered a bodiless text/plain 403.
+    ws = b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    ws += b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    with _connect(url) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n" + ws)
+        head, body, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 405") and b"\r\nallow: POST\r\n" in head, head
+        assert orjson.loads(body)["error"].startswith("method not allowed: GET /echo")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + ws)
+        head, body, _ = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200") and body == b'{"status":"ok"}', (head, body)
