@@ -491,6 +491,17 @@ def test_docs_are_local_and_the_document_is_valid_openapi(server: httpx.Client) 
     assert "/v1/echo" in doc["paths"] and "/readyz" in doc["paths"]
 
 
+@pytest.mark.parametrize(
+    "byte_range", ["bytes=abc", "bytes=5-1", "items=0-1", "bytes=999999999-", "bytes=0-9"]
+)
+def test_docs_assets_are_served_whole_whatever_range_is_asked(server: httpx.Client, byte_range: str) -> None:
+    # A malformed or unknown-unit Range got a text/plain 400 (RFC 9110: ignore it), an unsatisfiable one a
+    # bodiless 416.
+    whole = server.get("/docs/static/swagger-ui.css")
+    r = server.get("/docs/static/swagger-ui.css", headers={"range": byte_range})
+    assert r.status_code == 200 and r.content == whole.content and len(whole.content) > 1000
+
+
 def test_one_access_log_line_per_request(server: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="bundler.access"):
         server.post("/double", json=[1])
