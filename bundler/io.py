@@ -923,11 +923,14 @@ class Text(IODescriptor):
 
     async def from_request(self, request: Request) -> str:
         self._check_media(request, "text/plain")
-        ct = request.headers.get("content-type", "").lower()
-        if "charset=" in ct:
-            charset = ct.split("charset=", 1)[1].split(";", 1)[0].strip().strip('"')
-            if charset not in ("utf-8", "utf8", "us-ascii", "ascii"):
-                raise UnsupportedMediaType(f"Text input: charset {charset!r} is not accepted; send UTF-8")
+        ct = _header(request, b"content-type").lower()
+        if "charset" in ct:
+            # The charset parameter itself: "format=flowed; x-charset=latin1" names no charset.
+            for param in ct.split(";")[1:]:
+                name, _, value = param.partition("=")
+                charset = value.strip().strip('"')
+                if name.strip() == "charset" and charset not in ("utf-8", "utf8", "us-ascii", "ascii"):
+                    raise UnsupportedMediaType(f"Text input: charset {charset!r} is not accepted; send UTF-8")
         body = await request.body()
         try:
             text = body.decode("utf-8")

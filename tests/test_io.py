@@ -599,6 +599,10 @@ def test_text_utf8_round_trip_and_errors() -> None:
         decode(Text(), b"\xff\xfe", "text/plain")
     with pytest.raises(UnsupportedMediaType, match="charset"):
         decode(Text(), b"abc", "text/plain; charset=latin-1")
+    with pytest.raises(UnsupportedMediaType, match="charset 'utf-16' is not accepted"):
+        decode(Text(), b"abc", 'text/plain; format=flowed;CHARSET = "UTF-16"')
+    # Only the charset parameter names one: 415 "charset 'latin1' is not accepted" here.
+    assert decode(Text(), "é".encode(), "text/plain; x-charset=latin1; charset=utf-8") == "é"
     with pytest.raises(UnsupportedMediaType):
         decode(Text(), b"abc", "application/json")
     r = Text().to_response("✓")
