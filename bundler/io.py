@@ -34,6 +34,8 @@ NPY_TYPES = ("application/octet-stream", "application/x-npy")
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 # Decoding big images blocks; above this many body bytes it moves to a worker thread.
 _THREAD_DECODE_BYTES = 256 * 1024
+# Validation errors a 422's detail lists at most.
+MAX_ERRORS = 100
 
 
 def _header(request: Request, name: bytes) -> str:
@@ -234,7 +236,7 @@ class NumpyNdarray(IODescriptor):
             try:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
-                raise BadInput(f"NumpyNdarray input: the body is not valid JSON ({exc})") from exc
+                raise _json_error("NumpyNdarray", body, exc) from exc
             try:
                 if self.dtype is None:
                     arr = np.asarray(data)  # no cast, so nothing can overflow: no error-state change
@@ -382,6 +384,26 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     if any(type(d) is not int or d < 0 for d in shape):
         raise ValueError(f"its header's shape {shape!r} is not a tuple of non-negative integers")
     return shape, fortran, dtype
+
+
+def _json_error(what: str, body: bytes, exc: orjson.JSONDecodeError) -> BadInput:
+    """Return the BadInput for a body orjson refused, saying why where orjson's words mislead.
+
+    orjson reports any byte that is not UTF-8 as "str is not valid UTF-8: surrogates not allowed".
+    """
+    if body.startswith(_NPY_MAGIC) and what == "NumpyNdarray":
+        return BadInput(
+            f"{what} input: the body is an .npy array, not JSON;"
+            " send it with Content-Type: application/octet-stream"
+        )
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return BadInput(
+            f"{what} input: the body is not valid JSON: JSON is UTF-8 and this is not"
+            f" (byte {error.start}: {error.reason})"
+        )
+    return BadInput(f"{what} input: the body is not valid JSON ({exc})")
 
 
 def _reason(exc: BaseException) -> str:
@@ -620,7 +642,7 @@ class JSON(IODescriptor):
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise BadInput(f"JSON input: the body is not valid JSON ({exc})") from exc
+            raise _json_error("JSON", body, exc) from exc
         if self.pydantic_model is None:
             return data
         from pydantic import ValidationError
@@ -628,10 +650,14 @@ class JSON(IODescriptor):
         try:
             return self.pydantic_model.model_validate(data)  # type: ignore[attr-defined]
         except ValidationError as exc:
+            # One error per bad item: a 1 MB list of wrong-typed values made a 25 MB answer. The count says
+            # how many there were, the detail lists the first ones.
+            count = exc.error_count()
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            shown = f" (the first {MAX_ERRORS} listed)" if count > MAX_ERRORS else ""
             raise ValidationFailed(
-                f"JSON input: {exc.error_count()} validation error(s) for {self.pydantic_model.__name__}",
-                detail=orjson.loads(orjson.dumps(errors, default=str)),
+                f"JSON input: {count} validation error(s) for {self.pydantic_model.__name__}{shown}",
+                detail=orjson.loads(orjson.dumps(errors[:MAX_ERRORS], default=str)),
             ) from exc
 
     def to_response(self, value: Any, request: Request | None = None) -> Response:
@@ -805,7 +831,9 @@ class Image(IODescriptor):
             raise PayloadTooLarge(
                 f"Image input: {w}x{h} = {w * h} pixels is over the limit of {limit} pixels"
             )
-        if self.formats is not None and img.format not in self.formats:
+        # A phone camera's JPEG often carries more pictures (depth map, preview): Pillow names it MPO.
+        fmt = "JPEG" if img.format == "MPO" else img.format
+        if self.formats is not None and fmt not in self.formats and img.format not in self.formats:
             raise UnsupportedMediaType(
                 f"Image input: format {img.format} is not accepted;"
                 f" send one of {', '.join(sorted(self.formats))}"
@@ -895,11 +923,14 @@ class Text(IODescriptor):
 
     async def from_request(self, request: Request) -> str:
         self._check_media(request, "text/plain")
-        ct = request.headers.get("content-type", "").lower()
-        if "charset=" in ct:
-            charset = ct.split("charset=", 1)[1].split(";", 1)[0].strip().strip('"')
-            if charset not in ("utf-8", "utf8", "us-ascii", "ascii"):
-                raise UnsupportedMediaType(f"Text input: charset {charset!r} is not accepted; send UTF-8")
+        ct = _header(request, b"content-type").lower()
+        if "charset" in ct:
+            # The charset parameter itself: "format=flowed; x-charset=latin1" names no charset.
+            for param in ct.split(";")[1:]:
+                name, _, value = param.partition("=")
+                charset = value.strip().strip('"')
+                if name.strip() == "charset" and charset not in ("utf-8", "utf8", "us-ascii", "ascii"):
+                    raise UnsupportedMediaType(f"Text input: charset {charset!r} is not accepted; send UTF-8")
         body = await request.body()
         try:
             text = body.decode("utf-8")

@@ -295,6 +295,10 @@ def test_json_plain_and_plus_json() -> None:
     assert decode(JSON(), b"[1]", "application/vnd.api+json") == [1]
 
 
+class Tagged(BaseModel):
+    tags: list[str]
+
+
 def test_json_pydantic_valid_and_invalid() -> None:
     value = decode(JSON(pydantic_model=Iris), b'{"sepal_length": 1, "sepal_width": 2.5}', "application/json")
     assert isinstance(value, Iris) and value.sepal_width == 2.5
@@ -304,6 +308,41 @@ def test_json_pydantic_valid_and_invalid() -> None:
     locs = sorted(tuple(e["loc"]) for e in info.value.detail)
     assert locs == [("sepal_length",), ("sepal_width",)]
     orjson.dumps(info.value.detail)  # JSON-able as is
+
+
+def test_json_pydantic_422_lists_the_first_errors_only() -> None:
+    # One error per wrong item: a 900 kB list of ints for list[str] made a 25 MB answer (300,000 errors).
+    with pytest.raises(ValidationFailed) as info:
+        decode(JSON(pydantic_model=Tagged), orjson.dumps({"tags": [1] * 5000}), "application/json")
+    assert str(info.value) == "JSON input: 5000 validation error(s) for Tagged (the first 100 listed)"
+    assert [e["loc"] for e in info.value.detail] == [["tags", i] for i in range(100)]
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "body", "match"),
+    [
+        # orjson said "str is not valid UTF-8: surrogates not allowed" for all three.
+        (
+            NumpyNdarray(),
+            npy(np.zeros(2)),
+            r"the body is an \.npy array, not JSON; send it with Content-Type: appl",
+        ),
+        (
+            JSON(),
+            '{"a": "é"}'.encode("latin-1"),
+            r"JSON is UTF-8 and this is not \(byte 7: invalid continuation",
+        ),
+        (
+            NumpyNdarray(),
+            "[1]".encode("utf-16"),
+            r"JSON is UTF-8 and this is not \(byte 0: invalid start byte\)",
+        ),
+        (JSON(), b'{"a": 1', r"the body is not valid JSON \(unexpected end of data"),
+    ],
+)
+def test_json_bodies_that_do_not_parse_say_why(descriptor: Any, body: bytes, match: str) -> None:
+    with pytest.raises(BadInput, match=match):
+        decode(descriptor, body, "application/json")
 
 
 @pytest.mark.parametrize(
@@ -560,6 +599,10 @@ def test_text_utf8_round_trip_and_errors() -> None:
         decode(Text(), b"\xff\xfe", "text/plain")
     with pytest.raises(UnsupportedMediaType, match="charset"):
         decode(Text(), b"abc", "text/plain; charset=latin-1")
+    with pytest.raises(UnsupportedMediaType, match="charset 'utf-16' is not accepted"):
+        decode(Text(), b"abc", 'text/plain; format=flowed;CHARSET = "UTF-16"')
+    # Only the charset parameter names one: 415 "charset 'latin1' is not accepted" here.
+    assert decode(Text(), "é".encode(), "text/plain; x-charset=latin1; charset=utf-8") == "é"
     with pytest.raises(UnsupportedMediaType):
         decode(Text(), b"abc", "application/json")
     r = Text().to_response("✓")
@@ -731,6 +774,18 @@ def test_image_takes_bentomls_arguments() -> None:
         Image(allowed_mime_types="image/png")  # type: ignore[arg-type]
     with pytest.raises(BadInput, match=r"give one, they say the same"):
         Image(mime_type="image/png", output_format="PNG")
+
+
+def test_an_image_that_accepts_jpeg_takes_a_multi_picture_jpeg() -> None:
+    # A camera's JPEG with a depth map or preview in it (MPF) opens as format "MPO": it got 415 "format MPO
+    # is not accepted; send one of JPEG" from an API taking JPEG.
+    buf = io.BytesIO()
+    first, second = PILImage.new("RGB", (8, 6), (250, 0, 0)), PILImage.new("RGB", (8, 6), (0, 250, 0))
+    first.save(buf, "MPO", save_all=True, append_images=[second])
+    img = Image(allowed_mime_types=["image/jpeg"]).decode(buf.getvalue())
+    assert img.size == (8, 6) and img.getpixel((0, 0))[0] > 200
+    with pytest.raises(UnsupportedMediaType, match="format MPO is not accepted; send one of PNG"):
+        Image(formats=["png"]).decode(buf.getvalue())
 
 
 def jpeg_bytes() -> bytes:

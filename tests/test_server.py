@@ -270,6 +270,20 @@ def test_413_stops_reading_a_chunked_body_past_the_limit(server: httpx.Client) -
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
 
 
+def test_a_compressed_body_is_refused_with_415_before_it_is_read(server: httpx.Client) -> None:
+    # The body went to the API as it came: gzipped JSON was "not valid UTF-8: surrogates not allowed", and a
+    # File API got the upload still gzipped. Headers only: the answer must not wait for the body.
+    head = (
+        b"POST /reverse HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: 100\r\nConnection: close\r\n\r\n"
+    )
+    reply = _raw(str(server.base_url), head)
+    assert reply.startswith(b"HTTP/1.1 415"), reply[:200]
+    assert b"Content-Encoding 'gzip' is not accepted; send the body uncompressed" in reply
+    r = server.post("/reverse", content=b"abc", headers={"content-encoding": "identity"})
+    assert r.status_code == 200 and r.content == b"cba"
+
+
 # -- health, metrics, docs, logs ----------------------------------------------------------------------------
 def test_readyz_is_503_until_runners_load_then_200() -> None:
     runner = GatedRunner()
@@ -475,6 +489,17 @@ def test_docs_are_local_and_the_document_is_valid_openapi(server: httpx.Client) 
     assert op["description"] == "Longer description here."
     assert "float32" in op["requestBody"]["content"]["application/json"]["schema"]["description"]
     assert "/v1/echo" in doc["paths"] and "/readyz" in doc["paths"]
+
+
+@pytest.mark.parametrize(
+    "byte_range", ["bytes=abc", "bytes=5-1", "items=0-1", "bytes=999999999-", "bytes=0-9"]
+)
+def test_docs_assets_are_served_whole_whatever_range_is_asked(server: httpx.Client, byte_range: str) -> None:
+    # A malformed or unknown-unit Range got a text/plain 400 (RFC 9110: ignore it), an unsatisfiable one a
+    # bodiless 416.
+    whole = server.get("/docs/static/swagger-ui.css")
+    r = server.get("/docs/static/swagger-ui.css", headers={"range": byte_range})
+    assert r.status_code == 200 and r.content == whole.content and len(whole.content) > 1000
 
 
 def test_one_access_log_line_per_request(server: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:

@@ -308,6 +308,19 @@ def test_serve_a_bundle_directory_with_its_own_model(tmp_path: Path, bundler_hom
         assert stop(proc) == 0
 
 
+def test_served_apis_answer_a_websocket_upgrade_as_http(tmp_path: Path) -> None:
+    # No route takes a WebSocket: uvicorn's WebSocket protocol answered a bodiless text/plain 403.
+    write(tmp_path / "wsvc.py", SERVICE.format(name="ws"))
+    proc, url = start("wsvc:svc", tmp_path)
+    upgrade = {"connection": "Upgrade", "upgrade": "websocket", "sec-websocket-version": "13"}
+    try:
+        r = httpx.get(f"{url}/hello", headers={**upgrade, "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    finally:
+        assert stop(proc) == 0
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json()["error"].startswith("method not allowed: GET /hello")
+
+
 def test_metrics_do_not_depend_on_prometheus_multiproc_dir(tmp_path: Path) -> None:
     # With $PROMETHEUS_MULTIPROC_DIR set (gunicorn setups, base images), prometheus-client's Gauge keeps its
     # value in a file there: a missing or read-only directory failed the queue-depth gauge once the model

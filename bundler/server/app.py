@@ -26,7 +26,14 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route, get_route_path
 from starlette.types import Message, Receive, Scope, Send
 
-from ..exceptions import BadInput, BundlerError, Overloaded, PayloadTooLarge, ServiceUnavailable
+from ..exceptions import (
+    BadInput,
+    BundlerError,
+    Overloaded,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from ..runner.runner import ThreadCalls
 from ..service import API, Service
 from .docs import docs_routes
@@ -97,7 +104,11 @@ def printable(text: str) -> str:
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """Read the whole request body, refusing (413) past ``limit`` bytes without reading further."""
+    """Read the whole request body, refusing (413) past ``limit`` bytes without reading further.
+
+    A compressed body (Content-Encoding) is refused (415) unread: it went to the API as it came, so a
+    gzipped JSON body was "not valid UTF-8" and a gzipped File upload reached the API still compressed.
+    """
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
@@ -109,7 +120,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
                     f"request body of {length} bytes is over the limit of {limit} bytes"
                     " (raise it with --max-body-size or BUNDLER_MAX_BODY_SIZE)"
                 )
-            break
+        elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            raise UnsupportedMediaType(
+                f"Content-Encoding {value.decode('latin-1')!r} is not accepted; send the body uncompressed"
+            )
     chunks: list[bytes] = []
     total = 0
     while True:

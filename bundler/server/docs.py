@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 __all__ = ["docs_routes", "swagger_assets"]
 
@@ -40,6 +41,18 @@ window.ui = SwaggerUIBundle({{
 """
 
 
+class _Assets(StaticFiles):
+    """Swagger UI's files, always whole: a Range header is ignored, as RFC 9110 allows.
+
+    Starlette answered a malformed or unknown-unit Range with a text/plain 400 (RFC 9110: ignore it) and
+    an unsatisfiable one with a bodiless 416; Swagger UI never asks for part of a file.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope["headers"] if k != b"range"]
+        await super().__call__({**scope, "headers": headers}, receive, send)
+
+
 def swagger_assets() -> Path:
     """Return the directory of the packaged Swagger UI assets."""
     import swagger_ui_bundle
@@ -61,5 +74,5 @@ def docs_routes(title: str, openapi_json: bytes) -> list[Route | Mount]:
     return [
         Route("/docs", page, methods=["GET"]),
         Route("/docs.json", document, methods=["GET"]),
-        Mount("/docs/static", app=StaticFiles(directory=swagger_assets()), name="swagger-ui"),
+        Mount("/docs/static", app=_Assets(directory=swagger_assets()), name="swagger-ui"),
     ]

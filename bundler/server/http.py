@@ -25,6 +25,11 @@ reads and drops what comes until the client closes, sends nothing for ``LINGER_I
 
 And a client that closes its connection before its answer has begun gets its request cancelled (uvicorn
 only flags the request): waiting in a runner's queue, it is dropped before it costs a model call.
+
+A request that asks to switch protocols (``Upgrade: h2c``, which ``curl --http2`` sends on http:// URLs)
+and is not a WebSocket one is served as HTTP/1.1, body included (RFC 9110 lets a server ignore Upgrade).
+httptools skips such a request's body, taking it for the new protocol's bytes: the API got an empty body
+(a File API answered 200 on nothing) and the bytes after it were lost.
 """
 
 from __future__ import annotations
@@ -139,6 +144,7 @@ def _httptools_protocol() -> Any:
 _Base: Any = _httptools_protocol()
 
 if _Base is not None:
+    import httptools
 
     class HttpProtocol(_Base):  # type: ignore[misc]
         """uvicorn's HttpToolsProtocol writing through a HeadHoldingTransport, with read timeouts."""
@@ -155,6 +161,9 @@ if _Base is not None:
         # Set once the server has answered and given up on the request being read (400, 408, 431).
         _cut_short = False
         parser: Any  # httptools' parser; _DROP once the connection lingers
+        # The framing header (b"content-length: 7") of the body httptools skipped: its request asked to
+        # upgrade, and is served as HTTP/1.1 (see _read_after_upgrade). None: no such body is pending.
+        _skipped_body: bytes | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             wrapped = HeadHoldingTransport(transport)
@@ -168,9 +177,47 @@ if _Base is not None:
 
         def data_received(self, data: bytes) -> None:
             self._data_at = _Sweeper.now
-            super().data_received(data)
+            # uvicorn's own, but for an upgrade that is not a WebSocket one (its data was dropped unread).
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+                return
+            except httptools.HttpParserUpgrade as exc:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                    return
+                self._read_after_upgrade(data[exc.args[0] :])
+                return
             if self.cycle is self._head_cycle and self.parser is not _DROP:  # a head is still coming (rare)
                 self._head_read(len(data))
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            if self.parser.should_upgrade() and not self._should_upgrade():
+                self._skipped_body = _body_framing(self.headers)
+
+        def on_message_complete(self) -> None:
+            if self._skipped_body is None:
+                super().on_message_complete()
+            # else: the body of a request that asked to upgrade, skipped: _read_after_upgrade reads it
+
+        def _read_after_upgrade(self, rest: bytes) -> None:
+            """Go on reading HTTP/1.1 after a request that asked to upgrade: its body, then what follows."""
+            framing, self._skipped_body = self._skipped_body, None
+            if framing is not None:
+                # A parser of its own reads the body as that of a made-up head with the request's framing.
+                self.parser = httptools.HttpRequestParser(_AfterUpgrade(self))
+                try:
+                    self.parser.feed_data(b"POST / HTTP/1.1\r\n%s\r\n\r\n" % framing)
+                except httptools.HttpParserError:  # a Transfer-Encoding other than chunked, say
+                    self.send_400_response("Invalid HTTP request received.")
+                    return
+            if rest:
+                self.data_received(rest)
 
         def _head_read(self, size: int) -> None:
             """Count a read that ended inside a request's head; answer 431 once the head is too large."""
@@ -268,6 +315,53 @@ if _Base is not None:
             # A bodiless response (HEAD, 204, 304) has written only its head.
             self.transport.flush()
             super().on_response_complete()
+
+
+def _body_framing(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """Return the header that frames a request's body (Transfer-Encoding or Content-Length); None: no body."""
+    length = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return b"transfer-encoding: " + value
+        if name == b"content-length":
+            length = value
+    return b"content-length: " + length if length is not None and length.strip() != b"0" else None
+
+
+class _AfterUpgrade:
+    """The callbacks of the parser reading on after a request that asked to upgrade.
+
+    Its first message is a made-up head (dropped) and the skipped body (the protocol's); every later one
+    is the protocol's own.
+    """
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.head = True  # the made-up head is being parsed
+
+    def on_message_begin(self) -> None:
+        if not self.head:
+            self.protocol.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.head:
+            self.protocol.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.head:
+            self.protocol.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.head:
+            self.head = False
+        else:
+            self.protocol.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.protocol.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.protocol.on_message_complete()
 
 
 class _Drop:

@@ -305,6 +305,8 @@ def serve(
         "timeout_graceful_shutdown": timeout_graceful_shutdown,
         "server_header": False,
         "http": http_protocol(),  # uvicorn's httptools protocol, one write per response
+        # No route takes a WebSocket: an upgrade to one is served as HTTP (a JSON 405), not a bodiless 403.
+        "ws": "none",
     }
     if workers == 1 and not reload:
         app = build_app(svc, max_body_size=limit)

@@ -28,6 +28,7 @@ def running(app: Any, *, host: str = "127.0.0.1", timeout: float = 20.0, **confi
         "access_log": False,
         "timeout_graceful_shutdown": 5,
         "http": http_protocol(),  # what `bundler serve` runs
+        "ws": "none",
     }
     options.update(config)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
