@@ -498,22 +498,32 @@ def _npy_out_header(dtype: np.dtype, fortran: bool, shape: tuple[int, ...]) -> b
 
 
 def _wants_npy(request: Request) -> bool:
+    """Return whether the request's Accept prefers an ``.npy`` answer to JSON (RFC 9110 quality values).
+
+    ``.npy`` is chosen when asked for with a quality above 0 and at least JSON's: ``application/json``'s
+    own, else that of ``application/*``, else of ``*/*`` (0 when none is listed).
+    """
     accept = _header(request, b"accept")
     if "application/octet-stream" not in accept and "application/x-npy" not in accept:
         return False
     if ";" not in accept:
-        return True
-    # Parameters: "application/octet-stream;q=0" means "not that".
+        return True  # every range at quality 1: the one named for .npy wins
+    npy = 0.0
+    json_q: dict[str, float] = {}
     for item in accept.split(","):
         media, *params = (part.strip() for part in item.split(";"))
-        if media.lower() in ("application/octet-stream", "application/x-npy"):
-            q = next((v for k, _, v in (p.partition("=") for p in params) if k.strip().lower() == "q"), "1")
-            try:
-                if float(q) > 0:
-                    return True
-            except ValueError:
-                continue
-    return False
+        media = media.lower()
+        q_text = next((v for k, _, v in (p.partition("=") for p in params) if k.strip().lower() == "q"), "1")
+        try:
+            q = float(q_text)
+        except ValueError:
+            continue  # a range whose quality does not parse asks for nothing
+        if media in ("application/octet-stream", "application/x-npy"):
+            npy = max(npy, q)
+        elif media in ("application/json", "application/*", "*/*"):
+            json_q[media] = max(json_q.get(media, 0.0), q)
+    json = next((json_q[m] for m in ("application/json", "application/*", "*/*") if m in json_q), 0.0)
+    return npy > 0 and npy >= json
 
 
 # -- JSON ----------------------------------------------------------------------------------------------

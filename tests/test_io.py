@@ -244,7 +244,13 @@ def test_ndarray_to_response_json_and_npy_by_accept() -> None:
     np.testing.assert_array_equal(np.load(io.BytesIO(r.body)), arr)
     for accept, media in [
         ("application/json, application/octet-stream;q=0", "application/json"),  # q=0: "not that"
-        ("application/octet-stream;q=0.5, application/json;q=1", "application/octet-stream"),
+        # Quality values choose (RFC 9110): JSON's own, else application/*'s, else */*'s.
+        ("application/octet-stream;q=0.5, application/json;q=1", "application/json"),
+        ("application/json;q=0.5, application/octet-stream;q=0.9", "application/octet-stream"),
+        ("application/octet-stream;q=0.5, */*", "application/json"),
+        ("application/octet-stream;q=0.5, application/*;q=0.2, */*", "application/octet-stream"),
+        ("application/octet-stream;q=0.5, application/json;q=0.5", "application/octet-stream"),
+        ("application/json, application/octet-stream", "application/octet-stream"),
         ("application/x-npy; q=bad", "application/json"),
     ]:
         assert d.to_response(arr, make_request(b"", accept=accept)).media_type == media, accept
