@@ -735,6 +735,20 @@ def _format_of(by_mime: dict[str, str], arg: str, media: object) -> str:
     return fmt
 
 
+# Formats Pillow reads by running another program on the client's bytes: EPS (Ghostscript, where
+# installed, a long history of code-execution bugs). Never opened, whatever ``formats`` says.
+_DELEGATED_FORMATS = frozenset({"EPS"})
+
+
+@functools.lru_cache(maxsize=1)
+def _readable_formats() -> tuple[str, ...]:
+    """Return the formats an Image input may be opened as: Pillow's, in its order, less the delegated."""
+    from PIL import Image as PILImage
+
+    PILImage.init()
+    return tuple(f for f in PILImage.ID if f not in _DELEGATED_FORMATS)
+
+
 class Image(IODescriptor):
     """A PIL image from an ``image/*`` body or a multipart upload; returns PNG (or ``output_format``).
 
@@ -792,6 +806,11 @@ class Image(IODescriptor):
             raise BadInput(
                 f"Image(formats=...): Pillow reads no format {', '.join(unknown)}; e.g. PNG, JPEG, WEBP"
             )
+        if self.formats and self.formats & _DELEGATED_FORMATS:
+            raise BadInput(
+                f"Image(formats=...): {', '.join(sorted(self.formats & _DELEGATED_FORMATS))} is not read from"
+                " clients: Pillow would run Ghostscript on their bytes; convert such files before sending"
+            )
         if pilmode is not None:
             try:
                 ImageMode.getmode(pilmode)
@@ -831,7 +850,7 @@ class Image(IODescriptor):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-                img: Any = PILImage.open(io.BytesIO(body))
+                img: Any = PILImage.open(io.BytesIO(body), formats=_readable_formats())
         except PILImage.DecompressionBombError as exc:
             raise PayloadTooLarge(f"Image input: refused a decompression bomb ({exc})") from exc
         except (UnidentifiedImageError, OSError, ValueError) as exc:

@@ -866,3 +866,23 @@ def test_descriptor_arguments_that_are_fine() -> None:
     assert File(mime_type="text/html; charset=latin-1").output_media == "text/html; charset=latin-1"
     assert File(mime_type="application/vnd.api+json").output_media == "application/vnd.api+json"
     assert JSON(pydantic_model=Iris).pydantic_model is Iris
+
+
+def test_image_never_opens_formats_pillow_reads_with_another_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    opened = []
+    original = EpsImagePlugin.EpsImageFile._open
+
+    def spy(self: Any) -> None:
+        opened.append(True)
+        original(self)
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", spy)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 2 2\nshowpage\n%%EOF\n"
+    with pytest.raises(BadInput, match="not a readable image"):
+        Image().decode(eps)
+    assert opened == []  # Pillow opened it as EPS, and load() would have run Ghostscript where installed
+    with pytest.raises(BadInput, match="Ghostscript"):
+        Image(formats=["EPS"])
+    assert Image().decode(png()).format == "PNG"
