@@ -216,6 +216,18 @@ def plan_bundle(cfg: Any, *, platform: str, resolver: str, offline: bool, wheels
     # The service module is usually among the sources too: read each file once.
     images = uses_images(list(dict.fromkeys(path.resolve() for path in python)))
 
+    for i, spec in enumerate(cfg.models):
+        if spec.filter:
+            # Ignored, it would bundle the newest version, which the filter may have meant to exclude.
+            raise BadInput(
+                f"bentofile models[{i}]: filter {spec.filter!r} is not supported (bundler would bundle"
+                f" {spec.tag!r} regardless of it); name the version in the tag and remove filter"
+            )
+        if spec.alias:
+            say(
+                f"warning: models[{i}]: alias {spec.alias!r} is not used;"
+                f" the service loads {spec.tag!r} by its tag"
+            )
     tags = list(dict.fromkeys([m.tag for m in cfg.models] + svc.model_tags))
     model_files, model_infos = _model_files(tags)
     plan.files += model_files

@@ -457,6 +457,23 @@ def test_a_model_named_in_the_build_file_and_loaded_by_the_service_goes_in_once(
     assert verify_manifest(result.path) == []
 
 
+def test_a_model_filter_is_refused_not_ignored_and_an_alias_is_warned_about(quickstart: Path) -> None:
+    from bundler.exceptions import BadInput
+
+    text = (quickstart / "bentofile.yaml").read_text()
+    # BentoML's form: the filter picks among versions; ignored, the newest one went in whatever it said.
+    (quickstart / "bentofile.yaml").write_text(
+        text + "models:\n  - tag: quickstart:latest\n    filter: 'label:staging'\n"
+    )
+    with pytest.raises(BadInput, match=r"models\[0\]: filter 'label:staging' is not supported"):
+        build(quickstart)
+    assert bundle_store().list() == []
+    (quickstart / "bentofile.yaml").write_text(text + "models:\n  - tag: quickstart:latest\n    alias: qs\n")
+    said: list[str] = []
+    assert build(quickstart, say=said.append).created
+    assert any("alias 'qs' is not used" in line for line in said)
+
+
 def test_include_that_leaves_out_the_service_module_fails_the_build(quickstart: Path) -> None:
     from bundler.exceptions import BuildError
 
