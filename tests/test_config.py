@@ -599,6 +599,30 @@ def test_the_service_attribute_must_be_defined(tmp_path: Path, code: str, expect
         assert problem.message == expected
 
 
+@pytest.mark.parametrize(
+    ("selection", "key_path", "ok"),
+    [
+        ("include:\n  - '*.py'\n", "include", True),
+        ("include:\n  - 'helpers/*.py'\n", "include", False),
+        ("exclude:\n  - service.py\n", "exclude", False),
+        ("include:\n  - '*.py'\nexclude:\n  - 'serv*'\n", "include", False),
+        ("include:\n  - 'pkg/**'\n", "include", False),
+    ],
+)
+def test_include_and_exclude_must_keep_the_service_module(
+    tmp_path: Path, selection: str, key_path: str, ok: bool
+) -> None:
+    # validate said "valid" and build then failed (exit 1) on a bundle the image could not import from.
+    f = project(tmp_path, f"service: service:svc\n{selection}", {"helpers/util.py": "x = 1\n"})
+    problems = validate_file(f)
+    if ok:
+        assert problems == [], messages(problems)
+    else:
+        [problem] = problems
+        assert (problem.key_path, problem.line) == (key_path, 3)
+        assert "the service module service.py is not among the bundle's sources" in problem.message
+
+
 def test_a_missing_find_links_directory_is_a_problem(tmp_path: Path) -> None:
     (tmp_path / "wheelhouse").mkdir()
     links = "    - wheelhouse\n    - https://x.test/w/\n    - nowhere\n"
