@@ -377,6 +377,24 @@ def test_reload_picks_up_a_source_change(tmp_path: Path) -> None:
         assert stop(proc) in CLEAN_EXIT
 
 
+def test_a_worker_that_cannot_load_the_service_says_why_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Saving a syntax error under --reload printed uvicorn's 70-line traceback of the worker process.
+    from bundler.server.serve import app_factory
+
+    write(tmp_path / "brokensvc.py", SERVICE.format(name="x") + "\ndef broken(:\n")
+    sys.modules.pop("brokensvc", None)
+    monkeypatch.setenv("BUNDLER_SERVE_TARGET", "brokensvc:svc")
+    monkeypatch.setenv("BUNDLER_SERVE_WORKING_DIR", str(tmp_path))
+    with caplog.at_level(logging.ERROR, logger="bundler"), pytest.raises(SystemExit) as exited:
+        app_factory()
+    assert exited.value.code == BadInput.exit_code
+    [record] = caplog.records
+    assert "importing 'brokensvc' failed: SyntaxError" in record.getMessage()
+    assert record.exc_info is None
+
+
 def test_cli_log_level_comes_from_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 

@@ -244,7 +244,14 @@ def app_factory() -> Any:
     if not target:
         raise BadInput(f"app_factory: ${_ENV_TARGET} is not set; start the server with `bundler serve`")
     _configure_logging(os.environ.get("BUNDLER_LOG_LEVEL", "info"))
-    return build_app(load_service(target, working_dir=os.environ.get(_ENV_WORKDIR) or None))
+    try:
+        svc = load_service(target, working_dir=os.environ.get(_ENV_WORKDIR) or None)
+    except BundlerError as exc:
+        # A source saved with a mistake under --reload: one line, as `bundler serve` says it at start, not
+        # uvicorn's traceback of the worker; the reloader starts a worker again on the next save.
+        log.error("%s", exc)
+        sys.exit(exc.exit_code)
+    return build_app(svc)
 
 
 def _server_class() -> Any:
