@@ -71,7 +71,7 @@ def test_module_targets(tmp_path: Path, target: str) -> None:
 @pytest.mark.parametrize(
     ("source", "target", "error", "match"),
     [
-        (SERVICE.format(name="x"), "svcmod_b:nope", NotFound, "has no attribute 'nope'; it defines svc"),
+        (SERVICE.format(name="x"), "svcmod_b:nope", BadInput, "has no attribute 'nope'; it defines svc"),
         (SERVICE.format(name="x"), "svcmod_b:other", BadInput, "is a int, not a bundler.Service"),
         ("raise RuntimeError('no GPU here')", "svcmod_b:svc", BadInput, "RuntimeError: no GPU here"),
         ("import not_a_module_xyz", "svcmod_b:svc", BadInput, "not_a_module_xyz"),
@@ -87,7 +87,7 @@ def test_module_target_errors(tmp_path: Path, source: str, target: str, error: t
 
 def test_directory_without_bundle_yaml_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(NotFound, match=r"without bundle\.yaml or bentofile\.yaml"):
+    with pytest.raises(BadInput, match=r"without bundle\.yaml or bentofile\.yaml"):
         load_service("empty", working_dir=tmp_path)
 
 
@@ -95,7 +95,7 @@ def test_directory_without_bundle_yaml_is_refused(tmp_path: Path) -> None:
 def test_a_missing_directory_is_named_as_one(tmp_path: Path, target: str) -> None:
     # It said "found no module '/no/such/bundle' ... and no bundle '/no/such/bundle' in the store" (a wrong
     # BUNDLE_DIR in the image's entrypoint gets this message).
-    with pytest.raises(NotFound, match=r"serve '.+': no such directory /.+; give a bundle directory"):
+    with pytest.raises(BadInput, match=r"serve '.+': no such directory /.+; give a bundle directory"):
         load_service(target, working_dir=tmp_path)
 
 

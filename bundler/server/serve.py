@@ -72,7 +72,7 @@ def _import_service(module: str, attr: str, base: Path, where: str) -> Service:
         if not hasattr(obj, part):
             found = [k for k, v in vars(mod).items() if isinstance(v, Service)]
             hint = f"; it defines {', '.join(found)}" if found else ""
-            raise NotFound(f"{where}: module {module!r} has no attribute {attr!r}{hint}")
+            raise BadInput(f"{where}: module {module!r} has no attribute {attr!r}{hint}")
         obj = getattr(obj, part)
     if not isinstance(obj, Service):
         raise BadInput(f"{where}: {module}:{attr} is a {type(obj).__name__}, not a bundler.Service")
@@ -182,7 +182,7 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
         for name in BENTOFILES:
             if (as_path / name).is_file():
                 return _load_project(as_path / name)
-        raise NotFound(
+        raise BadInput(
             f"{as_path}: a directory without {BUNDLE_META} or bentofile.yaml; give a bundle, a project"
             " directory or 'module:svc'"
         )
@@ -202,7 +202,7 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
             return _load_bundle(path)
     looks_like_path = "/" in target or os.sep in target or target.startswith(".")
     if looks_like_path and not target.partition(":")[0].endswith(".py"):  # neither a tag nor a module
-        raise NotFound(
+        raise BadInput(
             f"serve {target!r}: no such directory {as_path}; give a bundle directory, a bundle tag or"
             " 'module:svc'"
         )
