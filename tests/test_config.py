@@ -586,6 +586,10 @@ def test_service_module_must_exist(tmp_path: Path, service: str, files: dict[str
             "module 'service.py' defines no 'svc' (did you mean 'servce'?); fix the attribute after ':'",
         ),
         ("x = 1\n", "module 'service.py' defines no 'svc'; fix the attribute after ':'"),
+        (  # validate said "valid", and build then failed (exit 1)
+            "import bundler\nsvc = bundler.Service('x'\n",
+            "module 'service.py' has a syntax error at line 2: '(' was never closed; fix the module",
+        ),
     ],
 )
 def test_the_service_attribute_must_be_defined(tmp_path: Path, code: str, expected: str | None) -> None:
