@@ -180,3 +180,18 @@ def test_serve_a_wrong_path_or_attribute_is_bad_input(
     r = CliRunner().invoke(cli.main, ["serve", target, "--port", "0"])
     assert r.exit_code == 2, r.output
     assert message in r.stderr
+
+
+def test_serve_help_names_what_the_command_also_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # --port is also read from $PORT and TARGET defaults to the project directory; the help said neither.
+    import bundler.server.serve as serve_module
+
+    got: list[tuple[str, int]] = []
+    monkeypatch.setattr(serve_module, "serve", lambda target, **kw: got.append((target, kw["port"])))
+    monkeypatch.setenv("PORT", "3917")
+    assert CliRunner().invoke(cli.main, ["serve"]).exit_code == 0
+    assert got == [(".", 3917)]
+    text = " ".join(CliRunner().invoke(cli.main, ["serve", "--help"]).stdout.split())
+    assert "Also from $PORT" in text
+    assert "a project directory (its bentofile.yaml names the service); the default is the current" in text
+    assert "$BUNDLER_MAX_BODY_SIZE" in text
