@@ -767,7 +767,8 @@ def validate_file(path: str | os.PathLike[str], *, schema_only: bool = False) ->
         try:
             p = find_bentofile(p)
         except ConfigError as exc:
-            return [Problem(str(path), 1, 1, "", str(exc))]
+            # The message starts with the path that Problem names: once, not as ".:1:1: .: no bentofile".
+            return [Problem(str(path), 1, 1, "", str(exc).removeprefix(f"{p}: "))]
     if not p.is_file():
         return [Problem(str(p), 1, 1, "", "no such build file; check the path")]
     return _check(p, schema_only)[1]

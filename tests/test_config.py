@@ -703,6 +703,8 @@ def test_missing_file_or_directory_is_a_clear_config_error(tmp_path: Path) -> No
         load_bentofile(tmp_path)
     [problem] = validate_file(tmp_path / "nope.yaml")
     assert "no such build file" in problem.message
+    [problem] = validate_file(tmp_path)
+    assert str(problem).startswith(f"{tmp_path}:1:1: no bentofile.yaml or bentofile.yml in this directory")
 
 
 def test_config_error_lists_all_problems_and_a_count(tmp_path: Path) -> None:
