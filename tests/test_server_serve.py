@@ -109,6 +109,16 @@ def test_project_directory_uses_the_bentofile_service(tmp_path: Path) -> None:
         load_service(str(project))
 
 
+def test_a_build_file_or_bundle_yaml_names_the_service(tmp_path: Path) -> None:
+    # `bundler serve bentofile.yaml` said "found no module 'bentofile.yaml'" (build takes the file).
+    project = tmp_path / "proj"
+    write(project / "svcmod_d.py", SERVICE.format(name="from-file"))
+    write(project / "prod.yml", 'service: "svcmod_d:svc"\n')
+    assert load_service("prod.yml", working_dir=project).name == "from-file"
+    bundle = make_bundle(tmp_path / "b2", name="demo-two", version="v2", module="svcmod_e")
+    assert load_service(str(bundle / "bundle.yaml")).version == "v2"
+
+
 def test_bundle_directory_sets_bundle_dir_and_version(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b1", name="demo-one", version="v7")
     svc = load_service(str(bundle))

@@ -186,6 +186,11 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
             f"{as_path}: a directory without {BUNDLE_META} or bentofile.yaml; give a bundle, a project"
             " directory or 'module:svc'"
         )
+    if as_path.is_file() and as_path.suffix in (".yaml", ".yml"):
+        # `bundler serve bentofile.yaml`, as `bundler build bentofile.yaml` (or a bundle's bundle.yaml).
+        if as_path.name == BUNDLE_META:
+            return _load_bundle(as_path.parent)
+        return _load_project(as_path)
     module, attr = _split(target)
     if _module_dir(module, base) is not None:
         return _import_service(module, attr, base, target)
