@@ -216,13 +216,19 @@ def _unknown(apis: dict[str, APISpec], name: str, url: str) -> UnknownAPI:
     return UnknownAPI(f"{url}: no API named {name!r}; it serves {', '.join(sorted(apis)) or 'none'}")
 
 
+def _base_url(url: str) -> str:
+    # "127.0.0.1:3000", as curl and the READMEs write it: http, as BentoML's Client.from_url assumes.
+    url = url.strip()
+    return (url if "://" in url else f"http://{url}").rstrip("/")
+
+
 class Client:
     """A blocking client; ``client.<api>(value)`` or ``client.call("<api>", value)``."""
 
     def __init__(
         self, url: str, *, timeout: float | httpx.Timeout | None = 30.0, **httpx_options: Any
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = _base_url(url)
         self.timeout = timeout
         self._http = httpx.Client(base_url=self.url, timeout=timeout, **httpx_options)
         try:
@@ -268,7 +274,7 @@ class AsyncClient:
     def __init__(
         self, url: str, *, timeout: float | httpx.Timeout | None = 30.0, **httpx_options: Any
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = _base_url(url)
         self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, **httpx_options)
         self.apis: dict[str, APISpec] | None = None
