@@ -622,7 +622,14 @@ class Store:
                 raise BadInput(f"{archive}: not a readable .tar.gz archive ({what}{exc})") from exc
             for required in (self.meta_file, MANIFEST):
                 if not (staged / required).is_file():
-                    raise BadInput(f"{archive}: not a bundler {self.kind} archive ({required} is missing)")
+                    hint = ""
+                    if self.kind == "model" and (staged / "bundle.yaml").is_file():
+                        hint = "; it is a bundle archive: import it with 'bundler import'"
+                    elif self.kind == "bundle" and (staged / "model.yaml").is_file():
+                        hint = "; it is a model archive: import it with 'bundler models import'"
+                    raise BadInput(
+                        f"{archive}: not a bundler {self.kind} archive ({required} is missing){hint}"
+                    )
             problems = verify_manifest(staged)
             if problems:
                 raise StoreError(f"{archive}: fails its sha256 manifest check: " + "; ".join(problems))
