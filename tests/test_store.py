@@ -419,6 +419,28 @@ def test_cli_import_names_what_is_wrong_with_the_path(
     assert list(tmp_path.iterdir()) == []  # an empty export path wrote nothing into the working directory
 
 
+@pytest.mark.parametrize(
+    ("tag", "message"),
+    [
+        (
+            "quickstrt",
+            "bundle 'quickstrt' not found in {root}; did you mean 'quickstart'? (see `bundler list`)",
+        ),
+        ("quickstrt:v1", "bundle quickstrt:v1 not found in {root}; did you mean 'quickstart'?"),
+        ("quickstart:v2", "bundle quickstart:v2 not found in {root} (see `bundler list`)"),  # a version typo
+        ("zzz", "bundle 'zzz' not found in {root} (see `bundler list`)"),
+    ],
+)
+def test_a_tag_not_found_suggests_a_stored_name_close_to_it(tmp_path: Path, tag: str, message: str) -> None:
+    # A typo in a tag said only "not found"; unknown bentofile keys get a "did you mean" already.
+    store = _store(tmp_path)
+    _add(store, "quickstart", "v1")
+    _add(store, "iris", "v1")
+    with pytest.raises(NotFound) as info:
+        store.resolve(tag)
+    assert str(info.value).startswith(message.format(root=store.root))
+
+
 def test_importing_an_archive_of_the_other_kind_names_the_right_command(tmp_path: Path) -> None:
     # It said only "not a bundler model archive (model.yaml is missing)".
     bundles = _store(tmp_path)
