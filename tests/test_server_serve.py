@@ -189,8 +189,10 @@ def test_bundle_tag_from_the_store(bundler_home: Path, tmp_path: Path) -> None:
     (bundler_home / "bundles" / "demo" / "latest").write_text("v2")
     assert load_service("demo:v1", working_dir=tmp_path).version == "v1"
     assert load_service("demo", working_dir=tmp_path).version == "v2"
-    with pytest.raises(NotFound, match="no bundle 'ghost:v1' in the store"):
+    with pytest.raises(NotFound, match=r"no bundle 'ghost:v1' in the store \(see `bundler list`\)"):
         load_service("ghost:v1", working_dir=tmp_path)
+    with pytest.raises(NotFound, match=r"no bundle 'dem:latest' in the store \(did you mean bundle 'demo'\?"):
+        load_service("dem:latest", working_dir=tmp_path)  # a typo
 
 
 # -- serve() in a subprocess -------------------------------------------------------------------------------

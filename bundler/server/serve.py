@@ -211,9 +211,11 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
             f"serve {target!r}: no such directory {as_path}; give a bundle directory, a bundle tag or"
             " 'module:svc'"
         )
+    close = bundle_store().did_you_mean(tag.name) if tag is not None else None
+    hint = f" (did you mean bundle {close!r}? see `bundler list`)" if close else " (see `bundler list`)"
     raise NotFound(
         f"serve {target!r}: found no module {module!r} in {base} and no bundle {target!r} in the store"
-        " (see `bundler list`); give 'module:svc', a bundle tag or a bundle directory"
+        f"{hint}; give 'module:svc', a bundle tag or a bundle directory"
     )
 
 
