@@ -407,6 +407,40 @@ def test_a_worker_that_cannot_load_the_service_says_why_in_one_line(
     assert record.exc_info is None
 
 
+@pytest.mark.parametrize(
+    ("host", "port", "logged"),
+    [
+        ("127.0.0.1", 3917, "serving hi on http://127.0.0.1:3917 (docs at /docs)"),
+        ("::1", 3917, "serving hi on http://[::1]:3917 (docs at /docs)"),  # was http://::1:3917
+        ("127.0.0.1", 0, "serving hi on http://127.0.0.1 at a free port that uvicorn names below"),  # was :0
+    ],
+)
+def test_the_serving_line_is_a_url_to_open(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    host: str,
+    port: int,
+    logged: str,
+) -> None:
+    import bundler.server.serve as serve_module
+
+    class Server:
+        def __init__(self, config: object) -> None:
+            pass
+
+        def run(self) -> None:
+            pass
+
+    write(tmp_path / "hisvc.py", SERVICE.format(name="hi"))
+    sys.modules.pop("hisvc", None)
+    monkeypatch.setattr(serve_module, "_server_class", lambda: Server)
+    monkeypatch.setattr(serve_module, "_check_address", lambda host, port: None)
+    caplog.set_level(logging.INFO, logger="bundler.server")
+    serve_module.serve("hisvc:svc", host=host, port=port, working_dir=tmp_path)
+    assert logged in [r.getMessage() for r in caplog.records]
+
+
 def test_cli_log_level_comes_from_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 

@@ -322,7 +322,11 @@ def serve(
     }
     if workers == 1 and not reload:
         app = build_app(svc, max_body_size=limit)
-        log.info("serving %s on http://%s:%d (docs at /docs)", svc.name, host, port)
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+        if port:
+            log.info("serving %s on http://%s:%d (docs at /docs)", svc.name, shown, port)
+        else:
+            log.info("serving %s on http://%s at a free port that uvicorn names below", svc.name, shown)
         _server_class()(uvicorn.Config(app, **common)).run()
         return
     os.environ[_ENV_TARGET] = target
