@@ -730,6 +730,12 @@ def find_bentofile(path: str | os.PathLike[str]) -> Path:
         )
     if not p.is_file():
         raise ConfigError(f"{p}: no such build file; check the path (or pass the project directory)")
+    if p.suffix == ".py":
+        # `bundler build service.py` (as `bundler serve service.py`) read Python as YAML: "syntax error".
+        raise ConfigError(
+            f"{p}: a Python module, not a build file; pass the bentofile.yaml that names it (or its"
+            " directory)"
+        )
     return p
 
 
@@ -771,6 +777,10 @@ def validate_file(path: str | os.PathLike[str], *, schema_only: bool = False) ->
             return [Problem(str(path), 1, 1, "", str(exc).removeprefix(f"{p}: "))]
     if not p.is_file():
         return [Problem(str(p), 1, 1, "", "no such build file; check the path")]
+    try:
+        find_bentofile(p)
+    except ConfigError as exc:
+        return [Problem(str(p), 1, 1, "", str(exc).removeprefix(f"{p}: "))]
     return _check(p, schema_only)[1]
 
 

@@ -705,6 +705,14 @@ def test_missing_file_or_directory_is_a_clear_config_error(tmp_path: Path) -> No
     assert "no such build file" in problem.message
     [problem] = validate_file(tmp_path)
     assert str(problem).startswith(f"{tmp_path}:1:1: no bentofile.yaml or bentofile.yml in this directory")
+    # The service module given for the build file: it said "YAML syntax error ... check the indentation".
+    module = write(tmp_path / "service.py", "import bundler\nsvc = bundler.Service('x')\n")
+    with pytest.raises(
+        ConfigError, match=r"service\.py: a Python module, not a build file; pass the bentofile"
+    ):
+        load_bentofile(module)
+    [problem] = validate_file(module)
+    assert problem.message.startswith("a Python module, not a build file")
 
 
 def test_config_error_lists_all_problems_and_a_count(tmp_path: Path) -> None:
