@@ -240,7 +240,9 @@ def stop(proc: subprocess.Popen) -> int:
         raise
 
 
-def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_drains_an_in_flight_request(tmp_path: Path, signum: signal.Signals) -> None:
+    # SIGHUP (the terminal of `bundler serve` closed) killed the server with its requests in flight.
     write(
         tmp_path / "slowsvc.py",
         """
@@ -270,7 +272,7 @@ def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
         thread = threading.Thread(target=call)
         thread.start()
         time.sleep(0.5)  # the request is in the API function now
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         time.sleep(0.3)
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/livez", timeout=1)  # no new connections while draining

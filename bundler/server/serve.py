@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,11 +274,25 @@ def _server_class() -> Any:
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            with super().capture_signals():
-                yield
-                captured = getattr(self, "_captured_signals", None)
-                if captured is not None:
-                    captured[:] = [s for s in captured if s != signal.SIGTERM]
+            # A closed terminal (SIGHUP) drains as SIGTERM does; uvicorn leaves it to the default action,
+            # which killed the server mid-request. An ignored one (nohup) stays ignored.
+            hup = None
+            if (
+                threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+            ):
+                hup = signal.signal(
+                    signal.SIGHUP, lambda _sig, frame: self.handle_exit(signal.SIGTERM, frame)
+                )
+            try:
+                with super().capture_signals():
+                    yield
+                    captured = getattr(self, "_captured_signals", None)
+                    if captured is not None:
+                        captured[:] = [s for s in captured if s != signal.SIGTERM]
+            finally:
+                if hup is not None:
+                    signal.signal(signal.SIGHUP, hup)
 
     return Server
 
