@@ -85,6 +85,18 @@ def test_module_target_errors(tmp_path: Path, source: str, target: str, error: t
         load_service(target, working_dir=tmp_path)
 
 
+@pytest.mark.parametrize("target", ["proj/svcmod_f.py:svc", "proj/svcmod_f.py", "./proj/svcmod_f.py:svc"])
+def test_a_path_to_the_service_module(tmp_path: Path, target: str) -> None:
+    # It said "found no module 'proj.svcmod_f'": a module file's path works as `cd proj && serve ...` does.
+    write(tmp_path / "proj" / "helper_f.py", "NAME = 'from-path'\n")
+    write(
+        tmp_path / "proj" / "svcmod_f.py",
+        "import bundler\nfrom helper_f import NAME\nsvc = bundler.Service(NAME)\n",
+    )
+    sys.modules.pop("svcmod_f", None)
+    assert load_service(target, working_dir=tmp_path).name == "from-path"
+
+
 def test_directory_without_bundle_yaml_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadInput, match=r"without bundle\.yaml or bentofile\.yaml"):

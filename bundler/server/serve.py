@@ -192,6 +192,12 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
         if as_path.name == BUNDLE_META:
             return _load_bundle(as_path.parent)
         return _load_project(as_path)
+    file_part, _, attr_part = target.partition(":")
+    if file_part.endswith(".py") and (base / file_part).is_file():
+        # `bundler serve path/to/service.py:svc` imports it from its directory, as `cd path/to && bundler
+        # serve service.py:svc` does (its sibling modules import as they do there); it was "no module".
+        module_file = base / file_part
+        return _import_service(module_file.stem, attr_part or "svc", module_file.parent, target)
     module, attr = _split(target)
     if _module_dir(module, base) is not None:
         return _import_service(module, attr, base, target)
