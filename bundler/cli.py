@@ -451,7 +451,14 @@ def import_model(path: str) -> None:
 @main.command()
 @click.argument("target", default=".")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=3000, show_default=True, type=click.IntRange(0, 65535), envvar="PORT")
+@click.option(
+    "--port",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="PORT",
+    help="Also from $PORT (as in the image).",
+)
 @click.option(
     "--workers",
     default=1,
@@ -461,7 +468,10 @@ def import_model(path: str) -> None:
 )
 @click.option("--reload", is_flag=True, help="Restart when the service's source changes (development).")
 @click.option(
-    "--max-body-size", type=int, default=None, help="Largest request body in bytes (default 32 MiB)."
+    "--max-body-size",
+    type=int,
+    default=None,
+    help="Largest request body in bytes (default $BUNDLER_MAX_BODY_SIZE, else 32 MiB).",
 )
 @click.option(
     "--log-level",
@@ -475,7 +485,8 @@ def import_model(path: str) -> None:
 def serve(
     target: str, host: str, port: int, workers: int, reload: bool, max_body_size: int | None, log_level: str
 ) -> None:
-    """Serve TARGET (module:svc, a bundle tag, or a bundle directory) over HTTP."""
+    """Serve TARGET over HTTP: module:svc, a bundle tag, a bundle directory, or a project directory (its
+    bentofile.yaml names the service); the default is the current directory."""
     from .server.serve import serve as run_server
 
     kwargs: dict[str, Any] = {

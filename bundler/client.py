@@ -321,6 +321,12 @@ def _unknown(apis: dict[str, APISpec], name: str, url: str) -> UnknownAPI:
     return UnknownAPI(message)
 
 
+def _base_url(url: str) -> str:
+    # "127.0.0.1:3000", as curl and the READMEs write it: http, as BentoML's Client.from_url assumes.
+    url = url.strip()
+    return (url if "://" in url else f"http://{url}").rstrip("/")
+
+
 class Client:
     """A blocking client; ``client.<api>(value)`` or ``client.call("<api>", value)``."""
 

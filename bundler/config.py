@@ -19,7 +19,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,6 +425,32 @@ def _inside(context: Path, relpath: str) -> tuple[Path, bool]:
     return target, target == context or context in target.parents
 
 
+def _service_left_out(
+    data: dict[str, Any], context: Path, module_file: Path, problem: Callable[[Path_, str], None]
+) -> None:
+    """Report include/exclude patterns that leave the service module out of the bundle's sources."""
+    from .sources import select_sources
+
+    include, exclude = data.get("include"), data.get("exclude")
+    if not isinstance(include, (list, type(None))) or not isinstance(exclude, (list, type(None))):
+        return  # the schema reports these
+    at: Path_ = ("include",) if include else ("exclude",) if exclude else ()
+    patterns = [p for p in (include or []) if isinstance(p, str)]
+    ignored = [p for p in (exclude or []) if isinstance(p, str)]
+    try:
+        sources = select_sources(context, patterns, ignored)
+    except BundlerError:
+        return  # a link out of the context, an unlistable name: the build names the file
+    rel = module_file.relative_to(context).as_posix()
+    if rel not in {s.rel for s in sources}:
+        # The build would bundle a src/ the image cannot import the service from.
+        problem(
+            at,
+            f"the service module {rel} is not among the bundle's sources: 'include' ({patterns or ['*']})"
+            f" and 'exclude' ({ignored}) leave it out; make 'include' match {rel!r} and 'exclude' not",
+        )
+
+
 def _context_problems(data: dict[str, Any], where: _Located, file: str, context: Path) -> list[Problem]:
     out: list[Problem] = []
     context = context.resolve()
@@ -483,6 +509,7 @@ def _context_problems(data: dict[str, Any], where: _Located, file: str, context:
             missing = missing_attribute(found, service.partition(":")[2])
             if missing:
                 problem(("service",), f"module {missing}")
+            _service_left_out(data, context, found, problem)
 
     include = data.get("include")
     for i, pattern in enumerate(include if isinstance(include, list) else []):
@@ -703,6 +730,12 @@ def find_bentofile(path: str | os.PathLike[str]) -> Path:
         )
     if not p.is_file():
         raise ConfigError(f"{p}: no such build file; check the path (or pass the project directory)")
+    if p.suffix == ".py":
+        # `bundler build service.py` (as `bundler serve service.py`) read Python as YAML: "syntax error".
+        raise ConfigError(
+            f"{p}: a Python module, not a build file; pass the bentofile.yaml that names it (or its"
+            " directory)"
+        )
     return p
 
 
@@ -740,9 +773,14 @@ def validate_file(path: str | os.PathLike[str], *, schema_only: bool = False) ->
         try:
             p = find_bentofile(p)
         except ConfigError as exc:
-            return [Problem(str(path), 1, 1, "", str(exc))]
+            # The message starts with the path that Problem names: once, not as ".:1:1: .: no bentofile".
+            return [Problem(str(path), 1, 1, "", str(exc).removeprefix(f"{p}: "))]
     if not p.is_file():
         return [Problem(str(p), 1, 1, "", "no such build file; check the path")]
+    try:
+        find_bentofile(p)
+    except ConfigError as exc:
+        return [Problem(str(p), 1, 1, "", str(exc).removeprefix(f"{p}: "))]
     return _check(p, schema_only)[1]
 
 

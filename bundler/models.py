@@ -297,7 +297,9 @@ def _locate(tag: str | Tag) -> tuple[Store, Tag]:
             continue
     where = " or ".join(str(s.root) for s in stores)
     what = f"model {parsed}" if parsed.version else f"model {parsed.name!r}"
-    raise NotFound(f"{what} not found in {where}; see `bundler models list`, or save it with save_model()")
+    close = next(filter(None, (s.did_you_mean(parsed.name) for s in stores)), None)
+    hint = f"; did you mean {close!r}? See" if close else "; see"
+    raise NotFound(f"{what} not found in {where}{hint} `bundler models list`, or save it with save_model()")
 
 
 def get(tag: str | Tag) -> Model:

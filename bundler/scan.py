@@ -155,7 +155,10 @@ def missing_attribute(module_path: Path, attribute: str) -> str | None:
     """
     try:
         tree = ast.parse(module_path.read_text(encoding="utf-8"), filename=str(module_path))
-    except (SyntaxError, ValueError, OSError, UnicodeDecodeError):
+    except SyntaxError as exc:
+        # Nothing is defined then: say so in validate too, not only when build scans the module.
+        return f"{module_path.name!r} has a syntax error at line {exc.lineno}: {exc.msg}; fix the module"
+    except (ValueError, OSError, UnicodeDecodeError):
         return None  # scan_service says so
     name = attribute.split(".")[0]
     bound = _bound_names(tree)

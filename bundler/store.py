@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import difflib
 import errno
 import glob
 import gzip
@@ -343,13 +344,31 @@ class Store:
         if t.version is not None:
             if (self.root / t.name / t.version / self.meta_file).is_file():
                 return t
-            raise NotFound(f"{self.kind} {t} not found in {self.root} (see `bundler {self._cli}list`)")
+            raise NotFound(f"{self.kind} {t} not found in {self.root}{self._hint(t.name)}")
         entries, damaged = self._scan(t.name)
         if entries:
             return entries[0].tag
         if damaged:
             raise StoreError(f"{self.kind} {t.name!r} has no readable entry: " + "; ".join(damaged))
-        raise NotFound(f"{self.kind} {t.name!r} not found in {self.root} (see `bundler {self._cli}list`)")
+        raise NotFound(f"{self.kind} {t.name!r} not found in {self.root}{self._hint(t.name)}")
+
+    def _hint(self, name: str) -> str:
+        close = self.did_you_mean(name)
+        see = f"see `bundler {self._cli}list`"
+        return f"; did you mean {close!r}? ({see})" if close else f" ({see})"
+
+    def did_you_mean(self, name: str) -> str | None:
+        """Return a stored name close to ``name`` when ``name`` itself is not stored (a typo), else None."""
+        if self._versions(name)[0]:
+            return None  # the name is stored: the version is what is wrong
+        try:
+            names = [
+                p.name for p in self.root.iterdir() if NAME_RE.match(p.name) and self._versions(p.name)[0]
+            ]
+        except OSError:
+            return None
+        close = difflib.get_close_matches(name, sorted(names), n=1)
+        return close[0] if close else None
 
     @property
     def _cli(self) -> str:
@@ -627,7 +646,14 @@ class Store:
                 raise BadInput(f"{archive}: not a readable .tar.gz archive ({what}{exc})") from exc
             for required in (self.meta_file, MANIFEST):
                 if not (staged / required).is_file():
-                    raise BadInput(f"{archive}: not a bundler {self.kind} archive ({required} is missing)")
+                    hint = ""
+                    if self.kind == "model" and (staged / "bundle.yaml").is_file():
+                        hint = "; it is a bundle archive: import it with 'bundler import'"
+                    elif self.kind == "bundle" and (staged / "model.yaml").is_file():
+                        hint = "; it is a model archive: import it with 'bundler models import'"
+                    raise BadInput(
+                        f"{archive}: not a bundler {self.kind} archive ({required} is missing){hint}"
+                    )
             problems = verify_manifest(staged)
             if problems:
                 raise StoreError(f"{archive}: fails its sha256 manifest check: " + "; ".join(problems))

@@ -256,10 +256,14 @@ def build_bundler_wheel(dest_dir: Path) -> Path:
     if not cached:
         (home() / "cache").mkdir(parents=True, exist_ok=True)
         build_dir = Path(tempfile.mkdtemp(prefix=".tmp-bundler-wheel-", dir=home() / "cache"))
-        proc = run_tool(
-            [*uv_command(), "build", "--wheel", "--quiet", "--out-dir", str(build_dir), str(root)],
-            what="build bundler's own wheel",
-        )
+        try:
+            proc = run_tool(
+                [*uv_command(), "build", "--wheel", "--quiet", "--out-dir", str(build_dir), str(root)],
+                what="build bundler's own wheel",
+            )
+        except BaseException:  # Ctrl-C, SIGTERM: each stopped build left a directory in the cache
+            shutil.rmtree(build_dir, ignore_errors=True)
+            raise
         if proc.returncode != 0:
             shutil.rmtree(build_dir, ignore_errors=True)
             raise BuildError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,40 @@ def test_version_is_the_running_codes_even_without_installed_metadata(
     r = CliRunner().invoke(cli.main, ["--version"])
     assert r.exit_code == 0, r.output  # was RuntimeError: 'bundler' is not installed
     assert r.stdout == f"bundler, version {bundler.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "target", "message"),
+    [
+        ({}, "no/such/dir", "no such directory"),
+        ({"empty/.keep": ""}, "empty", "a directory without bundle.yaml or bentofile.yaml"),
+        ({"clisvc.py": "import bundler\nsvc = bundler.Service('x')\n"}, "clisvc:svcx", "no attribute 'svcx'"),
+    ],
+)
+def test_serve_a_wrong_path_or_attribute_is_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], target: str, message: str
+) -> None:
+    # Exit 2 as for `bundler build no/such/dir`; serve said 1, the exit of a tag not in the store.
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # serve puts the working directory on it
+    r = CliRunner().invoke(cli.main, ["serve", target, "--port", "0"])
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr
+
+
+def test_serve_help_names_what_the_command_also_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # --port is also read from $PORT and TARGET defaults to the project directory; the help said neither.
+    import bundler.server.serve as serve_module
+
+    got: list[tuple[str, int]] = []
+    monkeypatch.setattr(serve_module, "serve", lambda target, **kw: got.append((target, kw["port"])))
+    monkeypatch.setenv("PORT", "3917")
+    assert CliRunner().invoke(cli.main, ["serve"]).exit_code == 0
+    assert got == [(".", 3917)]
+    text = " ".join(CliRunner().invoke(cli.main, ["serve", "--help"]).stdout.split())
+    assert "Also from $PORT" in text
+    assert "a project directory (its bentofile.yaml names the service); the default is the current" in text
+    assert "$BUNDLER_MAX_BODY_SIZE" in text

@@ -142,6 +142,20 @@ def test_client_errors_carry_status_and_body(url: str) -> None:
             c.call("async_call", 1)
 
 
+def test_client_takes_an_address_without_a_scheme(url: str) -> None:
+    # curl's and the READMEs' "127.0.0.1:3000" was refused ("missing an 'http://'"; "localhost:3000" got
+    # "unsupported protocol 'localhost://'"); BentoML's client assumes http.
+    address = url.removeprefix("http://") + "/"
+    with Client(address) as c:
+        assert c.url == url and c.upper("abc") == "ABC"
+
+    async def main() -> str:
+        async with AsyncClient(address) as c:
+            return await c.upper("abc")
+
+    assert asyncio.run(main()) == "ABC"
+
+
 def test_client_for_a_server_that_is_not_there() -> None:
     with pytest.raises(HTTPError, match=r"docs\.json could not be read"):
         Client("http://127.0.0.1:9", timeout=2)

@@ -586,6 +586,10 @@ def test_service_module_must_exist(tmp_path: Path, service: str, files: dict[str
             "module 'service.py' defines no 'svc' (did you mean 'servce'?); fix the attribute after ':'",
         ),
         ("x = 1\n", "module 'service.py' defines no 'svc'; fix the attribute after ':'"),
+        (  # validate said "valid", and build then failed (exit 1)
+            "import bundler\nsvc = bundler.Service('x'\n",
+            "module 'service.py' has a syntax error at line 2: '(' was never closed; fix the module",
+        ),
     ],
 )
 def test_the_service_attribute_must_be_defined(tmp_path: Path, code: str, expected: str | None) -> None:
@@ -597,6 +601,30 @@ def test_the_service_attribute_must_be_defined(tmp_path: Path, code: str, expect
         [problem] = problems
         assert (problem.key_path, problem.line, problem.column) == ("service", 1, 10)
         assert problem.message == expected
+
+
+@pytest.mark.parametrize(
+    ("selection", "key_path", "ok"),
+    [
+        ("include:\n  - '*.py'\n", "include", True),
+        ("include:\n  - 'helpers/*.py'\n", "include", False),
+        ("exclude:\n  - service.py\n", "exclude", False),
+        ("include:\n  - '*.py'\nexclude:\n  - 'serv*'\n", "include", False),
+        ("include:\n  - 'pkg/**'\n", "include", False),
+    ],
+)
+def test_include_and_exclude_must_keep_the_service_module(
+    tmp_path: Path, selection: str, key_path: str, ok: bool
+) -> None:
+    # validate said "valid" and build then failed (exit 1) on a bundle the image could not import from.
+    f = project(tmp_path, f"service: service:svc\n{selection}", {"helpers/util.py": "x = 1\n"})
+    problems = validate_file(f)
+    if ok:
+        assert problems == [], messages(problems)
+    else:
+        [problem] = problems
+        assert (problem.key_path, problem.line) == (key_path, 3)
+        assert "the service module service.py is not among the bundle's sources" in problem.message
 
 
 def test_a_missing_find_links_directory_is_a_problem(tmp_path: Path) -> None:
@@ -675,6 +703,16 @@ def test_missing_file_or_directory_is_a_clear_config_error(tmp_path: Path) -> No
         load_bentofile(tmp_path)
     [problem] = validate_file(tmp_path / "nope.yaml")
     assert "no such build file" in problem.message
+    [problem] = validate_file(tmp_path)
+    assert str(problem).startswith(f"{tmp_path}:1:1: no bentofile.yaml or bentofile.yml in this directory")
+    # The service module given for the build file: it said "YAML syntax error ... check the indentation".
+    module = write(tmp_path / "service.py", "import bundler\nsvc = bundler.Service('x')\n")
+    with pytest.raises(
+        ConfigError, match=r"service\.py: a Python module, not a build file; pass the bentofile"
+    ):
+        load_bentofile(module)
+    [problem] = validate_file(module)
+    assert problem.message.startswith("a Python module, not a build file")
 
 
 def test_config_error_lists_all_problems_and_a_count(tmp_path: Path) -> None:

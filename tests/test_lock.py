@@ -666,6 +666,20 @@ def test_a_stale_cached_bundler_wheel_is_rebuilt(tmp_path: Path, bundler_home: P
     assert again.read_bytes() == first.read_bytes()
 
 
+def test_a_stopped_bundler_wheel_build_leaves_no_directory(
+    tmp_path: Path, bundler_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C or SIGTERM while uv built the wheel left a .tmp-bundler-wheel-* directory per stopped build.
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wheels_mod, "_source_key", lambda root: "not-built-yet")
+    monkeypatch.setattr(wheels_mod, "run_tool", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_bundler_wheel(tmp_path / "out")
+    assert [p.name for p in (bundler_home / "cache").iterdir()] == []
+
+
 def test_bundler_wheel_key_follows_sources(tmp_path: Path) -> None:
     tree = tmp_path / "src"
     for rel in ("bundler/__init__.py", "templates/Dockerfile.j2", "pyproject.toml"):

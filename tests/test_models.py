@@ -260,8 +260,10 @@ def test_bundle_models_resolve_first(tmp_path: Path, monkeypatch: pytest.MonkeyP
         home_model.tag,
         only_home.tag,
     }
-    with pytest.raises(NotFound, match=f"not found in {bundle / 'models'} or .*models"):
+    with pytest.raises(NotFound, match=f"not found in {bundle / 'models'} or .*models; see"):
         bundler.models.get("nope")
+    with pytest.raises(NotFound, match=r"models; did you mean 'other'\? See `bundler models list`"):
+        bundler.models.get("othr")  # stored in the home store only
     archive = bundler.models.export_model("mlp", tmp_path)
     assert archive.name == f"mlp-{bundled.tag.version}.tar.gz"
 

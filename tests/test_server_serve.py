@@ -71,7 +71,7 @@ def test_module_targets(tmp_path: Path, target: str) -> None:
 @pytest.mark.parametrize(
     ("source", "target", "error", "match"),
     [
-        (SERVICE.format(name="x"), "svcmod_b:nope", NotFound, "has no attribute 'nope'; it defines svc"),
+        (SERVICE.format(name="x"), "svcmod_b:nope", BadInput, "has no attribute 'nope'; it defines svc"),
         (SERVICE.format(name="x"), "svcmod_b:other", BadInput, "is a int, not a bundler.Service"),
         ("raise RuntimeError('no GPU here')", "svcmod_b:svc", BadInput, "RuntimeError: no GPU here"),
         ("import not_a_module_xyz", "svcmod_b:svc", BadInput, "not_a_module_xyz"),
@@ -85,9 +85,21 @@ def test_module_target_errors(tmp_path: Path, source: str, target: str, error: t
         load_service(target, working_dir=tmp_path)
 
 
+@pytest.mark.parametrize("target", ["proj/svcmod_f.py:svc", "proj/svcmod_f.py", "./proj/svcmod_f.py:svc"])
+def test_a_path_to_the_service_module(tmp_path: Path, target: str) -> None:
+    # It said "found no module 'proj.svcmod_f'": a module file's path works as `cd proj && serve ...` does.
+    write(tmp_path / "proj" / "helper_f.py", "NAME = 'from-path'\n")
+    write(
+        tmp_path / "proj" / "svcmod_f.py",
+        "import bundler\nfrom helper_f import NAME\nsvc = bundler.Service(NAME)\n",
+    )
+    sys.modules.pop("svcmod_f", None)
+    assert load_service(target, working_dir=tmp_path).name == "from-path"
+
+
 def test_directory_without_bundle_yaml_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(NotFound, match=r"without bundle\.yaml or bentofile\.yaml"):
+    with pytest.raises(BadInput, match=r"without bundle\.yaml or bentofile\.yaml"):
         load_service("empty", working_dir=tmp_path)
 
 
@@ -95,7 +107,7 @@ def test_directory_without_bundle_yaml_is_refused(tmp_path: Path) -> None:
 def test_a_missing_directory_is_named_as_one(tmp_path: Path, target: str) -> None:
     # It said "found no module '/no/such/bundle' ... and no bundle '/no/such/bundle' in the store" (a wrong
     # BUNDLE_DIR in the image's entrypoint gets this message).
-    with pytest.raises(NotFound, match=r"serve '.+': no such directory /.+; give a bundle directory"):
+    with pytest.raises(BadInput, match=r"serve '.+': no such directory /.+; give a bundle directory"):
         load_service(target, working_dir=tmp_path)
 
 
@@ -107,6 +119,16 @@ def test_project_directory_uses_the_bentofile_service(tmp_path: Path) -> None:
     write(project / "bentofile.yaml", "include: ['*.py']\n")
     with pytest.raises(BadInput, match="'service' is missing"):
         load_service(str(project))
+
+
+def test_a_build_file_or_bundle_yaml_names_the_service(tmp_path: Path) -> None:
+    # `bundler serve bentofile.yaml` said "found no module 'bentofile.yaml'" (build takes the file).
+    project = tmp_path / "proj"
+    write(project / "svcmod_d.py", SERVICE.format(name="from-file"))
+    write(project / "prod.yml", 'service: "svcmod_d:svc"\n')
+    assert load_service("prod.yml", working_dir=project).name == "from-file"
+    bundle = make_bundle(tmp_path / "b2", name="demo-two", version="v2", module="svcmod_e")
+    assert load_service(str(bundle / "bundle.yaml")).version == "v2"
 
 
 def test_bundle_directory_sets_bundle_dir_and_version(tmp_path: Path) -> None:
@@ -179,8 +201,10 @@ def test_bundle_tag_from_the_store(bundler_home: Path, tmp_path: Path) -> None:
     (bundler_home / "bundles" / "demo" / "latest").write_text("v2")
     assert load_service("demo:v1", working_dir=tmp_path).version == "v1"
     assert load_service("demo", working_dir=tmp_path).version == "v2"
-    with pytest.raises(NotFound, match="no bundle 'ghost:v1' in the store"):
+    with pytest.raises(NotFound, match=r"no bundle 'ghost:v1' in the store \(see `bundler list`\)"):
         load_service("ghost:v1", working_dir=tmp_path)
+    with pytest.raises(NotFound, match=r"no bundle 'dem:latest' in the store \(did you mean bundle 'demo'\?"):
+        load_service("dem:latest", working_dir=tmp_path)  # a typo
 
 
 # -- serve() in a subprocess -------------------------------------------------------------------------------
@@ -228,7 +252,9 @@ def stop(proc: subprocess.Popen) -> int:
         raise
 
 
-def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_drains_an_in_flight_request(tmp_path: Path, signum: signal.Signals) -> None:
+    # SIGHUP (the terminal of `bundler serve` closed) killed the server with its requests in flight.
     write(
         tmp_path / "slowsvc.py",
         """
@@ -258,7 +284,7 @@ def test_sigterm_drains_an_in_flight_request(tmp_path: Path) -> None:
         thread = threading.Thread(target=call)
         thread.start()
         time.sleep(0.5)  # the request is in the API function now
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         time.sleep(0.3)
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/livez", timeout=1)  # no new connections while draining
@@ -388,6 +414,58 @@ def test_reload_picks_up_a_source_change(tmp_path: Path) -> None:
         assert seen == "after"
     finally:
         assert stop(proc) in CLEAN_EXIT
+
+
+def test_a_worker_that_cannot_load_the_service_says_why_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Saving a syntax error under --reload printed uvicorn's 70-line traceback of the worker process.
+    from bundler.server.serve import app_factory
+
+    write(tmp_path / "brokensvc.py", SERVICE.format(name="x") + "\ndef broken(:\n")
+    sys.modules.pop("brokensvc", None)
+    monkeypatch.setenv("BUNDLER_SERVE_TARGET", "brokensvc:svc")
+    monkeypatch.setenv("BUNDLER_SERVE_WORKING_DIR", str(tmp_path))
+    with caplog.at_level(logging.ERROR, logger="bundler"), pytest.raises(SystemExit) as exited:
+        app_factory()
+    assert exited.value.code == BadInput.exit_code
+    [record] = caplog.records
+    assert "importing 'brokensvc' failed: SyntaxError" in record.getMessage()
+    assert record.exc_info is None
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "logged"),
+    [
+        ("127.0.0.1", 3917, "serving hi on http://127.0.0.1:3917 (docs at /docs)"),
+        ("::1", 3917, "serving hi on http://[::1]:3917 (docs at /docs)"),  # was http://::1:3917
+        ("127.0.0.1", 0, "serving hi on http://127.0.0.1 at a free port that uvicorn names below"),  # was :0
+    ],
+)
+def test_the_serving_line_is_a_url_to_open(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    host: str,
+    port: int,
+    logged: str,
+) -> None:
+    import bundler.server.serve as serve_module
+
+    class Server:
+        def __init__(self, config: object) -> None:
+            pass
+
+        def run(self) -> None:
+            pass
+
+    write(tmp_path / "hisvc.py", SERVICE.format(name="hi"))
+    sys.modules.pop("hisvc", None)
+    monkeypatch.setattr(serve_module, "_server_class", lambda: Server)
+    monkeypatch.setattr(serve_module, "_check_address", lambda host, port: None)
+    caplog.set_level(logging.INFO, logger="bundler.server")
+    serve_module.serve("hisvc:svc", host=host, port=port, working_dir=tmp_path)
+    assert logged in [r.getMessage() for r in caplog.records]
 
 
 def test_cli_log_level_comes_from_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.exceptions import InvalidTag, NotFound, StoreError, UnsafeArchive
+from bundler.exceptions import BadInput, InvalidTag, NotFound, StoreError, UnsafeArchive
 from bundler.store import Store, Tag, new_version, verify_manifest
 
 
@@ -430,6 +430,46 @@ def test_cli_import_names_what_is_wrong_with_the_path(
     assert r.exit_code == 2, r.output
     assert message.format(dir=tmp_path) in r.stderr
     assert list(tmp_path.iterdir()) == []  # an empty export path wrote nothing into the working directory
+
+
+@pytest.mark.parametrize(
+    ("tag", "message"),
+    [
+        (
+            "quickstrt",
+            "bundle 'quickstrt' not found in {root}; did you mean 'quickstart'? (see `bundler list`)",
+        ),
+        ("quickstrt:v1", "bundle quickstrt:v1 not found in {root}; did you mean 'quickstart'?"),
+        ("quickstart:v2", "bundle quickstart:v2 not found in {root} (see `bundler list`)"),  # a version typo
+        ("zzz", "bundle 'zzz' not found in {root} (see `bundler list`)"),
+    ],
+)
+def test_a_tag_not_found_suggests_a_stored_name_close_to_it(tmp_path: Path, tag: str, message: str) -> None:
+    # A typo in a tag said only "not found"; unknown bentofile keys get a "did you mean" already.
+    store = _store(tmp_path)
+    _add(store, "quickstart", "v1")
+    _add(store, "iris", "v1")
+    with pytest.raises(NotFound) as info:
+        store.resolve(tag)
+    assert str(info.value).startswith(message.format(root=store.root))
+
+
+def test_importing_an_archive_of_the_other_kind_names_the_right_command(tmp_path: Path) -> None:
+    # It said only "not a bundler model archive (model.yaml is missing)".
+    bundles = _store(tmp_path)
+    models = Store(tmp_path / "models", "model", "model.yaml")
+    _add(bundles, "svc", "v1")
+    with models.staging() as staged:
+        (staged / "model.yaml").write_text("name: clf\nversion: v1\ncreation_time: '2026-01-01T00:00:00Z'\n")
+        models.commit(staged, Tag("clf", "v1"))
+    bundle_archive = bundles.export("svc:v1", tmp_path / "svc.tar.gz")
+    model_archive = models.export("clf:v1", tmp_path / "clf.tar.gz")
+    with pytest.raises(BadInput, match=r"it is a bundle archive: import it with 'bundler import'"):
+        models.import_(bundle_archive)
+    with pytest.raises(BadInput, match=r"it is a model archive: import it with 'bundler models import'"):
+        bundles.import_(model_archive)
+    assert [e.tag for e in models.list()] == [Tag("clf", "v1")]
+    assert [e.tag for e in bundles.list()] == [Tag("svc", "v1")]
 
 
 def test_latest_is_found_while_another_process_stores_one_and_deletes_another(

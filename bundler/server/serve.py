@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def _import_service(module: str, attr: str, base: Path, where: str) -> Service:
         if not hasattr(obj, part):
             found = [k for k, v in vars(mod).items() if isinstance(v, Service)]
             hint = f"; it defines {', '.join(found)}" if found else ""
-            raise NotFound(f"{where}: module {module!r} has no attribute {attr!r}{hint}")
+            raise BadInput(f"{where}: module {module!r} has no attribute {attr!r}{hint}")
         obj = getattr(obj, part)
     if not isinstance(obj, Service):
         raise BadInput(f"{where}: {module}:{attr} is a {type(obj).__name__}, not a bundler.Service")
@@ -182,10 +183,21 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
         for name in BENTOFILES:
             if (as_path / name).is_file():
                 return _load_project(as_path / name)
-        raise NotFound(
+        raise BadInput(
             f"{as_path}: a directory without {BUNDLE_META} or bentofile.yaml; give a bundle, a project"
             " directory or 'module:svc'"
         )
+    if as_path.is_file() and as_path.suffix in (".yaml", ".yml"):
+        # `bundler serve bentofile.yaml`, as `bundler build bentofile.yaml` (or a bundle's bundle.yaml).
+        if as_path.name == BUNDLE_META:
+            return _load_bundle(as_path.parent)
+        return _load_project(as_path)
+    file_part, _, attr_part = target.partition(":")
+    if file_part.endswith(".py") and (base / file_part).is_file():
+        # `bundler serve path/to/service.py:svc` imports it from its directory, as `cd path/to && bundler
+        # serve service.py:svc` does (its sibling modules import as they do there); it was "no module".
+        module_file = base / file_part
+        return _import_service(module_file.stem, attr_part or "svc", module_file.parent, target)
     module, attr = _split(target)
     if _module_dir(module, base) is not None:
         return _import_service(module, attr, base, target)
@@ -202,13 +214,15 @@ def load_service(target: str, *, working_dir: str | os.PathLike[str] | None = No
             return _load_bundle(path)
     looks_like_path = "/" in target or os.sep in target or target.startswith(".")
     if looks_like_path and not target.partition(":")[0].endswith(".py"):  # neither a tag nor a module
-        raise NotFound(
+        raise BadInput(
             f"serve {target!r}: no such directory {as_path}; give a bundle directory, a bundle tag or"
             " 'module:svc'"
         )
+    close = bundle_store().did_you_mean(tag.name) if tag is not None else None
+    hint = f" (did you mean bundle {close!r}? see `bundler list`)" if close else " (see `bundler list`)"
     raise NotFound(
         f"serve {target!r}: found no module {module!r} in {base} and no bundle {target!r} in the store"
-        " (see `bundler list`); give 'module:svc', a bundle tag or a bundle directory"
+        f"{hint}; give 'module:svc', a bundle tag or a bundle directory"
     )
 
 
@@ -244,7 +258,14 @@ def app_factory() -> Any:
     if not target:
         raise BadInput(f"app_factory: ${_ENV_TARGET} is not set; start the server with `bundler serve`")
     _configure_logging(os.environ.get("BUNDLER_LOG_LEVEL", "info"))
-    return build_app(load_service(target, working_dir=os.environ.get(_ENV_WORKDIR) or None))
+    try:
+        svc = load_service(target, working_dir=os.environ.get(_ENV_WORKDIR) or None)
+    except BundlerError as exc:
+        # A source saved with a mistake under --reload: one line, as `bundler serve` says it at start, not
+        # uvicorn's traceback of the worker; the reloader starts a worker again on the next save.
+        log.error("%s", exc)
+        sys.exit(exc.exit_code)
+    return build_app(svc)
 
 
 def _server_class() -> Any:
@@ -259,11 +280,25 @@ def _server_class() -> Any:
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            with super().capture_signals():
-                yield
-                captured = getattr(self, "_captured_signals", None)
-                if captured is not None:
-                    captured[:] = [s for s in captured if s != signal.SIGTERM]
+            # A closed terminal (SIGHUP) drains as SIGTERM does; uvicorn leaves it to the default action,
+            # which killed the server mid-request. An ignored one (nohup) stays ignored.
+            hup = None
+            if (
+                threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+            ):
+                hup = signal.signal(
+                    signal.SIGHUP, lambda _sig, frame: self.handle_exit(signal.SIGTERM, frame)
+                )
+            try:
+                with super().capture_signals():
+                    yield
+                    captured = getattr(self, "_captured_signals", None)
+                    if captured is not None:
+                        captured[:] = [s for s in captured if s != signal.SIGTERM]
+            finally:
+                if hup is not None:
+                    signal.signal(signal.SIGHUP, hup)
 
     return Server
 
@@ -310,7 +345,11 @@ def serve(
     }
     if workers == 1 and not reload:
         app = build_app(svc, max_body_size=limit)
-        log.info("serving %s on http://%s:%d (docs at /docs)", svc.name, host, port)
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+        if port:
+            log.info("serving %s on http://%s:%d (docs at /docs)", svc.name, shown, port)
+        else:
+            log.info("serving %s on http://%s at a free port that uvicorn names below", svc.name, shown)
         _server_class()(uvicorn.Config(app, **common)).run()
         return
     os.environ[_ENV_TARGET] = target
