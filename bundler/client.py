@@ -293,12 +293,6 @@ def _unreachable(what: str, exc: httpx.HTTPError, timeout: Any) -> HTTPError:
     return HTTPError(f"{what}: {reason}", 0)
 
 
-def _base_url(url: str) -> str:
-    """Return the server's URL without a trailing slash; "host:port" is taken as http, as BentoML does."""
-    url = str(url).rstrip("/")
-    return url if "://" in url else f"http://{url}"
-
-
 def _spec(apis: dict[str, APISpec], name: str, url: str) -> APISpec:
     if not isinstance(name, str):
         # client.call(value) where an API is itself named "call": the client's own method won the name.
@@ -322,8 +316,9 @@ def _unknown(apis: dict[str, APISpec], name: str, url: str) -> UnknownAPI:
 
 
 def _base_url(url: str) -> str:
+    """Return the server's URL without a trailing slash; "host:port" is taken as http, as BentoML does."""
     # "127.0.0.1:3000", as curl and the READMEs write it: http, as BentoML's Client.from_url assumes.
-    url = url.strip()
+    url = str(url).strip()
     return (url if "://" in url else f"http://{url}").rstrip("/")
 
 
