@@ -304,6 +304,8 @@ class NumpyNdarray(IODescriptor):
 
     def to_response(self, value: Any, request: Request | None = None) -> Response:
         arr = value if type(value) is np.ndarray else np.asarray(value)
+        if self.dtype is not None or self.shape is not None:
+            arr = self._declared(arr)
         if request is not None and _wants_npy(request):
             if arr.dtype.hasobject:
                 # .npy cannot hold objects without pickle; ONNX string outputs are object arrays of str.
@@ -317,6 +319,34 @@ class NumpyNdarray(IODescriptor):
             # orjson serializes only C-contiguous arrays of common dtypes natively.
             body = orjson.dumps(arr.tolist())
         return _response(body, "application/json")
+
+    def _declared(self, arr: np.ndarray) -> np.ndarray:
+        """Return an API's answer as its declared dtype and shape say (as BentoML does); else TypeError.
+
+        Not enforced, a dtype is cast to and a shape reshaped to where the sizes allow; enforced, a mismatch
+        is the API's error (a 500, logged), not an answer that contradicts the API's schema.
+        """
+        dtype, shape = self.dtype, self.shape
+        if dtype is not None and arr.dtype != dtype:
+            if self.enforce_dtype:
+                raise TypeError(
+                    f"NumpyNdarray output: the API returned dtype {arr.dtype}, {dtype} is declared"
+                )
+            try:
+                arr = arr.astype(dtype)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"NumpyNdarray output: the API's {arr.dtype} answer cannot be cast to the declared"
+                    f" {dtype} ({exc})"
+                ) from exc
+        if shape is not None and (arr.ndim != len(shape) or not all(map(_dim_ok, shape, arr.shape))):
+            if self.enforce_shape:
+                raise TypeError(
+                    f"NumpyNdarray output: the API returned shape {_fmt_shape(arr.shape)},"
+                    f" {_fmt_shape(shape)} is declared"
+                )
+            arr = _reshaped(arr, shape)
+        return arr
 
     def openapi_schema(self) -> dict[str, Any]:
         dtype = self.dtype if self.dtype is not None else self.inferred_dtype

@@ -886,3 +886,22 @@ def test_image_never_opens_formats_pillow_reads_with_another_program(monkeypatch
     with pytest.raises(BadInput, match="Ghostscript"):
         Image(formats=["EPS"])
     assert Image().decode(png()).format == "PNG"
+
+
+def test_ndarray_output_follows_its_declared_dtype_and_shape() -> None:
+    arr = np.arange(6, dtype=np.float64).reshape(2, 3)
+    # Declared, not enforced: cast and reshaped, as BentoML does (the answer was float64, against the schema).
+    r = NumpyNdarray(dtype="float32", shape=(-1, 6)).to_response(
+        arr, make_request(b"", accept="application/octet-stream")
+    )
+    out = np.load(io.BytesIO(r.body))
+    assert out.dtype == np.float32 and out.shape == (1, 6)
+    assert orjson.loads(NumpyNdarray(dtype="int64").to_response(arr + 0.5).body) == [[0, 1, 2], [3, 4, 5]]
+    # Enforced: the API's error (a 500), not an answer that contradicts the schema.
+    with pytest.raises(TypeError, match="returned dtype float64, float32 is declared"):
+        NumpyNdarray(dtype="float32", enforce_dtype=True).to_response(arr)
+    with pytest.raises(TypeError, match=r"returned shape \(2, 3\), \(3, 2\) is declared"):
+        NumpyNdarray(shape=(3, 2), enforce_shape=True).to_response(arr)
+    with pytest.raises(TypeError, match="cannot be cast to the declared float32"):
+        NumpyNdarray(dtype="float32").to_response(np.array(["a", "b"]))
+    assert NumpyNdarray(dtype="float64", shape=(2, 3)).to_response(arr).body == orjson.dumps(arr.tolist())
