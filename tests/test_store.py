@@ -42,11 +42,20 @@ def test_tag_parse(text: str, expected: Tag) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "Iris", "iris:", "-iris", "iris-", "a" * 64, "iris:v/1", "../x", "a:b:c"]
+    "text",
+    ["", "Iris", "iris:", "-iris", "iris-", "a" * 64, "iris:v/1", "../x", "a:b:c", "iris\n", "iris:v1\n"],
 )
 def test_tag_parse_rejects(text: str) -> None:
     with pytest.raises(InvalidTag, match="invalid tag"):
-        Tag.parse(text)
+        Tag.parse(text)  # "iris\n" was accepted ('$' matches before a final newline) and stored as such
+
+
+def test_tag_parse_checks_a_tag_object_as_it_checks_its_text() -> None:
+    assert Tag.parse(Tag("iris", "latest")) == Tag("iris", None)  # was "iris:latest not found"
+    assert Tag.parse(Tag("iris", "v1")) == Tag("iris", "v1")
+    for bad in (Tag("..", "bundles"), Tag("Iris", None), Tag("iris", "v/1")):
+        with pytest.raises(InvalidTag, match="invalid tag"):
+            Tag.parse(bad)  # was used as given: Tag("..", "bundles") named a path outside the store
 
 
 def test_new_versions_are_valid_distinct_and_time_ordered() -> None:
