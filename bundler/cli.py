@@ -128,12 +128,14 @@ def _print_json(data: Any) -> None:
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_edge=False, header_style="bold")
     for c in columns:
         table.add_column(c, overflow="fold")  # a narrow terminal wraps a cell, never cuts it to 'name:…'
     for r in rows:
-        table.add_row(*r)
+        # Text, not str: rich reads '[/x]' in a str as markup (a stored file's value crashed the listing).
+        table.add_row(*map(Text, r))
     console = Console(soft_wrap=True)
     if not console.is_terminal:
         # A pipe has no width ($COLUMNS or rich's 80 would cut long tags): whole rows, for grep, awk and cut.

@@ -134,6 +134,14 @@ def test_get_prints_yaml_json_or_the_path_with_the_full_tag(bundler_home: Path, 
     assert data["tag"] == "svc:v1"  # the same key for a model as for a bundle (and in `list -o json`)
 
 
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_list_table_prints_stored_values_as_text_not_markup(bundler_home: Path, kind: str) -> None:
+    _add(bundler_home, kind, "svc", "v1", created="[/x] [bold]")
+    r = CliRunner().invoke(cli.main, ["list"] if kind == "bundles" else ["models", "list"])
+    assert r.exit_code == 0, r.output  # was rich's MarkupError: one hand-edited or imported entry broke it
+    assert "[/x] [bold]" in r.stdout
+
+
 def test_get_json_is_strict_json_for_any_stored_metadata(bundler_home: Path) -> None:
     import json
 
