@@ -604,3 +604,14 @@ def test_an_import_replacing_a_damaged_copy_that_another_one_removed_first_succe
     monkeypatch.setattr(Store, "_discard", discard_after_the_other_one)
     assert store.import_(archive) == (Tag("svc", "v1"), True)
     assert verify_manifest(path) == [] and (path / "src/a.py").read_text() == "original"
+
+
+def test_bundle_info_reads_as_attributes_as_model_info_does(bundler_home: Path) -> None:
+    import bundler
+
+    _add(Store(bundler_home / "bundles", "bundle", "bundle.yaml"), "svc", "v1")
+    for bundle in (bundler.bundles.get("svc"), bundler.bundles.list()[0]):
+        # BentoML: bentoml.get("svc:latest").info.labels; was AttributeError: 'dict' object has no attribute
+        assert bundle.info.version == "v1" and bundle.info["name"] == "svc"
+        with pytest.raises(AttributeError, match=r"bundle svc:v1: info has no 'nmae'; did you mean 'name'\?"):
+            bundle.info.nmae  # noqa: B018
