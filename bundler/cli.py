@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
-from .exceptions import BundlerError, ConfigError
+from .exceptions import BundlerError, ConfigError, NotFound
 
 if TYPE_CHECKING:
     from .store import Store, Tag
@@ -379,7 +379,17 @@ def verify(tag: str, is_model: bool) -> None:
     from .store import bundle_store, model_store
 
     store = model_store() if is_model else bundle_store()
-    full = store.resolve(tag)
+    try:
+        full = store.resolve(tag)
+    except NotFound as exc:
+        # A model's tag without --model (or the reverse): name the flag rather than only "not found".
+        other = bundle_store() if is_model else model_store()
+        try:
+            other.resolve(tag)
+        except BundlerError:
+            raise exc from None
+        fix = f"bundler verify {tag}" if is_model else f"bundler verify --model {tag}"
+        raise NotFound(f"{exc}; {tag} is a {other.kind}: `{fix}`") from exc
     problems = store.verify(full)
     if problems:
         for problem in problems:

@@ -163,6 +163,18 @@ def test_list_table_prints_stored_values_as_text_not_markup(bundler_home: Path, 
     assert "[/x] [bold]" in r.stdout
 
 
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_verify_of_the_other_kinds_tag_names_the_flag(bundler_home: Path, kind: str) -> None:
+    _add(bundler_home, kind, "svc", "v1")
+    args = ["verify", "svc"] if kind == "models" else ["verify", "--model", "svc"]
+    fix = "bundler verify --model svc" if kind == "models" else "bundler verify svc"
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == 1, r.output  # was "not found" alone
+    assert f"not found in {bundler_home}" in r.stderr and f"svc is a {kind[:-1]}: `{fix}`" in r.stderr
+    r = CliRunner().invoke(cli.main, ["verify", "nope"])
+    assert r.exit_code == 1 and " is a " not in r.stderr
+
+
 def test_get_json_is_strict_json_for_any_stored_metadata(bundler_home: Path) -> None:
     import json
 
