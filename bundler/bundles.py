@@ -8,9 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .store import Tag, bundle_store
+from .models import ModelInfo
+from .store import Entry, Tag, bundle_store
 
-__all__ = ["Bundle", "delete", "export_bundle", "get", "import_bundle", "list", "verify"]
+__all__ = ["Bundle", "BundleInfo", "delete", "export_bundle", "get", "import_bundle", "list", "verify"]
+
+
+class BundleInfo(ModelInfo):
+    """``bundle.yaml`` as a dict whose keys also read as attributes (``info.labels``), as in BentoML."""
+
+    _kind = "bundle"
 
 
 @dataclass(frozen=True)
@@ -21,6 +28,15 @@ class Bundle:
     path: Path
     info: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.info, BundleInfo):
+            object.__setattr__(self, "info", BundleInfo(self.info))
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> Bundle:
+        """Wrap a store entry."""
+        return cls(entry.tag, entry.path, entry.info)
+
     def __repr__(self) -> str:
         return f'Bundle(tag="{self.tag}", path="{self.path}/")'
 
@@ -29,13 +45,12 @@ def list(
     name: str | None = None, *, on_damaged: Callable[[str], None] | None = None
 ) -> builtins.list[Bundle]:
     """Return the stored bundles, newest first within each name; damaged ones go to ``on_damaged``."""
-    return [Bundle(e.tag, e.path, e.info) for e in bundle_store().list(name, on_damaged=on_damaged)]
+    return [Bundle.from_entry(e) for e in bundle_store().list(name, on_damaged=on_damaged)]
 
 
 def get(tag: str | Tag) -> Bundle:
     """Return one stored bundle (``name`` or ``name:latest`` is the newest)."""
-    e = bundle_store().get(tag)
-    return Bundle(e.tag, e.path, e.info)
+    return Bundle.from_entry(bundle_store().get(tag))
 
 
 def delete(tag: str | Tag) -> Tag:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
-from .exceptions import BundlerError, ConfigError
+from .exceptions import BundlerError, ConfigError, NotFound
 
 if TYPE_CHECKING:
     from .store import Store, Tag
@@ -128,12 +128,14 @@ def _print_json(data: Any) -> None:
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_edge=False, header_style="bold")
     for c in columns:
         table.add_column(c, overflow="fold")  # a narrow terminal wraps a cell, never cuts it to 'name:…'
     for r in rows:
-        table.add_row(*r)
+        # Text, not str: rich reads '[/x]' in a str as markup (a stored file's value crashed the listing).
+        table.add_row(*map(Text, r))
     console = Console(soft_wrap=True)
     if not console.is_terminal:
         # A pipe has no width ($COLUMNS or rich's 80 would cut long tags): whole rows, for grep, awk and cut.
@@ -149,6 +151,15 @@ output_option = click.option(
     default="table",
     show_default=True,
     help="table for people, json for scripts.",
+)
+list_output_option = click.option(
+    "--output",
+    "-o",
+    "output",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="table for people, json or yaml for scripts.",
 )
 get_output_option = click.option(
     "--output",
@@ -242,30 +253,41 @@ def build(bentofile: Path, platform: str, offline: bool | None, resolver: str, o
 
 
 # -- bundles ----------------------------------------------------------------------------------------
+def _print_list(output: str, title: str, columns: dict[str, str], records: list[dict[str, Any]]) -> None:
+    """Print records as a table (``columns`` maps a header to its key) or as JSON or YAML."""
+    if output == "json":
+        _print_json(records)
+    elif output == "yaml":
+        from .store import dump_yaml
+
+        click.echo(dump_yaml(_json_ready(records)).rstrip())
+    else:
+
+        def cell(value: Any) -> str:
+            if isinstance(value, list):
+                return ", ".join(map(str, value))
+            return "" if value is None else str(value)
+
+        _table(title, list(columns), [[cell(r.get(key)) for key in columns.values()] for r in records])
+
+
+def _record(tag: object, path: Path, info: dict, **more: Any) -> dict[str, Any]:
+    # The keys `get` prints for the same entry: creation_time, not another name for it.
+    return {"tag": str(tag), "path": str(path), "creation_time": info.get("creation_time"), **more}
+
+
 @main.command("list")
 @click.argument("name", required=False)
-@output_option
+@list_output_option
 @handle_errors
 def list_bundles(name: str | None, output: str) -> None:
-    """List stored bundles."""
+    """List stored bundles, newest first within a name."""
     from . import bundles
 
     damaged: list[str] = []
     items = bundles.list(name, on_damaged=damaged.append)
-    if output == "json":
-        _print_json(
-            [{"tag": str(b.tag), "path": str(b.path), "created": b.info.get("creation_time")} for b in items]
-        )
-    else:
-        rows = [
-            [
-                str(b.tag),
-                str(b.info.get("creation_time", "")),
-                ", ".join(_routes(b.info.get("apis"))),
-            ]
-            for b in items
-        ]
-        _table("Bundles", ["Tag", "Created", "APIs"], rows)
+    records = [_record(b.tag, b.path, b.info, apis=_routes(b.info.get("apis"))) for b in items]
+    _print_list(output, "Bundles", {"Tag": "tag", "Created": "creation_time", "APIs": "apis"}, records)
     _warn_damaged(damaged)
 
 
@@ -357,7 +379,17 @@ def verify(tag: str, is_model: bool) -> None:
     from .store import bundle_store, model_store
 
     store = model_store() if is_model else bundle_store()
-    full = store.resolve(tag)
+    try:
+        full = store.resolve(tag)
+    except NotFound as exc:
+        # A model's tag without --model (or the reverse): name the flag rather than only "not found".
+        other = bundle_store() if is_model else model_store()
+        try:
+            other.resolve(tag)
+        except BundlerError:
+            raise exc from None
+        fix = f"bundler verify {tag}" if is_model else f"bundler verify --model {tag}"
+        raise NotFound(f"{exc}; {tag} is a {other.kind}: `{fix}`") from exc
     problems = store.verify(full)
     if problems:
         for problem in problems:
@@ -374,23 +406,16 @@ def models() -> None:
 
 @models.command("list")
 @click.argument("name", required=False)
-@output_option
+@list_output_option
 @handle_errors
 def list_models(name: str | None, output: str) -> None:
-    """List stored models."""
+    """List stored models, newest first within a name."""
     from . import models as m
 
     damaged: list[str] = []
     items = m.list(name, on_damaged=damaged.append)
-    if output == "json":
-        _print_json(
-            [{"tag": str(x.tag), "path": str(x.path), "created": x.info.get("creation_time")} for x in items]
-        )
-    else:
-        rows = [
-            [str(x.tag), str(x.info.get("module", "")), str(x.info.get("creation_time", ""))] for x in items
-        ]
-        _table("Models", ["Tag", "Module", "Created"], rows)
+    records = [_record(x.tag, x.path, x.info, module=x.info.get("module")) for x in items]
+    _print_list(output, "Models", {"Tag": "tag", "Module": "module", "Created": "creation_time"}, records)
     _warn_damaged(damaged)
 
 

@@ -37,6 +37,8 @@ _PICKLE_PROTOCOL = 4
 class ModelInfo(dict):
     """``model.yaml`` as a dict whose keys also read as attributes (``info.labels``), as in BentoML."""
 
+    _kind = "model"
+
     def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
@@ -47,7 +49,7 @@ class ModelInfo(dict):
             hint = f"did you mean {close[0]!r}? " if close else ""
             tag = f"{self.get('name')}:{self.get('version')}"
             raise AttributeError(
-                f"model {tag}: info has no {name!r}; {hint}its keys are {', '.join(map(str, self))}"
+                f"{self._kind} {tag}: info has no {name!r}; {hint}its keys are {', '.join(map(str, self))}"
             ) from None
 
 

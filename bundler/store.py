@@ -54,7 +54,8 @@ __all__ = [
     "write_manifest",
 ]
 
-NAME_RE = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
+# \Z, not $: '$' also matches before a final newline, which let "name\n" through to a directory of that name.
+NAME_RE = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?\Z")
 MANIFEST = "manifest.sha256"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _CHUNK = 1 << 20
@@ -108,7 +109,8 @@ class Tag:
     def parse(cls, text: str | Tag) -> Tag:
         """Parse ``name`` or ``name:version``; raise InvalidTag with the rule otherwise."""
         if isinstance(text, Tag):
-            return text
+            # Checked like a string: Tag("mlp", "latest") is the newest, and Tag("..", "x") no path.
+            text = str(text)
         if not isinstance(text, str) or not text:
             raise InvalidTag(f"invalid tag {text!r}: expected 'name' or 'name:version'")
         name, sep, version = text.partition(":")

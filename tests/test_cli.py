@@ -134,6 +134,47 @@ def test_get_prints_yaml_json_or_the_path_with_the_full_tag(bundler_home: Path, 
     assert data["tag"] == "svc:v1"  # the same key for a model as for a bundle (and in `list -o json`)
 
 
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_list_json_and_yaml_have_the_keys_and_values_of_get(bundler_home: Path, kind: str) -> None:
+    import json
+
+    import yaml
+
+    _add(bundler_home, kind, "svc", "v1")
+    _add(bundler_home, kind, "svc", "v2", created="2026-01-02T00:00:00Z")
+    prefix = [] if kind == "bundles" else ["models"]
+    r = CliRunner().invoke(cli.main, [*prefix, "list", "-o", "json"])
+    assert r.exit_code == 0, r.output
+    listed = json.loads(r.stdout)
+    assert [e["tag"] for e in listed] == ["svc:v2", "svc:v1"]
+    got = json.loads(CliRunner().invoke(cli.main, [*prefix, "get", "svc:v1", "-o", "json"]).stdout)
+    for key in ("tag", "path", "creation_time"):  # was "created" in list, "creation_time" in get
+        assert listed[1][key] == got[key]
+    r = CliRunner().invoke(cli.main, [*prefix, "list", "-o", "yaml"])  # was refused: only table or json
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load(r.stdout) == listed
+
+
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_list_table_prints_stored_values_as_text_not_markup(bundler_home: Path, kind: str) -> None:
+    _add(bundler_home, kind, "svc", "v1", created="[/x] [bold]")
+    r = CliRunner().invoke(cli.main, ["list"] if kind == "bundles" else ["models", "list"])
+    assert r.exit_code == 0, r.output  # was rich's MarkupError: one hand-edited or imported entry broke it
+    assert "[/x] [bold]" in r.stdout
+
+
+@pytest.mark.parametrize("kind", ["bundles", "models"])
+def test_verify_of_the_other_kinds_tag_names_the_flag(bundler_home: Path, kind: str) -> None:
+    _add(bundler_home, kind, "svc", "v1")
+    args = ["verify", "svc"] if kind == "models" else ["verify", "--model", "svc"]
+    fix = "bundler verify --model svc" if kind == "models" else "bundler verify svc"
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == 1, r.output  # was "not found" alone
+    assert f"not found in {bundler_home}" in r.stderr and f"svc is a {kind[:-1]}: `{fix}`" in r.stderr
+    r = CliRunner().invoke(cli.main, ["verify", "nope"])
+    assert r.exit_code == 1 and " is a " not in r.stderr
+
+
 def test_get_json_is_strict_json_for_any_stored_metadata(bundler_home: Path) -> None:
     import json
 

@@ -215,7 +215,7 @@ def test_bad_signatures(signatures: object, message: str) -> None:
         bundler.onnx.save_model("mlp", make_mlp(), signatures=signatures)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["MLP", "a b", "-x", "x" * 64, "mlp:v1", "", 3])
+@pytest.mark.parametrize("name", ["MLP", "a b", "-x", "x" * 64, "mlp:v1", "", 3, "mlp\n"])
 def test_invalid_names(name: object) -> None:
     with pytest.raises(InvalidTag, match=r"invalid"):
         bundler.onnx.save_model(name, make_mlp())  # type: ignore[arg-type]

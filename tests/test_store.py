@@ -42,11 +42,20 @@ def test_tag_parse(text: str, expected: Tag) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "Iris", "iris:", "-iris", "iris-", "a" * 64, "iris:v/1", "../x", "a:b:c"]
+    "text",
+    ["", "Iris", "iris:", "-iris", "iris-", "a" * 64, "iris:v/1", "../x", "a:b:c", "iris\n", "iris:v1\n"],
 )
 def test_tag_parse_rejects(text: str) -> None:
     with pytest.raises(InvalidTag, match="invalid tag"):
-        Tag.parse(text)
+        Tag.parse(text)  # "iris\n" was accepted ('$' matches before a final newline) and stored as such
+
+
+def test_tag_parse_checks_a_tag_object_as_it_checks_its_text() -> None:
+    assert Tag.parse(Tag("iris", "latest")) == Tag("iris", None)  # was "iris:latest not found"
+    assert Tag.parse(Tag("iris", "v1")) == Tag("iris", "v1")
+    for bad in (Tag("..", "bundles"), Tag("Iris", None), Tag("iris", "v/1")):
+        with pytest.raises(InvalidTag, match="invalid tag"):
+            Tag.parse(bad)  # was used as given: Tag("..", "bundles") named a path outside the store
 
 
 def test_new_versions_are_valid_distinct_and_time_ordered() -> None:
@@ -595,3 +604,14 @@ def test_an_import_replacing_a_damaged_copy_that_another_one_removed_first_succe
     monkeypatch.setattr(Store, "_discard", discard_after_the_other_one)
     assert store.import_(archive) == (Tag("svc", "v1"), True)
     assert verify_manifest(path) == [] and (path / "src/a.py").read_text() == "original"
+
+
+def test_bundle_info_reads_as_attributes_as_model_info_does(bundler_home: Path) -> None:
+    import bundler
+
+    _add(Store(bundler_home / "bundles", "bundle", "bundle.yaml"), "svc", "v1")
+    for bundle in (bundler.bundles.get("svc"), bundler.bundles.list()[0]):
+        # BentoML: bentoml.get("svc:latest").info.labels; was AttributeError: 'dict' object has no attribute
+        assert bundle.info.version == "v1" and bundle.info["name"] == "svc"
+        with pytest.raises(AttributeError, match=r"bundle svc:v1: info has no 'nmae'; did you mean 'name'\?"):
+            bundle.info.nmae  # noqa: B018
