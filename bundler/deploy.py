@@ -614,9 +614,14 @@ def deploy_kubernetes(
     if say is not None and options.get("name") is None and derived != bundle_name:
         # 'my.model', 'my_model' and 'my-model' all become 'my-model': applied to one namespace, the second
         # would take over the first one's Deployment and Service.
+        why = []
+        if re.search(r"[._]", bundle_name):
+            why.append("allows no '.' or '_'")
+        if not bundle_name[:1].isalpha():
+            why.append("starts with a letter")
         say(
             f"note: the Kubernetes objects of bundle {bundle_name!r} are named {derived!r} (a Kubernetes"
-            " name allows no '.' or '_'); a bundle whose name differs only in '.', '_' or '-' gets the"
+            f" name {' and '.join(why)}); a bundle whose name differs only in '.', '_' or '-' gets the"
             " same name and would replace them in the same namespace: give each its own --name"
         )
     return paths

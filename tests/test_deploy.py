@@ -719,3 +719,24 @@ def test_bundles_whose_names_map_to_one_object_name_are_told_and_can_be_named(tm
         kubernetes_validate.validate(m, VERSIONS[-1], strict=True)
     hpa = next(m for m in manifests if m["kind"] == "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "my-dot-model"
+
+
+def test_object_name_note_gives_the_reason_for_a_leading_digit(tmp_path: Path) -> None:
+    """'1model' becomes 'bundle-1model' because a Service name starts with a letter; the note said it was
+    because a Kubernetes name allows no '.' or '_', which the name does not have."""
+    cli = pytest.importorskip("bundler.cli")
+    from click.testing import CliRunner
+
+    store = bundle_store()
+    for name in ("1model", "2.model"):
+        with store.staging() as staged:
+            (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": name, "version": "v1", "models": []}))
+            store.commit(staged, Tag(name, "v1"))
+    digit = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "1model:v1", "-o", str(tmp_path / "a")])
+    assert digit.exit_code == 0, digit.output
+    reason = "bundle '1model' are named 'bundle-1model' (a Kubernetes name starts with a letter)"
+    assert reason in digit.output
+    both = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "2.model:v1", "-o", str(tmp_path / "b")])
+    assert both.exit_code == 0, both.output
+    reasons = "named 'bundle-2-model' (a Kubernetes name allows no '.' or '_' and starts with a letter)"
+    assert reasons in both.output
