@@ -146,6 +146,15 @@ def test_unquoted_versions_keep_their_digits(tmp_path: Path) -> None:
     assert (config.docker.python_version, config.docker.cuda_version) == ("3.10", "12.1")
 
 
+@pytest.mark.parametrize("cuda", ["11.6", "12", "default"])
+def test_bentoml_short_cuda_versions_validate_with_the_context(tmp_path: Path, cuda: str) -> None:
+    # Real-world files (pneumonia-detection-gpu, BentoML's realworld_bentofile) write these; the Dockerfile
+    # check refused every version but a full X.Y.Z.
+    write(tmp_path / "service.py", "svc = object()\n")
+    f = write(tmp_path / "bentofile.yaml", f"service: service:svc\ndocker:\n  cuda_version: {cuda}\n")
+    assert messages(validate_file(f)) == []
+
+
 # -- hostile and odd files --------------------------------------------------------------------------
 
 
