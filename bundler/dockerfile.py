@@ -345,6 +345,24 @@ def _ca_env(path: str) -> str:
     )
 
 
+def pip_args_problem(pip_args: str | None) -> str | None:
+    """Return why python.pip_args cannot reach the image's pip install, or None."""
+    try:
+        words = shlex.split(pip_args or "")
+    except ValueError as exc:
+        return f"{pip_args!r} cannot be split into words ({exc}); balance its quotes"
+    if any(ch in word for word in words for ch in "\r\n\0"):
+        return f"{pip_args!r} has a line break inside a quoted word; write it on one line"
+    return None
+
+
+def _pip_args_words(pip_args: str | None) -> list[str]:
+    problem = pip_args_problem(pip_args)
+    if problem:
+        raise _Refused("python.pip_args", problem)
+    return shlex.split(pip_args or "")
+
+
 def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[str, Any]:
     lock = "env/python/requirements.lock.txt"
     wheels = "env/python/wheels"
@@ -370,7 +388,9 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[st
             f'python3 -c {shlex.quote(_FETCH)} "${CA_URL_ARG}" {CA_FETCHED}',
             f"export {_ca_env(CA_FETCHED)}",
         ]
-    steps.append(f"{pip} {_quoted([*cache, *options, '-r', lock])}")
+    # python.pip_args reach the install as BentoML's install script passes them, after bundler's options.
+    user = _pip_args_words(facts.get("pip_args"))
+    steps.append(f"{pip} {_quoted([*cache, *options, *user, '-r', lock])}")
     return {
         "pip_run": run,
         "pip_steps": steps,
