@@ -371,6 +371,7 @@ def _render_docker(cfg: Any, plan: Plan, tag: Tag) -> tuple[str, str]:
         "has_models": bool(plan.info["models"]),
         "offline": py["offline"],
         "hashed": py["hashed"],
+        "pip_args": cfg.python.pip_args,
         "envs": plan.info["envs"],
         "labels": plan.info["labels"],
         "bundler_version": __version__,

@@ -406,9 +406,17 @@ def _pip_entries(data: dict[str, Any]) -> Iterator[tuple[Path_, str]]:
 
 def _requirement_problems(data: dict[str, Any], where: _Located, file: str) -> list[Problem]:
     """Report pip entries that are not requirements, before a resolver calls them conflicts."""
+    from .dockerfile import pip_args_problem
     from .lock import requirement_problem
 
     out = []
+    python = data.get("python")
+    pip_args = python.get("pip_args") if isinstance(python, dict) else None
+    if isinstance(pip_args, str):
+        message = pip_args_problem(pip_args)
+        if message:
+            line, column = where.value_mark(("python", "pip_args"))
+            out.append(Problem(file, line, column, "python.pip_args", message))
     for at, entry in _pip_entries(data):
         message = requirement_problem(entry)
         if message:

@@ -74,6 +74,26 @@ _INSTALL_ENV_RE = re.compile(
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 _CUDA_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+# BentoML's short forms of docker.cuda_version, each the last release of its line that nvidia/cuda publishes
+# runtime images for; a major version and 'default' take the release the docs use.
+_CUDA_SHORT = {
+    "default": "12.4.1",
+    "11": "11.8.0",
+    "12": "12.4.1",
+    "11.2": "11.2.2",
+    "11.4": "11.4.3",
+    "11.6": "11.6.2",
+    "11.7": "11.7.1",
+    "11.8": "11.8.0",
+    "12.0": "12.0.1",
+    "12.1": "12.1.1",
+    "12.2": "12.2.2",
+    "12.3": "12.3.2",
+    "12.4": "12.4.1",
+    "12.5": "12.5.1",
+    "12.6": "12.6.3",
+    "12.8": "12.8.1",
+}
 _SETUP_SCRIPT = "env/docker/setup_script"
 _DISTROS = ("debian", "alpine", "ubi8", "amazonlinux")
 _STAGES_FROM_BASE = re.compile(r"^FROM base AS deps$", re.M)
@@ -133,10 +153,24 @@ def _image(value: Any, key: str) -> str:
     return value
 
 
+def cuda_version(value: str) -> str:
+    """Return the full CUDA version a build file's docker.cuda_version means: '11.6' and '12' (BentoML's
+    short forms) name the newest release of that line, 'default' the CUDA 12 one."""
+    full = _CUDA_SHORT.get(value, value)
+    if not _CUDA_RE.match(full):
+        raise _fail(
+            "docker.cuda_version",
+            value,
+            "is not a CUDA version bundler knows; give a full one such as '12.4.1' or '11.8.0', or one of"
+            f" {', '.join(repr(k) for k in _CUDA_SHORT)}",
+        )
+    return full
+
+
 def _cuda_base(cuda: str) -> str:
-    match = _CUDA_RE.match(cuda)
-    if not match:
-        raise _fail("docker.cuda_version", cuda, "must be a full CUDA version such as '12.4.1' or '11.8.0'")
+    match = _CUDA_RE.match(cuda_version(cuda))
+    assert match is not None  # cuda_version returns full versions only
+    cuda = match[0]
     major, minor = int(match[1]), int(match[2])
     # nvidia/cuda tag names changed: cudnn8 up to 12.2, cudnn9 for 12.3, plain "cudnn" from 12.4.
     cudnn = "cudnn8" if (major, minor) < (12, 3) else "cudnn9" if (major, minor) == (12, 3) else "cudnn"
@@ -178,6 +212,14 @@ def _base(docker: dict[str, Any], python: str) -> tuple[str, list[str], list[str
     cuda = docker.get("cuda_version")
     ignore: list[str] = []
     if distro in ("ubi8", "amazonlinux"):
+        if cuda and not base_image:
+            # Its base has no CUDA libraries: the image would run the models on the CPU without a word.
+            raise _fail(
+                "docker.distro",
+                distro,
+                "has no CUDA images here, so docker.cuda_version would be ignored; use distro 'debian'"
+                " (the default) for CUDA, or a docker.base_image that has the CUDA libraries",
+            )
         image = "registry.access.redhat.com/ubi8/ubi:8.10" if distro == "ubi8" else "amazonlinux:2023"
         interpreter = f"python{python}"
         extra = [] if base_image else [interpreter, f"{interpreter}-pip"]
@@ -303,6 +345,24 @@ def _ca_env(path: str) -> str:
     )
 
 
+def pip_args_problem(pip_args: str | None) -> str | None:
+    """Return why python.pip_args cannot reach the image's pip install, or None."""
+    try:
+        words = shlex.split(pip_args or "")
+    except ValueError as exc:
+        return f"{pip_args!r} cannot be split into words ({exc}); balance its quotes"
+    if any(ch in word for word in words for ch in "\r\n\0"):
+        return f"{pip_args!r} has a line break inside a quoted word; write it on one line"
+    return None
+
+
+def _pip_args_words(pip_args: str | None) -> list[str]:
+    problem = pip_args_problem(pip_args)
+    if problem:
+        raise _Refused("python.pip_args", problem)
+    return shlex.split(pip_args or "")
+
+
 def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[str, Any]:
     lock = "env/python/requirements.lock.txt"
     wheels = "env/python/wheels"
@@ -328,7 +388,9 @@ def _pip_steps(facts: dict[str, Any], buildkit: bool, ca_fetch: bool) -> dict[st
             f'python3 -c {shlex.quote(_FETCH)} "${CA_URL_ARG}" {CA_FETCHED}',
             f"export {_ca_env(CA_FETCHED)}",
         ]
-    steps.append(f"{pip} {_quoted([*cache, *options, '-r', lock])}")
+    # python.pip_args reach the install as BentoML's install script passes them, after bundler's options.
+    user = _pip_args_words(facts.get("pip_args"))
+    steps.append(f"{pip} {_quoted([*cache, *options, *user, '-r', lock])}")
     return {
         "pip_run": run,
         "pip_steps": steps,
@@ -399,7 +461,7 @@ def settings_problems(docker: dict[str, Any], facts: dict[str, Any]) -> list[tup
 
     check(_python_version, docker, facts)
     distro = docker.get("distro") or "debian"
-    check(_base, {"distro": distro}, SUPPORTED_PYTHON[0])
+    check(_base, {k: docker.get(k) for k in ("distro", "cuda_version", "base_image")}, SUPPORTED_PYTHON[0])
     for i, package in enumerate(docker.get("system_packages") or []):
         check(_package, i, package)
     if docker.get("base_image"):

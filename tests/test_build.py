@@ -344,6 +344,20 @@ def test_conda_setup_script_envs_and_ignores_reach_the_bundle(quickstart: Path) 
     assert info["envs"] == {"MODE": "fast"}
 
 
+def test_pip_args_reach_the_image_pip_install(quickstart: Path) -> None:
+    # BentoML passes python.pip_args to pip install in the image; install-only flags were dropped silently.
+    bentofile = quickstart / "bentofile.yaml"
+    text = bentofile.read_text().replace("python:\n", "python:\n  pip_args: --pre --no-build-isolation\n")
+    bentofile.write_text(text)
+    path = build(bentofile).path
+    dockerfile = (path / "env/docker/Dockerfile").read_text()
+    assert "--pre --no-build-isolation -r env/python/requirements.lock.txt" in dockerfile
+    from bundler import containerize as cz
+
+    info = yaml.safe_load((path / "bundle.yaml").read_text())
+    assert "--pre --no-build-isolation" in (cz._rerender(path, info, buildkit=True) or "")
+
+
 def _conda_warnings(said: list[str]) -> list[str]:
     return [line for line in said if line.startswith("warning:") and "conda" in line]
 

@@ -146,6 +146,28 @@ def test_unquoted_versions_keep_their_digits(tmp_path: Path) -> None:
     assert (config.docker.python_version, config.docker.cuda_version) == ("3.10", "12.1")
 
 
+@pytest.mark.parametrize(
+    ("pip_args", "expect"),
+    [
+        ("--pre 'x", "cannot be split into words (No closing quotation); balance its quotes"),
+        ("'--a\\nRUN id'", "has a line break inside a quoted word"),
+    ],
+)
+def test_pip_args_the_image_cannot_take_are_reported(tmp_path: Path, pip_args: str, expect: str) -> None:
+    f = write(tmp_path / "bentofile.yaml", f'service: s:svc\npython:\n  pip_args: "{pip_args}"\n')
+    [problem] = validate_file(f, schema_only=True)
+    assert problem.key_path == "python.pip_args" and problem.line == 3 and expect in problem.message
+
+
+@pytest.mark.parametrize("cuda", ["11.6", "12", "default"])
+def test_bentoml_short_cuda_versions_validate_with_the_context(tmp_path: Path, cuda: str) -> None:
+    # Real-world files (pneumonia-detection-gpu, BentoML's realworld_bentofile) write these; the Dockerfile
+    # check refused every version but a full X.Y.Z.
+    write(tmp_path / "service.py", "svc = object()\n")
+    f = write(tmp_path / "bentofile.yaml", f"service: service:svc\ndocker:\n  cuda_version: {cuda}\n")
+    assert messages(validate_file(f)) == []
+
+
 # -- hostile and odd files --------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bundler.docker import render_dockerfile, render_entrypoint
-from bundler.dockerfile import SERVE_IMPORTS, VENV
+from bundler.dockerfile import SERVE_IMPORTS, VENV, settings_problems
 from bundler.exceptions import BuildError, ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -340,7 +340,9 @@ def test_env_values_are_escaped_so_they_cannot_expand_or_break_out() -> None:
         ({"python_version": "3.11-slim\nRUN id"}, "docker.python_version"),
         ({"python_version": 3.1}, "docker.python_version: '3.1' must be a quoted string"),  # YAML's 3.10
         ({"python_version": "3.8"}, "docker.python_version: '3.8' is not supported (choose 3.10–3.13)"),
-        ({"cuda_version": "12"}, "docker.cuda_version: '12' must be a full CUDA version"),
+        ({"cuda_version": "12.7"}, "docker.cuda_version: '12.7' is not a CUDA version bundler knows"),
+        ({"distro": "ubi8", "cuda_version": "12.4.1"}, "docker.distro: 'ubi8' has no CUDA images here"),
+        ({"distro": "amazonlinux", "cuda_version": "11.8.0"}, "docker.cuda_version would be ignored"),
         ({"cuda_version": "12.4.1; id"}, "docker.cuda_version"),
         ({"env": {"BAD KEY": "1"}}, "docker.env.BAD KEY"),
         ({"env": {"A": "line1\nRUN id"}}, "contains a line break"),
@@ -354,6 +356,24 @@ def test_unsafe_or_unsupported_settings_are_refused(docker: dict[str, Any], expe
         render_dockerfile({**DOCKER, **docker}, FACTS)
     assert expect in str(info.value)
     assert str(info.value).startswith("bentofile.yaml: ")
+
+
+@pytest.mark.parametrize(
+    ("cuda", "image"),
+    [
+        ("11.6", "nvidia/cuda:11.6.2-cudnn8-runtime-ubuntu22.04"),
+        ("12.1", "nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04"),
+        ("11", "nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04"),
+        ("12", "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"),
+        ("default", "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"),
+        ("12.6.3", "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04"),
+    ],
+)
+def test_bentoml_short_cuda_versions_name_a_full_release(cuda: str, image: str) -> None:
+    # BentoML takes 'cuda_version: 11.6' and 'default' (real-world files use both); they were refused.
+    text = render_dockerfile({**DOCKER, "cuda_version": cuda, "python_version": "3.10"}, FACTS)
+    assert f"FROM {image} AS base" in text
+    assert settings_problems({"cuda_version": cuda}, {"python_version": "3.11"}) == []
 
 
 def test_bad_label_key_and_value_are_refused() -> None:
