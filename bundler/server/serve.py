@@ -240,6 +240,15 @@ def _check_address(host: str, port: int) -> None:
         ) from exc
 
 
+def _unless_root_logs(record: logging.LogRecord) -> bool:
+    """Let bundler's handler write a record only while the root logger has no handler.
+
+    A service that calls ``logging.basicConfig()`` (a common first line) gave the root logger one: every
+    bundler line, the access log's too, went to stderr twice, once in each format. Its configuration wins.
+    """
+    return not logging.root.handlers
+
+
 def _configure_logging(log_level: str) -> None:
     level = getattr(logging, log_level.upper(), logging.INFO)
     logger = logging.getLogger("bundler")
@@ -247,6 +256,7 @@ def _configure_logging(log_level: str) -> None:
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_unless_root_logs)
         logger.addHandler(handler)
 
 
