@@ -331,6 +331,8 @@ def test_readyz_reports_a_runner_that_failed_to_load(caplog: pytest.LogCaptureFi
     # The exception's message (a model's path on the host, a credential in a URL) is for the operator only.
     assert "weights file is corrupt" not in r.text + api.text
     assert any("weights file is corrupt" in rec.getMessage() for rec in caplog.records)
+    # Logged once, at load: each API request it refuses does not add an ERROR line.
+    assert not [rec for rec in caplog.records if "cannot serve" in rec.getMessage()]
 
 
 def test_an_error_after_a_runner_loaded_is_reported_not_left_loading(

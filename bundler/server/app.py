@@ -78,8 +78,10 @@ def error_response(exc: BaseException, where: str = "") -> Response:
             # The rest of the body may still be on the wire; do not reuse the connection.
             headers["Connection"] = "close"
         status = exc.http_status if 400 <= exc.http_status < 600 else 500
-        if status >= 500 and not isinstance(exc, Overloaded):
-            # The server failed (e.g. the model raised): the operator must see it, not only the client.
+        # The server failed (e.g. the model raised): the operator must see it, not only the client. Not a
+        # runner that failed to load (ServiceUnavailable): that was logged once, with its traceback, and
+        # an ERROR line more per request (a load balancer's probes) buried it.
+        if status >= 500 and not isinstance(exc, (Overloaded, ServiceUnavailable)):
             log.error("%s%s: %s", type(exc).__name__, f" in {where}" if where else "", exc)
         return _json(status, {"error": str(exc), "detail": getattr(exc, "detail", None)}, headers)
     if isinstance(exc, HTTPException):
