@@ -466,6 +466,18 @@ def test_the_serving_line_is_a_url_to_open(
     caplog.set_level(logging.INFO, logger="bundler.server")
     serve_module.serve("hisvc:svc", host=host, port=port, working_dir=tmp_path)
     assert logged in [r.getMessage() for r in caplog.records]
+    # With --workers the parent said nothing of the service (uvicorn only its own "running on").
+    caplog.clear()
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)
+    for name in (
+        "BUNDLER_SERVE_TARGET",
+        "BUNDLER_SERVE_WORKING_DIR",
+        "BUNDLER_MAX_BODY_SIZE",
+        "BUNDLER_LOG_LEVEL",
+    ):
+        monkeypatch.setenv(name, "")  # serve() hands them to the workers; put back after the test
+    serve_module.serve("hisvc:svc", host=host, port=port, working_dir=tmp_path, workers=2)
+    assert logged in [r.getMessage() for r in caplog.records]
 
 
 def test_cli_log_level_comes_from_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:

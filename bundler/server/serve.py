@@ -353,13 +353,14 @@ def serve(
         # No route takes a WebSocket: an upgrade to one is served as HTTP (a JSON 405), not a bodiless 403.
         "ws": "none",
     }
+    # Said with --workers and --reload too: their logs named neither the service nor its docs.
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    if port:
+        log.info("serving %s on http://%s:%d (docs at /docs)", svc.name, shown, port)
+    else:
+        log.info("serving %s on http://%s at a free port that uvicorn names below", svc.name, shown)
     if workers == 1 and not reload:
         app = build_app(svc, max_body_size=limit)
-        shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
-        if port:
-            log.info("serving %s on http://%s:%d (docs at /docs)", svc.name, shown, port)
-        else:
-            log.info("serving %s on http://%s at a free port that uvicorn names below", svc.name, shown)
         _server_class()(uvicorn.Config(app, **common)).run()
         return
     os.environ[_ENV_TARGET] = target
