@@ -363,7 +363,10 @@ class ServiceApp(Starlette):
                 # Inside the try: an error here would end this task unseen, /readyz "loading" for good.
                 self._attach_observer(runner, name)
             except Exception as exc:
-                log.error("runner %r failed to load: %s: %s", name, type(exc).__name__, exc, exc_info=exc)
+                # A BundlerError (a model file that is not ONNX, say) names what failed and where: its
+                # traceback, two chained ones through onnxruntime, was 30 lines of noise in `docker logs`.
+                trace = None if isinstance(exc, BundlerError) else exc
+                log.error("runner %r failed to load: %s: %s", name, type(exc).__name__, exc, exc_info=trace)
                 # Clients (/readyz, the APIs) get the kind of error, not its message: that may hold the
                 # model's path on the host, or whatever the loading code had at hand (a token in a URL).
                 self.load_error = (
