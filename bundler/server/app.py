@@ -37,7 +37,7 @@ from ..exceptions import (
 from ..runner.runner import ThreadCalls
 from ..service import API, Service
 from .docs import docs_routes
-from .http import GONE_KEY, TASK_KEY
+from .http import CUT_SHORT_KEY, GONE_KEY, TASK_KEY
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "ServiceApp", "build_app", "error_response", "max_body_size_from_env"]
@@ -234,7 +234,7 @@ class ServiceApp(Starlette):
                 raise
         finally:
             # Returned without a response: the client went away first (handle_api answers nobody then).
-            self._record(scope, status or 499, start, route=route)
+            self._record(scope, status or scope.get(CUT_SHORT_KEY, 499), start, route=route)
 
     def _route_label(self, path: str) -> str:
         """Return a path's metrics label: a route's own path, the static files' mount, else "unmatched".
@@ -282,7 +282,8 @@ class ServiceApp(Starlette):
             response = api.output.to_response(result, request)
         except ClientDisconnect:
             if record:
-                self._record(scope, 499, start)
+                # The client left (499), or the server answered for it: a body stalled past the timeout.
+                self._record(scope, scope.get(CUT_SHORT_KEY, 499), start)
             return
         except asyncio.CancelledError:
             if calls is not None:
@@ -291,7 +292,7 @@ class ServiceApp(Starlette):
                 raise
             # The client went away and HttpProtocol cancelled its request (queued ones never run).
             if record:
-                self._record(scope, 499, start)
+                self._record(scope, scope.get(CUT_SHORT_KEY, 499), start)
             return
         except Exception as exc:
             response = error_response(exc, f"API {api.name!r}")
