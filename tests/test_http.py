@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import select
 import socket
 import time
@@ -347,6 +348,15 @@ def test_a_request_that_is_not_sent_whole_in_time_gets_408(
         assert b"not received within 1.5 s" in body
         assert rest == b"" and sock.recv(1) == b""
         assert 1.5 < answered < 3.5
+    if len(parts) == 1:
+        # Counted (and logged) as the 408 the client got, not as a 499 (a client that went away).
+        for _ in range(100):
+            text = httpx.get(f"{slow_service}/metrics").text
+            counted = re.findall(r'requests_total\{route="/echo",service="wire",status="(\d+)"', text)
+            if counted:
+                break
+            time.sleep(0.02)
+        assert counted == ["408"]
     # A request sent whole takes as long as the app does (2.5 s), past the timeout.
     with _connect(slow_service) as sock:
         sock.settimeout(6)

@@ -32,7 +32,7 @@ from bundler.server.testing import running
 class GatedRunner:
     """A stand-in runner whose loading finishes when the test opens its gate."""
 
-    def __init__(self, name: str = "gated", fail: bool = False) -> None:
+    def __init__(self, name: str = "gated", fail: bool | Exception = False) -> None:
         self.name = name
         self.ready = False
         self.fail = fail
@@ -41,6 +41,8 @@ class GatedRunner:
 
     async def async_init(self) -> None:
         await asyncio.to_thread(self.gate.wait, 10)
+        if isinstance(self.fail, Exception):
+            raise self.fail
         if self.fail:
             raise RuntimeError("weights file is corrupt")
         self.ready = True
@@ -331,6 +333,23 @@ def test_readyz_reports_a_runner_that_failed_to_load(caplog: pytest.LogCaptureFi
     # The exception's message (a model's path on the host, a credential in a URL) is for the operator only.
     assert "weights file is corrupt" not in r.text + api.text
     assert any("weights file is corrupt" in rec.getMessage() for rec in caplog.records)
+    # Logged once, at load: each API request it refuses does not add an ERROR line.
+    assert not [rec for rec in caplog.records if "cannot serve" in rec.getMessage()]
+
+
+def test_a_runner_that_failed_with_a_bundler_error_is_logged_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its message says what and where; the traceback (two chained ones through onnxruntime) was noise.
+    from bundler.exceptions import ModelError
+
+    runner = GatedRunner(fail=ModelError("cannot load model m:v1 from /models/m.onnx: INVALID_PROTOBUF"))
+    runner.gate.set()
+    with caplog.at_level(logging.ERROR, logger="bundler.server"):
+        with running(build_app(make_service([runner]))) as url, httpx.Client(base_url=url) as c:
+            assert "failed to load (ModelError)" in _readyz_once_failed(c).json()["error"]
+    [record] = [rec for rec in caplog.records if "failed to load" in rec.getMessage()]
+    assert "from /models/m.onnx: INVALID_PROTOBUF" in record.getMessage() and record.exc_info is None
 
 
 def test_an_error_after_a_runner_loaded_is_reported_not_left_loading(

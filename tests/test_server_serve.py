@@ -466,6 +466,18 @@ def test_the_serving_line_is_a_url_to_open(
     caplog.set_level(logging.INFO, logger="bundler.server")
     serve_module.serve("hisvc:svc", host=host, port=port, working_dir=tmp_path)
     assert logged in [r.getMessage() for r in caplog.records]
+    # With --workers the parent said nothing of the service (uvicorn only its own "running on").
+    caplog.clear()
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)
+    for name in (
+        "BUNDLER_SERVE_TARGET",
+        "BUNDLER_SERVE_WORKING_DIR",
+        "BUNDLER_MAX_BODY_SIZE",
+        "BUNDLER_LOG_LEVEL",
+    ):
+        monkeypatch.setenv(name, "")  # serve() hands them to the workers; put back after the test
+    serve_module.serve("hisvc:svc", host=host, port=port, working_dir=tmp_path, workers=2)
+    assert logged in [r.getMessage() for r in caplog.records]
 
 
 def test_cli_log_level_comes_from_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -498,3 +510,25 @@ def test_serve_on_a_busy_port_says_so_and_exits_2(tmp_path: Path, options: list[
     assert done.returncode == 2, done.stderr
     assert f"error: serve: cannot listen on 127.0.0.1:{port} (Address already in use)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_service_that_configures_logging_gets_each_bundler_line_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A service.py calling logging.basicConfig() printed every bundler line (access log included) twice.
+    from bundler.server.serve import _configure_logging
+
+    bundler_logger = logging.getLogger("bundler")
+    monkeypatch.setattr(bundler_logger, "handlers", [])
+    monkeypatch.setattr(bundler_logger, "level", bundler_logger.level)
+    monkeypatch.setattr(logging.root, "handlers", [])
+    _configure_logging("info")
+    access = logging.getLogger("bundler.access")
+    access.info("GET /first 200")
+    assert capsys.readouterr().err.count("GET /first 200") == 1
+    seen: list[str] = []
+    root_handler = logging.Handler()
+    root_handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logging.root.addHandler(root_handler)  # what the service's logging.basicConfig() does
+    access.info("GET /second 200")
+    assert seen == ["GET /second 200"] and "GET /second" not in capsys.readouterr().err

@@ -37,7 +37,7 @@ from ..exceptions import (
 from ..runner.runner import ThreadCalls
 from ..service import API, Service
 from .docs import docs_routes
-from .http import GONE_KEY, TASK_KEY
+from .http import CUT_SHORT_KEY, GONE_KEY, TASK_KEY
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "ServiceApp", "build_app", "error_response", "max_body_size_from_env"]
@@ -78,8 +78,10 @@ def error_response(exc: BaseException, where: str = "") -> Response:
             # The rest of the body may still be on the wire; do not reuse the connection.
             headers["Connection"] = "close"
         status = exc.http_status if 400 <= exc.http_status < 600 else 500
-        if status >= 500 and not isinstance(exc, Overloaded):
-            # The server failed (e.g. the model raised): the operator must see it, not only the client.
+        # The server failed (e.g. the model raised): the operator must see it, not only the client. Not a
+        # runner that failed to load (ServiceUnavailable): that was logged once, with its traceback, and
+        # an ERROR line more per request (a load balancer's probes) buried it.
+        if status >= 500 and not isinstance(exc, (Overloaded, ServiceUnavailable)):
             log.error("%s%s: %s", type(exc).__name__, f" in {where}" if where else "", exc)
         return _json(status, {"error": str(exc), "detail": getattr(exc, "detail", None)}, headers)
     if isinstance(exc, HTTPException):
@@ -232,7 +234,7 @@ class ServiceApp(Starlette):
                 raise
         finally:
             # Returned without a response: the client went away first (handle_api answers nobody then).
-            self._record(scope, status or 499, start, route=route)
+            self._record(scope, status or scope.get(CUT_SHORT_KEY, 499), start, route=route)
 
     def _route_label(self, path: str) -> str:
         """Return a path's metrics label: a route's own path, the static files' mount, else "unmatched".
@@ -280,7 +282,8 @@ class ServiceApp(Starlette):
             response = api.output.to_response(result, request)
         except ClientDisconnect:
             if record:
-                self._record(scope, 499, start)
+                # The client left (499), or the server answered for it: a body stalled past the timeout.
+                self._record(scope, scope.get(CUT_SHORT_KEY, 499), start)
             return
         except asyncio.CancelledError:
             if calls is not None:
@@ -289,7 +292,7 @@ class ServiceApp(Starlette):
                 raise
             # The client went away and HttpProtocol cancelled its request (queued ones never run).
             if record:
-                self._record(scope, 499, start)
+                self._record(scope, scope.get(CUT_SHORT_KEY, 499), start)
             return
         except Exception as exc:
             response = error_response(exc, f"API {api.name!r}")
@@ -361,7 +364,10 @@ class ServiceApp(Starlette):
                 # Inside the try: an error here would end this task unseen, /readyz "loading" for good.
                 self._attach_observer(runner, name)
             except Exception as exc:
-                log.error("runner %r failed to load: %s: %s", name, type(exc).__name__, exc, exc_info=exc)
+                # A BundlerError (a model file that is not ONNX, say) names what failed and where: its
+                # traceback, two chained ones through onnxruntime, was 30 lines of noise in `docker logs`.
+                trace = None if isinstance(exc, BundlerError) else exc
+                log.error("runner %r failed to load: %s: %s", name, type(exc).__name__, exc, exc_info=trace)
                 # Clients (/readyz, the APIs) get the kind of error, not its message: that may hold the
                 # model's path on the host, or whatever the loading code had at hand (a token in a URL).
                 self.load_error = (

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import orjson
 
 __all__ = [
+    "CUT_SHORT_KEY",
     "GONE_KEY",
     "HEAD_HELD_MAX",
     "LINGER_IDLE",
@@ -71,6 +72,9 @@ LINGER_IDLE = 5.0
 # is cancelled because its client went away (so the app answers nobody, counting a 499).
 TASK_KEY = "bundler.task"
 GONE_KEY = "bundler.client_gone"
+# Set on the scope of a request the server answered itself before reading it whole (408, 431, 400): its
+# status, which the app then counts and logs, not the 499 of a client that went away.
+CUT_SHORT_KEY = "bundler.cut_short"
 
 # A body at least this large goes out with the head as two buffers of one writev() (uvloop) rather than
 # joined into one: the copy would cost more than it saves.
@@ -252,6 +256,7 @@ if _Base is not None:
             self._cut_short = True
             cycle = self.cycle
             if cycle is not None:  # an app waiting for the rest of the body gets a disconnect, now
+                cycle.scope[CUT_SHORT_KEY] = status
                 cycle.disconnected = True
                 cycle.message_event.set()
             self.transport.close()

@@ -240,6 +240,15 @@ def _check_address(host: str, port: int) -> None:
         ) from exc
 
 
+def _unless_root_logs(record: logging.LogRecord) -> bool:
+    """Let bundler's handler write a record only while the root logger has no handler.
+
+    A service that calls ``logging.basicConfig()`` (a common first line) gave the root logger one: every
+    bundler line, the access log's too, went to stderr twice, once in each format. Its configuration wins.
+    """
+    return not logging.root.handlers
+
+
 def _configure_logging(log_level: str) -> None:
     level = getattr(logging, log_level.upper(), logging.INFO)
     logger = logging.getLogger("bundler")
@@ -247,6 +256,7 @@ def _configure_logging(log_level: str) -> None:
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_unless_root_logs)
         logger.addHandler(handler)
 
 
@@ -343,13 +353,14 @@ def serve(
         # No route takes a WebSocket: an upgrade to one is served as HTTP (a JSON 405), not a bodiless 403.
         "ws": "none",
     }
+    # Said with --workers and --reload too: their logs named neither the service nor its docs.
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    if port:
+        log.info("serving %s on http://%s:%d (docs at /docs)", svc.name, shown, port)
+    else:
+        log.info("serving %s on http://%s at a free port that uvicorn names below", svc.name, shown)
     if workers == 1 and not reload:
         app = build_app(svc, max_body_size=limit)
-        shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
-        if port:
-            log.info("serving %s on http://%s:%d (docs at /docs)", svc.name, shown, port)
-        else:
-            log.info("serving %s on http://%s at a free port that uvicorn names below", svc.name, shown)
         _server_class()(uvicorn.Config(app, **common)).run()
         return
     os.environ[_ENV_TARGET] = target
