@@ -473,6 +473,28 @@ def import_model(path: str) -> None:
 
 
 # -- serving and images -----------------------------------------------------------------------------
+class _EnvOption(click.Option):
+    """An option whose bad value, when it came from its environment variable, is said to come from there.
+
+    click says "Invalid value for '--port'" for PORT=abc, an option the command line did not give.
+    """
+
+    def consume_value(self, ctx: click.Context, opts: Any) -> Any:
+        value, source = super().consume_value(ctx, opts)
+        ctx.meta[f"bundler.source.{self.name}"] = source
+        return value, source
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        from click.core import ParameterSource
+
+        try:
+            return super().process_value(ctx, value)
+        except click.BadParameter as exc:
+            if ctx.meta.get(f"bundler.source.{self.name}") is ParameterSource.ENVIRONMENT:
+                exc.message = f"{exc.message.rstrip('.')} (from ${self.envvar}; fix or unset it)"
+            raise
+
+
 @main.command()
 @click.argument("target", default=".")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -482,6 +504,7 @@ def import_model(path: str) -> None:
     show_default=True,
     type=click.IntRange(0, 65535),
     envvar="PORT",
+    cls=_EnvOption,
     help="Also from $PORT (as in the image).",
 )
 @click.option(
@@ -503,6 +526,7 @@ def import_model(path: str) -> None:
     default="info",
     show_default=True,
     envvar="BUNDLER_LOG_LEVEL",
+    cls=_EnvOption,
     type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"], case_sensitive=False),
     help="Also from $BUNDLER_LOG_LEVEL (bentofile docker.env).",
 )

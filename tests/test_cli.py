@@ -252,3 +252,21 @@ def test_serve_help_names_what_the_command_also_reads(monkeypatch: pytest.Monkey
     assert "Also from $PORT" in text
     assert "a project directory (its bentofile.yaml names the service); the default is the current" in text
     assert "$BUNDLER_MAX_BODY_SIZE" in text
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "says"),
+    [
+        ({"PORT": "abc"}, [], "'abc' is not a valid integer range (from $PORT; fix or unset it)"),
+        ({"BUNDLER_LOG_LEVEL": "loud"}, [], "(from $BUNDLER_LOG_LEVEL; fix or unset it)"),
+        ({}, ["--port", "abc"], "'abc' is not a valid integer range."),  # the command line's own: no $PORT
+        ({"PORT": "abc"}, ["--port", "99999"], "99999 is not in the range 0<=x<=65535."),
+    ],
+)
+def test_a_bad_serve_setting_from_the_environment_is_said_to_come_from_there(
+    env: dict[str, str], args: list[str], says: str
+) -> None:
+    # click said "Invalid value for '--port'" for PORT=abc, an option nobody typed.
+    r = CliRunner().invoke(cli.main, ["serve", *args], env=env)
+    assert r.exit_code == 2
+    assert r.stderr.rstrip().endswith(says), r.stderr
