@@ -143,32 +143,23 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     console.print(table)
 
 
-output_option = click.option(
-    "--output",
-    "-o",
-    "output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="table for people, json for scripts.",
-)
-list_output_option = click.option(
-    "--output",
-    "-o",
-    "output",
-    type=click.Choice(["table", "json", "yaml"]),
-    default="table",
-    show_default=True,
-    help="table for people, json or yaml for scripts.",
-)
-get_output_option = click.option(
-    "--output",
-    "-o",
-    "output",
-    type=click.Choice(["yaml", "json", "path"]),
-    default="yaml",
-    show_default=True,
-    help="yaml for people, json for scripts, path for the directory alone.",
+def _output_option(choices: list[str], help: str) -> Callable[[F], F]:
+    """The ``--output/-o`` option with these formats; the first is the default."""
+    return click.option(
+        "--output",
+        "-o",
+        "output",
+        type=click.Choice(choices),
+        default=choices[0],
+        show_default=True,
+        help=help,
+    )
+
+
+output_option = _output_option(["table", "json"], "table for people, json for scripts.")
+list_output_option = _output_option(["table", "json", "yaml"], "table for people, json or yaml for scripts.")
+get_output_option = _output_option(
+    ["yaml", "json", "path"], "yaml for people, json for scripts, path for the directory alone."
 )
 
 # BentoML's delete asks first unless -y; bundler never asks, and takes -y so such scripts run unchanged.

@@ -411,6 +411,19 @@ def test_concurrent_submits_share_onnxruntime_calls_and_match_unbatched() -> Non
     assert ("queue", 63) in observed
 
 
+class DepthObserver:
+    """A batcher observer that keeps the queue depths it is told."""
+
+    def __init__(self) -> None:
+        self.depths: list[int] = []
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        pass
+
+    def on_queue(self, depth: int) -> None:
+        self.depths.append(depth)
+
+
 class Gate:
     """A run_batch that blocks until released, recording each batch."""
 
@@ -592,19 +605,13 @@ def test_requests_whose_callers_left_leave_the_queue_gauge_and_make_room() -> No
     # Dropped at dispatch without a word to the observer, their rows stayed in the queue-depth gauge for
     # good; and until that dispatch (after the call in flight) they filled max_queue, refusing newcomers.
     gate = Gate()
-    depths: list[int] = []
-
-    class Observer:
-        def on_batch(self, size: int, seconds: float) -> None:
-            pass
-
-        def on_queue(self, depth: int) -> None:
-            depths.append(depth)
+    observer = DepthObserver()
+    depths = observer.depths
 
     async def main() -> list:
         with ThreadPoolExecutor(1) as pool:
             config = BatchingConfig(max_batch_size=1, max_queue=2)
-            batcher = Batcher(gate, config, executor=pool, observer=Observer())
+            batcher = Batcher(gate, config, executor=pool, observer=observer)
             running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
             await _settle()
             gone = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 9.0)})) for _ in range(2)]
@@ -673,18 +680,12 @@ def test_refusals_look_through_the_queue_only_after_a_caller_left() -> None:
 
 def test_abandoned_requests_dropped_at_dispatch_leave_the_queue_gauge() -> None:
     gate = Gate()
-    depths: list[int] = []
-
-    class Observer:
-        def on_batch(self, size: int, seconds: float) -> None:
-            pass
-
-        def on_queue(self, depth: int) -> None:
-            depths.append(depth)
+    observer = DepthObserver()
+    depths = observer.depths
 
     async def main() -> None:
         with ThreadPoolExecutor(1) as pool:
-            batcher = Batcher(gate, BatchingConfig(), executor=pool, observer=Observer())
+            batcher = Batcher(gate, BatchingConfig(), executor=pool, observer=observer)
             running = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
             await _settle()
             gone = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))})) for _ in range(3)]
