@@ -91,6 +91,13 @@ def handle_errors(fn: F, *, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) 
         except Terminated as exc:
             _err(f"terminated by {signal.Signals(exc.signum).name}")
             sys.exit(128 + exc.signum)
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise  # click's own: the reader went away (`| head`)
+            # The machine's, not the input's: the output went to a full disk (`> /dev/full`), say.
+            where = f" ({exc.filename})" if exc.filename else ""
+            _err(f"error: {exc.strerror or exc}{where}")
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
 

@@ -270,3 +270,18 @@ def test_a_bad_serve_setting_from_the_environment_is_said_to_come_from_there(
     r = CliRunner().invoke(cli.main, ["serve", *args], env=env)
     assert r.exit_code == 2
     assert r.stderr.rstrip().endswith(says), r.stderr
+
+
+def test_output_to_a_full_disk_is_an_error_message_not_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(
+            [sys.executable, "-m", "bundler.cli", "list", "-o", "json"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 1
+    assert r.stderr.strip() == "error: No space left on device", r.stderr
