@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from openapi_spec_validator import validate
 from PIL import Image as PILImage
+from starlette.exceptions import HTTPException
 
 import bundler
 from bundler.exceptions import BadInput, InferenceInputError, Overloaded
@@ -93,6 +94,10 @@ def make_service(runners: list[Any] | None = None) -> bundler.Service:
     def bad_rank(obj: Any) -> Any:
         raise InferenceInputError("input 'x': expected shape (?, 4), got (4,)")
 
+    @svc.api(input=JSON(), output=JSON())
+    def lookup(obj: Any) -> Any:
+        raise HTTPException(404, "item 7 is not in the catalogue")
+
     return svc
 
 
@@ -159,6 +164,8 @@ def test_text_image_and_file_apis(server: httpx.Client) -> None:
         ("POST", "/bad_rank", {"json": {}}, 400, "expected shape"),
         ("POST", "/gray", {"content": b"GIF89a??", "headers": {"content-type": "image/gif"}}, 400, "image"),
         ("POST", "/nowhere", {"json": {}}, 404, "no such route"),
+        # An API's own 404 keeps its detail: it was "no such route: API 'lookup'", though the route exists.
+        ("POST", "/lookup", {"json": {}}, 404, "item 7 is not in the catalogue"),
         ("GET", "/double", {}, 405, "method not allowed"),
         (
             "POST",

@@ -85,10 +85,7 @@ def error_response(exc: BaseException, where: str = "") -> Response:
             log.error("%s%s: %s", type(exc).__name__, f" in {where}" if where else "", exc)
         return _json(status, {"error": str(exc), "detail": getattr(exc, "detail", None)}, headers)
     if isinstance(exc, HTTPException):
-        message = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-        if exc.status_code in (404, 405) and where:
-            message += f": {where} (the APIs are listed at /docs)"
-        return _json(exc.status_code, {"error": message, "detail": None}, dict(exc.headers or {}))
+        return _json(exc.status_code, {"error": str(exc.detail), "detail": None}, dict(exc.headers or {}))
     log.error("unhandled error%s", f" in {where}" if where else "", exc_info=exc)
     # The exception's message stays in the log: it may hold anything the code had at hand (paths, secrets).
     return _json(
@@ -408,7 +405,13 @@ class ServiceApp(Starlette):
 
     async def _handle(self, request: Request, exc: Exception) -> Response:
         request.scope[ANSWERED_KEY] = exc
-        return error_response(exc, f"{request.method} {printable(request.url.path)}")
+        where = f"{request.method} {printable(request.url.path)}"
+        if isinstance(exc, HTTPException) and exc.status_code in (404, 405):
+            # The router's own misses (an API's HTTPException goes through handle_api, its detail kept).
+            what = "no such route" if exc.status_code == 404 else "method not allowed"
+            detail = f"{what}: {where} (the APIs are listed at /docs)"
+            exc = HTTPException(exc.status_code, detail, exc.headers)
+        return error_response(exc, where)
 
 
 def _what_loaded(runner: Any) -> str:
