@@ -347,10 +347,14 @@ def _openapi(staged: Path, service: str, say: Say, context: Path) -> dict[str, A
         say(f"note: could not import the service to describe its APIs ({exc}); apis from the source only")
         return None
     if proc.returncode == _WRONG_SERVICE:
-        # Stored, it was a bundle whose every start failed (BentoML's build, which imports, refuses it).
-        wrong = json.loads(proc.stdout.strip().splitlines()[-1])
-        where = f"{context / wrong['where'][0]}:{wrong['where'][1]}: " if wrong["where"] else ""
-        raise BadInput(f"{where}{wrong['error']}; the bundle could not serve: fix the service")
+        try:
+            wrong = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            wrong = None  # the service itself exited 3 at import
+        if isinstance(wrong, dict):
+            # Stored, it was a bundle whose every start failed (BentoML's build, which imports, refuses it).
+            where = f"{context / wrong['where'][0]}:{wrong['where'][1]}: " if wrong["where"] else ""
+            raise BadInput(f"{where}{wrong['error']}; the bundle could not serve: fix the service")
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
         say(f"note: the service does not import here ({last}); apis/openapi.yaml from the source only")
