@@ -95,6 +95,10 @@ def make_service(runners: list[Any] | None = None) -> bundler.Service:
         raise InferenceInputError("input 'x': expected shape (?, 4), got (4,)")
 
     @svc.api(input=JSON(), output=JSON())
+    async def leave(obj: Any) -> Any:
+        raise SystemExit(3)
+
+    @svc.api(input=JSON(), output=JSON())
     def lookup(obj: Any) -> Any:
         raise HTTPException(404, "item 7 is not in the catalogue")
 
@@ -177,6 +181,7 @@ def test_text_image_and_file_apis(server: httpx.Client) -> None:
         ("POST", "/double", {"content": b"1,2", "headers": {"content-type": "text/csv"}}, 415, "text/csv"),
         ("POST", "/double", {"json": [[1, 2], [3]]}, 422, "rectangular"),
         ("POST", "/boom", {"json": {}}, 500, "ZeroDivisionError"),
+        ("POST", "/leave", {"json": {}}, 500, "SystemExit"),  # was uvicorn's text/plain 500
     ],
 )
 def test_error_statuses_have_json_bodies(

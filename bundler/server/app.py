@@ -291,7 +291,8 @@ class ServiceApp(Starlette):
             if record:
                 self._record(scope, scope.get(CUT_SHORT_KEY, 499), start)
             return
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # sys.exit() in an API too: uvicorn answered it in plain text, and the request went uncounted.
             response = error_response(exc, f"API {api.name!r}")
         await response(scope, receive, send)
         if record:
