@@ -568,12 +568,16 @@ def test_scan_names_and_routes_apis_as_the_service_does(tmp_path: Path) -> None:
         "@other.api(input=JSON(), output=JSON())\n"
         "def elsewhere(x): return x\n"
         "def echo(x): return x\n"
-        "svc.api(input=Text(), output=Text(), name='echo2')(echo)\n",
+        "svc.api(input=Text(), output=Text(), name='echo2')(echo)\n"
+        "class Handler:\n"
+        "    def handle(self, x): return x\n"
+        "svc.api(input=JSON(), output=JSON())(Handler().handle)\n",  # was left out
         encoding="utf-8",
     )
     scanned = [(a.name, a.route, a.input, a.output) for a in scan_service(module, "svc").apis]
     assert scanned == [
         ("echo2", "echo2", "Text", "Text"),
+        ("handle", "handle", "JSON", "JSON"),
         ("label", "label", "JSON", "Text"),
         ("predict", "v1/predict", "JSON", "JSON"),
     ]
