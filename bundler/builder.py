@@ -303,19 +303,40 @@ def _creation_time() -> str:
     return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _openapi(staged: Path, service: str, say: Say) -> dict[str, Any] | None:
-    """Ask the service itself for its OpenAPI document, in a subprocess; None when it cannot import here."""
-    code = (
-        "import json, sys\n"
-        "from bundler.server.serve import load_service\n"
-        "svc = load_service(sys.argv[1], working_dir=sys.argv[2])\n"
-        "print(json.dumps(svc.openapi(), sort_keys=True))\n"
-    )
+# Exits _WRONG_SERVICE, printing {"error": ..., "where": [file, line] or null}, when bundler refused what
+# the service gave it (an API name or route taken twice or reserved, a bad descriptor): that fails wherever
+# the service imports, unlike a missing dependency.
+_WRONG_SERVICE = 3
+_DESCRIBE = f"""\
+import json, os, sys, traceback
+import bundler
+from bundler.exceptions import BadInput
+from bundler.server.serve import load_service
+try:
+    svc = load_service(sys.argv[1], working_dir=sys.argv[2])
+except BadInput as exc:
+    frames = traceback.extract_tb(exc.__traceback__)
+    package = os.path.dirname(bundler.__file__) + os.sep
+    if exc.__cause__ is not None or not frames or not frames[-1].filename.startswith(package):
+        raise  # an import that failed (a missing dependency): it may import where the bundle runs
+    own = [f for f in frames if f.filename.startswith(sys.argv[2] + os.sep)]
+    where = [os.path.relpath(own[-1].filename, sys.argv[2]), own[-1].lineno] if own else None
+    print(json.dumps({{"error": str(exc), "where": where}}))
+    sys.exit({_WRONG_SERVICE})
+print(json.dumps(svc.openapi(), sort_keys=True))
+"""
+
+
+def _openapi(staged: Path, service: str, say: Say, context: Path) -> dict[str, Any] | None:
+    """Ask the service itself for its OpenAPI document, in a subprocess; None when it cannot import here.
+
+    Raises BadInput when bundler refused the service's own definitions: the bundle could never serve.
+    """
     # No bytecode: __pycache__ written into the staged src/ would enter the manifest.
     env = dict(os.environ, BUNDLER_BUNDLE_DIR=str(staged), PYTHONDONTWRITEBYTECODE="1")
     try:
         proc = subprocess.run(
-            [sys.executable, "-B", "-c", code, service, str(staged / "src")],
+            [sys.executable, "-B", "-c", _DESCRIBE, service, str((staged / "src").resolve())],
             capture_output=True,
             text=True,
             timeout=120,
@@ -325,6 +346,15 @@ def _openapi(staged: Path, service: str, say: Say) -> dict[str, Any] | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         say(f"note: could not import the service to describe its APIs ({exc}); apis from the source only")
         return None
+    if proc.returncode == _WRONG_SERVICE:
+        try:
+            wrong = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            wrong = None  # the service itself exited 3 at import
+        if isinstance(wrong, dict):
+            # Stored, it was a bundle whose every start failed (BentoML's build, which imports, refuses it).
+            where = f"{context / wrong['where'][0]}:{wrong['where'][1]}: " if wrong["where"] else ""
+            raise BadInput(f"{where}{wrong['error']}; the bundle could not serve: fix the service")
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
         say(f"note: the service does not import here ({last}); apis/openapi.yaml from the source only")
@@ -429,7 +459,7 @@ def write_bundle(cfg: Any, plan: Plan, say: Say, *, replace: bool = False) -> tu
             readme if readme.endswith("\n") else readme + "\n", encoding="utf-8"
         )
         say("describing the APIs")
-        doc = _openapi(staged, cfg.service, say) or _fallback_openapi(plan)
+        doc = _openapi(staged, cfg.service, say, cfg.context) or _fallback_openapi(plan)
         doc.setdefault("info", {})["version"] = tag.version
         (staged / "apis").mkdir(exist_ok=True)
         (staged / "apis/openapi.yaml").write_text(yaml.safe_dump(doc, sort_keys=True), encoding="utf-8")

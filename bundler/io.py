@@ -1041,11 +1041,20 @@ class File(IODescriptor):
         return await request.body()
 
     def to_response(self, value: Any, request: Request | None = None) -> Response:
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        elif hasattr(value, "read"):
+        if hasattr(value, "read"):
             value = value.read()
-        return _response(bytes(value), self.output_media)
+        if isinstance(value, str):  # a str, or what a file opened in text mode read
+            value = value.encode("utf-8")
+        try:
+            # Bytes, or any buffer (a numpy array's). Not bytes(value): of an int n it is n NUL bytes
+            # (a 200 of zeros; a large n took the memory), of None an error that named nothing.
+            body = bytes(memoryview(value))
+        except TypeError:
+            raise TypeError(
+                f"File output: the API returned a {type(value).__name__}; return bytes, a str or a file"
+                " opened in binary mode"
+            ) from None
+        return _response(body, self.output_media)
 
     def openapi_request_body(self) -> dict[str, Any]:
         binary = {"type": "string", "format": "binary"}

@@ -109,7 +109,15 @@ def scan_service(module_path: Path, attribute: str) -> ServiceInfo:
             # svc.api(input=..., output=...)(predict): the decorator called by hand.
             call = _api_decorator(node.func, attribute)
             target = node.args[0]
-            api = _api_info(call, target.id if isinstance(target, ast.Name) else None) if call else None
+            # A bound method (handler.predict) is named by its attribute, as its __name__ is.
+            func_name = (
+                target.id
+                if isinstance(target, ast.Name)
+                else target.attr
+                if isinstance(target, ast.Attribute)
+                else None
+            )
+            api = _api_info(call, func_name) if call else None
             if api is not None:
                 info.apis.append(api)
     info.model_tags = sorted(set(tags))

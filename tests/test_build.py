@@ -16,7 +16,7 @@ import yaml
 
 from bundler import bundles
 from bundler.builder import build
-from bundler.exceptions import ConfigError
+from bundler.exceptions import BadInput, ConfigError
 from bundler.scan import scan_service, uses_images
 from bundler.store import bundle_store, verify_manifest
 
@@ -184,6 +184,24 @@ def test_build_does_not_import_the_service(quickstart: Path) -> None:
     info = yaml.safe_load((result.path / "bundle.yaml").read_text())
     assert [a["route"] for a in info["apis"]] == ["predict"]
     assert "/predict" in yaml.safe_load((result.path / "apis/openapi.yaml").read_text())["paths"]
+
+
+def test_a_service_whose_apis_bundler_refuses_fails_the_build(quickstart: Path) -> None:
+    # It was a note ("does not import here") and a stored bundle that failed at every start.
+    service = quickstart / "service.py"
+    source = service.read_text()
+    service.write_text(
+        source + '\n\n@svc.api(input=NumpyNdarray(), output=NumpyNdarray(), route="/predict/")\n'
+        "def again(x):\n    return x\n"
+    )
+    with pytest.raises(BadInput) as info:
+        build(quickstart)
+    line = len(source.splitlines()) + 3
+    assert str(info.value) == (
+        f"{quickstart / 'service.py'}:{line}: Service 'quickstart', API 'again': route /predict is taken by"
+        " API 'predict'; pass route=... to move one; the bundle could not serve: fix the service"
+    )
+    assert not list(bundle_store().root.glob("*/*/bundle.yaml"))
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -550,12 +568,16 @@ def test_scan_names_and_routes_apis_as_the_service_does(tmp_path: Path) -> None:
         "@other.api(input=JSON(), output=JSON())\n"
         "def elsewhere(x): return x\n"
         "def echo(x): return x\n"
-        "svc.api(input=Text(), output=Text(), name='echo2')(echo)\n",
+        "svc.api(input=Text(), output=Text(), name='echo2')(echo)\n"
+        "class Handler:\n"
+        "    def handle(self, x): return x\n"
+        "svc.api(input=JSON(), output=JSON())(Handler().handle)\n",  # was left out
         encoding="utf-8",
     )
     scanned = [(a.name, a.route, a.input, a.output) for a in scan_service(module, "svc").apis]
     assert scanned == [
         ("echo2", "echo2", "Text", "Text"),
+        ("handle", "handle", "JSON", "JSON"),
         ("label", "label", "JSON", "Text"),
         ("predict", "v1/predict", "JSON", "JSON"),
     ]

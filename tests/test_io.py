@@ -642,6 +642,12 @@ def test_file_raw_and_multipart() -> None:
     assert decode(File(), body, ctype) == b"abc\x00"
     r = File(mime_type="application/pdf").to_response(b"%PDF")
     assert r.body == b"%PDF" and r.media_type == "application/pdf"
+    assert File().to_response(io.BytesIO(b"ab")).body == b"ab"
+    assert File().to_response(io.StringIO("é")).body == "é".encode()
+    assert File().to_response(np.arange(2, dtype=np.uint8)).body == b"\x00\x01"
+    for wrong in (12, None, 10**12):  # 12 was twelve NUL bytes; 10**12 asked for a terabyte
+        with pytest.raises(TypeError, match="File output: the API returned a"):
+            File().to_response(wrong)
 
 
 # -- properties ----------------------------------------------------------------------------------------------

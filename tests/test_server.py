@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from openapi_spec_validator import validate
 from PIL import Image as PILImage
+from starlette.exceptions import HTTPException
 
 import bundler
 from bundler.exceptions import BadInput, InferenceInputError, Overloaded
@@ -93,6 +94,18 @@ def make_service(runners: list[Any] | None = None) -> bundler.Service:
     def bad_rank(obj: Any) -> Any:
         raise InferenceInputError("input 'x': expected shape (?, 4), got (4,)")
 
+    @svc.api(input=JSON(), output=JSON())
+    async def leave(obj: Any) -> Any:
+        raise SystemExit(3)
+
+    @svc.api(input=JSON(), output=JSON())
+    def lookup(obj: Any) -> Any:
+        raise HTTPException(404, "item 7 is not in the catalogue")
+
+    @svc.api(input=JSON(), output=JSON())
+    def check(obj: Any) -> Any:
+        raise HTTPException(409, detail={"conflicts": {"item"}})
+
     return svc
 
 
@@ -159,6 +172,8 @@ def test_text_image_and_file_apis(server: httpx.Client) -> None:
         ("POST", "/bad_rank", {"json": {}}, 400, "expected shape"),
         ("POST", "/gray", {"content": b"GIF89a??", "headers": {"content-type": "image/gif"}}, 400, "image"),
         ("POST", "/nowhere", {"json": {}}, 404, "no such route"),
+        # An API's own 404 keeps its detail: it was "no such route: API 'lookup'", though the route exists.
+        ("POST", "/lookup", {"json": {}}, 404, "item 7 is not in the catalogue"),
         ("GET", "/double", {}, 405, "method not allowed"),
         (
             "POST",
@@ -170,6 +185,7 @@ def test_text_image_and_file_apis(server: httpx.Client) -> None:
         ("POST", "/double", {"content": b"1,2", "headers": {"content-type": "text/csv"}}, 415, "text/csv"),
         ("POST", "/double", {"json": [[1, 2], [3]]}, 422, "rectangular"),
         ("POST", "/boom", {"json": {}}, 500, "ZeroDivisionError"),
+        ("POST", "/leave", {"json": {}}, 500, "SystemExit"),  # was uvicorn's text/plain 500
     ],
 )
 def test_error_statuses_have_json_bodies(
@@ -181,6 +197,14 @@ def test_error_statuses_have_json_bodies(
     body = r.json()
     assert set(body) == {"error", "detail"}
     assert match in body["error"]
+
+
+def test_an_http_exception_with_a_structured_detail_answers_it_as_json(server: httpx.Client) -> None:
+    # The detail was the error's text as Python printed it ("{'conflicts': {'item'}}"); a set in it, or
+    # anything else orjson does not take, in any error's detail was a plain-text 500.
+    r = server.post("/check", json={})
+    assert r.status_code == 409
+    assert r.json() == {"error": "Conflict", "detail": {"conflicts": "{'item'}"}}
 
 
 def test_500_is_logged_with_traceback_and_the_server_keeps_serving(

@@ -16,6 +16,7 @@ import time
 from asyncio import current_task
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -65,7 +66,16 @@ def max_body_size_from_env(default: int = DEFAULT_MAX_BODY_SIZE) -> int:
 
 
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+    # default=str: an error's detail comes from the API's code and may hold anything (a set, a datetime).
+    body = orjson.dumps(payload, default=str)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
 
 
 def error_response(exc: BaseException, where: str = "") -> Response:
@@ -85,10 +95,11 @@ def error_response(exc: BaseException, where: str = "") -> Response:
             log.error("%s%s: %s", type(exc).__name__, f" in {where}" if where else "", exc)
         return _json(status, {"error": str(exc), "detail": getattr(exc, "detail", None)}, headers)
     if isinstance(exc, HTTPException):
-        message = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-        if exc.status_code in (404, 405) and where:
-            message += f": {where} (the APIs are listed at /docs)"
-        return _json(exc.status_code, {"error": message, "detail": None}, dict(exc.headers or {}))
+        if isinstance(exc.detail, str):
+            error, detail = exc.detail, None
+        else:  # FastAPI's style, HTTPException(400, detail={...}): the structure, not its Python repr
+            error, detail = _phrase(exc.status_code), exc.detail
+        return _json(exc.status_code, {"error": error, "detail": detail}, dict(exc.headers or {}))
     log.error("unhandled error%s", f" in {where}" if where else "", exc_info=exc)
     # The exception's message stays in the log: it may hold anything the code had at hand (paths, secrets).
     return _json(
@@ -294,7 +305,8 @@ class ServiceApp(Starlette):
             if record:
                 self._record(scope, scope.get(CUT_SHORT_KEY, 499), start)
             return
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # sys.exit() in an API too: uvicorn answered it in plain text, and the request went uncounted.
             response = error_response(exc, f"API {api.name!r}")
         await response(scope, receive, send)
         if record:
@@ -408,7 +420,13 @@ class ServiceApp(Starlette):
 
     async def _handle(self, request: Request, exc: Exception) -> Response:
         request.scope[ANSWERED_KEY] = exc
-        return error_response(exc, f"{request.method} {printable(request.url.path)}")
+        where = f"{request.method} {printable(request.url.path)}"
+        if isinstance(exc, HTTPException) and exc.status_code in (404, 405):
+            # The router's own misses (an API's HTTPException goes through handle_api, its detail kept).
+            what = "no such route" if exc.status_code == 404 else "method not allowed"
+            detail = f"{what}: {where} (the APIs are listed at /docs)"
+            exc = HTTPException(exc.status_code, detail, exc.headers)
+        return error_response(exc, where)
 
 
 def _what_loaded(runner: Any) -> str:
