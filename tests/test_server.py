@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -545,11 +546,20 @@ def test_docs_assets_are_served_whole_whatever_range_is_asked(server: httpx.Clie
     assert r.status_code == 200 and r.content == whole.content and len(whole.content) > 1000
 
 
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "bundler.access"]
+
+
 def test_one_access_log_line_per_request(server: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="bundler.access"):
         server.post("/double", json=[1])
         server.get("/livez")
-    lines = [r.getMessage() for r in caplog.records if r.name == "bundler.access"]
+        # The server's thread writes the line after the response is sent: wait for it (bounded).
+        deadline = time.monotonic() + 5
+        while len(_access_lines(caplog)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # and a moment for a line too many, which must not come
+    lines = _access_lines(caplog)
     assert len(lines) == 2
     assert re.fullmatch(r"POST /double 200 \d+\.\d\dms", lines[0])
     assert re.fullmatch(r"GET /livez 200 \d+\.\d\dms", lines[1])
