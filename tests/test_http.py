@@ -525,3 +525,39 @@ def test_a_websocket_upgrade_gets_a_json_answer(url: str) -> None:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + ws)
         head, body, _ = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 200") and body == b'{"status":"ok"}', (head, body)
+
+
+def test_a_pipelining_client_that_leaves_unread_ends_its_requests_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from bundler.io import Text
+
+    svc = bundler.Service("wire")
+
+    @svc.api(input=Text(), output=Text())
+    def big(n: str) -> str:
+        return "x" * int(n)
+
+    app = build_app(svc)
+    size = 16 * 1024 * 1024  # past what the sockets' buffers hold: the third answer waits to be written
+    request = b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\n"
+    # uvicorn marks only a connection's newest request (queued behind the others) as disconnected: the one
+    # running wrote its answer to the closed transport (uvloop's RuntimeError, a traceback per client), or
+    # was cancelled while its answer waited to be written (a CancelledError traceback).
+    with caplog.at_level(logging.WARNING), running(app, log_config=None) as url:
+        with _connect(url) as sock:
+            sock.sendall(b"%s%d" % (request, size) * 4)
+            head, body, rest = _read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200") and len(body) == size
+            while b"\r\n\r\n" not in rest:  # the second answer's head: the third request has begun
+                rest += sock.recv(65536)
+        # Two answers written, the third cancelled as its client left (499), the fourth never started.
+        served = 'route="/big",service="wire",status="499"} 1.0'
+        deadline = time.monotonic() + 10
+        while served not in app.metrics.render().decode() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert served in app.metrics.render().decode()
+        assert 'route="/big",service="wire",status="200"} 2.0' in app.metrics.render().decode()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -296,7 +296,15 @@ class ServiceApp(Starlette):
             return
         except Exception as exc:
             response = error_response(exc, f"API {api.name!r}")
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        except asyncio.CancelledError:
+            # Cancelled so while its answer waited for the client to read the one before (a full socket).
+            if not scope.get(GONE_KEY):
+                raise
+            if record:
+                self._record(scope, 499, start)
+            return
         if record:
             self._record(scope, response.status_code, start)
 
