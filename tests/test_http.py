@@ -561,3 +561,39 @@ def test_a_pipelining_client_that_leaves_unread_ends_its_requests_quietly(
         assert served in app.metrics.render().decode()
         assert 'route="/big",service="wire",status="200"} 2.0' in app.metrics.render().decode()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_request_unfinished_when_the_graceful_shutdown_ends_gets_a_json_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import logging
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    svc = make_service()
+    started = threading.Event()
+
+    @svc.api(input=JSON(), output=JSON())
+    async def stuck(obj: Any) -> Any:
+        started.set()
+        await asyncio.sleep(60)
+        return obj
+
+    def ask(url: str) -> tuple[bytes, bytes]:
+        with _connect(url) as sock:
+            sock.sendall(b"POST /stuck HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            sock.sendall(b"Content-Length: 1\r\n\r\n1")
+            head, body, _ = _read_response(sock)
+            return head, body
+
+    # uvicorn cancelled it once timeout_graceful_shutdown had passed: a text/plain 500 "Internal Server
+    # Error" and a CancelledError traceback in the log, for a request that had done nothing wrong.
+    with caplog.at_level(logging.WARNING), ThreadPoolExecutor(1) as pool:
+        with running(build_app(svc), timeout_graceful_shutdown=1, log_config=None) as url:
+            answer = pool.submit(ask, url)
+            assert started.wait(10)
+        head, body = answer.result(10)
+    assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower()
+    assert "is shutting down" in orjson.loads(body)["error"]
+    assert not [r for r in caplog.records if r.name == "uvicorn.error" and r.exc_info], caplog.text
