@@ -525,3 +525,75 @@ def test_a_websocket_upgrade_gets_a_json_answer(url: str) -> None:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + ws)
         head, body, _ = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 200") and body == b'{"status":"ok"}', (head, body)
+
+
+def test_a_pipelining_client_that_leaves_unread_ends_its_requests_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from bundler.io import Text
+
+    svc = bundler.Service("wire")
+
+    @svc.api(input=Text(), output=Text())
+    def big(n: str) -> str:
+        return "x" * int(n)
+
+    app = build_app(svc)
+    size = 16 * 1024 * 1024  # past what the sockets' buffers hold: the third answer waits to be written
+    request = b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\n"
+    # uvicorn marks only a connection's newest request (queued behind the others) as disconnected: the one
+    # running wrote its answer to the closed transport (uvloop's RuntimeError, a traceback per client), or
+    # was cancelled while its answer waited to be written (a CancelledError traceback).
+    with caplog.at_level(logging.WARNING), running(app, log_config=None) as url:
+        with _connect(url) as sock:
+            sock.sendall(b"%s%d" % (request, size) * 4)
+            head, body, rest = _read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200") and len(body) == size
+            while b"\r\n\r\n" not in rest:  # the second answer's head: the third request has begun
+                rest += sock.recv(65536)
+        # Two answers written, the third cancelled as its client left (499), the fourth never started.
+        served = 'route="/big",service="wire",status="499"} 1.0'
+        deadline = time.monotonic() + 10
+        while served not in app.metrics.render().decode() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert served in app.metrics.render().decode()
+        assert 'route="/big",service="wire",status="200"} 2.0' in app.metrics.render().decode()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_request_unfinished_when_the_graceful_shutdown_ends_gets_a_json_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import logging
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    svc = make_service()
+    started = threading.Event()
+
+    @svc.api(input=JSON(), output=JSON())
+    async def stuck(obj: Any) -> Any:
+        started.set()
+        await asyncio.sleep(60)
+        return obj
+
+    def ask(url: str) -> tuple[bytes, bytes]:
+        with _connect(url) as sock:
+            sock.sendall(b"POST /stuck HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            sock.sendall(b"Content-Length: 1\r\n\r\n1")
+            head, body, _ = _read_response(sock)
+            return head, body
+
+    # uvicorn cancelled it once timeout_graceful_shutdown had passed: a text/plain 500 "Internal Server
+    # Error" and a CancelledError traceback in the log, for a request that had done nothing wrong.
+    with caplog.at_level(logging.WARNING), ThreadPoolExecutor(1) as pool:
+        with running(build_app(svc), timeout_graceful_shutdown=1, log_config=None) as url:
+            answer = pool.submit(ask, url)
+            assert started.wait(10)
+        head, body = answer.result(10)
+    assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower()
+    assert "is shutting down" in orjson.loads(body)["error"]
+    assert not [r for r in caplog.records if r.name == "uvicorn.error" and r.exc_info], caplog.text

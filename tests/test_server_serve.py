@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import shutil
@@ -532,3 +533,38 @@ def test_a_service_that_configures_logging_gets_each_bundler_line_once(
     logging.root.addHandler(root_handler)  # what the service's logging.basicConfig() does
     access.info("GET /second 200")
     assert seen == ["GET /second 200"] and "GET /second" not in capsys.readouterr().err
+
+
+def test_workers_drain_their_requests_on_sighup(tmp_path: Path) -> None:
+    # A closed terminal sends SIGHUP to the whole process group: with --workers, uvicorn's workers left it
+    # to the default action and died with their requests in flight (the client got a dropped connection).
+    write(
+        tmp_path / "slowsvc.py",
+        """
+        import time
+        import bundler
+        from bundler.io import JSON
+
+        svc = bundler.Service("slow")
+
+        @svc.api(input=JSON(), output=JSON())
+        def wait(obj):
+            time.sleep(obj["seconds"])
+            return {"slept": obj["seconds"]}
+        """,
+    )
+    proc, url = start("slowsvc:svc", tmp_path, workers=2)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            calls = [
+                pool.submit(httpx.post, f"{url}/wait", json={"seconds": 1.5}, timeout=10) for _ in range(4)
+            ]
+            time.sleep(0.5)  # the requests are in the API function now
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            workers = [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            assert len(workers) == 2
+            for pid in workers:
+                os.kill(pid, signal.SIGHUP)
+            assert [c.result().status_code for c in calls] == [200] * 4
+    finally:
+        assert stop(proc) in CLEAN_EXIT

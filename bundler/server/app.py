@@ -299,16 +299,32 @@ class ServiceApp(Starlette):
         except asyncio.CancelledError:
             if calls is not None:
                 calls.cancel()
-            if not scope.get(GONE_KEY):
-                raise
-            # The client went away and HttpProtocol cancelled its request (queued ones never run).
-            if record:
-                self._record(scope, scope.get(CUT_SHORT_KEY, 499), start)
-            return
+            if scope.get(GONE_KEY):
+                # The client went away and HttpProtocol cancelled its request (queued ones never run).
+                if record:
+                    self._record(scope, scope.get(CUT_SHORT_KEY, 499), start)
+                return
+            # The server stopping gave up on it (its graceful shutdown ran out): uvicorn answered a text/plain
+            # 500 and logged the cancellation's traceback. A 503 says to retry, on another replica.
+            response = error_response(
+                Overloaded(
+                    f"service {self.svc.name!r} is shutting down: the request was not finished within the"
+                    " graceful shutdown's time; retry it",
+                    retry_after=1,
+                )
+            )
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
             # sys.exit() in an API too: uvicorn answered it in plain text, and the request went uncounted.
             response = error_response(exc, f"API {api.name!r}")
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        except asyncio.CancelledError:
+            # Cancelled so while its answer waited for the client to read the one before (a full socket).
+            if not scope.get(GONE_KEY):
+                raise
+            if record:
+                self._record(scope, 499, start)
+            return
         if record:
             self._record(scope, response.status_code, start)
 

@@ -168,6 +168,9 @@ if _Base is not None:
         # The framing header (b"content-length: 7") of the body httptools skipped: its request asked to
         # upgrade, and is served as HTTP/1.1 (see _read_after_upgrade). None: no such body is pending.
         _skipped_body: bytes | None = None
+        # The cycle whose request the app is serving; with pipelining, uvicorn's ``cycle`` is the newest
+        # one, queued behind it.
+        _running: Any = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             wrapped = HeadHoldingTransport(transport)
@@ -201,6 +204,9 @@ if _Base is not None:
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
+            pipeline = self.pipeline
+            if not pipeline or pipeline[0][0] is not self.cycle:  # started, not queued
+                self._running = self.cycle
             if self.parser.should_upgrade() and not self._should_upgrade():
                 self._skipped_body = _body_framing(self.headers)
 
@@ -307,7 +313,13 @@ if _Base is not None:
                 self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            cycle = self.cycle
+            cycle = self._running
+            if cycle is not None and cycle is not self.cycle and not cycle.response_complete:
+                # A pipelined request's: uvicorn marks only the newest cycle (queued, never to run) as
+                # disconnected, so this one wrote its answer to the closed transport (uvloop raised, a
+                # traceback per client) and was not cancelled while it waited or ran.
+                cycle.disconnected = True
+                cycle.message_event.set()
             if cycle is not None and not cycle.response_started:
                 # Nobody will read the answer: stop the work (a request queued in a batcher is dropped).
                 task = cycle.scope.get(TASK_KEY)
@@ -319,6 +331,9 @@ if _Base is not None:
         def on_response_complete(self) -> None:
             # A bodiless response (HEAD, 204, 304) has written only its head.
             self.transport.flush()
+            pipeline = self.pipeline
+            if pipeline:  # uvicorn starts the oldest queued request next
+                self._running = pipeline[-1][0]
             super().on_response_complete()
 
 

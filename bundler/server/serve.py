@@ -260,6 +260,20 @@ def _configure_logging(log_level: str) -> None:
         logger.addHandler(handler)
 
 
+def _drain_on_hangup() -> None:
+    """In a --workers or --reload worker, drain on SIGHUP as on SIGTERM, as a single ``serve()`` does.
+
+    A closed terminal sends SIGHUP to the whole process group: the workers (uvicorn's own Server, which
+    leaves SIGHUP to its default action) died with their requests in flight. The app is built inside the
+    worker's ``capture_signals()``, so SIGTERM's handler here is that server's ``handle_exit``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    term = signal.getsignal(signal.SIGTERM)
+    if callable(term) and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, lambda _sig, frame: term(signal.SIGTERM, frame))
+
+
 def app_factory() -> Any:
     """Build the app in a uvicorn worker or reloader process from the settings ``serve()`` left in env."""
     from .app import build_app
@@ -268,6 +282,7 @@ def app_factory() -> Any:
     if not target:
         raise BadInput(f"app_factory: ${_ENV_TARGET} is not set; start the server with `bundler serve`")
     _configure_logging(os.environ.get("BUNDLER_LOG_LEVEL", "info"))
+    _drain_on_hangup()
     try:
         svc = load_service(target, working_dir=os.environ.get(_ENV_WORKDIR) or None)
     except BundlerError as exc:
