@@ -154,6 +154,17 @@ def test_a_full_runner_queue_is_503_with_retry_after(run_calls: list[int], optio
             np.testing.assert_allclose(np.asarray(r.json(), np.float32), expected, rtol=1e-4, atol=1e-5)
 
 
+def _slow_runs(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make every model call take ``seconds`` more (still counted by the run_calls fixture)."""
+    counting = OnnxSession.run
+
+    def slow(self: OnnxSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        time.sleep(seconds)
+        return counting(self, feed)
+
+    monkeypatch.setattr(OnnxSession, "run", slow)
+
+
 @pytest.mark.parametrize("route", ["/apredict", "/predict"], ids=["async-api", "sync-api"])
 @pytest.mark.parametrize("options", [{}, {"enabled": False}], ids=["batched", "batching-off"])
 def test_requests_whose_clients_went_away_are_dropped_before_their_run(
@@ -162,13 +173,7 @@ def test_requests_whose_clients_went_away_are_dropped_before_their_run(
     # The server never told the runner that a client had gone: every abandoned request still ran (and
     # was counted as a 200), which under overload is work for nobody while live requests wait. A sync API
     # (runner.run.run in its thread, as in the guide) kept running them after that was fixed for async ones.
-    counting = OnnxSession.run
-
-    def slow(self: OnnxSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        time.sleep(0.5)
-        return counting(self, feed)
-
-    monkeypatch.setattr(OnnxSession, "run", slow)
+    _slow_runs(monkeypatch, 0.5)
     svc, _ = mlp_service(**options)
     x = np.ones((1, IN), np.float32).tolist()
 
@@ -200,13 +205,7 @@ def test_a_queue_full_of_requests_whose_clients_left_takes_a_new_one(
 ) -> None:
     # The server refuses before decoding when every runner queue is full; requests whose clients had left
     # filled it until the call in flight ended, so a new client got 503 "at capacity" from an idle queue.
-    counting = OnnxSession.run
-
-    def slow(self: OnnxSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        time.sleep(0.5)
-        return counting(self, feed)
-
-    monkeypatch.setattr(OnnxSession, "run", slow)
+    _slow_runs(monkeypatch, 0.5)
     svc, _ = mlp_service(max_batch_size=1, max_queue=2)
     x = np.ones((1, IN), np.float32).tolist()
 

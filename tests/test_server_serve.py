@@ -253,24 +253,25 @@ def stop(proc: subprocess.Popen) -> int:
         raise
 
 
+# A sync API that sleeps as long as its request says.
+SLOW_SERVICE = """
+import time
+import bundler
+from bundler.io import JSON
+
+svc = bundler.Service("slow")
+
+@svc.api(input=JSON(), output=JSON())
+def wait(obj):
+    time.sleep(obj["seconds"])
+    return {"slept": obj["seconds"]}
+"""
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_drains_an_in_flight_request(tmp_path: Path, signum: signal.Signals) -> None:
     # SIGHUP (the terminal of `bundler serve` closed) killed the server with its requests in flight.
-    write(
-        tmp_path / "slowsvc.py",
-        """
-        import time
-        import bundler
-        from bundler.io import JSON
-
-        svc = bundler.Service("slow")
-
-        @svc.api(input=JSON(), output=JSON())
-        def wait(obj):
-            time.sleep(obj["seconds"])
-            return {"slept": obj["seconds"]}
-        """,
-    )
+    write(tmp_path / "slowsvc.py", SLOW_SERVICE)
     proc, url = start("slowsvc:svc", tmp_path)
     try:
         result: dict[str, object] = {}
@@ -538,21 +539,7 @@ def test_a_service_that_configures_logging_gets_each_bundler_line_once(
 def test_workers_drain_their_requests_on_sighup(tmp_path: Path) -> None:
     # A closed terminal sends SIGHUP to the whole process group: with --workers, uvicorn's workers left it
     # to the default action and died with their requests in flight (the client got a dropped connection).
-    write(
-        tmp_path / "slowsvc.py",
-        """
-        import time
-        import bundler
-        from bundler.io import JSON
-
-        svc = bundler.Service("slow")
-
-        @svc.api(input=JSON(), output=JSON())
-        def wait(obj):
-            time.sleep(obj["seconds"])
-            return {"slept": obj["seconds"]}
-        """,
-    )
+    write(tmp_path / "slowsvc.py", SLOW_SERVICE)
     proc, url = start("slowsvc:svc", tmp_path, workers=2)
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
