@@ -260,18 +260,28 @@ def _configure_logging(log_level: str) -> None:
         logger.addHandler(handler)
 
 
+def _hangup_drains(on_term: Any) -> Any:
+    """Make SIGHUP (a closed terminal) call ``on_term`` as SIGTERM would; return the handler it replaced.
+
+    uvicorn leaves SIGHUP to its default action, which killed the server with its requests in flight.
+    Nothing changes (None) off the main thread or where SIGHUP is ignored (nohup).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGHUP, lambda _sig, frame: on_term(signal.SIGTERM, frame))
+
+
 def _drain_on_hangup() -> None:
     """In a --workers or --reload worker, drain on SIGHUP as on SIGTERM, as a single ``serve()`` does.
 
-    A closed terminal sends SIGHUP to the whole process group: the workers (uvicorn's own Server, which
-    leaves SIGHUP to its default action) died with their requests in flight. The app is built inside the
-    worker's ``capture_signals()``, so SIGTERM's handler here is that server's ``handle_exit``.
+    A closed terminal sends SIGHUP to the whole process group. The app is built inside the worker's
+    ``capture_signals()``, so SIGTERM's handler here is that server's ``handle_exit``.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return
     term = signal.getsignal(signal.SIGTERM)
-    if callable(term) and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
-        signal.signal(signal.SIGHUP, lambda _sig, frame: term(signal.SIGTERM, frame))
+    if callable(term):
+        _hangup_drains(term)
 
 
 def app_factory() -> Any:
@@ -305,16 +315,7 @@ def _server_class() -> Any:
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            # A closed terminal (SIGHUP) drains as SIGTERM does; uvicorn leaves it to the default action,
-            # which killed the server mid-request. An ignored one (nohup) stays ignored.
-            hup = None
-            if (
-                threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
-            ):
-                hup = signal.signal(
-                    signal.SIGHUP, lambda _sig, frame: self.handle_exit(signal.SIGTERM, frame)
-                )
+            hup = _hangup_drains(self.handle_exit)  # a closed terminal drains as SIGTERM does
             try:
                 with super().capture_signals():
                     yield
