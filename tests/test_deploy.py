@@ -689,17 +689,22 @@ def test_cli_refuses_gpu_for_a_cpu_only_bundle(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def _store_bare_bundles(*names: str) -> None:
+    """Store a bundle of version v1 with no models under each name (deploy reads only bundle.yaml)."""
+    store = bundle_store()
+    for name in names:
+        with store.staging() as staged:
+            (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": name, "version": "v1", "models": []}))
+            store.commit(staged, Tag(name, "v1"))
+
+
 def test_bundles_whose_names_map_to_one_object_name_are_told_and_can_be_named(tmp_path: Path) -> None:
     """'my.model' and 'my-model' both become 'my-model': applied to one namespace, the second would take
     over the first one's Deployment and Service. The command says so, and --name keeps them apart."""
     cli = pytest.importorskip("bundler.cli")
     from click.testing import CliRunner
 
-    store = bundle_store()
-    for name in ("my.model", "my-model"):
-        with store.staging() as staged:
-            (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": name, "version": "v1", "models": []}))
-            store.commit(staged, Tag(name, "v1"))
+    _store_bare_bundles("my.model", "my-model")
     plain = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "my-model:v1", "-o", str(tmp_path / "a")])
     assert plain.exit_code == 0, plain.output
     assert "note:" not in plain.output
@@ -727,11 +732,7 @@ def test_object_name_note_gives_the_reason_for_a_leading_digit(tmp_path: Path) -
     cli = pytest.importorskip("bundler.cli")
     from click.testing import CliRunner
 
-    store = bundle_store()
-    for name in ("1model", "2.model"):
-        with store.staging() as staged:
-            (staged / "bundle.yaml").write_text(yaml.safe_dump({"name": name, "version": "v1", "models": []}))
-            store.commit(staged, Tag(name, "v1"))
+    _store_bare_bundles("1model", "2.model")
     digit = CliRunner().invoke(cli.main, ["deploy", "kubernetes", "1model:v1", "-o", str(tmp_path / "a")])
     assert digit.exit_code == 0, digit.output
     reason = "bundle '1model' are named 'bundle-1model' (a Kubernetes name starts with a letter)"

@@ -165,6 +165,16 @@ def _slow_runs(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     monkeypatch.setattr(OnnxSession, "run", slow)
 
 
+async def _leave_while_busy(url: str, route: str, x: Any, n: int) -> None:
+    """After 0.1 s (a call in flight), send ``n`` requests to ``route`` whose clients give up after 0.2 s."""
+    await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(base_url=url, timeout=0.2) as impatient:
+        gone = await asyncio.gather(
+            *(impatient.post(route, json=x) for _ in range(n)), return_exceptions=True
+        )
+    assert all(isinstance(g, httpx.TimeoutException) for g in gone)
+
+
 @pytest.mark.parametrize("route", ["/apredict", "/predict"], ids=["async-api", "sync-api"])
 @pytest.mark.parametrize("options", [{}, {"enabled": False}], ids=["batched", "batching-off"])
 def test_requests_whose_clients_went_away_are_dropped_before_their_run(
@@ -178,16 +188,9 @@ def test_requests_whose_clients_went_away_are_dropped_before_their_run(
     x = np.ones((1, IN), np.float32).tolist()
 
     async def main(url: str) -> httpx.Response:
-        async with (
-            httpx.AsyncClient(base_url=url, timeout=30) as busy,
-            httpx.AsyncClient(base_url=url, timeout=0.2) as impatient,
-        ):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as busy:
             first = asyncio.create_task(busy.post("/apredict", json=x))  # holds the runner 0.5 s
-            await asyncio.sleep(0.1)
-            gone = await asyncio.gather(
-                *(impatient.post(route, json=x) for _ in range(4)), return_exceptions=True
-            )
-            assert all(isinstance(g, httpx.TimeoutException) for g in gone)
+            await _leave_while_busy(url, route, x, 4)
             return await first
 
     with running(build_app(svc)) as url:
@@ -210,16 +213,9 @@ def test_a_queue_full_of_requests_whose_clients_left_takes_a_new_one(
     x = np.ones((1, IN), np.float32).tolist()
 
     async def main(url: str) -> list[int]:
-        async with (
-            httpx.AsyncClient(base_url=url, timeout=30) as patient,
-            httpx.AsyncClient(base_url=url, timeout=0.2) as impatient,
-        ):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as patient:
             first = asyncio.create_task(patient.post("/apredict", json=x))  # holds the runner 0.5 s
-            await asyncio.sleep(0.1)
-            gone = await asyncio.gather(
-                *(impatient.post("/apredict", json=x) for _ in range(2)), return_exceptions=True
-            )
-            assert all(isinstance(g, httpx.TimeoutException) for g in gone)
+            await _leave_while_busy(url, "/apredict", x, 2)
             late = await patient.post("/apredict", json=x)
             return [(await first).status_code, late.status_code]
 
