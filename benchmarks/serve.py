@@ -32,10 +32,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -189,26 +190,65 @@ def raw_onnxruntime(model: str, sizes: tuple[int, ...], seconds: float) -> tuple
     import bundler.onnx
 
     session = bundler.onnx.load_model(options.apply(bundler.onnx.get(f"{model}:latest")))
-    rng = np.random.default_rng(1)
-    one = MODELS[model][1](rng)
-    name = session.get_inputs()[0].name
-    rates: dict[int, float] = {}
-    for size in sizes:
-        feed = {name: np.repeat(one, size, axis=0)}
-        session.run(None, feed)
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or count < 3:
-            session.run(None, feed)
-            count += 1
-        rates[size] = size * count / (time.perf_counter() - start)
+    rates = _raw_rates(model, session, sizes, seconds, 1)
     times = []
-    feed = {name: one}
+    feed = {session.get_inputs()[0].name: MODELS[model][1](np.random.default_rng(1))}
     for _ in range(200 if model == "mlp" else 30):
         t0 = time.perf_counter()
         session.run(None, feed)
         times.append(time.perf_counter() - t0)
     print(f"raw onnxruntime {model}: providers {session.get_providers()[:1]}", flush=True)
     return rates, statistics.median(times)
+
+
+def raw_twin(model: str, sizes: tuple[int, ...], seconds: float) -> dict[int, float]:
+    """Return items/s per batch size for the server's other layout under load, or {} where it has none.
+
+    A batching runner that takes a one-thread twin of its model (bundler.frameworks.onnx.one_thread_twin)
+    runs one twin call per CPU under load: raw onnxruntime's best then counts that layout too, one
+    session on one thread called from as many threads at once.
+    """
+    import options
+
+    import bundler.onnx
+    from bundler.frameworks.onnx import OnnxSession, one_thread_twin, usable_cpus
+
+    stored = options.apply(bundler.onnx.get(f"{model}:latest"))
+    twin = one_thread_twin(OnnxSession.load(stored, fit_threads=True), stored)
+    if twin is None:
+        return {}
+    return _raw_rates(model, twin.session, sizes, seconds, usable_cpus())
+
+
+def _raw_rates(
+    model: str, session: Any, sizes: tuple[int, ...], seconds: float, callers: int
+) -> dict[int, float]:
+    """Return items/s per batch size, ``callers`` threads calling ``session.run`` for ``seconds`` a size."""
+    one = MODELS[model][1](np.random.default_rng(1))
+    name = session.get_inputs()[0].name
+    rates: dict[int, float] = {}
+    for size in sizes:
+        feed = {name: np.repeat(one, size, axis=0)}
+        session.run(None, feed)
+        counts = [0] * callers
+        start = time.perf_counter()
+        threads = [
+            threading.Thread(target=_call_for, args=(session, feed, start + seconds, counts, i))
+            for i in range(callers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rates[size] = size * sum(counts) / (time.perf_counter() - start)
+    return rates
+
+
+def _call_for(session: Any, feed: dict, stop: float, counts: list[int], i: int) -> None:
+    """Call ``session.run`` until ``stop`` (three calls at least), counting calls in ``counts[i]``."""
+    while time.perf_counter() < stop or counts[i] < 3:
+        session.run(None, feed)
+        counts[i] += 1
 
 
 # ---------------------------------------------------------------- server processes
@@ -511,6 +551,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
         os.environ["BUNDLER_HOME"] = env["BUNDLER_HOME"]
         sys.path.insert(0, str(ROOT))
         import bundler.onnx
+        from bundler.frameworks.onnx import usable_cpus
 
         for model in models:
             bundler.onnx.save_model(model, MODELS[model][0](), signatures={"run": {"batchable": True}})
@@ -524,12 +565,26 @@ def run_benchmark(args: argparse.Namespace) -> None:
         sys.path.insert(0, workdir)
         for model in models:
             rates, batch1 = raw_pinned(model, MODELS[model][3], raw_seconds)
-            best = max(rates, key=rates.__getitem__)
+            twin = raw_pinned(model, MODELS[model][3], raw_seconds, twin=True)[0]
+            layouts = {("one", k): v for k, v in rates.items()} | {("twin", k): v for k, v in twin.items()}
+            layout, best = max(layouts, key=layouts.__getitem__)
             entry = results["models"][model] = {
-                "raw": {"items_per_s": rates, "best_batch": best, "batch1_ms": batch1 * 1000},
+                "raw": {
+                    "items_per_s": rates,
+                    "twin_items_per_s": twin,
+                    "best_batch": best,
+                    "best_layout": layout,
+                    "best": layouts[layout, best],
+                    "batch1_ms": batch1 * 1000,
+                },
                 "served": {},
             }
             print(f"raw onnxruntime {model}: " + ", ".join(f"b{k}={v:,.0f}/s" for k, v in rates.items()))
+            if twin:
+                print(
+                    f"raw onnxruntime {model}, {usable_cpus()} one-thread calls at once: "
+                    + ", ".join(f"b{k}={v:,.0f}/s" for k, v in twin.items())
+                )
             for batching in args.batching.split(","):
                 server = Server(
                     "bundler",
@@ -569,13 +624,15 @@ def run_benchmark(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
 
 
-def raw_pinned(model: str, sizes: tuple[int, ...], seconds: float) -> tuple[dict[int, float], float]:
-    """Run ``raw_onnxruntime`` on the servers' CPUs (the session's threads start inside that set)."""
+def raw_pinned(
+    model: str, sizes: tuple[int, ...], seconds: float, twin: bool = False
+) -> tuple[dict[int, float], float]:
+    """Run ``raw_onnxruntime`` (``raw_twin``) on the servers' CPUs (the session's threads start there)."""
     everywhere = os.sched_getaffinity(0)
     if CPUS["server"] is not None:
         os.sched_setaffinity(0, CPUS["server"])
     try:
-        return raw_onnxruntime(model, sizes, seconds)
+        return (raw_twin(model, sizes, seconds), 0.0) if twin else raw_onnxruntime(model, sizes, seconds)
     finally:
         os.sched_setaffinity(0, everywhere)
 
@@ -589,19 +646,21 @@ def raw_vs_served(
     same speed; returns the runs and the median of the per-round ratios, which is what the target is judged
     by. (The sweep's figures are each the best of several runs, raw's of six one-second ones.)
     """
-    size = entry["raw"]["best_batch"]
+    size, twin = entry["raw"]["best_batch"], entry["raw"]["best_layout"] == "twin"
     served = {k: r for k, r in entry["served"].items() if k.startswith("on/")}
     n = int(max(served, key=lambda k: served[k]["rps"]).split("/")[1])
     raw_runs, served_runs = [], []
     for _ in range(rounds):
-        raw_runs.append(raw_pinned("sr", (size,), seconds)[0][size])
+        raw_runs.append(raw_pinned("sr", (size,), seconds, twin=twin)[0][size])
         served_runs.append(measure(server, str(Path(workdir, "sr.http")), n, warmup, seconds)["rps"])
         print(
-            f"  sr round: raw b{size} {raw_runs[-1]:,.0f} items/s, served c={n} {served_runs[-1]:,.0f} req/s"
+            f"  sr round: raw b{size}{' one-thread calls' if twin else ''} {raw_runs[-1]:,.0f} items/s,"
+            f" served c={n} {served_runs[-1]:,.0f} req/s"
         )
     ratios = [s / r for s, r in zip(served_runs, raw_runs, strict=True)]
     return {
         "batch": size,
+        "layout": entry["raw"]["best_layout"],
         "connections": n,
         "raw": raw_runs,
         "served": served_runs,
@@ -694,10 +753,11 @@ def report(results: dict, connections: list[int]) -> None:
     print()
     for model, entry in results["models"].items():
         raw = entry["raw"]
-        best = raw["items_per_s"][raw["best_batch"]]
+        best = raw["best"]
         served = max((r["rps"] for k, r in entry["served"].items() if k.startswith("on/")), default=0.0)
+        how = " (one-thread calls, one per CPU)" if raw["best_layout"] == "twin" else ""
         print(
-            f"{model}: raw onnxruntime best {best:,.0f} items/s at batch {raw['best_batch']},"
+            f"{model}: raw onnxruntime best {best:,.0f} items/s at batch {raw['best_batch']}{how},"
             f" batch-1 call {raw['batch1_ms']:.3f} ms; served (batching on) best {served:,.0f} req/s"
             f" = {served / best:.2f}x raw"
         )
@@ -712,7 +772,8 @@ def report(results: dict, connections: list[int]) -> None:
         rounds = entry.get("rounds")
         if rounds:
             print(
-                f"  {len(rounds['ratios'])} rounds back to back, raw at batch {rounds['batch']} vs served at"
+                f"  {len(rounds['ratios'])} rounds back to back, raw at batch {rounds['batch']}"
+                f"{' (one-thread calls)' if rounds.get('layout') == 'twin' else ''} vs served at"
                 f" {rounds['connections']} connections: "
                 + ", ".join(
                     f"{s:,.0f}/{r:,.0f} = {s / r:.2f}x"

@@ -62,6 +62,31 @@ def make_mlp(
     return _finish(graph, path)
 
 
+def make_conv(
+    path: str | Path | None = None, channels: int = 96, size: int = 64, seed: int = 0
+) -> onnx.ModelProto:
+    """Build ``x[batch, 1, size, size] -> conv3x3 -> relu -> conv3x3 -> y[batch, 1, size, size]``: a model
+    whose batch-1 call is long enough (a few hundred us) that a runner keeps its intra-op threads."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _weights(rng, "w1", (channels, 1, 3, 3)),
+        _weights(rng, "w2", (1, channels, 3, 3)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Conv", ["hr", "w2"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, size, size])],
+        inits,
+    )
+    return _finish(graph, path)
+
+
 def make_classifier(
     path: str | Path | None = None,
     size: int = 224,

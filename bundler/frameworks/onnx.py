@@ -67,6 +67,7 @@ __all__ = [
     "default_session_options",
     "get",
     "load_model",
+    "one_thread_twin",
     "save_model",
     "usable_cpus",
 ]
@@ -750,6 +751,36 @@ def _fit_threads(
         min(times) * 1e6,
     )
     return load_model(model, providers=providers, session_options=options)
+
+
+# A one-thread twin holds a second copy of the model in memory: models up to this size (the model's directory
+# on disk) get one, bigger ones keep a single session.
+TWIN_MAX_BYTES = 512 * 2**20
+
+
+def one_thread_twin(session: OnnxSession, model: Model) -> OnnxSession | None:
+    """Return the model loaded again with one intra-op thread, for a runner's calls beside others, or None.
+
+    A batching runner runs a lone call on ``session``'s threads (every core) and, under load, one twin
+    call per core: on a busy machine an operator split over threads waits for whichever thread lost its
+    core, where one-thread calls each go on alone. With a co-runner taking 10% of one of 2 cores,
+    raw onnxruntime lost 11% on two threads and 5% on two one-thread calls (benchmarks/corunner.py).
+    None unless ``session`` is a CPU session with bundler's default options on more than one thread, and
+    the model is at most TWIN_MAX_BYTES.
+    """
+    m = _as_model(model)
+    inner = session.session
+    if m.options.get("session_options") is not None or inner.get_providers()[0] != "CPUExecutionProvider":
+        return None
+    if inner.get_session_options().intra_op_num_threads <= 1 or usable_cpus() < 2:
+        return None
+    size = sum(f.stat().st_size for f in m.path.rglob("*") if f.is_file())
+    if size > TWIN_MAX_BYTES:
+        log.info("model %s: %d MiB, too big for a one-thread twin session", m.tag, size >> 20)
+        return None
+    options = default_session_options()
+    options.intra_op_num_threads = 1
+    return OnnxSession(load_model(m, session_options=options), tag=m.tag)
 
 
 class _InputCheck:

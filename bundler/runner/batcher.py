@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -119,6 +120,8 @@ class Scheduler:
     """Pure batching policy: state and the current time in, decisions out."""
 
     def __init__(self, config: BatchingConfig, *, gap_decay: float = 0.1) -> None:
+        if config.max_concurrency < 1:
+            config = dataclasses.replace(config, max_concurrency=1)  # 0 (auto) without a twin: one call
         self.config = config
         self.cost = CostModel()
         self.gap_decay = gap_decay
@@ -252,9 +255,21 @@ class Batcher:
         batch_dim: int | None = None,
         observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        run_narrow: RunBatch | None = None,
     ) -> None:
+        """``run_narrow``: the same model on one thread. Given, the batcher runs a lone call (nothing in
+        flight, fewer rows queued than ``config.max_concurrency``) with ``run_batch`` on every core, and
+        otherwise up to ``config.max_concurrency`` narrow calls at once, plus one more waiting in the
+        executor so that a worker never waits for the loop between calls (docs/batching.md).
+        """
+        if config.max_concurrency < 1:
+            config = dataclasses.replace(config, max_concurrency=1)  # 0 (auto) without a twin: one call
         self.run_batch = run_batch
+        self.run_narrow = run_narrow
         self.config = config
+        # Calls in flight at most: with narrow calls, one more than run at once (it waits in the executor).
+        self._slots = config.max_concurrency + (1 if run_narrow is not None else 0)
+        self._wide: tuple[float, int] | None = None  # the slot of a call on every core (narrow mode)
         self.executor = executor
         self.batch_dim = config.batch_dim if batch_dim is None else batch_dim
         self.observer = observer
@@ -347,6 +362,8 @@ class Batcher:
         """Run one request on the loop now; like a batch of one, its slot is busy until the next iteration."""
         slot = (now, rows)
         self._inflight.append(slot)
+        if self.run_narrow is not None:
+            self._wide = slot
         self._company = self._gathered = False
         assert self._loop is not None
         begin = time.perf_counter()
@@ -403,7 +420,7 @@ class Batcher:
 
     def _pump(self) -> None:
         """Dispatch batches while the executor has room and the scheduler says go; else arm the timer."""
-        while self._queued_rows and len(self._inflight) < self.config.max_concurrency:
+        while self._queued_rows and self._wide is None and len(self._inflight) < self._slots:
             key, queue = self._oldest_queue()
             if queue is None:
                 break
@@ -498,6 +515,15 @@ class Batcher:
 
     def _dispatch(self, key: Any, queue: deque[_Request]) -> None:
         limit = self.scheduler.max_batch
+        slots = self.config.max_concurrency
+        # With a one-thread twin, a lone call runs on every core (the latency of an idle runner); once
+        # calls overlap or enough rows wait for every core, each call runs on one thread beside the others:
+        # no operator then waits for a thread that the event loop or another process has taken.
+        narrow = self.run_narrow is not None and bool(self._inflight or self._queued_rows >= slots)
+        if narrow:
+            # Share what waits between the slots still free, so that no core sits out the next call.
+            free = max(slots - len(self._inflight), 1)
+            limit = min(limit, -(-self._queued_rows // free))
         batch = [queue.popleft()]
         rows = batch[0].rows
         while queue and rows + queue[0].rows <= limit:
@@ -509,7 +535,11 @@ class Batcher:
             rows += request.rows
         if not queue:
             del self._queues[key]
-        self._company, self._gathered = len(batch) > 1, False
+        # Rows left behind by the share (not by max_batch_size) were gathered with these: no second look.
+        self._company, self._gathered = (
+            len(batch) > 1,
+            narrow and bool(queue) and limit < self.scheduler.max_batch,
+        )
         self._queued_rows -= rows
         if self.observer is not None:
             self.observer.on_queue(self._queued_rows)
@@ -520,16 +550,22 @@ class Batcher:
             feed = {name: np.concatenate([r.feed[name] for r in batch], axis=dim) for name in batch[0].feed}
         slot = (self.clock(), rows)
         self._inflight.append(slot)
-        alone = len(batch) == 1 and not self._queued_rows
-        on_loop_s = INLINE_ALONE_MAX_S if alone else INLINE_MAX_S
         elements = _elements(feed)
-        if self._expected_seconds(elements) < on_loop_s:
-            self._work(feed, batch, slot, elements, inline=True)
-            return
+        if narrow:
+            run = self.run_narrow
+        else:
+            run = self.run_batch
+            if self.run_narrow is not None:
+                self._wide = slot  # it has every core: nothing else starts until it is done
+            alone = len(batch) == 1 and not self._queued_rows
+            on_loop_s = INLINE_ALONE_MAX_S if alone else INLINE_MAX_S
+            if self._expected_seconds(elements) < on_loop_s:
+                self._work(feed, batch, slot, elements, inline=True)
+                return
         try:
             # A bare executor job that calls back into the loop once: no asyncio/concurrent future pair
             # per batch, and the results are handed out in the first loop iteration after the run.
-            self.executor.submit(self._work, feed, batch, slot, elements)
+            self.executor.submit(self._work, feed, batch, slot, elements, False, run)
         except RuntimeError as exc:  # the executor is shut down
             self._finish(None, exc, 0.0, batch, slot)
 
@@ -540,20 +576,24 @@ class Batcher:
         slot: tuple[float, int],
         elements: int,
         inline: bool = False,
+        run: RunBatch | None = None,
     ) -> None:
+        run = self.run_batch if run is None else run
         begin = time.perf_counter()
         cpu = 0.0 if inline else time.thread_time()
         outputs: list[np.ndarray] | None = None
         error: BaseException | None = None
         try:
-            outputs = self.run_batch(feed)
+            outputs = run(feed)
         except BaseException as exc:  # every error goes to the batch's callers, none kills the worker
             error = exc
         seconds = time.perf_counter() - begin
         # Whether calls run on the loop goes by their own time. In a worker that is the thread's CPU time:
         # its wall time also counts waiting for the core the busy loop holds, and would keep a short call
         # off the loop for good (MLP, 64 connections: 22-row calls took 163 us there, 39 us on the loop).
-        self._time_call(seconds if inline else time.thread_time() - cpu, elements)
+        # Only calls on every core are timed: those are the ones that may run on the loop.
+        if run is self.run_batch:
+            self._time_call(seconds if inline else time.thread_time() - cpu, elements)
         assert self._loop is not None
         call_soon = self._loop.call_soon if inline else self._loop.call_soon_threadsafe
         if inline and not (isinstance(error, Exception) and len(batch) > 1):
@@ -566,7 +606,7 @@ class Batcher:
         if isinstance(error, Exception) and len(batch) > 1:
             # One request's values can fail the whole call (an index out of range): run each request alone,
             # so that only the culprit gets the error and its batchmates get their results.
-            alone = [self._run_alone(request.feed) for request in batch]
+            alone = [self._run_alone(request.feed, run) for request in batch]
             with contextlib.suppress(RuntimeError):
                 call_soon(self._finish_alone, alone, batch, slot)
             return
@@ -594,11 +634,11 @@ class Batcher:
         return self._run_seconds * elements / usual
 
     def _run_alone(
-        self, feed: dict[str, np.ndarray]
+        self, feed: dict[str, np.ndarray], run: RunBatch
     ) -> tuple[list[np.ndarray] | None, Exception | None, float]:
         begin = time.perf_counter()
         try:
-            return self.run_batch(feed), None, time.perf_counter() - begin
+            return run(feed), None, time.perf_counter() - begin
         except Exception as exc:
             return None, exc, 0.0
 
@@ -608,7 +648,7 @@ class Batcher:
         batch: list[_Request],
         slot: tuple[float, int],
     ) -> None:
-        self._inflight.remove(slot)
+        self._free(slot)
         for request, (outputs, error, seconds) in zip(batch, alone, strict=True):
             if error is None and self.observer is not None:
                 # Model calls like any other (the metrics count rows run), here on the loop like the rest.
@@ -657,11 +697,16 @@ class Batcher:
 
     def _release(self, slot: tuple[float, int], ok: bool) -> None:
         """Free the call's slot, learn its loop-side time, and dispatch what queued meanwhile."""
-        self._inflight.remove(slot)
+        self._free(slot)
         if ok:
             # Loop-side time includes the thread hop: that overhead is part of what batching amortizes.
             self.scheduler.on_batch(slot[1], self.clock() - slot[0])
         self._pump()
+
+    def _free(self, slot: tuple[float, int]) -> None:
+        self._inflight.remove(slot)
+        if slot is self._wide:
+            self._wide = None
 
     def _deliver(self, outputs: list[np.ndarray], batch: list[_Request], rows: int) -> None:
         if len(batch) == 1:

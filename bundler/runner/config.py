@@ -55,8 +55,10 @@ class BatchingConfig:
     max_queue: int = 1024
     batch_dim: int = 0
     enabled: bool = True
-    # Batches in ONNX Runtime at once. One keeps CPU sessions from fighting over cores; a GPU may want 2.
-    max_concurrency: int = 1
+    # Model calls in ONNX Runtime at once. 0 (auto): on the CPU with bundler's session options, a batched
+    # runner runs a lone call on every core and, under load, one single-thread call per core (see
+    # docs/batching.md); any other runner, one call at a time. A GPU session may gain from 2.
+    max_concurrency: int = 0
 
 
 DEFAULTS = BatchingConfig()
@@ -213,8 +215,8 @@ def _coerce(field: str, value: Any, *, where: str) -> Any:
         if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
             raise BadInput(f"{where}: {value!r} is not a positive number of milliseconds (e.g. 10000)")
         return number
-    # The rest are integers: max_batch_size, max_queue, max_concurrency >= 1; batch_dim >= 0.
-    lowest = 0 if field == "batch_dim" else 1
+    # The rest are integers: max_batch_size, max_queue >= 1; batch_dim, max_concurrency >= 0 (0: auto).
+    lowest = 0 if field in ("batch_dim", "max_concurrency") else 1
     number_int: int | None = None
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         number_int = int(value)  # numpy's integers too (a value from a sweep)

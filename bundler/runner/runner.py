@@ -192,10 +192,15 @@ class Runner:
                 f" {model.tag} was saved with batch_dim={self.batch_dim}; save it with"
                 f" signatures={{'run': {{'batchable': True, 'batch_dim': {given_dim!r}}}}}"
             )
-        self.config: BatchingConfig = dataclasses.replace(config, batch_dim=self.batch_dim)
+        # max_concurrency 0 (auto) is one call at a time, until async_init finds the model takes a twin.
+        self._auto_concurrency = config.max_concurrency == 0
+        self.config: BatchingConfig = dataclasses.replace(
+            config, batch_dim=self.batch_dim, max_concurrency=max(config.max_concurrency, 1)
+        )
         self.run = RunnerMethod(self, "run")
         self.batcher: Batcher | None = None
         self._session: OnnxSession | None = None
+        self._twin: OnnxSession | None = None  # the model on one thread, for calls beside others
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         # Served without a batcher (batching off, or a model saved batchable=False): calls started and not
@@ -243,6 +248,11 @@ class Runner:
 
         return OnnxSession.load(self.model, fit_threads=True)
 
+    @property
+    def _twinned(self) -> bool:
+        """Return whether a served runner looks for a one-thread twin (auto concurrency, batching on)."""
+        return self._auto_concurrency and self.batchable and self.config.enabled
+
     async def _call_unbatched(self, session: OnnxSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run one call in the thread pool, refusing it (503) once max_queue calls wait for a thread."""
         config = self.config
@@ -276,17 +286,32 @@ class Runner:
         """Load the model in the runner's thread pool and bind the runner to the running event loop."""
         loop = asyncio.get_running_loop()
         if self._executor is None:
-            # The batching config's concurrency bounds onnxruntime calls for batched and plain runners alike.
+            from ..frameworks.onnx import usable_cpus
+
+            # The batching config's concurrency bounds onnxruntime calls for batched and plain runners alike
+            # (a batcher bounds its own: a twinned one may run a call per CPU).
+            workers = usable_cpus() if self._twinned else self.config.max_concurrency
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=max(1, self.config.max_concurrency), thread_name_prefix=f"runner-{self.name}"
+                max_workers=max(1, workers), thread_name_prefix=f"runner-{self.name}"
             )
         if self._session is None:
             self._session = await loop.run_in_executor(self._executor, self._load)
+        if self._twinned and self._twin is None:
+            from ..frameworks.onnx import one_thread_twin, usable_cpus
+
+            twin = one_thread_twin
+            self._twin = await loop.run_in_executor(self._executor, twin, self._session, self.model)
+            if self._twin is not None:
+                self.config = dataclasses.replace(self.config, max_concurrency=usable_cpus())
         if self.batchable and self.config.enabled and self.batcher is None:
             from .batcher import Batcher
 
             self.batcher = Batcher(
-                self._session.run, self.config, executor=self._executor, batch_dim=self.batch_dim
+                self._session.run,
+                self.config,
+                executor=self._executor,
+                batch_dim=self.batch_dim,
+                run_narrow=None if self._twin is None else self._twin.run,
             )
         self._loop = loop
 
@@ -299,7 +324,7 @@ class Runner:
         self._loop = None
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True)
-        self._session = None
+        self._session = self._twin = None
 
     def __repr__(self) -> str:
         return f"Runner(name={self.name!r}, model={self.model.tag!s}, batchable={self.batchable})"
