@@ -157,6 +157,21 @@ def test_no_twin_for_user_options_one_thread_models_one_cpu_or_a_big_model(
     assert fw.one_thread_twin(wide, model) is None
 
 
+def test_a_twin_that_cannot_load_leaves_the_runner_on_its_one_session(
+    bundler_home: Path, two_cpus: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = _conv(bundler_home)
+    wide = fw.OnnxSession.load(model, fit_threads=True)
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(fw, "load_model", out_of_memory)
+    with caplog.at_level("WARNING", logger="bundler.onnx"):
+        assert fw.one_thread_twin(wide, model) is None
+    assert "no one-thread twin session (std::bad_alloc)" in caplog.text
+
+
 def test_a_served_runner_takes_the_twin_unless_its_concurrency_is_set(
     bundler_home: Path, two_cpus: None
 ) -> None:

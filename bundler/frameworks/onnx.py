@@ -780,7 +780,18 @@ def one_thread_twin(session: OnnxSession, model: Model) -> OnnxSession | None:
         return None
     options = default_session_options()
     options.intra_op_num_threads = 1
-    return OnnxSession(load_model(m, session_options=options), tag=m.tag)
+    try:
+        twin = load_model(m, session_options=options)
+    except (ModelError, MemoryError) as exc:  # served as before, on the one session
+        log.warning("model %s: no one-thread twin session (%s); calls run one at a time", m.tag, exc)
+        return None
+    log.info(
+        "model %s: a one-thread twin session runs calls under load, one per CPU (%d); the model is held"
+        " in memory twice",
+        m.tag,
+        usable_cpus(),
+    )
+    return OnnxSession(twin, tag=m.tag)
 
 
 class _InputCheck:
