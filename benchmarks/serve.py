@@ -8,7 +8,10 @@ Everything stays on 127.0.0.1 and stops by itself. Two models are built here wit
 1x64x64 images, compute-bound, .npy bodies both ways). The server under test is ``bundler serve``'s own code
 (``bundler.server.serve.serve``) in a subprocess, with the access log off (``log_level="warning"``); the
 baseline is a starlette app on the same uvicorn stack that parses the MLP's JSON body and returns a constant.
-The load generator is another subprocess: raw asyncio sockets, keep-alive HTTP/1.1, prebuilt request bytes,
+Raw onnxruntime is run in both layouts the server uses: one call at a time on every core, and where a
+batching runner takes a one-thread twin of its model (bundler.frameworks.onnx.one_thread_twin), one
+one-thread call per CPU at once; its best is the better of the two. The load generator is another
+subprocess: raw asyncio sockets, keep-alive HTTP/1.1, prebuilt request bytes,
 N connections in a closed loop. Server CPU is read from /proc (all threads) over the measured window.
 The MLP server, the same server without its model call and the minimal app are measured in turn,
 ``--rounds`` times per connection count (the machine's speed drifts between minutes); each keeps its
