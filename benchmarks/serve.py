@@ -2,6 +2,7 @@
 
     python benchmarks/serve.py            # about 4 minutes
     python benchmarks/serve.py --quick    # about a minute, rougher figures
+    python benchmarks/serve.py --server-cpus 0 --client-cpus 1   # the load generator on a CPU of its own
 
 Everything stays on 127.0.0.1 and stops by itself. Two models are built here with onnx.helper:
 ``mlp`` (64->256->256->10, overhead-bound, JSON bodies) and ``sr`` (the guide's SuperResolutionNet on
@@ -731,6 +732,13 @@ def report(results: dict, connections: list[int]) -> None:
         f"{results['machine']['cpus']} CPUs; servers and raw onnxruntime on CPUs {options['server_cpus']},"
         f" load generator on CPUs {options['client_cpus']}"
     )
+    server, client = options["server_cpus"], options["client_cpus"]
+    if server == "all" or client == "all" or set(server) & set(client):
+        # Raw onnxruntime runs without it: the load generator's CPU then counts against the server only.
+        print(
+            "(the load generator shares the servers' CPUs; to keep its work out of the comparison with raw"
+            " onnxruntime, give it CPUs of its own, e.g. --server-cpus 0 --client-cpus 1 on 2 CPUs)"
+        )
     print(
         f"{'server':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-200':>9}{'CPU s/1k':>10}"
         f"{'client':>8}"
