@@ -116,6 +116,27 @@ def test_without_a_twin_auto_concurrency_is_one_call_at_a_time() -> None:
 # ---------------------------------------------------------------- real sessions
 
 
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"memory.max": "1073741824\n"}, 1 << 30),
+        ({"memory.max": "max\n"}, None),
+        ({"memory/memory.limit_in_bytes": "9223372036854771712\n"}, None),  # cgroup v1: no limit
+        ({"memory/memory.limit_in_bytes": "536870912\n"}, 1 << 29),
+        ({}, None),
+    ],
+)
+def test_memory_limit_reads_cgroup_v2_then_v1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], limit: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    real = fw.Path
+    monkeypatch.setattr(fw, "Path", lambda p: real(str(p).replace("/sys/fs/cgroup", str(tmp_path))))
+    assert fw.memory_limit() == limit
+
+
 @pytest.fixture
 def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two usable CPUs, whatever this machine has (the twin is for machines with more than one)."""
@@ -152,6 +173,11 @@ def test_no_twin_for_user_options_one_thread_models_one_cpu_or_a_big_model(
     wide = fw.OnnxSession.load(model, fit_threads=True)
     monkeypatch.setattr(fw, "TWIN_MAX_BYTES", 1000)
     assert fw.one_thread_twin(wide, model) is None  # a second copy would cost too much memory
+    monkeypatch.undo()
+    monkeypatch.setattr(fw, "memory_limit", lambda: 4000)
+    assert fw.one_thread_twin(wide, model) is None  # more than a quarter of the process's memory limit
+    monkeypatch.setattr(fw, "memory_limit", lambda: 1 << 30)
+    assert fw.one_thread_twin(wide, model) is not None
     monkeypatch.undo()
     monkeypatch.setattr(fw, "usable_cpus", lambda: 1)
     assert fw.one_thread_twin(wide, model) is None

@@ -67,6 +67,7 @@ __all__ = [
     "default_session_options",
     "get",
     "load_model",
+    "memory_limit",
     "one_thread_twin",
     "save_model",
     "usable_cpus",
@@ -754,8 +755,22 @@ def _fit_threads(
 
 
 # A one-thread twin holds a second copy of the model in memory: models up to this size (the model's directory
-# on disk) get one, bigger ones keep a single session.
+# on disk), and up to a quarter of the process's memory limit where it has one, get one; bigger ones keep a
+# single session (a pod sized for one copy must not be killed for the second).
 TWIN_MAX_BYTES = 512 * 2**20
+
+
+def memory_limit() -> int | None:
+    """Return the cgroup memory limit of this process in bytes, or None where there is none."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # cgroup v1 says "no limit" with a huge number
+            return int(text)
+        return None
+    return None
 
 
 def one_thread_twin(session: OnnxSession, model: Model) -> OnnxSession | None:
@@ -775,7 +790,8 @@ def one_thread_twin(session: OnnxSession, model: Model) -> OnnxSession | None:
     if inner.get_session_options().intra_op_num_threads <= 1 or usable_cpus() < 2:
         return None
     size = sum(f.stat().st_size for f in m.path.rglob("*") if f.is_file())
-    if size > TWIN_MAX_BYTES:
+    limit = memory_limit()
+    if size > TWIN_MAX_BYTES or (limit is not None and size > limit // 4):
         log.info("model %s: %d MiB, too big for a one-thread twin session", m.tag, size >> 20)
         return None
     options = default_session_options()
