@@ -262,11 +262,10 @@ class Batcher:
         otherwise up to ``config.max_concurrency`` narrow calls at once, plus one more waiting in the
         executor so that a worker never waits for the loop between calls (docs/batching.md).
         """
-        if config.max_concurrency < 1:
-            config = dataclasses.replace(config, max_concurrency=1)  # 0 (auto) without a twin: one call
+        self.scheduler = Scheduler(config)
+        config = self.config = self.scheduler.config  # max_concurrency 0 (auto) made 1 there
         self.run_batch = run_batch
         self.run_narrow = run_narrow
-        self.config = config
         # Calls in flight at most: with narrow calls, one more than run at once (it waits in the executor).
         self._slots = config.max_concurrency + (1 if run_narrow is not None else 0)
         self._wide: tuple[float, int] | None = None  # the slot of a call on every core (narrow mode)
@@ -274,7 +273,6 @@ class Batcher:
         self.batch_dim = config.batch_dim if batch_dim is None else batch_dim
         self.observer = observer
         self.clock = clock
-        self.scheduler = Scheduler(config)
         if sys.getswitchinterval() > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)  # process-wide, only ever lowered
         # One FIFO per (input name, dtype, non-batch shape) signature: only alike requests concatenate.

@@ -284,10 +284,10 @@ class Runner:
 
     async def async_init(self) -> None:
         """Load the model in the runner's thread pool and bind the runner to the running event loop."""
+        from ..frameworks.onnx import one_thread_twin, usable_cpus
+
         loop = asyncio.get_running_loop()
         if self._executor is None:
-            from ..frameworks.onnx import usable_cpus
-
             # The batching config's concurrency bounds onnxruntime calls for batched and plain runners alike
             # (a batcher bounds its own: a twinned one may run a call per CPU).
             workers = usable_cpus() if self._twinned else self.config.max_concurrency
@@ -297,10 +297,9 @@ class Runner:
         if self._session is None:
             self._session = await loop.run_in_executor(self._executor, self._load)
         if self._twinned and self._twin is None:
-            from ..frameworks.onnx import one_thread_twin, usable_cpus
-
-            twin = one_thread_twin
-            self._twin = await loop.run_in_executor(self._executor, twin, self._session, self.model)
+            self._twin = await loop.run_in_executor(
+                self._executor, one_thread_twin, self._session, self.model
+            )
             if self._twin is not None:
                 self.config = dataclasses.replace(self.config, max_concurrency=usable_cpus())
         if self.batchable and self.config.enabled and self.batcher is None:
